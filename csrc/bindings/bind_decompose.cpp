@@ -1,0 +1,82 @@
+#include "pybind.hpp"
+
+#include "mpo/decompose.hpp"
+
+namespace mpo::bindings {
+
+namespace {
+
+template <class T>
+py::dict decompose_typed(const py::array& matrix, const Factors& factors, const DecomposeOptions& options) {
+  auto a = py::array_t<T, py::array::c_style>::ensure(matrix);
+  if (!a) throw py::type_error("decompose: expected a C-contiguous array");
+  const Index rows = a.shape(0), cols = a.shape(1);
+  Decomposition<T> d;
+  {
+    // Every Python object has been read; the kernel touches only this buffer and C++ state.
+    py::gil_scoped_release release;
+    d = decompose<T>(a.data(), rows, cols, factors, options);
+  }
+  py::list cores, spectra;
+  for (Core<T>& c : d.cores) cores.append(core_to_numpy<T>(std::move(c)));
+  for (const Spectrum& s : d.spectra) spectra.append(to_numpy(s));
+  py::dict out;
+  out["cores"] = cores;
+  out["spectra"] = spectra;
+  out["truncation_errors"] = py::array_t<double>(static_cast<py::ssize_t>(d.truncation_errors.size()),
+                                                 d.truncation_errors.data());
+  out["cut"] = py::cast(d.cut);
+  out["norm"] = d.norm;
+  out["randomized"] = d.randomized;
+  return out;
+}
+
+template <class T>
+py::tuple canonicalize_typed(const py::list& arrays) {
+  std::vector<Core<T>> cores = cores_from_numpy<T>(arrays);
+  std::vector<Spectrum> spectra;
+  {
+    py::gil_scoped_release release;
+    spectra = canonicalize<T>(cores);
+  }
+  py::list out_cores, out_spectra;
+  for (Core<T>& c : cores) out_cores.append(core_to_numpy<T>(std::move(c)));
+  for (const Spectrum& s : spectra) out_spectra.append(to_numpy(s));
+  return py::make_tuple(out_cores, out_spectra);
+}
+
+}  // namespace
+
+void register_decompose(py::module_& m) {
+  m.def(
+      "decompose",
+      [](const py::array& matrix, const std::vector<Index>& in_shape,
+         const std::vector<Index>& out_shape, const std::vector<Index>& max_bond,
+         bool allow_randomized) {
+        if (matrix.ndim() != 2)
+          throw py::value_error("decompose: expected a 2-D array, got " + std::to_string(matrix.ndim()) +
+                                " dimensions");
+        DecomposeOptions options;
+        options.max_bond = max_bond;
+        options.allow_randomized = allow_randomized;
+        const Factors factors{in_shape, out_shape};
+        if (py::isinstance<py::array_t<float>>(matrix)) return decompose_typed<float>(matrix, factors, options);
+        if (py::isinstance<py::array_t<double>>(matrix)) return decompose_typed<double>(matrix, factors, options);
+        throw py::type_error("decompose: expected float32 or float64, got " + dtype_name(matrix));
+      },
+      py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"), py::arg("max_bond"),
+      py::arg("allow_randomized") = true,
+      "Mixed-canonical MPO of a C-contiguous float32/float64 matrix; max_bond has n-1 caps, 0 = none.\n"
+      "Returns a dict: cores, spectra, truncation_errors, cut, norm, randomized.");
+  m.def(
+      "canonicalize",
+      [](const py::list& cores, const std::string& dtype) {
+        if (dtype == "float32") return canonicalize_typed<float>(cores);
+        if (dtype == "float64") return canonicalize_typed<double>(cores);
+        throw py::type_error("canonicalize: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+      },
+      py::arg("cores"), py::arg("dtype"),
+      "Exact mixed canonical form of cores (central index (n-1)//2); returns (cores, spectra).");
+}
+
+}  // namespace mpo::bindings

@@ -1,0 +1,46 @@
+#include "mpo/types.hpp"
+
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace mpo {
+
+namespace {
+Index product(const std::vector<Index>& xs, std::size_t begin, std::size_t end) {
+  Index p = 1;
+  for (std::size_t k = begin; k < end; ++k) p *= xs[k];
+  return p;
+}
+}  // namespace
+
+Index Factors::rows() const { return product(in_shape, 0, in_shape.size()); }
+Index Factors::cols() const { return product(out_shape, 0, out_shape.size()); }
+
+std::vector<Index> Factors::full_bonds() const {
+  const std::size_t count = n();
+  std::vector<Index> pairs(count);
+  for (std::size_t k = 0; k < count; ++k) pairs[k] = in_shape[k] * out_shape[k];
+  std::vector<Index> bonds(count - 1);
+  for (std::size_t k = 0; k + 1 < count; ++k)
+    bonds[k] = std::min(product(pairs, 0, k + 1), product(pairs, k + 1, count));
+  return bonds;
+}
+
+void Factors::validate() const {
+  if (in_shape.size() != out_shape.size())
+    throw std::invalid_argument("mpo: the row and column factor lists must have the same length n, got " +
+                                std::to_string(in_shape.size()) + " and " +
+                                std::to_string(out_shape.size()));
+  if (in_shape.size() < 2)
+    throw std::invalid_argument("mpo: an MPO needs n >= 2 factors per side, got n = " +
+                                std::to_string(in_shape.size()));
+  for (std::size_t k = 0; k < in_shape.size(); ++k) {
+    if (in_shape[k] < 1 || out_shape[k] < 1)
+      throw std::invalid_argument("mpo: every factor must be >= 1, got i_" + std::to_string(k + 1) +
+                                  " = " + std::to_string(in_shape[k]) + ", j_" +
+                                  std::to_string(k + 1) + " = " + std::to_string(out_shape[k]));
+  }
+}
+
+}  // namespace mpo

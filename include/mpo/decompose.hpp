@@ -1,0 +1,44 @@
+// MPO decomposition of a matrix (MPOP Algorithm 1) into mixed canonical form.
+//
+// M (I × J, I = i_1···i_n, J = j_1···j_n) is reshaped row-major to (i_1..i_n, j_1..j_n) and permuted to
+// (i_1, j_1, …, i_n, j_n) (ALGORITHMS.md §1). The sequential SVD then runs from both ends towards the
+// central tensor c = (n-1)/2: cores left of c are left-orthonormal, cores right of it right-orthonormal,
+// and core c holds the rest. This is the "normalisation" of Algorithm 1: every bond's index is ordered by
+// the singular values of M's unfolding at that bond, so slicing a bond is the optimal cut of that
+// unfolding, and slicing any set of bonds obeys ‖M − MPO‖_F ≤ sqrt(Σ ε_k²) (MPOP Eq. 4).
+#pragma once
+
+#include "mpo/split.hpp"
+#include "mpo/types.hpp"
+
+namespace mpo {
+
+template <class T>
+struct Decomposition {
+  std::vector<Core<T>> cores;            // n cores
+  std::vector<Spectrum> spectra;         // n-1 spectra, one per bond, descending
+  std::vector<double> truncation_errors; // n-1 values ε_k = sqrt(Σ discarded λ²)
+  std::vector<bool> cut;                 // n-1 flags: a cap dropped nonzero singular values here
+  double norm = 0;                       // ‖M‖_F
+  bool randomized = false;               // some bond was found by the randomized route
+};
+
+struct DecomposeOptions {
+  std::vector<Index> max_bond;  // n-1 caps, 0 = uncapped; empty = all uncapped
+  bool allow_randomized = true;
+  std::uint64_t seed = 0x6d706f31;
+};
+
+// Decompose the row-major rows × cols matrix at `data`. Throws std::invalid_argument for factors that
+// do not multiply to the matrix's sides, n < 2, or caps of the wrong count or sign.
+template <class T>
+Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors& factors,
+                           const DecomposeOptions& options = {});
+
+// Bring any cores to the exact mixed canonical form (centre (n-1)/2) of the matrix they represent and
+// return that matrix's bond spectra. Zero singular values are dropped, so every bond ends at the exact
+// rank of its unfolding. Costs a few splits per core, never one of the dense matrix.
+template <class T>
+std::vector<Spectrum> canonicalize(std::vector<Core<T>>& cores);
+
+}  // namespace mpo

@@ -1,0 +1,48 @@
+// One step of Algorithm 1: split a matrix A (m × N) into Q·R, Q with orthonormal columns and R with
+// orthogonal rows ordered by their norms, the singular values of A. Truncating the split to its first r
+// columns/rows is the optimal rank-r approximation (Eckart–Young).
+//
+// Three routes, chosen by shape and cap (the unfoldings of Algorithm 1 are extremely wide or tall):
+//  * tall (m > N): Householder QR first, then split the N × N triangle;
+//  * wide, full or mildly capped: eigendecomposition of the small Gram matrix A·Aᵀ (m × m), then
+//    R = Uᵀ·A. Q = U is orthonormal to working precision whatever the spectrum, so nothing is ever
+//    divided by a singular value and a full-bond split rebuilds A to rounding. Singular values are read
+//    as the norms of R's rows, which are accurate even where the eigenvalues of A·Aᵀ are not;
+//  * wide and capped far below m: a randomized range finder with power iterations whose convergence is
+//    checked; if the check fails it falls back to the Gram route.
+#pragma once
+
+#include "mpo/types.hpp"
+
+namespace mpo {
+
+template <class T>
+struct Split {
+  Matrix<T> q;          // m × r, orthonormal columns
+  Matrix<T> r;          // r × N, orthogonal rows, norms = spectrum
+  Spectrum spectrum;    // r singular values, descending
+  double discarded = 0; // Σ of dropped λ² (the square of the local truncation error ε_k)
+  bool truncated = false;   // the cap dropped a nonzero singular value
+  bool randomized = false;  // the randomized route produced this split
+};
+
+struct SplitOptions {
+  Index max_rank = 0;               // 0: no cap
+  std::uint64_t seed = 0x6d706f31;  // randomized route: a fixed seed keeps results reproducible
+  int max_power_iterations = 8;
+  bool allow_randomized = true;
+};
+
+// Singular values at or below this fraction of the largest one are zeros: they are dropped.
+template <class T>
+double zero_threshold();
+
+template <class T>
+Split<T> left_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& options = {});
+
+// The mirror image: A = L·Qᵀ with Qᵀ (r × N) orthonormal rows and L (m × r) orthogonal columns.
+// Returned as a Split whose q is L and whose r is Qᵀ.
+template <class T>
+Split<T> right_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& options = {});
+
+}  // namespace mpo

@@ -1,0 +1,16 @@
+"""mpo: Matrix Product Operator compression of pre-trained language model weights.
+
+    >>> import numpy as np, mpo
+    >>> m = mpo.decompose(np.random.default_rng(0).standard_normal((768, 3072)), max_bond=100)
+    >>> m.bond_dims, round(m.compression_ratio, 3)  # doctest: +SKIP
+
+The decomposition, its error bound and entropy follow MPOP (Liu et al., ACL 2021); see
+docs/ and the shared ALGORITHMS notes for the exact conventions.
+"""
+
+from ._io import FORMAT_VERSION, load
+from ._mpo import MPO, decompose
+from ._shape import ShapePlan, plan_shape
+
+__all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION"]
+__version__ = "0.1.0"

@@ -1,0 +1,20 @@
+"""Typed primitives of the C++ core. Private: use the mpo package."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+def decompose(
+    matrix: npt.NDArray[np.floating[Any]],
+    in_shape: list[int],
+    out_shape: list[int],
+    max_bond: list[int],
+    allow_randomized: bool = True,
+) -> dict[str, Any]: ...
+def canonicalize(
+    cores: list[npt.NDArray[np.floating[Any]]], dtype: str
+) -> tuple[list[npt.NDArray[np.floating[Any]]], list[npt.NDArray[np.float64]]]: ...
+def rebuild(cores: list[npt.NDArray[np.floating[Any]]], dtype: str) -> npt.NDArray[np.floating[Any]]: ...
+def entropy(spectrum: npt.ArrayLike) -> float: ...
+def error_bound(truncation_errors: list[float]) -> float: ...

@@ -1,0 +1,485 @@
+"""The MPO object and ``decompose`` (MPOP §3, Algorithm 1).
+
+An ``MPO`` is a thin holder of arrays produced by the C++ core (``mpo._core``): the cores in mixed
+canonical form around the central tensor, every bond's spectrum, and the local truncation errors. All
+measures (bound, entropy, compression ratio) are read from those arrays; none densifies the matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _core
+from ._validation import as_matrix, parse_max_bond, parse_shape, parse_tol
+
+__all__ = ["MPO", "decompose"]
+
+_SVD_METHODS = ("auto", "exact")
+
+
+def _full_bonds(in_shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:
+    """Full bond dimensions of MPOP Eq. 2: d_k = min(prod_{m<=k} i_m j_m, prod_{m>k} i_m j_m)."""
+    pairs = [i * j for i, j in zip(in_shape, out_shape)]
+    return tuple(
+        min(math.prod(pairs[: k + 1]), math.prod(pairs[k + 1 :])) for k in range(len(pairs) - 1)
+    )
+
+
+def _consistent(bonds: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
+    """No bond exceeds what its neighbours can feed: d_k <= d_(k-1) i_k j_k and d_k <= i_(k+1) j_(k+1) d_(k+1)."""
+    pairs = [i * j for i, j in zip(in_shape, out_shape)]
+    padded = [1, *bonds, 1]
+    return all(
+        padded[k + 1] <= padded[k] * pairs[k] and padded[k + 1] <= pairs[k + 1] * padded[k + 2]
+        for k in range(len(bonds))
+    )
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+class MPO:
+    """A matrix M (I x J) as a Matrix Product Operator: n cores T_k[d_{k-1}, i_k, j_k, d_k].
+
+    Made by :func:`mpo.decompose`, :meth:`MPO.truncate`, :meth:`MPO.from_cores` or :func:`mpo.load`.
+    The cores are in mixed canonical form: cores left of the central tensor are left-orthonormal, cores
+    right of it right-orthonormal, and every bond is ordered by the singular values of the matrix's
+    unfolding at that bond (``spectra``). Cutting a bond is therefore the optimal cut of that unfolding,
+    and ``error_bound()`` bounds the Frobenius error of any set of cuts (MPOP Eq. 4).
+
+    Arrays handed out are read-only views; the MPO never changes after it is made.
+    """
+
+    def __init__(
+        self,
+        cores: Sequence[np.ndarray],
+        *,
+        shape: tuple[int, int],
+        spectra: Sequence[np.ndarray],
+        truncation_errors: Sequence[float],
+        norm: float,
+        limits: Sequence[int] | None = None,
+        spectra_of_matrix: bool = True,
+    ) -> None:
+        """Assemble an MPO from canonical-form arrays; most users want :func:`mpo.decompose`.
+
+        ``limits[k]`` is 0 when bond k still holds every nonzero singular value, else the largest bond
+        :meth:`truncate` may be asked for there (the cap it was cut at). ``spectra_of_matrix`` says the
+        spectra are those of the decomposed matrix's own unfoldings (an exact decomposition and its
+        cuts), so that further cuts add to the bound in quadrature. Consistency of shapes is checked;
+        canonical form is the caller's promise (use :meth:`from_cores` for arbitrary cores).
+        """
+        cores = [np.asarray(c) for c in cores]
+        if len(cores) < 2:
+            raise ValueError(f"an MPO needs n >= 2 cores, got {len(cores)}")
+        dtype = cores[0].dtype
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"cores must be float32 or float64, got {dtype}")
+        for k, c in enumerate(cores):
+            if c.ndim != 4:
+                raise ValueError(f"core {k} must be 4-way (d_(k-1), i_k, j_k, d_k), got shape {c.shape}")
+            if c.dtype != dtype:
+                raise TypeError(f"all cores must share one dtype: core 0 is {dtype}, core {k} is {c.dtype}")
+            left = 1 if k == 0 else cores[k - 1].shape[3]
+            if c.shape[0] != left:
+                raise ValueError(
+                    f"bond {k - 1} disagrees: core {k - 1} ends with {left}, core {k} starts with {c.shape[0]}"
+                    if k
+                    else f"the first core's left bond must be 1, got {c.shape[0]}"
+                )
+        if cores[-1].shape[3] != 1:
+            raise ValueError(f"the last core's right bond must be 1, got {cores[-1].shape[3]}")
+        n = len(cores)
+        if len(spectra) != n - 1 or len(truncation_errors) != n - 1:
+            raise ValueError(
+                f"need n-1 = {n - 1} spectra and truncation errors, got {len(spectra)} and {len(truncation_errors)}"
+            )
+        self._cores = [_frozen(np.ascontiguousarray(c)) for c in cores]
+        self._spectra = [_frozen(np.asarray(s, dtype=np.float64).copy()) for s in spectra]
+        for k, s in enumerate(self._spectra):
+            if s.shape != (self._cores[k].shape[3],):
+                raise ValueError(f"spectrum {k} has {s.shape} values for a bond of {self._cores[k].shape[3]}")
+        self._errors = _frozen(np.asarray(truncation_errors, dtype=np.float64).copy())
+        self._limits = tuple(int(x) for x in (limits if limits is not None else [0] * (n - 1)))
+        if len(self._limits) != n - 1:
+            raise ValueError(f"need n-1 = {n - 1} bond limits, got {len(self._limits)}")
+        self._spectra_of_matrix = bool(spectra_of_matrix)
+        padded = (self._prod(1), self._prod(2))
+        rows, cols = (int(x) for x in shape)
+        if not (1 <= rows <= padded[0] and 1 <= cols <= padded[1]):
+            raise ValueError(f"shape {shape} does not fit the cores' padded shape {padded}")
+        self._shape = (rows, cols)
+        self._norm = float(norm)
+
+    def _prod(self, axis: int) -> int:
+        return math.prod(c.shape[axis] for c in self._cores)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def _from_core_result(cls, raw: dict, shape: tuple[int, int], caps: Sequence[int] | None) -> MPO:
+        cut = raw["cut"]
+        return cls(
+            raw["cores"],
+            shape=shape,
+            spectra=raw["spectra"],
+            truncation_errors=raw["truncation_errors"],
+            norm=raw["norm"],
+            limits=[cap if was_cut else 0 for cap, was_cut in zip(caps or [0] * len(cut), cut)],
+            # A capped sweep cuts remainders, not M: its spectra are those of the MPO's own matrix.
+            spectra_of_matrix=not any(cut),
+        )
+
+    @classmethod
+    def from_cores(cls, cores: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> MPO:
+        """Bring arbitrary cores (for instance trained ones) to canonical form and measure their spectra.
+
+        The matrix they represent is unchanged (up to rounding); bonds may shrink where singular values
+        are zero. ``shape`` is the unpadded (I, J), by default the cores' full padded shape.
+        """
+        cores = [np.asarray(c) for c in cores]
+        if not cores:
+            raise ValueError("an MPO needs n >= 2 cores, got 0")
+        dtype = np.result_type(*cores)
+        if dtype.kind not in "fiub":
+            raise TypeError(f"cores must be real, got dtype {dtype}")
+        dtype = np.float32 if dtype == np.float32 else np.float64
+        cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
+        for k, c in enumerate(cores):
+            if c.ndim != 4:
+                raise ValueError(f"core {k} must be 4-way (d_(k-1), i_k, j_k, d_k), got shape {c.shape}")
+            if not np.isfinite(c).all():
+                raise ValueError(f"core {k} must be finite, it holds NaN or inf")
+        new_cores, spectra = _core.canonicalize(cores, np.dtype(dtype).name)
+        padded = (math.prod(c.shape[1] for c in cores), math.prod(c.shape[2] for c in cores))
+        norm = float(np.linalg.norm(spectra[0]))
+        return cls(
+            new_cores,
+            shape=padded if shape is None else shape,
+            spectra=spectra,
+            truncation_errors=np.zeros(len(cores) - 1),
+            norm=norm,
+        )
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def cores(self) -> list[np.ndarray]:
+        """The n cores, core k shaped (d_{k-1}, i_k, j_k, d_k), read-only."""
+        return list(self._cores)
+
+    @property
+    def n(self) -> int:
+        """Number of cores."""
+        return len(self._cores)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Row factors i_1..i_n (of the padded row count)."""
+        return tuple(c.shape[1] for c in self._cores)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Column factors j_1..j_n (of the padded column count)."""
+        return tuple(c.shape[2] for c in self._cores)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(I, J) of the original matrix; padding is invisible."""
+        return self._shape
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """(prod i_k, prod j_k): the shape the cores represent, zero rows/columns included."""
+        return (self._prod(1), self._prod(2))
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float32 or float64, the dtype of the decomposed matrix."""
+        return self._cores[0].dtype
+
+    @property
+    def bond_dims(self) -> tuple[int, ...]:
+        """d_1..d_{n-1}, the n-1 bond dimensions."""
+        return tuple(c.shape[3] for c in self._cores[:-1])
+
+    @property
+    def full_bond_dims(self) -> tuple[int, ...]:
+        """The full bonds of MPOP Eq. 2 for these factors (an exact MPO of a generic matrix has them)."""
+        return _full_bonds(self.in_shape, self.out_shape)
+
+    @property
+    def central_index(self) -> int:
+        """(n-1)//2, the index of the central tensor."""
+        return (self.n - 1) // 2
+
+    @property
+    def central(self) -> np.ndarray:
+        """The central tensor: it holds most parameters and stays frozen in lightweight fine-tuning."""
+        return self._cores[self.central_index]
+
+    @property
+    def auxiliary(self) -> list[np.ndarray]:
+        """The auxiliary tensors: every core but the central one, in order."""
+        c = self.central_index
+        return [core for k, core in enumerate(self._cores) if k != c]
+
+    # ----------------------------------------------------------------- spectra and errors
+    @property
+    def spectra(self) -> list[np.ndarray]:
+        """Singular values of every bond's unfolding (descending, float64), kept from the decomposition.
+
+        For an exact decomposition (and any ``truncate`` of one, and ``tol`` mode) they are those of M's
+        unfoldings, cut to the stored bonds. A decomposition with ``max_bond`` cuts each remainder of
+        the sequential SVD as it goes (the fast route); its spectra are then those of the matrix the
+        MPO represents, which is what later cuts act on.
+        """
+        return list(self._spectra)
+
+    @property
+    def truncation_errors(self) -> np.ndarray:
+        """Local truncation error per bond, eps_k = sqrt(sum of discarded lambda^2) (ALGORITHMS.md §2).
+
+        The squared-sum form is the one for which MPOP Eq. 4's bound is a theorem; Eq. 3 of the paper
+        prints a plain sum.
+        """
+        return self._errors
+
+    @property
+    def norm(self) -> float:
+        """||M||_F of the decomposed matrix."""
+        return self._norm
+
+    def error_bound(self) -> float:
+        """sqrt(sum_k eps_k^2) >= ||M - MPO(M)||_F (MPOP Eq. 4, the TT-SVD theorem)."""
+        return float(_core.error_bound(self._errors.tolist()))
+
+    def relative_error_bound(self) -> float:
+        """error_bound() / ||M||_F (0 for the zero matrix)."""
+        return self.error_bound() / self._norm if self._norm > 0 else 0.0
+
+    def entropy(self) -> np.ndarray:
+        """Entanglement entropy of every bond (MPOP Eq. 6), natural log, from the stored spectra.
+
+        S_k = -sum_j v_j ln v_j with v_j = lambda_j^2 / sum lambda^2, the convention of the authors'
+        code; 0 <= S_k <= ln d_k.
+        """
+        return np.array([_core.entropy(s) for s in self._spectra], dtype=np.float64)
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def num_params(self) -> int:
+        """Total number of parameters, sum_k d_{k-1} i_k j_k d_k."""
+        return sum(c.size for c in self._cores)
+
+    @property
+    def central_params(self) -> int:
+        """Parameters of the central tensor."""
+        return self.central.size
+
+    @property
+    def auxiliary_params(self) -> int:
+        """Parameters of the auxiliary tensors."""
+        return self.num_params - self.central_params
+
+    @property
+    def compression_ratio(self) -> float:
+        """rho = num_params / (I*J) (MPOP Eq. 5) for the original, unpadded I x J; > 1 is possible."""
+        return self.num_params / (self._shape[0] * self._shape[1])
+
+    # ----------------------------------------------------------------- operations
+    def to_dense(self) -> np.ndarray:
+        """Contract the cores into the I x J matrix (padding removed), in the MPO's dtype."""
+        dense = _core.rebuild(self._cores, self.dtype.name)
+        rows, cols = self._shape
+        if dense.shape != (rows, cols):
+            dense = np.ascontiguousarray(dense[:rows, :cols])
+        return dense
+
+    def truncate(self, max_bond: int | Sequence[int] | None = None, tol: float | None = None) -> MPO:
+        """A new MPO cut from this one's canonical form; no new decomposition.
+
+        ``max_bond`` caps every bond (an int) or each bond (n-1 ints); ``tol`` keeps the smallest bonds
+        whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first. Given
+        both, the caps are applied first and ``tol`` then cuts further while the bound allows, so the
+        result meets both. A cap above a bond that was already cut below it is an error: the discarded
+        singular values are gone.
+
+        The bound composes in quadrature (eps_k^2 adds the dropped lambda^2) when the spectra are M's
+        own. After a ``max_bond`` decomposition the stored form is the canonical form of the MPO's own
+        matrix, and the new cut's error adds to the old bound by the triangle inequality; eps_k is then
+        scaled so that error_bound() = old bound + new cut's bound, still sqrt(sum eps_k^2).
+        """
+        caps = parse_max_bond(max_bond, self.n - 1)
+        target = parse_tol(tol)
+        keep = list(self.bond_dims)
+        if caps is not None:
+            for k, cap in enumerate(caps):
+                if cap > keep[k] and self._limits[k] and cap > self._limits[k]:
+                    raise ValueError(
+                        f"truncate cannot grow bond {k} from {keep[k]} to max_bond {cap}: it was cut at "
+                        f"{self._limits[k]} and the discarded singular values are gone; decompose the "
+                        "matrix again for larger bonds"
+                    )
+            keep = [min(r, cap) for r, cap in zip(keep, caps)]
+        result = self._sliced(keep, caps)
+        if target is not None:
+            result = result._sliced(result._bonds_for_tol(target))
+        return result
+
+    def _new_cut_errors(self, keep: Sequence[int]) -> np.ndarray:
+        """delta_k^2: the energy a cut to ``keep`` drops at each bond."""
+        return np.array([float(np.sum(s[r:] ** 2)) for s, r in zip(self._spectra, keep)])
+
+    def _combined_errors(self, dropped: np.ndarray) -> np.ndarray:
+        """Per-bond eps_k of this MPO followed by a cut dropping ``dropped`` (delta_k^2) per bond."""
+        old = self._errors**2
+        if self._spectra_of_matrix:
+            return np.sqrt(old + dropped)
+        # Triangle inequality ||M - M''|| <= E + D with E^2 = sum eps^2, D^2 = sum delta^2, spread over
+        # the bonds: eps'^2 = eps^2 (1 + D/E) + delta^2 (1 + E/D) sums to exactly (E + D)^2.
+        e, d = math.sqrt(float(old.sum())), math.sqrt(float(dropped.sum()))
+        if e == 0 or d == 0:
+            return np.sqrt(old + dropped)
+        return np.sqrt(old * (1 + d / e) + dropped * (1 + e / d))
+
+    def _bonds_for_tol(self, tol: float) -> list[int]:
+        # Drop the globally smallest lambda^2 first: most bond removed per unit of error budget. Each
+        # spectrum is descending, so the smallest values always sit at the tails.
+        keep = list(self.bond_dims)
+        allowed = tol * self._norm
+        spent = float(np.sum(self._errors**2))
+        if self._spectra_of_matrix:
+            budget = allowed**2 - spent
+        else:
+            budget = max(allowed - math.sqrt(spent), 0.0) ** 2
+        if budget <= 0:
+            return keep
+        values = np.concatenate([s[1:] ** 2 for s in self._spectra])
+        owners = np.concatenate([np.full(len(s) - 1, k) for k, s in enumerate(self._spectra)])
+        order = np.argsort(values, kind="stable")
+        within = np.cumsum(values[order]) <= budget
+        drop = np.bincount(owners[order[within]].astype(np.intp), minlength=len(keep))
+        return [r - int(d) for r, d in zip(keep, drop)]
+
+    def _sliced(self, keep: Sequence[int], caps: Sequence[int] | None = None) -> MPO:
+        bonds = self.bond_dims
+        if tuple(keep) == bonds:
+            return self
+        cores = []
+        for k, c in enumerate(self._cores):
+            left = 1 if k == 0 else keep[k - 1]
+            right = 1 if k == self.n - 1 else keep[k]
+            cores.append(np.ascontiguousarray(c[:left, :, :, :right]))
+        dropped = self._new_cut_errors(keep)
+        limits = []
+        for k, (old, r) in enumerate(zip(self._limits, keep)):
+            if dropped[k] > 0:
+                asked = caps[k] if caps is not None and caps[k] <= r else r
+                old = min(old, asked) if old else asked
+            limits.append(old)
+        spectra = [s[:r] for s, r in zip(self._spectra, keep)]
+        spectra_of_matrix = self._spectra_of_matrix
+        if not _consistent(keep, self.in_shape, self.out_shape):
+            # A bond wider than its neighbours can feed (d_k > d_(k-1) i_k j_k, or the mirror image)
+            # carries redundant directions. An exact re-canonicalisation removes them without changing
+            # the matrix; its spectra are then those of the cut matrix, not M's.
+            cores, spectra = _core.canonicalize(cores, self.dtype.name)
+            spectra_of_matrix = False
+        return MPO(
+            cores,
+            shape=self._shape,
+            spectra=spectra,
+            truncation_errors=self._combined_errors(dropped),
+            norm=self._norm,
+            limits=limits,
+            spectra_of_matrix=spectra_of_matrix,
+        )
+
+    def save(self, path) -> None:
+        """Write the MPO to ``path`` (an .npz archive with a format version), atomically."""
+        from ._io import save
+
+        save(self, path)
+
+    def __repr__(self) -> str:
+        padded = "" if self.padded_shape == self._shape else f", padded_shape={self.padded_shape}"
+        return (
+            f"MPO(shape={self._shape}{padded}, in_shape={self.in_shape}, out_shape={self.out_shape}, "
+            f"bond_dims={self.bond_dims}, rho={self.compression_ratio:.4g}, "
+            f"relative_error_bound={self.relative_error_bound():.3g}, dtype={self.dtype.name})"
+        )
+
+
+def decompose(
+    M: object,
+    shape: object = None,
+    *,
+    n: int = 5,
+    max_bond: int | Sequence[int] | None = None,
+    tol: float | None = None,
+    svd: str = "auto",
+) -> MPO:
+    """Decompose a matrix into a Matrix Product Operator (MPOP Algorithm 1).
+
+    Parameters
+    ----------
+    M : array_like, 2-D
+        Real matrix (float32 and float64 are kept; integers become float64; any memory order).
+    shape : None, int, or ((i_1, ..., i_n), (j_1, ..., j_n))
+        None plans balanced factors with :func:`mpo.plan_shape` (zero-padding a side that has none);
+        an int is n; explicit factors must multiply to M's sides.
+    n : int
+        Number of cores when ``shape`` is None (default 5, as in MPOP).
+    max_bond : int or sequence of n-1 ints, optional
+        Cap on every bond, or on each bond.
+    tol : float in [0, 1), optional
+        Relative Frobenius error target: the smallest bonds with sqrt(sum eps_k^2)/||M||_F <= tol.
+        With ``max_bond`` too, the caps are applied first and tol cuts further while the bound allows
+        (the result meets both). With neither, the MPO is exact with full bonds (Eq. 2).
+    svd : {"auto", "exact"}
+        "auto" lets a bond capped far below its full size use a randomized range finder whose
+        convergence is checked (falling back to the exact route); "exact" always takes the exact route.
+
+    Returns
+    -------
+    MPO
+
+    Examples
+    --------
+    >>> import numpy as np, mpo
+    >>> M = np.random.default_rng(0).standard_normal((768, 768))
+    >>> m = mpo.decompose(M, max_bond=64)
+    >>> m.bond_dims
+    (12, 64, 64, 12)
+    >>> bool(np.linalg.norm(M - m.to_dense()) <= m.error_bound() * (1 + 1e-9))
+    True
+    """
+    if svd not in _SVD_METHODS:
+        raise ValueError(f"svd must be one of {_SVD_METHODS}, got {svd!r}")
+    a = as_matrix(M)
+    rows, cols = a.shape
+    plan = parse_shape(shape, n, rows, cols)
+    caps = parse_max_bond(max_bond, len(plan.in_shape) - 1)
+    target = parse_tol(tol)
+    if plan.padded_shape != (rows, cols):
+        padded = np.zeros(plan.padded_shape, dtype=a.dtype)
+        padded[:rows, :cols] = a
+    else:
+        padded = np.ascontiguousarray(a)
+    # Caps cut each remainder as the sweep goes (and may take the randomized route): the fast route.
+    # A tol then cuts the stored canonical form further while the bound allows.
+    raw = _core.decompose(
+        padded,
+        list(plan.in_shape),
+        list(plan.out_shape),
+        caps if caps is not None else [0] * (len(plan.in_shape) - 1),
+        svd == "auto",
+    )
+    result = MPO._from_core_result(raw, (rows, cols), caps)
+    if target is not None:
+        result = result.truncate(tol=target)
+    return result

@@ -1,0 +1,130 @@
+"""Checks on user input, done before the C++ core runs, so that every error names its rule and value."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["as_matrix", "parse_max_bond", "parse_tol", "parse_shape"]
+
+
+def as_matrix(M: object) -> np.ndarray:
+    """``M`` as a 2-D float32/float64 ndarray (any memory order); ints and bools become float64."""
+    try:
+        a = np.asarray(M)
+    except (ValueError, TypeError) as exc:  # ragged nested lists and the like
+        raise ValueError(f"M must be a rectangular 2-D array of real numbers: {exc}") from None
+    kind = a.dtype.kind
+    if kind == "c":
+        raise TypeError(
+            f"M must be real: complex matrices are not supported, got dtype {a.dtype} "
+            "(decompose the real and imaginary parts separately)"
+        )
+    if kind in "biu":
+        a = a.astype(np.float64)
+    elif kind == "f":
+        if a.dtype == np.float16:
+            a = a.astype(np.float32)
+        elif a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float64)
+    else:
+        raise TypeError(f"M must hold real numbers, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"M must be 2-D (a matrix), got {a.ndim} dimensions with shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"M must not be empty, got shape {a.shape}")
+    finite = np.isfinite(a)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        i, j = (int(x) for x in bad[0])
+        raise ValueError(
+            f"M must be finite: {len(bad)} NaN or inf entries, the first at [{i}, {j}] = {a[i, j]}"
+        )
+    return a
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def parse_shape(shape: object, n: object, rows: int, cols: int):
+    """Resolve ``shape`` (None, an int n, or ((i_1..i_n), (j_1..j_n))) into a ShapePlan."""
+    from ._shape import ShapePlan, plan_shape
+
+    if shape is None or _is_int(shape):
+        count = n if shape is None else shape
+        if not _is_int(count):
+            raise TypeError(f"n must be an integer, got {count!r}")
+        if count < 2:  # type: ignore[operator]
+            raise ValueError(f"n must be >= 2 (an MPO has at least two cores), got n = {count}")
+        return plan_shape(rows, cols, int(count))  # type: ignore[arg-type]
+    try:
+        in_shape, out_shape = shape  # type: ignore[misc]
+        in_shape = tuple(in_shape)
+        out_shape = tuple(out_shape)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"shape must be None, an int n, or ((i_1, ..., i_n), (j_1, ..., j_n)), got {shape!r}"
+        ) from None
+    for side, factors in (("row", in_shape), ("column", out_shape)):
+        for f in factors:
+            if not _is_int(f):
+                raise TypeError(f"{side} factors must be integers, got {f!r} in {factors}")
+            if f < 1:
+                raise ValueError(f"{side} factors must be >= 1, got {f} in {factors}")
+    if len(in_shape) != len(out_shape):
+        raise ValueError(
+            f"row and column factor lists must have the same length n, got {len(in_shape)} "
+            f"({in_shape}) and {len(out_shape)} ({out_shape})"
+        )
+    if len(in_shape) < 2:
+        raise ValueError(f"n must be >= 2 (an MPO has at least two cores), got n = {len(in_shape)}")
+    in_shape = tuple(int(f) for f in in_shape)
+    out_shape = tuple(int(f) for f in out_shape)
+    prod_in, prod_out = int(np.prod(in_shape)), int(np.prod(out_shape))
+    if prod_in != rows:
+        raise ValueError(
+            f"the row factors {in_shape} multiply to {prod_in} but M has {rows} rows "
+            "(rows side: the product of the row factors must equal the number of rows)"
+        )
+    if prod_out != cols:
+        raise ValueError(
+            f"the column factors {out_shape} multiply to {prod_out} but M has {cols} columns "
+            "(columns side: the product of the column factors must equal the number of columns)"
+        )
+    return ShapePlan(in_shape, out_shape, (rows, cols), (0, 0))
+
+
+def parse_max_bond(max_bond: object, bonds: int) -> list[int] | None:
+    """None, or one cap per bond (``bonds`` = n - 1 entries, each >= 1)."""
+    if max_bond is None:
+        return None
+    if _is_int(max_bond):
+        if max_bond < 1:  # type: ignore[operator]
+            raise ValueError(f"max_bond must be >= 1, got {max_bond}")
+        return [int(max_bond)] * bonds  # type: ignore[call-overload]
+    if isinstance(max_bond, (str, bytes)) or not isinstance(max_bond, (Sequence, np.ndarray)):
+        raise TypeError(f"max_bond must be an int or a sequence of n-1 = {bonds} ints, got {max_bond!r}")
+    caps = list(max_bond)
+    if len(caps) != bonds:
+        raise ValueError(f"max_bond must have n-1 = {bonds} entries, one per bond, got {len(caps)}: {caps}")
+    for k, cap in enumerate(caps):
+        if not _is_int(cap):
+            raise TypeError(f"max_bond[{k}] must be an integer, got {cap!r}")
+        if cap < 1:
+            raise ValueError(f"max_bond must be >= 1, got max_bond[{k}] = {cap}")
+    return [int(c) for c in caps]
+
+
+def parse_tol(tol: object) -> float | None:
+    """None, or a relative Frobenius error target in [0, 1)."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a real number in [0, 1), got {tol!r}")
+    value = float(tol)
+    if not 0.0 <= value < 1.0:  # also rejects NaN
+        raise ValueError(f"tol must be in [0, 1) (a relative Frobenius error), got {tol}")
+    return value

@@ -1,0 +1,592 @@
+"""decompose(): exactness, layout, spectra, bonds, parameter counts, the check values
+of ALGORITHMS.md §1-2, truncation, and the accepted input forms.
+
+Fixed examples here; the randomized versions of the same properties are in
+test_properties.py.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import mpo
+from strategies import (
+    contract_cores,
+    dense_error,
+    entropy_from_spectrum,
+    exact_rtol,
+    fro,
+    full_bonds,
+    kron_sum,
+    pad,
+    reference_spectra,
+    rel_error,
+    unfold,
+)
+
+SHAPES = [
+    ((2, 3), (4, 5)),
+    ((2, 3, 4), (3, 2, 2)),
+    ((2, 2, 3, 2, 2), (3, 2, 2, 2, 1)),
+    ((2, 1, 2, 2, 1, 2, 2), (1, 2, 2, 1, 2, 2, 2)),
+]
+
+
+def gaussian(shape, dtype=np.float64, seed=0, order="C"):
+    in_shape, out_shape = shape
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((math.prod(in_shape), math.prod(out_shape)))
+    return np.array(M, dtype=dtype, order=order)
+
+
+# ------------------------------------------------------------------ exact MPO
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"n{len(s[0])}")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_exact_rebuild(shape, dtype, order):
+    M = gaussian(shape, dtype, order=order)
+    m = mpo.decompose(M, shape)
+    R = m.to_dense()
+    assert R.shape == M.shape
+    assert R.dtype == np.dtype(dtype)
+    assert m.dtype == np.dtype(dtype)
+    assert rel_error(M, R) <= exact_rtol(dtype)
+    assert m.error_bound() == 0.0
+    assert m.relative_error_bound() == 0.0
+    assert np.all(np.asarray(m.truncation_errors) == 0.0)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"n{len(s[0])}")
+def test_structure(shape):
+    in_shape, out_shape = shape
+    n = len(in_shape)
+    M = gaussian(shape, seed=1)
+    m = mpo.decompose(M, shape)
+
+    assert m.n == n
+    assert tuple(m.in_shape) == in_shape
+    assert tuple(m.out_shape) == out_shape
+    assert tuple(m.shape) == M.shape
+    assert tuple(m.padded_shape) == M.shape
+    assert len(m.cores) == n
+    bonds = tuple(m.bond_dims)
+    assert len(bonds) == n - 1
+    # generic (full-rank) input: every bond at its Eq. 2 size
+    assert bonds == full_bonds(in_shape, out_shape)
+
+    d = (1,) + bonds + (1,)
+    for k, c in enumerate(m.cores):
+        assert isinstance(c, np.ndarray)
+        assert c.dtype == M.dtype
+        assert c.shape == (d[k], in_shape[k], out_shape[k], d[k + 1])
+
+    assert m.central_index == (n - 1) // 2
+    assert np.array_equal(m.central, m.cores[m.central_index])
+    assert m.central.shape == m.cores[m.central_index].shape
+    aux = list(m.auxiliary)
+    others = [c for k, c in enumerate(m.cores) if k != m.central_index]
+    assert len(aux) == n - 1
+    for a, c in zip(aux, others):
+        assert a.shape == c.shape and np.array_equal(a, c)
+
+    sizes = [c.size for c in m.cores]
+    assert m.num_params == sum(sizes)
+    assert m.central_params == m.central.size
+    assert m.auxiliary_params == sum(a.size for a in aux)
+    assert m.central_params + m.auxiliary_params == m.num_params
+    assert m.compression_ratio == pytest.approx(m.num_params / M.size, rel=1e-12)
+    assert m.norm == pytest.approx(fro(M), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"n{len(s[0])}")
+def test_cores_follow_documented_layout(shape):
+    """Contracting the cores by hand, in the documented layout, gives M back."""
+    M = gaussian(shape, seed=2)
+    m = mpo.decompose(M, shape)
+    R = contract_cores(m.cores, *shape)
+    assert rel_error(M, R) <= 1e-12
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"n{len(s[0])}")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_spectra_are_the_unfolding_svds(shape, dtype):
+    M = gaussian(shape, dtype, seed=3)
+    m = mpo.decompose(M, shape)
+    ref = reference_spectra(M, *shape)
+    tol = 1e-10 if dtype == np.float64 else 2e-5
+    assert len(m.spectra) == m.n - 1
+    for k, (s, r) in enumerate(zip(m.spectra, ref)):
+        s = np.asarray(s)
+        assert s.dtype == np.float64
+        assert s.ndim == 1 and len(s) == m.bond_dims[k]
+        assert np.all(s >= 0) and np.all(np.diff(s) <= 0)
+        np.testing.assert_allclose(s, r[: len(s)], rtol=0, atol=tol * r[0])
+
+
+def test_entropy_is_the_spectrum_entropy():
+    shape = SHAPES[2]
+    m = mpo.decompose(gaussian(shape, seed=4), shape)
+    S = np.asarray(m.entropy())
+    assert S.dtype == np.float64 and S.shape == (m.n - 1,)
+    for k in range(m.n - 1):
+        assert S[k] == pytest.approx(entropy_from_spectrum(m.spectra[k]), rel=1e-12, abs=1e-14)
+        assert -1e-12 <= S[k] <= math.log(m.bond_dims[k]) + 1e-12
+
+
+# ------------------------------------------------------------ check values
+
+
+@pytest.fixture(scope="module")
+def bert768():
+    rng = np.random.default_rng(2021)
+    M = rng.standard_normal((768, 768))
+    shape = ((3, 4, 4, 4, 4), (4, 4, 4, 4, 3))
+    return M, shape, mpo.decompose(M, shape)
+
+
+def test_check_values_768_rebuild(bert768):
+    M, _, m = bert768
+    assert rel_error(M, m.to_dense()) <= 1e-12  # ALGORITHMS.md: ~1e-14
+
+
+def test_check_values_768_bonds_and_central(bert768):
+    _, _, m = bert768
+    assert tuple(m.bond_dims) == (12, 192, 192, 12)
+    assert m.central_index == 2
+    assert m.central.shape == (192, 4, 4, 192)
+    assert m.central_params / m.num_params == pytest.approx(0.889, abs=1e-3)
+    assert m.num_params == 144 + 36864 + 589824 + 36864 + 144
+    assert m.compression_ratio == pytest.approx(m.num_params / 768**2, rel=1e-12)
+
+
+def test_check_values_768_entropy(bert768):
+    _, _, m = bert768
+    S = np.asarray(m.entropy())
+    assert S[0] == pytest.approx(math.log(12), abs=1e-2)  # 2.485
+    assert S[3] == pytest.approx(math.log(12), abs=1e-2)
+    assert S[1] == pytest.approx(5.226, abs=2e-2)
+    assert S[2] == pytest.approx(5.226, abs=2e-2)
+    assert np.all(S <= np.log(np.asarray(m.bond_dims, dtype=float)) + 1e-12)
+
+
+def test_check_values_768_spectra(bert768):
+    M, shape, m = bert768
+    for k in (0, 1):  # the other two are the same sizes mirrored
+        ref = np.linalg.svd(unfold(M, *shape, k), compute_uv=False)
+        np.testing.assert_allclose(m.spectra[k], ref, rtol=0, atol=1e-10 * ref[0])
+
+
+def test_check_values_3072x768_bonds():
+    """ALGORITHMS.md §1: 3072x768 [4,4,8,6,4]x[3,4,4,4,4]: bonds 12,192,384,16, central 92.7 %."""
+    rng = np.random.default_rng(7)
+    M = rng.standard_normal((3072, 768))
+    m = mpo.decompose(M, ((4, 4, 8, 6, 4), (3, 4, 4, 4, 4)))
+    assert tuple(m.bond_dims) == (12, 192, 384, 16)
+    assert m.central_params / m.num_params == pytest.approx(0.927, abs=1e-3)
+    assert rel_error(M, m.to_dense()) <= 1e-12
+
+
+# -------------------------------------------------------- degenerate inputs
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rank_deficient_drops_zeros(rank, dtype):
+    shape = ((2, 3, 2, 2), (2, 2, 3, 2))
+    rng = np.random.default_rng(rank)
+    # integer factors: M is exactly of MPO rank <= `rank` in float32 too
+    M = kron_sum(rng, *shape, rank, integer=True).astype(dtype)
+    m = mpo.decompose(M, shape)
+    assert max(m.bond_dims) <= rank
+    assert min(m.bond_dims) >= 1
+    for c in m.cores:
+        assert np.all(np.isfinite(c))
+    for s in m.spectra:
+        assert np.all(np.isfinite(s)) and np.all(np.asarray(s) > 0)
+    assert np.all(np.isfinite(m.entropy()))
+    assert np.all(np.isfinite(m.truncation_errors))
+    assert math.isfinite(m.error_bound())
+    assert rel_error(M, m.to_dense()) <= exact_rtol(dtype)
+
+
+def test_ordinary_rank_two_matrix_no_nan():
+    """A rank-2 matrix in the ordinary sense: rank-deficient unfoldings, no NaN/inf."""
+    rng = np.random.default_rng(5)
+    M = rng.standard_normal((48, 2)) @ rng.standard_normal((2, 36))
+    shape = ((2, 4, 6), (3, 3, 4))
+    m = mpo.decompose(M, shape)
+    ref = reference_spectra(M, *shape)
+    for k, r in enumerate(ref):
+        numerical_rank = int(np.sum(r > 1e-10 * r[0]))
+        assert m.bond_dims[k] <= full_bonds(*shape)[k]
+        assert m.bond_dims[k] >= numerical_rank
+    for c in m.cores:
+        assert np.all(np.isfinite(c))
+    assert np.all(np.isfinite(m.entropy()))
+    assert rel_error(M, m.to_dense()) <= 1e-12
+
+
+def test_rank_one_kron_has_unit_bonds():
+    rng = np.random.default_rng(6)
+    shape = ((2, 3, 2, 2, 2), (3, 2, 2, 2, 1))
+    M = kron_sum(rng, *shape, 1)
+    m = mpo.decompose(M, shape)
+    assert tuple(m.bond_dims) == (1, 1, 1, 1)
+    np.testing.assert_allclose(m.entropy(), 0.0, atol=1e-12)
+    assert m.num_params == sum(i * j for i, j in zip(*shape))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_all_zero_matrix(dtype):
+    M = np.zeros((12, 8), dtype=dtype)
+    m = mpo.decompose(M, ((3, 4), (2, 4)))
+    R = m.to_dense()
+    assert R.shape == M.shape and R.dtype == M.dtype
+    assert np.all(R == 0)
+    for c in m.cores:
+        assert np.all(np.isfinite(c))
+    for s in m.spectra:
+        assert np.all(np.isfinite(s))
+    assert np.all(np.isfinite(m.entropy()))
+    assert np.all(np.asarray(m.entropy()) == 0)
+    assert m.error_bound() == 0.0
+    assert math.isfinite(m.relative_error_bound())
+    assert math.isfinite(m.compression_ratio)
+    assert m.norm == 0.0
+    t = m.truncate(tol=0.5)
+    assert np.all(t.to_dense() == 0)
+
+
+def test_single_nonzero_entry():
+    M = np.zeros((16, 16))
+    M[5, 11] = 3.0
+    m = mpo.decompose(M, ((2, 2, 2, 2), (2, 2, 2, 2)))
+    assert tuple(m.bond_dims) == (1, 1, 1)
+    assert np.array_equal(m.to_dense(), M) or rel_error(M, m.to_dense()) <= 1e-15
+
+
+def test_one_by_one_and_trivial_factors():
+    M = np.array([[2.5]])
+    m = mpo.decompose(M, ((1, 1), (1, 1)))
+    assert tuple(m.bond_dims) == (1,)
+    assert m.to_dense()[0, 0] == pytest.approx(2.5, rel=1e-15)
+
+
+# ------------------------------------------------------------ input forms
+
+
+def test_nested_list_input():
+    L = [[float(3 * r + c) - 4.0 for c in range(4)] for r in range(6)]
+    L[0][0] = 10.0
+    m = mpo.decompose(L, ((2, 3), (2, 2)))
+    assert m.dtype == np.float64
+    assert rel_error(np.array(L), m.to_dense()) <= 1e-12
+    ref = mpo.decompose(np.array(L), ((2, 3), (2, 2)))
+    for a, b in zip(m.cores, ref.cores):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint16, np.bool_])
+def test_int_and_bool_become_float64(dtype):
+    rng = np.random.default_rng(8)
+    M = rng.integers(0, 5, size=(6, 8)).astype(dtype)
+    m = mpo.decompose(M, ((2, 3), (4, 2)))
+    assert m.dtype == np.float64
+    assert all(c.dtype == np.float64 for c in m.cores)
+    R = m.to_dense()
+    assert R.dtype == np.float64
+    assert rel_error(M.astype(np.float64), R) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_non_contiguous_view(dtype):
+    rng = np.random.default_rng(9)
+    big = rng.standard_normal((24, 36)).astype(dtype)
+    V = big[::2, ::3]  # 12 x 12, neither C nor F contiguous
+    assert not V.flags.c_contiguous and not V.flags.f_contiguous
+    shape = ((3, 4), (2, 6))
+    m = mpo.decompose(V, shape)
+    ref = mpo.decompose(np.ascontiguousarray(V), shape)
+    assert rel_error(V, m.to_dense()) <= exact_rtol(dtype)
+    np.testing.assert_allclose(m.to_dense(), ref.to_dense(), rtol=0, atol=exact_rtol(dtype) * fro(V))
+    for k in range(len(m.spectra)):
+        np.testing.assert_allclose(m.spectra[k], ref.spectra[k], rtol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fortran_order_equals_c_order(dtype):
+    shape = ((2, 3, 2), (2, 2, 3))
+    C = gaussian(shape, dtype, seed=10)
+    F = np.asfortranarray(C)
+    mc, mf = mpo.decompose(C, shape), mpo.decompose(F, shape)
+    assert mf.dtype == np.dtype(dtype)
+    assert rel_error(C, mf.to_dense()) <= exact_rtol(dtype)
+    assert tuple(mc.bond_dims) == tuple(mf.bond_dims)
+    np.testing.assert_allclose(
+        mf.to_dense(), mc.to_dense(), rtol=0, atol=exact_rtol(dtype) * fro(C)
+    )
+    # the input is never modified
+    assert np.array_equal(F, C)
+
+
+def test_input_not_modified():
+    shape = ((2, 3), (4, 2))
+    M = gaussian(shape, seed=11)
+    keep = M.copy()
+    m = mpo.decompose(M, shape, max_bond=2)
+    m.to_dense()
+    m.truncate(max_bond=1)
+    assert np.array_equal(M, keep)
+
+
+# ------------------------------------------------- shape argument and padding
+
+
+def test_shape_none_uses_plan_shape():
+    M = gaussian(((4, 4), (3, 4)), seed=12)  # 16 x 12
+    plan = mpo.plan_shape(16, 12, 3)
+    m = mpo.decompose(M, n=3)
+    assert tuple(m.in_shape) == tuple(plan.in_shape)
+    assert tuple(m.out_shape) == tuple(plan.out_shape)
+    assert tuple(m.padded_shape) == tuple(plan.padded_shape)
+    assert m.n == 3
+
+
+def test_shape_int_is_n():
+    M = gaussian(((4, 4), (3, 4)), seed=13)
+    a = mpo.decompose(M, 3)
+    b = mpo.decompose(M, n=3)
+    assert a.n == 3
+    assert tuple(a.in_shape) == tuple(b.in_shape)
+    assert tuple(a.out_shape) == tuple(b.out_shape)
+    assert rel_error(M, a.to_dense()) <= 1e-12
+
+
+def test_default_n_is_5():
+    rng = np.random.default_rng(14)
+    M = rng.standard_normal((96, 64))
+    m = mpo.decompose(M)
+    assert m.n == 5
+    assert rel_error(M, m.to_dense()) <= 1e-12
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_padding_is_invisible(n, dtype):
+    rng = np.random.default_rng(15)
+    M = rng.standard_normal((30, 7)).astype(dtype)
+    plan = mpo.plan_shape(30, 7, n)
+    m = mpo.decompose(M, n=n)
+    assert tuple(m.shape) == (30, 7)
+    assert tuple(m.padded_shape) == tuple(plan.padded_shape)
+    R = m.to_dense()
+    assert R.shape == (30, 7) and R.dtype == np.dtype(dtype)
+    assert rel_error(M, R) <= exact_rtol(dtype)
+    assert m.compression_ratio == pytest.approx(m.num_params / (30 * 7), rel=1e-12)
+    assert m.norm == pytest.approx(fro(M), rel=1e-6)
+
+
+def test_padded_spectra_are_those_of_the_zero_padded_matrix():
+    rng = np.random.default_rng(16)
+    M = rng.standard_normal((30522 // 200, 50))  # 152 x 50, neither factors nicely
+    m = mpo.decompose(M, n=3)
+    P = pad(M, tuple(m.padded_shape))
+    ref = reference_spectra(P, tuple(m.in_shape), tuple(m.out_shape))
+    for k, r in enumerate(ref):
+        s = np.asarray(m.spectra[k])
+        np.testing.assert_allclose(s, r[: len(s)], rtol=0, atol=1e-10 * r[0])
+        assert np.all(r[len(s):] <= 1e-10 * r[0])  # only zeros were dropped
+
+
+def test_padded_30522_rows():
+    """BERT's vocabulary size pads to 30720 rows; decompose a thin slice of columns."""
+    rng = np.random.default_rng(17)
+    M = rng.standard_normal((30522, 2)).astype(np.float32)
+    m = mpo.decompose(M, n=2)
+    assert tuple(m.shape) == (30522, 2)
+    assert m.to_dense().shape == (30522, 2)
+    assert rel_error(M, m.to_dense()) <= 1e-5
+
+
+# ---------------------------------------------------------------- truncation
+
+
+def _truncation_case(seed=20, dtype=np.float64):
+    shape = ((2, 3, 2, 2), (2, 2, 3, 2))
+    return gaussian(shape, dtype, seed=seed), shape
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 5, 8, 20, 200])
+def test_truncate_bonds_are_min_of_cap_and_full(b):
+    M, shape = _truncation_case()
+    full = full_bonds(*shape)
+    exact = mpo.decompose(M, shape)
+    t = exact.truncate(max_bond=b)
+    assert tuple(t.bond_dims) == tuple(min(b, f) for f in full)
+    d = mpo.decompose(M, shape, max_bond=b)
+    assert tuple(d.bond_dims) == tuple(min(b, f) for f in full)
+
+
+def test_truncate_per_bond_caps():
+    M, shape = _truncation_case()
+    full = full_bonds(*shape)  # (4, 24, 4)
+    caps = (2, 7, 100)
+    t = mpo.decompose(M, shape).truncate(max_bond=caps)
+    assert tuple(t.bond_dims) == tuple(min(c, f) for c, f in zip(caps, full))
+    d = mpo.decompose(M, shape, max_bond=list(caps))
+    assert tuple(d.bond_dims) == tuple(t.bond_dims)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_truncated_spectra_and_errors_come_from_the_unfoldings(dtype):
+    """ALGORITHMS.md §2: cutting an exact MPO keeps the lambda of M's bond-k unfoldings, and
+    eps_k = sqrt(sum of the discarded lambda^2)."""
+    M, shape = _truncation_case(dtype=dtype)
+    ref = reference_spectra(M, *shape)
+    atol = (1e-10 if dtype == np.float64 else 2e-5) * max(r[0] for r in ref)
+    m = mpo.decompose(M, shape).truncate(max_bond=3)
+    for k, r in enumerate(ref):
+        s = np.asarray(m.spectra[k])
+        assert len(s) == m.bond_dims[k]
+        np.testing.assert_allclose(s, r[: len(s)], rtol=0, atol=atol)
+        eps = math.sqrt(float(np.sum(r[len(s):] ** 2)))
+        assert m.truncation_errors[k] == pytest.approx(eps, rel=1e-6, abs=atol)
+    assert m.error_bound() == pytest.approx(
+        math.sqrt(float(np.sum(np.asarray(m.truncation_errors) ** 2))), rel=1e-12
+    )
+    assert m.relative_error_bound() == pytest.approx(m.error_bound() / m.norm, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_capped_sweep_spectra_are_those_of_its_own_matrix(dtype):
+    """A max_bond decomposition cuts each remainder of the sequential SVD as it goes (docs/API.md):
+    its stored spectra are the singular values of the unfoldings of the matrix it represents, its
+    first bond's cut is the optimal cut of M's first unfolding, and — Pythagoras at every step of
+    the sweep — its error equals sqrt(sum eps_k^2)."""
+    M, shape = _truncation_case(dtype=dtype)
+    m = mpo.decompose(M, shape, max_bond=3)
+    own = reference_spectra(m.to_dense().astype(np.float64), *shape)
+    atol = (1e-10 if dtype == np.float64 else 2e-5) * max(r[0] for r in own)
+    for k, r in enumerate(own):
+        s = np.asarray(m.spectra[k])
+        assert len(s) == m.bond_dims[k]
+        np.testing.assert_allclose(s, r[: len(s)], rtol=0, atol=atol)
+        assert np.all(r[len(s):] <= atol)  # nothing beyond the stored bond
+    ref = reference_spectra(M, *shape)
+    first = math.sqrt(float(np.sum(ref[0][3:] ** 2)))
+    assert m.truncation_errors[0] == pytest.approx(first, rel=1e-5)
+    rtol = 1e-9 if dtype == np.float64 else 1e-4
+    assert dense_error(M, m.to_dense()) == pytest.approx(m.error_bound(), rel=rtol)
+
+
+def test_truncate_does_not_change_the_original():
+    M, shape = _truncation_case()
+    m = mpo.decompose(M, shape)
+    before = [c.copy() for c in m.cores]
+    bonds = tuple(m.bond_dims)
+    m.truncate(max_bond=2)
+    assert tuple(m.bond_dims) == bonds
+    for a, b in zip(before, m.cores):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 6, 12])
+def test_truncate_bound_holds(b):
+    M, shape = _truncation_case(seed=21)
+    t = mpo.decompose(M, shape).truncate(max_bond=b)
+    assert dense_error(M, t.to_dense()) <= t.error_bound() * (1 + 1e-10) + 1e-12 * fro(M)
+
+
+def test_truncate_of_truncated_bound_holds_against_original():
+    M, shape = _truncation_case(seed=22)
+    t1 = mpo.decompose(M, shape, max_bond=6)
+    t2 = t1.truncate(max_bond=2)
+    assert tuple(t2.bond_dims) == tuple(min(2, f) for f in full_bonds(*shape))
+    assert t2.error_bound() >= t1.error_bound()
+    assert dense_error(M, t2.to_dense()) <= t2.error_bound() * (1 + 1e-10) + 1e-12 * fro(M)
+    # After a capped sweep the new cut adds to the old bound by the triangle inequality.
+    dropped = math.sqrt(sum(float(np.sum(s[2:] ** 2)) for s in t1.spectra))
+    assert t2.error_bound() == pytest.approx(t1.error_bound() + dropped, rel=1e-10)
+    # Cuts of an exact MPO add in quadrature instead.
+    e1 = mpo.decompose(M, shape).truncate(max_bond=6)
+    e2 = e1.truncate(max_bond=2)
+    np.testing.assert_allclose(e2.truncation_errors, mpo.decompose(M, shape).truncate(max_bond=2).truncation_errors, rtol=1e-10)
+
+
+def test_truncate_to_full_or_more_is_exact():
+    M, shape = _truncation_case(seed=23)
+    m = mpo.decompose(M, shape)
+    t = m.truncate(max_bond=10**6)
+    assert tuple(t.bond_dims) == tuple(m.bond_dims)
+    assert rel_error(M, t.to_dense()) <= 1e-12
+    t = m.truncate()
+    assert tuple(t.bond_dims) == tuple(m.bond_dims)
+
+
+def test_truncate_same_cap_on_truncated_is_allowed():
+    M, shape = _truncation_case(seed=24)
+    t = mpo.decompose(M, shape, max_bond=3)
+    again = t.truncate(max_bond=3)
+    assert tuple(again.bond_dims) == tuple(t.bond_dims)
+    np.testing.assert_array_equal(again.to_dense(), t.to_dense())
+
+
+def test_tol_zero_is_exact():
+    M, shape = _truncation_case(seed=25)
+    m = mpo.decompose(M, shape, tol=0.0)
+    assert tuple(m.bond_dims) == full_bonds(*shape)
+    assert rel_error(M, m.to_dense()) <= 1e-12
+
+
+@pytest.mark.parametrize("tol", [1e-3, 0.05, 0.2, 0.5, 0.9])
+def test_tol_mode(tol):
+    M, shape = _truncation_case(seed=26)
+    for m in (mpo.decompose(M, shape, tol=tol), mpo.decompose(M, shape).truncate(tol=tol)):
+        assert m.relative_error_bound() <= tol * (1 + 1e-12)
+        assert rel_error(M, m.to_dense()) <= tol + 1e-12
+
+
+def test_larger_tol_never_more_bonds():
+    M, shape = _truncation_case(seed=27)
+    prev = None
+    for tol in [0.0, 0.01, 0.1, 0.3, 0.6, 0.99]:
+        bonds = tuple(mpo.decompose(M, shape, tol=tol).bond_dims)
+        if prev is not None:
+            assert all(a <= b for a, b in zip(bonds, prev))
+        prev = bonds
+
+
+def test_max_bond_and_tol_together_meet_both():
+    """Caps first, then tol cuts further while the bound allows (docs/API.md): the result never
+    exceeds the caps, and meets tol whenever the caps alone leave room for it."""
+    M, shape = _truncation_case(seed=28)
+    for b, tol in [(2, 0.01), (20, 0.5), (3, 0.3), (20, 0.9)]:
+        both = mpo.decompose(M, shape, max_bond=b, tol=tol)
+        cap = mpo.decompose(M, shape, max_bond=b)
+        for x, y in zip(both.bond_dims, cap.bond_dims):
+            assert x <= y
+        if cap.relative_error_bound() <= tol:
+            assert both.relative_error_bound() <= tol * (1 + 1e-12)
+        else:
+            assert tuple(both.bond_dims) == tuple(cap.bond_dims)
+        assert dense_error(M, both.to_dense()) <= both.error_bound() + 1e-12 * fro(M)
+    # (20, 0.9) leaves room: tol must actually have cut something beyond the caps.
+    assert mpo.decompose(M, shape, max_bond=20, tol=0.9).num_params < mpo.decompose(M, shape, max_bond=20).num_params
+
+
+@pytest.mark.parametrize("shape", [((1, 4), (4, 1)), ((2, 2, 2), (2, 2, 2)), ((3, 4), (4, 3))])
+def test_cap_above_rank_discards_nothing(shape):
+    """A cap at or above a bond's rank only drops zeros: eps_k stays at rounding level and the
+    bond is not 'cut', so truncate() with the same cap must work."""
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        M = kron_sum(rng, *shape, 2)
+        exact = mpo.decompose(M, shape)
+        cap = max(exact.bond_dims) + 1
+        m = mpo.decompose(M, shape, max_bond=cap)
+        assert tuple(m.bond_dims) == tuple(exact.bond_dims)
+        assert m.error_bound() <= 1e-12 * fro(M), f"seed {seed}: eps {m.truncation_errors}"
+        m.truncate(max_bond=cap)  # must not raise
