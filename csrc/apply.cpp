@@ -4,6 +4,8 @@
 #include "mpo/parallel.hpp"
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -246,39 +248,156 @@ std::vector<CoreShape> shapes_of(const std::vector<CoreView<T>>& cores) {
 
 }  // namespace
 
-ApplyPlan plan_apply(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind) {
+namespace {
+
+// Shapes of the cores after merging runs of `groups` sizes, and the FLOPs of merging them (left to
+// right within a run: (d, I_run, J_run) × d_mid times d_mid × (i, j, d')).
+std::vector<CoreShape> merged_shapes(const std::vector<CoreShape>& cores, const std::vector<std::size_t>& groups,
+                                     double* flops) {
+  std::vector<CoreShape> out;
+  std::size_t k = 0;
+  *flops = 0;
+  for (std::size_t g : groups) {
+    CoreShape acc = cores[k];
+    for (std::size_t m = k + 1; m < k + g; ++m) {
+      const CoreShape& c = cores[m];
+      *flops += 2.0 * static_cast<double>(acc.left_bond * acc.rows * acc.cols) * c.left_bond *
+                static_cast<double>(c.rows * c.cols * c.right_bond);
+      acc.rows *= c.rows;
+      acc.cols *= c.cols;
+      acc.right_bond = c.right_bond;
+    }
+    out.push_back(acc);
+    k += g;
+  }
+  return out;
+}
+
+std::vector<std::size_t> sweep_order(const std::vector<CoreShape>& cores, Index batch, bool transposed,
+                                     PlanKind kind) {
+  const std::size_t n = cores.size();
+  std::vector<std::size_t> order(n);
+  if (kind == PlanKind::left) {
+    std::iota(order.begin(), order.end(), 0);
+  } else if (kind == PlanKind::right) {
+    for (std::size_t i = 0; i < n; ++i) order[i] = n - 1 - i;
+  } else {
+    order = centre_order(cores, batch, transposed);
+  }
+  return order;
+}
+
+}  // namespace
+
+namespace {
+ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind,
+                      bool allow_merge);
+}  // namespace
+
+ApplyPlan plan_apply(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind,
+                     bool allow_merge) {
   check_shapes(cores);
   if (batch < 1) throw std::invalid_argument("mpo: batch must be >= 1, got " + std::to_string(batch));
+  // The search simulates 3·2^(n-1) plans (~100 µs for n = 5), as long as a whole small product: a layer
+  // applied again and again with the same shapes finds its plan here instead.
+  std::vector<Index> key{batch, transposed ? 1 : 0, static_cast<Index>(kind), allow_merge ? 1 : 0};
+  for (const CoreShape& c : cores) key.insert(key.end(), {c.left_bond, c.rows, c.cols, c.right_bond});
+  static std::mutex mutex;
+  static std::map<std::vector<Index>, ApplyPlan> cache;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto found = cache.find(key);
+    if (found != cache.end()) return found->second;
+  }
+  ApplyPlan plan = search_plan(cores, batch, transposed, kind, allow_merge);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= 4096) cache.clear();  // bounded: shapes in use are few
+  cache.emplace(std::move(key), plan);
+  return plan;
+}
+
+namespace {
+ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind,
+                      bool allow_merge) {
   const std::size_t n = cores.size();
-  auto make = [&](PlanKind k) {
-    ApplyPlan p;
-    p.kind = k;
-    p.order.resize(n);
-    if (k == PlanKind::left) {
-      std::iota(p.order.begin(), p.order.end(), 0);
-    } else if (k == PlanKind::right) {
-      for (std::size_t i = 0; i < n; ++i) p.order[i] = n - 1 - i;
-    } else {
-      p.order = centre_order(cores, batch, transposed);
+  // Every way to cut the chain into runs: bit b of `joined` set means cores b and b+1 are merged.
+  // 2^(n-1) groupings × 3 orders of a few steps each: microseconds for the n <= 7 in use.
+  const std::size_t groupings = allow_merge && n <= 12 ? (std::size_t{1} << (n - 1)) : 1;
+  ApplyPlan best;
+  bool have = false;
+  for (std::size_t joined = 0; joined < groupings; ++joined) {
+    std::vector<std::size_t> groups{1};
+    for (std::size_t b = 0; b + 1 < n; ++b) {
+      if (joined >> b & 1)
+        ++groups.back();
+      else
+        groups.push_back(1);
     }
-    p.flops = plan_flops(cores, batch, transposed, p.order);
-    return p;
-  };
-  if (kind != PlanKind::automatic) return make(kind);
-  ApplyPlan best = make(PlanKind::left);
-  for (PlanKind k : {PlanKind::right, PlanKind::centre}) {
-    ApplyPlan p = make(k);
-    if (p.flops < best.flops) best = p;
+    double merge = 0;
+    const std::vector<CoreShape> shapes = merged_shapes(cores, groups, &merge);
+    for (PlanKind k : {PlanKind::left, PlanKind::right, PlanKind::centre}) {
+      if (kind != PlanKind::automatic && k != kind) continue;
+      ApplyPlan p;
+      p.kind = k;
+      p.groups = groups;
+      p.order = sweep_order(shapes, batch, transposed, k);
+      p.merge_flops = merge;
+      p.flops = merge + plan_flops(shapes, batch, transposed, p.order);
+      // Strictly cheaper only: ties keep the unmerged plan and the earlier order.
+      if (!have || p.flops < best.flops) best = p;
+      have = true;
+    }
   }
   return best;
 }
+}  // namespace
+
+namespace {
+
+// The cores of a plan's groups: a run of one is the caller's buffer, a longer run is multiplied out
+// into `storage` (reserved up front so the views stay valid).
+template <class T>
+std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, const std::vector<std::size_t>& groups,
+                                     std::vector<std::vector<T>>* storage) {
+  std::vector<CoreView<T>> views;
+  storage->reserve(groups.size());
+  std::size_t k = 0;
+  for (std::size_t g : groups) {
+    if (g == 1) {
+      views.push_back(cores[k++]);
+      continue;
+    }
+    CoreShape acc = cores[k].shape;
+    std::vector<T> current(cores[k].data, cores[k].data + acc.left_bond * acc.rows * acc.cols * acc.right_bond);
+    for (std::size_t m = k + 1; m < k + g; ++m) {
+      const CoreShape& c = cores[m].shape;
+      const Matrix<T> product = multiply<T>(
+          ConstMatrixMap<T>(current.data(), acc.left_bond * acc.rows * acc.cols, c.left_bond),
+          ConstMatrixMap<T>(cores[m].data, c.left_bond, c.rows * c.cols * c.right_bond));
+      // (d, I_run, J_run, i, j, d') -> (d, I_run, i, J_run, j, d'): row-major (I_run, i) is the merged
+      // row factor, as in M's own row index.
+      current.resize(static_cast<std::size_t>(product.size()));
+      permute(product.data(), {acc.left_bond, acc.rows, acc.cols, c.rows, c.cols, c.right_bond},
+              {0, 1, 3, 2, 4, 5}, current.data());
+      acc.rows *= c.rows;
+      acc.cols *= c.cols;
+      acc.right_bond = c.right_bond;
+    }
+    storage->push_back(std::move(current));
+    views.push_back({acc, storage->back().data()});
+    k += g;
+  }
+  return views;
+}
+
+}  // namespace
 
 template <class T>
-void apply(const std::vector<CoreView<T>>& cores, bool transposed, const T* x, Index batch,
-           Index x_width, bool batch_last, T* out, Index out_width, PlanKind kind) {
-  const std::vector<CoreShape> shapes = shapes_of(cores);
-  check_shapes(shapes);
-  const Index padded_in = product_of(shapes, !transposed), padded_out = product_of(shapes, transposed);
+void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, Index batch,
+           Index x_width, bool batch_last, T* out, Index out_width, PlanKind kind, bool allow_merge) {
+  check_shapes(shapes_of(given));
+  const Index padded_in = product_of(shapes_of(given), !transposed);
+  const Index padded_out = product_of(shapes_of(given), transposed);
   if (x_width < 1 || x_width > padded_in)
     throw std::invalid_argument("mpo: the input's inner dimension must be in [1, " +
                                 std::to_string(padded_in) + "], got " + std::to_string(x_width));
@@ -301,7 +420,10 @@ void apply(const std::vector<CoreView<T>>& cores, bool transposed, const T* x, I
     current = padded_x.data();
   }
 
-  const ApplyPlan plan = plan_apply(shapes, batch, transposed, kind);
+  const ApplyPlan plan = plan_apply(shapes_of(given), batch, transposed, kind, allow_merge);
+  std::vector<std::vector<T>> storage;
+  const std::vector<CoreView<T>> cores = merge_cores(given, plan.groups, &storage);
+  const std::vector<CoreShape> shapes = shapes_of(cores);
   // Two buffers sized once for the largest state, used in turn: the permuted state and the product.
   Index largest = batch * std::max(padded_in, padded_out);
   {
@@ -470,7 +592,7 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
 
 #define MPO_INSTANTIATE(T)                                                                              \
   template void apply<T>(const std::vector<CoreView<T>>&, bool, const T*, Index, Index, bool, T*, Index, \
-                         PlanKind);                                                                     \
+                         PlanKind, bool);                                                               \
   template void rows<T>(const std::vector<CoreView<T>>&, bool, const std::vector<Index>&, T*, Index);
 MPO_INSTANTIATE(float)
 MPO_INSTANTIATE(double)

@@ -170,14 +170,39 @@ def test_matmul_flops_picks_the_cheapest_plan_and_counts_the_gemms():
         assert info["plans"][info["plan"]] == info["mpo"]
         assert info["dense"] == 2 * batch * 55 * 20
         assert info["ratio"] == pytest.approx(info["mpo"] / info["dense"])
-        assert sorted(info["order"]) == [0, 1, 2]
-    # n = 2 by hand: left to right contracts i1 (state (B, i1, i2) -> (B i2) x i1 times i1 x (j1 d)),
-    # then (d, i2) (state (B, j1) x (d i2) times (d i2) x j2).
+        assert sum(info["groups"]) == 3 and sorted(info["order"]) == list(range(len(info["groups"])))
+    # n = 2 by hand. Left to right without merging contracts i1 (state (B, i1, i2) -> (B i2) x i1 times
+    # i1 x (j1 d)), then (d, i2) ((B j1) x (d i2) times (d i2) x j2). Merging the two cores first costs
+    # (i1 j1) x d times d x (i2 j2), then one (B x I) times (I x J) product.
+    from mpo import _core
+
     i1, i2, j1, j2, d, B = 3, 5, 4, 2, 6, 9
     two = random_mpo(np.random.default_rng(1), (i1, i2), (j1, j2), (d,))
-    left = two.matmul_flops(B, plan="left")
-    assert left["plan"] == "left" and left["order"] == (0, 1)
-    assert left["mpo"] == 2 * B * i2 * i1 * j1 * d + 2 * B * j1 * d * i2 * j2
+    shapes = [list(c.shape) for c in two.cores]
+    name, order, flops, groups, merge = _core.apply_plan(shapes, B, False, "left", False)
+    assert (name, order, groups, merge) == ("left", [0, 1], [1, 1], 0.0)
+    assert flops == 2 * B * i2 * i1 * j1 * d + 2 * B * j1 * d * i2 * j2
+    info = two.matmul_flops(B)
+    assert info["groups"] == (2,)
+    assert info["merge_flops"] == 2 * i1 * j1 * d * i2 * j2
+    assert info["mpo"] == info["merge_flops"] + 2 * B * (i1 * i2) * (j1 * j2)
+    assert info["unmerged"] == min(_core.apply_plan(shapes, B, False, p, False)[2] for p in PLANS[1:])
+
+
+@given(mpos(), st.integers(1, 40), st.sampled_from(PLANS), st.integers(0, 2**32 - 1))
+def test_merged_and_unmerged_plans_agree(m, batch, plan, seed):
+    from mpo import _core
+
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((batch, m.shape[0])).astype(m.dtype)
+    merged = _core.apply(m._base, m._transposed, X, False, m.shape[1], plan, True)
+    plain = _core.apply(m._base, m._transposed, X, False, m.shape[1], plan, False)
+    D = oracle(m)
+    scale = np.linalg.norm(D) * np.linalg.norm(X)
+    assert_close(merged, X.astype(np.float64) @ D, scale, m.dtype)
+    assert_close(plain, X.astype(np.float64) @ D, scale, m.dtype)
+    info = m.matmul_flops(batch, plan=plan)
+    assert info["mpo"] <= info["unmerged"]
 
 
 def test_plan_choice_follows_the_bonds():

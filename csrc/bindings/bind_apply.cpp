@@ -30,7 +30,7 @@ std::vector<CoreView<T>> core_views(const py::list& arrays, std::vector<py::arra
 
 template <class T>
 py::array apply_typed(const py::list& cores, bool transposed, const py::array& x, bool batch_last,
-                      Index out_width, PlanKind kind) {
+                      Index out_width, PlanKind kind, bool merge) {
   std::vector<py::array_t<T>> owners;
   const std::vector<CoreView<T>> views = core_views<T>(cores, &owners);
   auto a = py::array_t<T, py::array::c_style>::ensure(x);
@@ -44,7 +44,7 @@ py::array apply_typed(const py::list& cores, bool transposed, const py::array& x
   {
     // Every Python object has been read or allocated; the kernel touches only these buffers.
     py::gil_scoped_release release;
-    apply<T>(views, transposed, a.data(), batch, width, batch_last, target, out_width, kind);
+    apply<T>(views, transposed, a.data(), batch, width, batch_last, target, out_width, kind, merge);
   }
   return std::move(out);
 }
@@ -79,21 +79,22 @@ void register_apply(py::module_& m) {
   m.def(
       "apply",
       [](const py::list& cores, bool transposed, const py::array& x, bool batch_last, Index out_width,
-         const std::string& plan) {
+         const std::string& plan, bool merge) {
         const PlanKind kind = parse_plan(plan);
         if (x.ndim() != 2)
           throw py::value_error("apply: expected a 2-D array, got " + std::to_string(x.ndim()) +
                                 " dimensions");
         if (py::isinstance<py::array_t<float>>(x))
-          return apply_typed<float>(cores, transposed, x, batch_last, out_width, kind);
+          return apply_typed<float>(cores, transposed, x, batch_last, out_width, kind, merge);
         if (py::isinstance<py::array_t<double>>(x))
-          return apply_typed<double>(cores, transposed, x, batch_last, out_width, kind);
+          return apply_typed<double>(cores, transposed, x, batch_last, out_width, kind, merge);
         throw py::type_error("apply: expected float32 or float64, got " + dtype_name(x));
       },
       py::arg("cores"), py::arg("transposed"), py::arg("x"), py::arg("batch_last"), py::arg("out_width"),
-      py::arg("plan") = "auto",
+      py::arg("plan") = "auto", py::arg("merge") = true,
       "X @ M (X @ M.T when transposed) through the cores, X (batch, width) C-contiguous, or M @ X with\n"
-      "batch_last and X (width, batch). Cores are converted to X's dtype. plan: auto/left/right/centre.");
+      "batch_last and X (width, batch). Cores are converted to X's dtype. plan: auto/left/right/centre;\n"
+      "merge=False forbids merging neighbouring cores before the sweep.");
   m.def(
       "rows",
       [](const py::list& cores, bool transposed,
@@ -111,12 +112,15 @@ void register_apply(py::module_& m) {
       "Rows ids of M (of M.T when transposed) as a (len(ids), out_width) array; ids in [0, padded rows).");
   m.def(
       "apply_plan",
-      [](const std::vector<std::vector<Index>>& shapes, Index batch, bool transposed, const std::string& plan) {
-        const ApplyPlan p = plan_apply(shapes_from(shapes), batch, transposed, parse_plan(plan));
-        return py::make_tuple(plan_name(p.kind), p.order, p.flops);
+      [](const std::vector<std::vector<Index>>& shapes, Index batch, bool transposed, const std::string& plan,
+         bool merge) {
+        const ApplyPlan p = plan_apply(shapes_from(shapes), batch, transposed, parse_plan(plan), merge);
+        return py::make_tuple(plan_name(p.kind), p.order, p.flops, p.groups, p.merge_flops);
       },
       py::arg("core_shapes"), py::arg("batch"), py::arg("transposed"), py::arg("plan") = "auto",
-      "(plan name, core order, FLOPs) of the contraction plan apply uses for this batch size.");
+      py::arg("merge") = true,
+      "(order name, order of the merged cores, FLOPs, sizes of the merged runs, FLOPs of merging) of\n"
+      "the plan apply uses for this batch size.");
 }
 
 }  // namespace mpo::bindings

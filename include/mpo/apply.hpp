@@ -35,16 +35,23 @@ enum class PlanKind { automatic, left, right, centre };
 PlanKind parse_plan(const std::string& name);
 std::string plan_name(PlanKind kind);
 
+// A plan first merges runs of neighbouring cores into one core each (a product of cores that does not
+// involve X; merging all of them is rebuild-then-multiply), then sweeps X through the merged cores in
+// one of the three orders. Large bonds make the sweep cost O(B·d²) per step; merging trades that for
+// work independent of the batch, which wins for wide bonds at large batches (the paths opt_einsum finds).
 struct ApplyPlan {
   PlanKind kind = PlanKind::left;
-  std::vector<std::size_t> order;  // cores in the order they are contracted
-  double flops = 0;                // Σ over steps of 2·rows·inner·cols of its GEMM
+  std::vector<std::size_t> groups;  // sizes of the runs of cores merged, in core order (all 1: none)
+  std::vector<std::size_t> order;   // merged cores in the order they are contracted with X
+  double merge_flops = 0;           // Σ 2·rows·inner·cols of the merging GEMMs
+  double flops = 0;                 // merge_flops + the sweep's Σ 2·rows·inner·cols
 };
 
-// The plan of each kind for Y = X·M (or X·Mᵀ when `transposed`) with `batch` rows of X, and the
-// cheapest of them for PlanKind::automatic. The FLOPs are counted from the same step list the kernel
-// executes, so they are the kernel's own.
-ApplyPlan plan_apply(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind);
+// The cheapest plan of kind `kind` (of any kind for PlanKind::automatic) for Y = X·M (or X·Mᵀ when
+// `transposed`) with `batch` rows of X; with allow_merge false, cores are never merged. The FLOPs are
+// counted from the same step list the kernel executes, so they are the kernel's own.
+ApplyPlan plan_apply(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind,
+                     bool allow_merge = true);
 
 // out = X · M (X · Mᵀ when `transposed`), all row-major.
 //  * X is batch × x_width with x_width <= the padded input side (Π i_k, or Π j_k when transposed);
@@ -54,7 +61,8 @@ ApplyPlan plan_apply(const std::vector<CoreShape>& cores, Index batch, bool tran
 // Throws std::invalid_argument for widths that do not fit the cores.
 template <class T>
 void apply(const std::vector<CoreView<T>>& cores, bool transposed, const T* x, Index batch,
-           Index x_width, bool batch_last, T* out, Index out_width, PlanKind kind = PlanKind::automatic);
+           Index x_width, bool batch_last, T* out, Index out_width, PlanKind kind = PlanKind::automatic,
+           bool allow_merge = true);
 
 // out (ids.size() × out_width) = rows `ids` of M (of Mᵀ when `transposed`): an embedding lookup.
 // Ids are sorted, so ids sharing leading factor indices (i_1, …, i_k) share the partial contraction of

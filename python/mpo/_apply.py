@@ -2,7 +2,9 @@
 
 The contraction runs in the C++ core (``_core.apply``): the input passes through the cores one at a
 time as GEMMs, in the order (left to right, right to left, or from the central core outward) with the
-fewest FLOPs for the bonds and batch size at hand. This module only checks and reshapes the arrays.
+fewest FLOPs for the bonds and batch size at hand. Where bonds are wide and the batch large, runs of
+neighbouring cores are first multiplied together (independently of X: merging all of them is
+rebuild-then-multiply) when that costs fewer FLOPs in total. This module only checks and reshapes.
 
 A transposed MPO (``m.T``) shares its cores with ``m``; the kernel reads them with i_k and j_k swapped.
 """
@@ -115,21 +117,26 @@ def rows(m: MPO, ids: object) -> np.ndarray:
 
 
 def matmul_flops(m: MPO, batch: int, plan: str = "auto") -> dict[str, Any]:
-    """FLOPs of X @ M for X with ``batch`` rows: the kernel's plan, every plan, and the dense count."""
+    """FLOPs of X @ M for X with ``batch`` rows: the kernel's plan, every order, and the dense count."""
     _check_plan(plan)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"matmul_flops: batch must be an integer >= 1, got {batch!r}")
     shapes = [list(c.shape) for c in m._base]
-    name, order, flops = _core.apply_plan(shapes, int(batch), m._transposed, plan)
-    every = {p: _core.apply_plan(shapes, int(batch), m._transposed, p)[2] for p in PLANS[1:]}
-    dense = 2.0 * int(batch) * m.shape[0] * m.shape[1]
+    b = int(batch)
+    name, order, flops, groups, merge_flops = _core.apply_plan(shapes, b, m._transposed, plan)
+    every = {p: _core.apply_plan(shapes, b, m._transposed, p)[2] for p in PLANS[1:]}
+    unmerged = _core.apply_plan(shapes, b, m._transposed, plan, False)[2]
+    dense = 2.0 * b * m.shape[0] * m.shape[1]
     return {
         "plan": name,
+        "groups": tuple(groups),
         "order": tuple(order),
+        "merge_flops": merge_flops,
         "mpo": flops,
         "dense": dense,
         "ratio": flops / dense,
         "plans": every,
+        "unmerged": unmerged,
     }
 
 

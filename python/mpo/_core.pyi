@@ -25,6 +25,7 @@ def apply(
     batch_last: bool,
     out_width: int,
     plan: str = "auto",
+    merge: bool = True,
 ) -> npt.NDArray[np.floating[Any]]: ...
 def rows(
     cores: list[npt.NDArray[np.floating[Any]]],
@@ -34,5 +35,5 @@ def rows(
     dtype: str,
 ) -> npt.NDArray[np.floating[Any]]: ...
 def apply_plan(
-    core_shapes: list[list[int]], batch: int, transposed: bool, plan: str = "auto"
-) -> tuple[str, list[int], float]: ...
+    core_shapes: list[list[int]], batch: int, transposed: bool, plan: str = "auto", merge: bool = True
+) -> tuple[str, list[int], float, list[int], float]: ...

@@ -351,9 +351,12 @@ class MPO:
     def matmul_flops(self, batch: int, *, plan: str = "auto") -> dict:
         """FLOPs of ``X @ m`` for X with ``batch`` rows, next to the dense 2 * batch * I * J.
 
-        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "centre"), "order" (the
-        core indices in contraction order), "mpo" (its FLOPs, summed from the GEMMs it runs), "dense",
-        "ratio" (mpo / dense: below 1 the MPO does less arithmetic) and "plans" (FLOPs of each order).
+        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "centre"), "groups" (sizes
+        of the runs of neighbouring cores multiplied together first; all 1 when none are, one run of n
+        is rebuild-then-multiply), "order" (the merged cores in contraction order), "merge_flops",
+        "mpo" (all FLOPs of the plan, summed from the GEMMs it runs), "dense", "ratio" (mpo / dense:
+        below 1 the MPO does less arithmetic), "plans" (FLOPs of the best plan of each order) and
+        "unmerged" (FLOPs of the best plan that merges no cores).
         ``m @ X`` with B columns costs ``m.T.matmul_flops(B)``.
         """
         return _apply.matmul_flops(self, batch, plan)
