@@ -294,3 +294,15 @@ def test_core_kernel_checks_widths():
         _core.rows(cores, False, np.array([6]), 6, "float64")
     with pytest.raises(ValueError, match="bond 0 disagrees"):
         _core.apply([np.ones((1, 2, 3, 4)), np.ones((3, 3, 2, 1))], False, np.ones((1, 6)), False, 6)
+
+
+def test_aslinearoperator_without_scipy_names_the_package(monkeypatch):
+    import sys
+
+    # A None entry in sys.modules makes the import fail as if scipy were not installed.
+    monkeypatch.setitem(sys.modules, "scipy.sparse.linalg", None)
+    m = random_mpo(np.random.default_rng(0), (2, 2), (2, 2), (2,))
+    with pytest.raises(ImportError, match="pip install scipy"):
+        m.aslinearoperator()
+    # The products themselves never need scipy.
+    assert (np.ones(4) @ m).shape == (4,)
