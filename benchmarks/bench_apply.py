@@ -34,16 +34,23 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "b
 TARGET_RHO = (1.0, 0.3, 0.1, 0.03)
 
 
-def timeit(fn, min_time=0.25, min_reps=3, max_reps=50):
-    """Median wall time of fn() over repeats (after one warm-up call), and its last result."""
-    out = fn()
-    times = []
+def race(fns, min_time=0.4, min_rounds=5, max_rounds=60):
+    """Median wall time of each of fns, timed in interleaved rounds (one call of each per round).
+
+    On a shared machine the load drifts; interleaving makes every contender see the same load, so the
+    ratios stay meaningful even when the absolute times do not. Returns (medians, minima, last results).
+    """
+    outs = [fn() for fn in fns]  # warm-up (and first results)
+    times = [[] for _ in fns]
     start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() - start < min_time * len(fns) and rounds < max_rounds):
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+        rounds += 1
+    return [statistics.median(t) for t in times], [min(t) for t in times], outs
 
 
 def cap_for(full: mpo.MPO, target: float) -> mpo.MPO:
@@ -106,15 +113,13 @@ def bench_matmul(shapes, batches, dtype, rtol, rows_out):
             for batch in batches:
                 X = rng.standard_normal((batch, I)).astype(dtype)
                 want = X.astype(np.float64) @ D64
-                t_mpo, y = timeit(lambda: X @ m)
-                check("mpo", y, want, rtol)
-                t_dense, y = timeit(lambda: X @ D)
-                check("dense", y, want, rtol)
                 run = einsum_apply(m, batch)
-                t_ein, y = timeit(lambda: run(X))
-                check("einsum", y, want, rtol)
-                t_reb, y = timeit(lambda: X @ m.to_dense())
-                check("rebuild", y, want, rtol)
+                med, low, outs = race(
+                    [lambda: X @ m, lambda: X @ D, lambda: run(X), lambda: X @ m.to_dense()]
+                )
+                for name, y in zip(("mpo", "dense", "einsum", "rebuild"), outs):
+                    check(name, y, want, rtol)
+                t_mpo, t_dense, t_ein, t_reb = med
                 f = m.matmul_flops(batch)
                 row = {
                     "kind": "matmul",
@@ -135,6 +140,7 @@ def bench_matmul(shapes, batches, dtype, rtol, rows_out):
                     "t_dense": t_dense,
                     "t_einsum": t_ein,
                     "t_rebuild": t_reb,
+                    "min_times": dict(zip(("mpo", "dense", "einsum", "rebuild"), low)),
                     "einsum_over_mpo": t_ein / t_mpo,
                     "dense_over_mpo": t_dense / t_mpo,
                     "rebuild_over_mpo": t_reb / t_mpo,
@@ -160,11 +166,10 @@ def bench_rows(counts, dtype, rtol, rows_out, quick):
         for count in counts:
             ids = rng.integers(0, E.shape[0], size=count)
             want = D[ids].astype(np.float64)
-            t_rows, y = timeit(lambda: m.rows(ids))
-            check("rows", y, want, rtol)
-            t_gather, y = timeit(lambda: D[ids])
-            t_reb, y = timeit(lambda: m.to_dense()[ids])
-            check("rebuild-gather", y, want, rtol)
+            med, low, outs = race([lambda: m.rows(ids), lambda: D[ids], lambda: m.to_dense()[ids]])
+            for name, y in zip(("rows", "gather", "rebuild-gather"), outs):
+                check(name, y, want, rtol)
+            t_rows, t_gather, t_reb = med
             row = {
                 "kind": "rows",
                 "shape": list(m.shape),
@@ -175,6 +180,7 @@ def bench_rows(counts, dtype, rtol, rows_out, quick):
                 "t_rows": t_rows,
                 "t_gather": t_gather,
                 "t_rebuild_gather": t_reb,
+                "min_times": dict(zip(("rows", "gather", "rebuild_gather"), low)),
                 "rebuild_over_rows": t_reb / t_rows,
                 "gather_over_rows": t_gather / t_rows,
             }
@@ -197,7 +203,8 @@ def main():
     batches = (1, 32, 256) if args.quick else (1, 32, 256, 2048)
     counts = (1, 32, 256, 4096) if args.quick else (1, 32, 256, 2048, 4096)
     results: list[dict] = []
-    print(f"dtype {dtype.name}; times are medians; ratios are peer time / mpo time (> 1: mpo faster)")
+    print(f"dtype {dtype.name}; times are medians of interleaved rounds; ratios are peer time / mpo time "
+          "(> 1: mpo faster)")
     print("plan: order:sizes of merged core runs (11111 = none merged, 5 = rebuild then multiply)")
     print(f"{'shape':>11} {'rho':>6} {'batch':>5} {'plan':>12} {'flops/dns':>9} {'mpo ms':>9} "
           f"{'dense/':>8} {'einsum/':>8} {'rebuild/':>8}")

@@ -250,23 +250,55 @@ std::vector<CoreShape> shapes_of(const std::vector<CoreView<T>>& cores) {
 
 namespace {
 
-// Shapes of the cores after merging runs of `groups` sizes, and the FLOPs of merging them (left to
-// right within a run: (d, I_run, J_run) × d_mid times d_mid × (i, j, d')).
+// The cheapest way to multiply out each run of cores [a, b]: split it at s, multiply out both halves,
+// then one GEMM (d_{a-1}·Π_{a..s} i j) × d_s times d_s × (Π_{s+1..b} i j · d_b). Halves are kept in the
+// interleaved layout (d, i_a, j_a, …, d') so the GEMM needs no permutation (interval DP, O(n³)).
+struct MergeTree {
+  std::vector<std::vector<double>> cost;
+  std::vector<std::vector<std::size_t>> split;
+};
+
+MergeTree merge_tree(const std::vector<CoreShape>& cores) {
+  const std::size_t n = cores.size();
+  MergeTree tree;
+  tree.cost.assign(n, std::vector<double>(n, 0.0));
+  tree.split.assign(n, std::vector<std::size_t>(n, 0));
+  std::vector<double> pairs(n + 1, 1.0);  // pairs[k] = Π_{m<k} i_m j_m
+  for (std::size_t k = 0; k < n; ++k) pairs[k + 1] = pairs[k] * static_cast<double>(cores[k].rows * cores[k].cols);
+  for (std::size_t length = 2; length <= n; ++length) {
+    for (std::size_t a = 0; a + length <= n; ++a) {
+      const std::size_t b = a + length - 1;
+      double best = -1;
+      for (std::size_t s = a; s < b; ++s) {
+        const double gemm = 2.0 * static_cast<double>(cores[a].left_bond) * (pairs[s + 1] / pairs[a]) *
+                            static_cast<double>(cores[s].right_bond) * (pairs[b + 1] / pairs[s + 1]) *
+                            static_cast<double>(cores[b].right_bond);
+        const double c = tree.cost[a][s] + tree.cost[s + 1][b] + gemm;
+        if (best < 0 || c < best) {
+          best = c;
+          tree.split[a][b] = s;
+        }
+      }
+      tree.cost[a][b] = best;
+    }
+  }
+  return tree;
+}
+
+// Shapes of the cores after merging runs of `groups` sizes, and the FLOPs of merging them.
 std::vector<CoreShape> merged_shapes(const std::vector<CoreShape>& cores, const std::vector<std::size_t>& groups,
-                                     double* flops) {
+                                     const MergeTree& tree, double* flops) {
   std::vector<CoreShape> out;
   std::size_t k = 0;
   *flops = 0;
   for (std::size_t g : groups) {
     CoreShape acc = cores[k];
     for (std::size_t m = k + 1; m < k + g; ++m) {
-      const CoreShape& c = cores[m];
-      *flops += 2.0 * static_cast<double>(acc.left_bond * acc.rows * acc.cols) * c.left_bond *
-                static_cast<double>(c.rows * c.cols * c.right_bond);
-      acc.rows *= c.rows;
-      acc.cols *= c.cols;
-      acc.right_bond = c.right_bond;
+      acc.rows *= cores[m].rows;
+      acc.cols *= cores[m].cols;
+      acc.right_bond = cores[m].right_bond;
     }
+    *flops += tree.cost[k][k + g - 1];
     out.push_back(acc);
     k += g;
   }
@@ -323,6 +355,7 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
   // Every way to cut the chain into runs: bit b of `joined` set means cores b and b+1 are merged.
   // 2^(n-1) groupings × 3 orders of a few steps each: microseconds for the n <= 7 in use.
   const std::size_t groupings = allow_merge && n <= 12 ? (std::size_t{1} << (n - 1)) : 1;
+  const MergeTree tree = merge_tree(cores);
   ApplyPlan best;
   bool have = false;
   for (std::size_t joined = 0; joined < groupings; ++joined) {
@@ -334,7 +367,7 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
         groups.push_back(1);
     }
     double merge = 0;
-    const std::vector<CoreShape> shapes = merged_shapes(cores, groups, &merge);
+    const std::vector<CoreShape> shapes = merged_shapes(cores, groups, tree, &merge);
     for (PlanKind k : {PlanKind::left, PlanKind::right, PlanKind::centre}) {
       if (kind != PlanKind::automatic && k != kind) continue;
       ApplyPlan p;
@@ -354,35 +387,56 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
 
 namespace {
 
+// Cores a..b multiplied out along the merge tree, interleaved: (d_{a-1}·i_a·j_a···i_b·j_b) × d_b.
+template <class T>
+Matrix<T> multiply_run(const std::vector<CoreView<T>>& cores, const MergeTree& tree, std::size_t a, std::size_t b) {
+  if (a == b) {
+    const CoreShape& c = cores[a].shape;
+    return ConstMatrixMap<T>(cores[a].data, c.left_bond * c.rows * c.cols, c.right_bond);
+  }
+  const std::size_t s = tree.split[a][b];
+  const Matrix<T> left = multiply_run(cores, tree, a, s);
+  const Matrix<T> right = multiply_run(cores, tree, s + 1, b);
+  const Index bond = cores[s].shape.right_bond;
+  Matrix<T> out = multiply<T>(left, ConstMatrixMap<T>(right.data(), bond, right.size() / bond));
+  // Same coefficients read as (… i_b j_b) × d_b: resize keeps the buffer when the size is unchanged.
+  out.resize(out.size() / cores[b].shape.right_bond, cores[b].shape.right_bond);
+  return out;
+}
+
 // The cores of a plan's groups: a run of one is the caller's buffer, a longer run is multiplied out
-// into `storage` (reserved up front so the views stay valid).
+// into `storage` (reserved up front so the views stay valid) and permuted once from its interleaved
+// layout to (d, i_a…i_b, j_a…j_b, d'): row-major (i_a…i_b) is the merged row factor, as in M's index.
 template <class T>
 std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, const std::vector<std::size_t>& groups,
                                      std::vector<std::vector<T>>* storage) {
   std::vector<CoreView<T>> views;
   storage->reserve(groups.size());
+  const MergeTree tree = merge_tree(shapes_of(cores));
   std::size_t k = 0;
   for (std::size_t g : groups) {
     if (g == 1) {
       views.push_back(cores[k++]);
       continue;
     }
+    const Matrix<T> product = multiply_run(cores, tree, k, k + g - 1);
     CoreShape acc = cores[k].shape;
-    std::vector<T> current(cores[k].data, cores[k].data + acc.left_bond * acc.rows * acc.cols * acc.right_bond);
+    std::vector<Index> dims{acc.left_bond, acc.rows, acc.cols};
     for (std::size_t m = k + 1; m < k + g; ++m) {
       const CoreShape& c = cores[m].shape;
-      const Matrix<T> product = multiply<T>(
-          ConstMatrixMap<T>(current.data(), acc.left_bond * acc.rows * acc.cols, c.left_bond),
-          ConstMatrixMap<T>(cores[m].data, c.left_bond, c.rows * c.cols * c.right_bond));
-      // (d, I_run, J_run, i, j, d') -> (d, I_run, i, J_run, j, d'): row-major (I_run, i) is the merged
-      // row factor, as in M's own row index.
-      current.resize(static_cast<std::size_t>(product.size()));
-      permute(product.data(), {acc.left_bond, acc.rows, acc.cols, c.rows, c.cols, c.right_bond},
-              {0, 1, 3, 2, 4, 5}, current.data());
+      dims.push_back(c.rows);
+      dims.push_back(c.cols);
       acc.rows *= c.rows;
       acc.cols *= c.cols;
       acc.right_bond = c.right_bond;
     }
+    dims.push_back(acc.right_bond);
+    std::vector<std::size_t> perm{0};
+    for (std::size_t a = 1; a + 1 < dims.size(); a += 2) perm.push_back(a);
+    for (std::size_t a = 2; a + 1 < dims.size(); a += 2) perm.push_back(a);
+    perm.push_back(dims.size() - 1);
+    std::vector<T> current(static_cast<std::size_t>(product.size()));
+    permute_merged(product.data(), dims, perm, current.data());
     storage->push_back(std::move(current));
     views.push_back({acc, storage->back().data()});
     k += g;
