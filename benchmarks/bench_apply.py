@@ -13,7 +13,7 @@ dense row gather and rebuild-then-gather, for 1 .. 4096 ids.
 Every result is asserted against the dense oracle (float64 products of the MPO's own matrix). Prints a
 table of times, ratios and FLOPs and writes benchmarks/results/bench_apply.json.
 
-    python benchmarks/bench_apply.py [--quick] [--dtype float32|float64]
+    python benchmarks/bench_apply.py [--quick] [--dtype float32|float64] [--rho R ...] [--no-rows]
 """
 
 from __future__ import annotations
@@ -101,12 +101,12 @@ def plan_label(f):
     return f"{f['plan']}:{''.join(str(g) for g in f['groups'])}"
 
 
-def bench_matmul(shapes, batches, dtype, rtol, rows_out):
+def bench_matmul(shapes, batches, dtype, rtol, rows_out, targets=TARGET_RHO):
     rng = np.random.default_rng(0)
     for I, J in shapes:
         M = rng.standard_normal((I, J)).astype(dtype) / math.sqrt(I)
         full = mpo.decompose(M)
-        for target in TARGET_RHO:
+        for target in targets:
             m = cap_for(full, target)
             D = m.to_dense()
             D64 = D.astype(np.float64)
@@ -196,6 +196,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes, batches and caps")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--rho", type=float, nargs="+", default=list(TARGET_RHO),
+                        help="target compression ratios of the matmul part (default: 1 0.3 0.1 0.03)")
+    parser.add_argument("--no-rows", action="store_true", help="skip the embedding rows() part")
+    parser.add_argument("--out", default=RESULTS, help="JSON results path")
     args = parser.parse_args()
     dtype = np.dtype(args.dtype)
     rtol = 1e-4 if dtype == np.float32 else 1e-10
@@ -208,10 +212,11 @@ def main():
     print("plan: order:sizes of merged core runs (11111 = none merged, 5 = rebuild then multiply)")
     print(f"{'shape':>11} {'rho':>6} {'batch':>5} {'plan':>12} {'flops/dns':>9} {'mpo ms':>9} "
           f"{'dense/':>8} {'einsum/':>8} {'rebuild/':>8}")
-    bench_matmul(shapes, batches, dtype, rtol, results)
-    print(f"\n{'embedding':>10} {'rho':>6} {'ids':>5} {'rows ms':>9} {'gather/':>10} {'rebuild/':>10}")
-    bench_rows(counts, dtype, rtol, results, args.quick)
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    bench_matmul(shapes, batches, dtype, rtol, results, args.rho)
+    if not args.no_rows:
+        print(f"\n{'embedding':>10} {'rho':>6} {'ids':>5} {'rows ms':>9} {'gather/':>10} {'rebuild/':>10}")
+        bench_rows(counts, dtype, rtol, results, args.quick)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = {
         "dtype": dtype.name,
         "quick": args.quick,
@@ -219,9 +224,9 @@ def main():
         "cpus": os.cpu_count(),
         "mpo_num_threads": os.environ.get("MPO_NUM_THREADS"),
     }
-    with open(RESULTS, "w") as f:
+    with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1, default=lambda o: list(o))
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

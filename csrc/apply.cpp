@@ -562,6 +562,16 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
 }
 
 template <class T>
+Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
+  const std::vector<CoreShape> shapes = shapes_of(cores);
+  check_shapes(shapes);
+  std::vector<std::vector<T>> storage;
+  const std::vector<CoreView<T>> merged = merge_cores(cores, {cores.size()}, &storage);
+  const CoreShape& c = merged[0].shape;
+  return ConstMatrixMap<T>(merged[0].data, c.rows, c.cols);
+}
+
+template <class T>
 void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vector<Index>& ids, T* out,
           Index out_width) {
   const std::vector<CoreShape> shapes = shapes_of(cores);
@@ -647,7 +657,8 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
 #define MPO_INSTANTIATE(T)                                                                              \
   template void apply<T>(const std::vector<CoreView<T>>&, bool, const T*, Index, Index, bool, T*, Index, \
                          PlanKind, bool);                                                               \
-  template void rows<T>(const std::vector<CoreView<T>>&, bool, const std::vector<Index>&, T*, Index);
+  template void rows<T>(const std::vector<CoreView<T>>&, bool, const std::vector<Index>&, T*, Index); \
+  template Matrix<T> multiply_out<T>(const std::vector<CoreView<T>>&);
 MPO_INSTANTIATE(float)
 MPO_INSTANTIATE(double)
 #undef MPO_INSTANTIATE

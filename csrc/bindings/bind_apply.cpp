@@ -62,6 +62,19 @@ py::array rows_typed(const py::list& cores, bool transposed, const std::vector<I
   return std::move(out);
 }
 
+template <class T>
+py::array multiply_out_typed(const py::list& cores) {
+  std::vector<py::array_t<T>> owners;
+  const std::vector<CoreView<T>> views = core_views<T>(cores, &owners);
+  Matrix<T> dense;
+  {
+    py::gil_scoped_release release;  // after all casting: the kernel reads only C++ buffers
+    dense = multiply_out<T>(views);
+  }
+  const std::vector<py::ssize_t> shape{dense.rows(), dense.cols()};
+  return to_numpy<T>(std::move(dense), shape);
+}
+
 std::vector<CoreShape> shapes_from(const std::vector<std::vector<Index>>& shapes) {
   std::vector<CoreShape> out;
   for (std::size_t k = 0; k < shapes.size(); ++k) {
@@ -110,6 +123,15 @@ void register_apply(py::module_& m) {
       },
       py::arg("cores"), py::arg("transposed"), py::arg("ids"), py::arg("out_width"), py::arg("dtype"),
       "Rows ids of M (of M.T when transposed) as a (len(ids), out_width) array; ids in [0, padded rows).");
+  m.def(
+      "multiply_out",
+      [](const py::list& cores, const std::string& dtype) {
+        if (dtype == "float32") return multiply_out_typed<float>(cores);
+        if (dtype == "float64") return multiply_out_typed<double>(cores);
+        throw py::type_error("multiply_out: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+      },
+      py::arg("cores"), py::arg("dtype"),
+      "The padded dense matrix of the cores, multiplied out along the cheapest tree of products.");
   m.def(
       "apply_plan",
       [](const std::vector<std::vector<Index>>& shapes, Index batch, bool transposed, const std::string& plan,

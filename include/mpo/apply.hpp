@@ -64,6 +64,11 @@ void apply(const std::vector<CoreView<T>>& cores, bool transposed, const T* x, I
            Index x_width, bool batch_last, T* out, Index out_width, PlanKind kind = PlanKind::automatic,
            bool allow_merge = true);
 
+// The padded dense matrix of the cores (Π i_k × Π j_k, row-major), multiplied out along the cheapest
+// tree of pairwise products (the merge of a plan whose one group is all cores).
+template <class T>
+Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores);
+
 // out (ids.size() × out_width) = rows `ids` of M (of Mᵀ when `transposed`): an embedding lookup.
 // Ids are sorted, so ids sharing leading factor indices (i_1, …, i_k) share the partial contraction of
 // cores 1..k; repeated ids cost a copy. Throws std::out_of_range naming the first id outside
