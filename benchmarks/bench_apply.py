@@ -14,14 +14,34 @@ Every result is asserted against the dense oracle (float64 products of the MPO's
 table of times, ratios and FLOPs and writes benchmarks/results/bench_apply.json.
 
     python benchmarks/bench_apply.py [--quick] [--dtype float32|float64] [--rho R ...] [--no-rows]
+                                     [--threads N]
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+
+def _threads_from_argv(default: int = 1) -> int:
+    for k, arg in enumerate(sys.argv):
+        if arg == "--threads" and k + 1 < len(sys.argv):
+            return int(sys.argv[k + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return default
+
+
+# Thread counts must be fixed before NumPy loads its BLAS. OpenBLAS's workers spin for a while after
+# every call; alternating them with the kernel's own threads on a small machine stalls both by 10-20x,
+# which measures the scheduler, not the contenders. Every contender gets the same count (default 1).
+_THREADS = _threads_from_argv()
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPO_NUM_THREADS"):
+    os.environ[_var] = str(_THREADS)
+
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import time
@@ -200,6 +220,8 @@ def main():
                         help="target compression ratios of the matmul part (default: 1 0.3 0.1 0.03)")
     parser.add_argument("--no-rows", action="store_true", help="skip the embedding rows() part")
     parser.add_argument("--out", default=RESULTS, help="JSON results path")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for every contender (BLAS and the MPO kernel alike; default 1)")
     args = parser.parse_args()
     dtype = np.dtype(args.dtype)
     rtol = 1e-4 if dtype == np.float32 else 1e-10
@@ -207,8 +229,8 @@ def main():
     batches = (1, 32, 256) if args.quick else (1, 32, 256, 2048)
     counts = (1, 32, 256, 4096) if args.quick else (1, 32, 256, 2048, 4096)
     results: list[dict] = []
-    print(f"dtype {dtype.name}; times are medians of interleaved rounds; ratios are peer time / mpo time "
-          "(> 1: mpo faster)")
+    print(f"dtype {dtype.name}; {_THREADS} thread(s) for every contender; times are medians of interleaved "
+          "rounds; ratios are peer time / mpo time (> 1: mpo faster)")
     print("plan: order:sizes of merged core runs (11111 = none merged, 5 = rebuild then multiply)")
     print(f"{'shape':>11} {'rho':>6} {'batch':>5} {'plan':>12} {'flops/dns':>9} {'mpo ms':>9} "
           f"{'dense/':>8} {'einsum/':>8} {'rebuild/':>8}")
@@ -222,7 +244,7 @@ def main():
         "quick": args.quick,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "mpo_num_threads": os.environ.get("MPO_NUM_THREADS"),
+        "threads": _THREADS,
     }
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1, default=lambda o: list(o))

@@ -4,8 +4,11 @@ The contraction runs in the C++ core (``_core.apply``): the input passes through
 time as GEMMs, in the order (left to right, right to left, or from the central core outward) with the
 fewest FLOPs for the bonds and batch size at hand. Where bonds are wide and the batch large, runs of
 neighbouring cores are first multiplied together (independently of X: merging all of them is
-rebuild-then-multiply) when that costs fewer FLOPs in total; a plan that merges every core hands its
-one product to NumPy's BLAS. This module only checks, reshapes and dispatches.
+rebuild-then-multiply) when that costs fewer FLOPs in total. This module only checks and reshapes.
+
+The products stay in the kernel even when the plan multiplies out every core: handing the last GEMM to
+NumPy's BLAS was faster alone, but OpenBLAS's worker threads spin after each call and stalled the
+kernel's own threads (and theirs) by 10-20x when the two alternated on a 2-core machine.
 
 A transposed MPO (``m.T``) shares its cores with ``m``; the kernel reads them with i_k and j_k swapped.
 """
@@ -55,19 +58,6 @@ def _kernel_cores(m: MPO, dtype: np.dtype) -> list[np.ndarray]:
     return base if base[0].dtype == dtype else [c.astype(dtype) for c in base]
 
 
-def _multiplies_out(m: MPO, batch: int, transposed: bool, plan: str) -> bool:
-    """True when the cheapest plan merges every core, i.e. is rebuild-then-multiply (plans are cached)."""
-    shapes = [list(c.shape) for c in m._base]
-    return len(_core.apply_plan(shapes, batch, transposed, plan)[3]) == 1
-
-
-def _dense(m: MPO, dtype: np.dtype) -> np.ndarray:
-    """M (unpadded, as a view) multiplied out along the kernel's cheapest tree."""
-    padded = _core.multiply_out(_kernel_cores(m, dtype), dtype.name)
-    full = padded.T if m._transposed else padded
-    return full[: m.shape[0], : m.shape[1]]
-
-
 def rmatmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
     """X @ M for X of shape (I,), (B, I) or (..., I); the result has shape (..., J)."""
     _check_plan(plan)
@@ -85,10 +75,6 @@ def rmatmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
     if batch == 0:
         return np.zeros((*lead, cols), dtype=dtype)
     flat = np.ascontiguousarray(a.reshape(batch, rows), dtype=dtype)
-    if _multiplies_out(m, batch, m._transposed, plan):
-        # The plan is rebuild-then-multiply: its one large product goes to NumPy's BLAS, which is
-        # faster than Eigen's GEMM for it (the merge itself is the kernel's).
-        return (flat @ _dense(m, dtype)).reshape(*lead, cols)
     out = _core.apply(_kernel_cores(m, dtype), m._transposed, flat, False, cols, plan)
     return out.reshape(*lead, cols)
 
@@ -112,9 +98,6 @@ def matmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
     if col.shape[1] == 0:
         return np.zeros((rows, 0), dtype=dtype)
     col = np.ascontiguousarray(col, dtype=dtype)
-    if _multiplies_out(m, col.shape[1], not m._transposed, plan):
-        out = _dense(m, dtype) @ col  # rebuild-then-multiply: the product goes to NumPy's BLAS
-        return out.reshape(rows) if a.ndim == 1 else out
     # (M X)ᵀ = Xᵀ Mᵀ: the kernel's batch-last layout reads X and writes M X in place, with the roles of
     # i_k and j_k swapped, so neither X nor the result is transposed in memory.
     out = _core.apply(_kernel_cores(m, dtype), not m._transposed, col, True, rows, plan)
