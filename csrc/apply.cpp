@@ -478,87 +478,126 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
   std::vector<std::vector<T>> storage;
   const std::vector<CoreView<T>> cores = merge_cores(given, plan.groups, &storage);
   const std::vector<CoreShape> shapes = shapes_of(cores);
-  // Two buffers sized once for the largest state, used in turn: the permuted state and the product.
-  Index largest = batch * std::max(padded_in, padded_out);
+  // One sweep of `rows` rows of X (at x0, rows padded_in apart, or the whole batch-last block) through
+  // the cores, written to dst. `fork` lets single products split across threads.
+  auto sweep = [&](const T* x0, Index rows, T* dst, bool fork) {
+    const T* current = x0;
+    // Two buffers sized once for the largest state, used in turn: the permuted state and the product.
+    Index largest = rows * std::max(padded_in, padded_out);
+    {
+      Simulator sim(shapes, rows, transposed, batch_last);
+      for (std::size_t k : plan.order) {
+        sim.add(k);
+        largest = std::max(largest, sim.size());
+      }
+    }
+    std::vector<T> buffer[2] = {std::vector<T>(static_cast<std::size_t>(largest)),
+                                std::vector<T>(static_cast<std::size_t>(largest))};
+    std::vector<T> packed;
+    auto gemm = [fork](MatrixMap<T>& result, const auto& left, const auto& right) {
+      if (fork)
+        multiply_into<T>(result, left, right);
+      else
+        result.noalias() = left * right;
+    };
+    Simulator sim(shapes, rows, transposed, batch_last);
+    for (std::size_t k : plan.order) {
+      const Step s = sim.add(k);
+      const T* lhs = current;
+      if (!is_identity(s.state_perm)) {
+        T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+        permute_merged(current, s.state_dims, s.state_perm, target);
+        lhs = target;
+      }
+      T* product = lhs == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+      MatrixMap<T> result(product, s.kept, s.fresh);
+      const ConstMatrixMap<T> left(lhs, s.kept, s.inner);
+      const T* core = cores[k].data;
+      // The core as (shared × new): its own buffer when the shared axes come first in storage order,
+      // the transpose of its own buffer when they come last, else a packed copy (only for plans that
+      // run against the storage order, e.g. a transposed MPO contracted from the left).
+      const std::size_t shared_count = s.shared_axes;
+      std::vector<std::size_t> swapped;
+      for (std::size_t c = shared_count; c < s.core_perm.size(); ++c) swapped.push_back(s.core_perm[c]);
+      for (std::size_t c = 0; c < shared_count; ++c) swapped.push_back(s.core_perm[c]);
+      if (is_identity(s.core_perm)) {
+        gemm(result, left, ConstMatrixMap<T>(core, s.inner, s.fresh));
+      } else if (is_identity(swapped)) {
+        gemm(result, left, ConstMatrixMap<T>(core, s.fresh, s.inner).transpose());
+      } else {
+        packed.resize(static_cast<std::size_t>(s.inner * s.fresh));
+        permute_merged(core, s.core_dims, s.core_perm, packed.data());
+        gemm(result, left, ConstMatrixMap<T>(packed.data(), s.inner, s.fresh));
+      }
+      current = product;
+    }
+
+    // Final layout: (batch, output factors) or (output factors, batch); padded columns dropped.
+    std::vector<std::size_t> perm;
+    std::vector<Index> dims;
+    const std::vector<Axis>& axes = sim.axes();
+    for (const Axis& a : axes) dims.push_back(a.dim);
+    auto place = [&](Kind kind_wanted) {
+      for (std::size_t k = 0; k < shapes.size(); ++k)
+        for (std::size_t a = 0; a < axes.size(); ++a)
+          if (axes[a].kind == kind_wanted && (kind_wanted == Kind::batch || axes[a].k == k)) {
+            perm.push_back(a);
+            if (kind_wanted == Kind::batch) return;
+          }
+    };
+    if (!batch_last) place(Kind::batch);
+    place(Kind::output);
+    if (batch_last) place(Kind::batch);
+    if (perm.size() != axes.size()) throw std::logic_error("mpo: apply left an axis uncontracted");
+    const Index total = rows * padded_out;
+    if (out_width == padded_out) {
+      if (is_identity(perm))
+        std::copy(current, current + total, dst);
+      else
+        permute_merged(current, dims, perm, dst);
+      return;
+    }
+    const T* full = current;
+    if (!is_identity(perm)) {
+      T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+      permute_merged(current, dims, perm, target);
+      full = target;
+    }
+    if (batch_last) {
+      std::copy(full, full + out_width * rows, dst);
+    } else {
+      for (Index b = 0; b < rows; ++b)
+        std::copy(full + b * padded_out, full + b * padded_out + out_width, dst + b * out_width);
+    }
+  };
+
+  // Large batches run in chunks of rows whose states stay in cache (a few hundred KB): every step of
+  // the sweep reads and writes the whole state, and for small bonds those passes, not the GEMMs, set
+  // the time. Chunks are independent, so threads take runs of them (one fork for the whole product).
+  Index per_row = std::max(padded_in, padded_out);
   {
-    Simulator sim(shapes, batch, transposed, batch_last);
+    Simulator sim(shapes, 1, transposed, false);
     for (std::size_t k : plan.order) {
       sim.add(k);
-      largest = std::max(largest, sim.size());
+      per_row = std::max(per_row, sim.size());
     }
   }
-  std::vector<T> buffer[2] = {std::vector<T>(static_cast<std::size_t>(largest)),
-                              std::vector<T>(static_cast<std::size_t>(largest))};
-  std::vector<T> packed;
-  Simulator sim(shapes, batch, transposed, batch_last);
-  for (std::size_t k : plan.order) {
-    const Step s = sim.add(k);
-    const T* lhs = current;
-    if (!is_identity(s.state_perm)) {
-      T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
-      permute_merged(current, s.state_dims, s.state_perm, target);
-      lhs = target;
-    }
-    T* product = lhs == buffer[0].data() ? buffer[1].data() : buffer[0].data();
-    MatrixMap<T> result(product, s.kept, s.fresh);
-    const ConstMatrixMap<T> left(lhs, s.kept, s.inner);
-    const T* core = cores[k].data;
-    // The core as (shared × new): its own buffer when the shared axes come first in storage order,
-    // the transpose of its own buffer when they come last, else a packed copy (only for plans that
-    // run against the storage order, e.g. a transposed MPO contracted from the left).
-    const std::size_t shared_count = s.shared_axes;
-    std::vector<std::size_t> swapped;
-    for (std::size_t c = shared_count; c < s.core_perm.size(); ++c) swapped.push_back(s.core_perm[c]);
-    for (std::size_t c = 0; c < shared_count; ++c) swapped.push_back(s.core_perm[c]);
-    if (is_identity(s.core_perm)) {
-      multiply_into<T>(result, left, ConstMatrixMap<T>(core, s.inner, s.fresh));
-    } else if (is_identity(swapped)) {
-      multiply_into<T>(result, left, ConstMatrixMap<T>(core, s.fresh, s.inner).transpose());
-    } else {
-      packed.resize(static_cast<std::size_t>(s.inner * s.fresh));
-      permute_merged(core, s.core_dims, s.core_perm, packed.data());
-      multiply_into<T>(result, left, ConstMatrixMap<T>(packed.data(), s.inner, s.fresh));
-    }
-    current = product;
-  }
-
-  // Final layout: (batch, output factors) or (output factors, batch); padded columns dropped.
-  std::vector<std::size_t> perm;
-  std::vector<Index> dims;
-  const std::vector<Axis>& axes = sim.axes();
-  for (const Axis& a : axes) dims.push_back(a.dim);
-  auto place = [&](Kind kind_wanted) {
-    for (std::size_t k = 0; k < shapes.size(); ++k)
-      for (std::size_t a = 0; a < axes.size(); ++a)
-        if (axes[a].kind == kind_wanted && (kind_wanted == Kind::batch || axes[a].k == k)) {
-          perm.push_back(a);
-          if (kind_wanted == Kind::batch) return;
-        }
-  };
-  if (!batch_last) place(Kind::batch);
-  place(Kind::output);
-  if (batch_last) place(Kind::batch);
-  if (perm.size() != axes.size()) throw std::logic_error("mpo: apply left an axis uncontracted");
-  const Index total = batch * padded_out;
-  if (out_width == padded_out) {
-    if (is_identity(perm))
-      std::copy(current, current + total, out);
-    else
-      permute_merged(current, dims, perm, out);
+  const Index chunk = std::min(batch, std::max<Index>(8, (Index{1} << 16) / per_row));
+  const Index chunks = (batch + chunk - 1) / chunk;
+  if (batch_last || chunks == 1) {
+    sweep(current, batch, out, true);
     return;
   }
-  const T* full = current;
-  if (!is_identity(perm)) {
-    T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
-    permute_merged(current, dims, perm, target);
-    full = target;
-  }
-  if (batch_last) {
-    std::copy(full, full + out_width * batch, out);
-  } else {
-    for (Index b = 0; b < batch; ++b)
-      std::copy(full + b * padded_out, full + b * padded_out + out_width, out + b * out_width);
-  }
+  const double sweep_work = 0.5 * (plan.flops - plan.merge_flops);  // multiply-adds
+  const int blocks = static_cast<int>(std::min<double>(
+      {static_cast<double>(thread_count()), static_cast<double>(chunks), sweep_work / detail::kParallelWork + 1}));
+  detail::run_blocks(std::max(blocks, 1), [&](int b) {
+    const auto [start, length] = detail::block_range(chunks, std::max(blocks, 1), b);
+    for (Index c = start; c < start + length; ++c) {
+      const Index first = c * chunk;
+      sweep(current + first * padded_in, std::min(chunk, batch - first), out + first * out_width, false);
+    }
+  });
 }
 
 template <class T>

@@ -332,3 +332,17 @@ def test_rebuild_then_multiply_plans_agree_with_the_dense_product():
     assert_close(X @ m, X @ D, scale, np.float64)
     assert_close(kernel, X @ D, scale, np.float64)
     assert_close(m.T @ X.T, (X @ D).T, scale, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_large_batches_run_in_chunks_and_stay_exact(dtype):
+    # Rows are swept in cache-sized chunks shared among threads; the last chunk here is partial.
+    rng = np.random.default_rng(10)
+    m = random_mpo(rng, (2, 3, 2), (3, 2, 2), (3, 4), dtype=dtype, shape=(11, 10))
+    X = rng.standard_normal((12_345, 11)).astype(dtype)
+    D = oracle(m)
+    want = X.astype(np.float64) @ D
+    scale = np.linalg.norm(D) * np.linalg.norm(X)
+    for plan in PLANS:
+        assert_close(m.rmatmul(X, plan=plan), want, scale, dtype)
+    assert_close(m.T @ X.T, want.T, scale, dtype)
