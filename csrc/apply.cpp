@@ -582,7 +582,11 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
       per_row = std::max(per_row, sim.size());
     }
   }
-  const Index chunk = std::min(batch, std::max<Index>(8, (Index{1} << 16) / per_row));
+  // Each chunk reads every core again, so a chunk must also carry several times the largest core's
+  // size in state (no chunking at all for rebuild-then-multiply, whose one core is the whole matrix).
+  Index largest_core = 1;
+  for (const CoreShape& c : shapes) largest_core = std::max(largest_core, c.left_bond * c.rows * c.cols * c.right_bond);
+  const Index chunk = std::min(batch, std::max<Index>({8, (Index{1} << 16) / per_row, 4 * largest_core / per_row}));
   const Index chunks = (batch + chunk - 1) / chunk;
   if (batch_last || chunks == 1) {
     sweep(current, batch, out, true);
