@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
   mpo::bindings::register_decompose(m);
   mpo::bindings::register_contract(m);
   mpo::bindings::register_measures(m);
+  mpo::bindings::register_apply(m);
 }

@@ -70,5 +70,6 @@ inline std::string dtype_name(const py::array& a) { return py::str(a.dtype()).ca
 void register_decompose(py::module_& m);
 void register_contract(py::module_& m);
 void register_measures(py::module_& m);
+void register_apply(py::module_& m);
 
 }  // namespace mpo::bindings

@@ -50,17 +50,17 @@ inline std::pair<Index, Index> block_range(Index size, int blocks, int b) {
 }
 }  // namespace detail
 
-// out = lhs · rhs for any Eigen expressions. Splits the longest of the output's rows, its columns, or
-// the inner dimension (then sums the partial products).
-template <class T, class Lhs, class Rhs>
-Matrix<T> multiply(const Lhs& lhs, const Rhs& rhs) {
+// out = lhs · rhs for any Eigen expressions, written into `out` (a Matrix or a Map over a reused
+// buffer) of the right size. Splits the longest of the output's rows, its columns, or the inner
+// dimension (then sums the partial products).
+template <class T, class Out, class Lhs, class Rhs>
+void multiply_into(Out&& out, const Lhs& lhs, const Rhs& rhs) {
   const Index rows = lhs.rows(), cols = rhs.cols(), depth = lhs.cols();
-  Matrix<T> out(rows, cols);
   const double work = static_cast<double>(rows) * cols * depth;
   const int blocks = std::min<int>(thread_count(), static_cast<int>(work / detail::kParallelWork) + 1);
   if (blocks <= 1 || std::max({rows, cols, depth}) < 2 * blocks) {
     out.noalias() = lhs * rhs;
-    return out;
+    return;
   }
   if (depth >= 4 * std::max(rows, cols)) {
     std::vector<Matrix<T>> partial(static_cast<std::size_t>(blocks));
@@ -81,6 +81,13 @@ Matrix<T> multiply(const Lhs& lhs, const Rhs& rhs) {
       out.middleCols(start, length).noalias() = lhs * rhs.middleCols(start, length);
     });
   }
+}
+
+// out = lhs · rhs, returned as a new matrix.
+template <class T, class Lhs, class Rhs>
+Matrix<T> multiply(const Lhs& lhs, const Rhs& rhs) {
+  Matrix<T> out(lhs.rows(), rhs.cols());
+  multiply_into<T>(out, lhs, rhs);
   return out;
 }
 

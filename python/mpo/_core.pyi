@@ -18,3 +18,23 @@ def canonicalize(
 def rebuild(cores: list[npt.NDArray[np.floating[Any]]], dtype: str) -> npt.NDArray[np.floating[Any]]: ...
 def entropy(spectrum: npt.ArrayLike) -> float: ...
 def error_bound(truncation_errors: list[float]) -> float: ...
+def apply(
+    cores: list[npt.NDArray[np.floating[Any]]],
+    transposed: bool,
+    x: npt.NDArray[np.floating[Any]],
+    batch_last: bool,
+    out_width: int,
+    plan: str = "auto",
+    merge: bool = True,
+) -> npt.NDArray[np.floating[Any]]: ...
+def rows(
+    cores: list[npt.NDArray[np.floating[Any]]],
+    transposed: bool,
+    ids: npt.ArrayLike,
+    out_width: int,
+    dtype: str,
+) -> npt.NDArray[np.floating[Any]]: ...
+def apply_plan(
+    core_shapes: list[list[int]], batch: int, transposed: bool, plan: str = "auto", merge: bool = True
+) -> tuple[str, list[int], float, list[int], float]: ...
+def multiply_out(cores: list[npt.NDArray[np.floating[Any]]], dtype: str) -> npt.NDArray[np.floating[Any]]: ...

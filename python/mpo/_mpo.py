@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _core
+from . import _apply, _core
 from ._validation import as_matrix, parse_max_bond, parse_shape, parse_tol
 
 __all__ = ["MPO", "decompose"]
@@ -100,6 +100,10 @@ class MPO:
                 f"need n-1 = {n - 1} spectra and truncation errors, got {len(spectra)} and {len(truncation_errors)}"
             )
         self._cores = [_frozen(np.ascontiguousarray(c)) for c in cores]
+        # The stored cores and whether this MPO reads them transposed (see ``T``): products hand the
+        # stored, contiguous cores to the kernel with a flag instead of copying transposed ones.
+        self._base = self._cores
+        self._transposed = False
         self._spectra = [_frozen(np.asarray(s, dtype=np.float64).copy()) for s in spectra]
         for k, s in enumerate(self._spectra):
             if s.shape != (self._cores[k].shape[3],):
@@ -298,6 +302,71 @@ class MPO:
         if dense.shape != (rows, cols):
             dense = np.ascontiguousarray(dense[:rows, :cols])
         return dense
+
+    # ----------------------------------------------------------------- applying without rebuilding
+    # NumPy must hand ``X @ m`` to __rmatmul__ instead of treating the MPO as an object array.
+    __array_ufunc__ = None
+
+    @property
+    def T(self) -> MPO:
+        """The transposed MPO (of M.T), sharing this MPO's core data: no copy is made.
+
+        Its cores are the views ``c.transpose(0, 2, 1, 3)`` (shape (d_{k-1}, j_k, i_k, d_k)); the
+        spectra, errors and bonds are those of M, which M.T shares. ``m.T.T`` reads the cores as ``m``.
+        """
+        t = object.__new__(MPO)
+        t.__dict__.update(self.__dict__)
+        t._transposed = not self._transposed
+        t._cores = [c.transpose(0, 2, 1, 3) for c in self._base] if t._transposed else list(self._base)
+        t._shape = (self._shape[1], self._shape[0])
+        return t
+
+    def __matmul__(self, x: object) -> np.ndarray:
+        """``m @ X`` = M @ X for X of shape (J,) or (J, B), contracted through the cores."""
+        return _apply.matmul(self, x)
+
+    def __rmatmul__(self, x: object) -> np.ndarray:
+        """``X @ m`` = X @ M for X of shape (I,), (B, I) or (..., I), contracted through the cores."""
+        return _apply.rmatmul(self, x)
+
+    def matmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
+        """M @ X as ``m @ X``, with the contraction order forced by ``plan`` ("auto", "left", "right",
+        "centre"); the result is the same for every plan up to rounding, only the time differs."""
+        return _apply.matmul(self, x, plan)
+
+    def rmatmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
+        """X @ M as ``X @ m``, with the contraction order forced by ``plan`` (see :meth:`matmul`)."""
+        return _apply.rmatmul(self, x, plan)
+
+    def rows(self, ids: object) -> np.ndarray:
+        """M[ids] without rebuilding M: an embedding lookup.
+
+        ``ids`` is an integer array of any shape; the result has shape ``ids.shape + (J,)``. Negative
+        ids count from the end as in NumPy indexing; an id outside [-I, I) raises IndexError naming it,
+        and a non-integer array raises TypeError. Ids that share leading row factors (i_1, ..., i_k)
+        share the contraction of cores 1..k.
+        """
+        return _apply.rows(self, ids)
+
+    def matmul_flops(self, batch: int, *, plan: str = "auto") -> dict:
+        """FLOPs of ``X @ m`` for X with ``batch`` rows, next to the dense 2 * batch * I * J.
+
+        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "centre"), "groups" (sizes
+        of the runs of neighbouring cores multiplied together first; all 1 when none are, one run of n
+        is rebuild-then-multiply), "order" (the merged cores in contraction order), "merge_flops",
+        "mpo" (all FLOPs of the plan, summed from the GEMMs it runs), "dense", "ratio" (mpo / dense:
+        below 1 the MPO does less arithmetic), "plans" (FLOPs of the best plan of each order) and
+        "unmerged" (FLOPs of the best plan that merges no cores).
+        ``m @ X`` with B columns costs ``m.T.matmul_flops(B)``.
+        """
+        return _apply.matmul_flops(self, batch, plan)
+
+    def aslinearoperator(self):
+        """M as a ``scipy.sparse.linalg.LinearOperator`` (matvec, rmatvec, matmat, rmatmat via the cores).
+
+        scipy is imported here, not with mpo; without it this raises ImportError with an install hint.
+        """
+        return _apply.aslinearoperator(self)
 
     def truncate(self, max_bond: int | Sequence[int] | None = None, tol: float | None = None) -> MPO:
         """A new MPO cut from this one's canonical form; no new decomposition.

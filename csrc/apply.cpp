@@ -1,0 +1,709 @@
+#include "mpo/apply.hpp"
+
+#include "mpo/contract.hpp"
+#include "mpo/parallel.hpp"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+namespace mpo {
+
+PlanKind parse_plan(const std::string& name) {
+  if (name == "auto") return PlanKind::automatic;
+  if (name == "left") return PlanKind::left;
+  if (name == "right") return PlanKind::right;
+  if (name == "centre") return PlanKind::centre;
+  throw std::invalid_argument("mpo: plan must be 'auto', 'left', 'right' or 'centre', got '" + name + "'");
+}
+
+std::string plan_name(PlanKind kind) {
+  switch (kind) {
+    case PlanKind::left: return "left";
+    case PlanKind::right: return "right";
+    case PlanKind::centre: return "centre";
+    default: return "auto";
+  }
+}
+
+namespace {
+
+// An index of the state tensor. Axes of extent 1 (the outer bonds d_0 = d_n = 1, unit factors, a batch
+// of one) are never materialised: they change no memory layout, and leaving them out keeps every
+// permutation and GEMM as small as it can be.
+enum class Kind { batch, input, output, bond };
+struct Axis {
+  Kind kind;
+  std::size_t k;  // factor index, or bond b (between cores b-1 and b)
+  Index dim;
+  bool same(const Axis& o) const { return kind == o.kind && k == o.k; }
+};
+
+// One contraction step: permute the state to (kept, shared) and multiply by the core as (shared, new).
+struct Step {
+  std::size_t core = 0;
+  std::vector<Index> state_dims;          // state before the step
+  std::vector<std::size_t> state_perm;    // target axis a <- source axis state_perm[a]
+  std::vector<Index> core_dims;           // the core's materialised axes, natural order
+  std::vector<std::size_t> core_perm;     // (shared, new) <- natural
+  std::size_t shared_axes = 0;            // core_perm's first entries are the shared axes
+  Index kept = 1, inner = 1, fresh = 1;   // GEMM: (kept × inner) · (inner × fresh)
+  double flops() const { return 2.0 * static_cast<double>(kept) * inner * fresh; }
+};
+
+bool is_identity(const std::vector<std::size_t>& perm) {
+  for (std::size_t a = 0; a < perm.size(); ++a)
+    if (perm[a] != a) return false;
+  return true;
+}
+
+// Core k's axes in storage order (d_{k-1}, i_k, j_k, d_k), labelled for the direction of the product:
+// the factor the input carries is `input`, the one the output carries is `output`.
+std::vector<Axis> core_axes(const CoreShape& c, std::size_t k, bool transposed) {
+  const Kind row_kind = transposed ? Kind::output : Kind::input;
+  const Kind col_kind = transposed ? Kind::input : Kind::output;
+  std::vector<Axis> all{{Kind::bond, k, c.left_bond}, {row_kind, k, c.rows}, {col_kind, k, c.cols},
+                        {Kind::bond, k + 1, c.right_bond}};
+  std::vector<Axis> kept;
+  for (const Axis& a : all)
+    if (a.dim != 1) kept.push_back(a);
+  return kept;
+}
+
+// Tracks the state's axes through a plan without touching data: the planner and the kernel share it,
+// so the FLOPs a plan reports are those the kernel performs.
+class Simulator {
+ public:
+  Simulator(const std::vector<CoreShape>& cores, Index batch, bool transposed, bool batch_last)
+      : cores_(cores), transposed_(transposed) {
+    const Axis b{Kind::batch, 0, batch};
+    if (!batch_last && batch != 1) axes_.push_back(b);
+    for (std::size_t k = 0; k < cores.size(); ++k) {
+      const Index dim = transposed ? cores[k].cols : cores[k].rows;
+      if (dim != 1) axes_.push_back({Kind::input, k, dim});
+    }
+    if (batch_last && batch != 1) axes_.push_back(b);
+  }
+
+  Step add(std::size_t k) {
+    Step s;
+    s.core = k;
+    const std::vector<Axis> core = core_axes(cores_[k], k, transposed_);
+    std::vector<bool> shared_core(core.size(), false), shared_state(axes_.size(), false);
+    std::vector<std::size_t> shared_from;  // state axis of each shared axis, in core order
+    for (std::size_t c = 0; c < core.size(); ++c) {
+      s.core_dims.push_back(core[c].dim);
+      for (std::size_t a = 0; a < axes_.size(); ++a) {
+        if (core[c].same(axes_[a])) {
+          shared_core[c] = true;
+          shared_state[a] = true;
+          shared_from.push_back(a);
+        }
+      }
+    }
+    std::vector<Axis> next;
+    for (std::size_t a = 0; a < axes_.size(); ++a) {
+      s.state_dims.push_back(axes_[a].dim);
+      if (!shared_state[a]) {
+        s.state_perm.push_back(a);
+        s.kept *= axes_[a].dim;
+        next.push_back(axes_[a]);
+      }
+    }
+    for (std::size_t a : shared_from) {
+      s.state_perm.push_back(a);
+      s.inner *= axes_[a].dim;
+    }
+    for (std::size_t c = 0; c < core.size(); ++c)
+      if (shared_core[c]) s.core_perm.push_back(c);
+    s.shared_axes = s.core_perm.size();
+    for (std::size_t c = 0; c < core.size(); ++c) {
+      if (!shared_core[c]) {
+        s.core_perm.push_back(c);
+        s.fresh *= core[c].dim;
+        next.push_back(core[c]);
+      }
+    }
+    axes_ = std::move(next);
+    return s;
+  }
+
+  const std::vector<Axis>& axes() const { return axes_; }
+  Index size() const {
+    Index total = 1;
+    for (const Axis& a : axes_) total *= a.dim;
+    return total;
+  }
+
+ private:
+  const std::vector<CoreShape>& cores_;
+  bool transposed_;
+  std::vector<Axis> axes_;
+};
+
+double plan_flops(const std::vector<CoreShape>& cores, Index batch, bool transposed,
+                  const std::vector<std::size_t>& order) {
+  Simulator sim(cores, batch, transposed, false);
+  double flops = 0;
+  for (std::size_t k : order) flops += sim.add(k).flops();
+  return flops;
+}
+
+// Centre outward: start at the central core, then take whichever neighbour of the contracted run is
+// cheaper to add next (its cost depends on the bonds left open, so a fixed side order can lose).
+std::vector<std::size_t> centre_order(const std::vector<CoreShape>& cores, Index batch, bool transposed) {
+  const std::size_t n = cores.size();
+  const std::size_t c = central_index(n);
+  Simulator sim(cores, batch, transposed, false);
+  std::vector<std::size_t> order{c};
+  sim.add(c);
+  std::size_t lo = c, hi = c;
+  while (order.size() < n) {
+    std::size_t pick;
+    if (lo == 0) {
+      pick = hi + 1;
+    } else if (hi + 1 == n) {
+      pick = lo - 1;
+    } else {
+      Simulator left = sim, right = sim;
+      pick = left.add(lo - 1).flops() <= right.add(hi + 1).flops() ? lo - 1 : hi + 1;
+    }
+    sim.add(pick);
+    order.push_back(pick);
+    if (pick < lo) lo = pick;
+    if (pick > hi) hi = pick;
+  }
+  return order;
+}
+
+void check_shapes(const std::vector<CoreShape>& cores) {
+  if (cores.size() < 2)
+    throw std::invalid_argument("mpo: an MPO needs n >= 2 cores, got " + std::to_string(cores.size()));
+  for (std::size_t k = 0; k < cores.size(); ++k) {
+    const CoreShape& c = cores[k];
+    if (c.left_bond < 1 || c.rows < 1 || c.cols < 1 || c.right_bond < 1)
+      throw std::invalid_argument("mpo: core " + std::to_string(k) + " has an empty dimension");
+    if (k == 0 && c.left_bond != 1)
+      throw std::invalid_argument("mpo: the first core's left bond must be 1, got " +
+                                  std::to_string(c.left_bond));
+    if (k + 1 == cores.size() && c.right_bond != 1)
+      throw std::invalid_argument("mpo: the last core's right bond must be 1, got " +
+                                  std::to_string(c.right_bond));
+    if (k > 0 && cores[k - 1].right_bond != c.left_bond)
+      throw std::invalid_argument("mpo: bond " + std::to_string(k - 1) + " disagrees: core " +
+                                  std::to_string(k - 1) + " has " + std::to_string(cores[k - 1].right_bond) +
+                                  ", core " + std::to_string(k) + " has " + std::to_string(c.left_bond));
+  }
+}
+
+// Permute after merging target axes that are already neighbours in the source: a move of one block of
+// axes past another becomes a plain 2-D transpose, and an identity a copy.
+template <class T>
+void permute_merged(const T* source, const std::vector<Index>& dims, const std::vector<std::size_t>& perm,
+                    T* target) {
+  std::vector<std::pair<std::size_t, std::size_t>> groups;  // (first source axis, count), target order
+  for (std::size_t a = 0; a < perm.size(); ++a) {
+    if (a > 0 && perm[a] == perm[a - 1] + 1)
+      ++groups.back().second;
+    else
+      groups.push_back({perm[a], 1});
+  }
+  Index total = 1;
+  for (Index d : dims) total *= d;
+  if (groups.size() <= 1) {
+    std::copy(source, source + total, target);
+    return;
+  }
+  std::vector<std::size_t> by_source(groups.size());
+  std::iota(by_source.begin(), by_source.end(), 0);
+  std::sort(by_source.begin(), by_source.end(),
+            [&](std::size_t a, std::size_t b) { return groups[a].first < groups[b].first; });
+  std::vector<Index> group_dims(groups.size());
+  std::vector<std::size_t> group_perm(groups.size());
+  for (std::size_t s = 0; s < by_source.size(); ++s) {
+    const auto [first, count] = groups[by_source[s]];
+    Index d = 1;
+    for (std::size_t c = 0; c < count; ++c) d *= dims[first + c];
+    group_dims[s] = d;
+    group_perm[by_source[s]] = s;
+  }
+  permute(source, group_dims, group_perm, target);
+}
+
+Index product_of(const std::vector<CoreShape>& cores, bool rows_side) {
+  Index p = 1;
+  for (const CoreShape& c : cores) p *= rows_side ? c.rows : c.cols;
+  return p;
+}
+
+template <class T>
+std::vector<CoreShape> shapes_of(const std::vector<CoreView<T>>& cores) {
+  std::vector<CoreShape> shapes;
+  for (const CoreView<T>& c : cores) shapes.push_back(c.shape);
+  return shapes;
+}
+
+}  // namespace
+
+namespace {
+
+// The cheapest way to multiply out each run of cores [a, b]: split it at s, multiply out both halves,
+// then one GEMM (d_{a-1}·Π_{a..s} i j) × d_s times d_s × (Π_{s+1..b} i j · d_b). Halves are kept in the
+// interleaved layout (d, i_a, j_a, …, d') so the GEMM needs no permutation (interval DP, O(n³)).
+struct MergeTree {
+  std::vector<std::vector<double>> cost;
+  std::vector<std::vector<std::size_t>> split;
+};
+
+MergeTree merge_tree(const std::vector<CoreShape>& cores) {
+  const std::size_t n = cores.size();
+  MergeTree tree;
+  tree.cost.assign(n, std::vector<double>(n, 0.0));
+  tree.split.assign(n, std::vector<std::size_t>(n, 0));
+  std::vector<double> pairs(n + 1, 1.0);  // pairs[k] = Π_{m<k} i_m j_m
+  for (std::size_t k = 0; k < n; ++k) pairs[k + 1] = pairs[k] * static_cast<double>(cores[k].rows * cores[k].cols);
+  for (std::size_t length = 2; length <= n; ++length) {
+    for (std::size_t a = 0; a + length <= n; ++a) {
+      const std::size_t b = a + length - 1;
+      double best = -1;
+      for (std::size_t s = a; s < b; ++s) {
+        const double gemm = 2.0 * static_cast<double>(cores[a].left_bond) * (pairs[s + 1] / pairs[a]) *
+                            static_cast<double>(cores[s].right_bond) * (pairs[b + 1] / pairs[s + 1]) *
+                            static_cast<double>(cores[b].right_bond);
+        const double c = tree.cost[a][s] + tree.cost[s + 1][b] + gemm;
+        if (best < 0 || c < best) {
+          best = c;
+          tree.split[a][b] = s;
+        }
+      }
+      tree.cost[a][b] = best;
+    }
+  }
+  return tree;
+}
+
+// Shapes of the cores after merging runs of `groups` sizes, and the FLOPs of merging them.
+std::vector<CoreShape> merged_shapes(const std::vector<CoreShape>& cores, const std::vector<std::size_t>& groups,
+                                     const MergeTree& tree, double* flops) {
+  std::vector<CoreShape> out;
+  std::size_t k = 0;
+  *flops = 0;
+  for (std::size_t g : groups) {
+    CoreShape acc = cores[k];
+    for (std::size_t m = k + 1; m < k + g; ++m) {
+      acc.rows *= cores[m].rows;
+      acc.cols *= cores[m].cols;
+      acc.right_bond = cores[m].right_bond;
+    }
+    *flops += tree.cost[k][k + g - 1];
+    out.push_back(acc);
+    k += g;
+  }
+  return out;
+}
+
+std::vector<std::size_t> sweep_order(const std::vector<CoreShape>& cores, Index batch, bool transposed,
+                                     PlanKind kind) {
+  const std::size_t n = cores.size();
+  std::vector<std::size_t> order(n);
+  if (kind == PlanKind::left) {
+    std::iota(order.begin(), order.end(), 0);
+  } else if (kind == PlanKind::right) {
+    for (std::size_t i = 0; i < n; ++i) order[i] = n - 1 - i;
+  } else {
+    order = centre_order(cores, batch, transposed);
+  }
+  return order;
+}
+
+}  // namespace
+
+namespace {
+ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind,
+                      bool allow_merge);
+}  // namespace
+
+ApplyPlan plan_apply(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind,
+                     bool allow_merge) {
+  check_shapes(cores);
+  if (batch < 1) throw std::invalid_argument("mpo: batch must be >= 1, got " + std::to_string(batch));
+  // The search simulates 3·2^(n-1) plans (~100 µs for n = 5), as long as a whole small product: a layer
+  // applied again and again with the same shapes finds its plan here instead.
+  std::vector<Index> key{batch, transposed ? 1 : 0, static_cast<Index>(kind), allow_merge ? 1 : 0};
+  for (const CoreShape& c : cores) key.insert(key.end(), {c.left_bond, c.rows, c.cols, c.right_bond});
+  static std::mutex mutex;
+  static std::map<std::vector<Index>, ApplyPlan> cache;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto found = cache.find(key);
+    if (found != cache.end()) return found->second;
+  }
+  ApplyPlan plan = search_plan(cores, batch, transposed, kind, allow_merge);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= 4096) cache.clear();  // bounded: shapes in use are few
+  cache.emplace(std::move(key), plan);
+  return plan;
+}
+
+namespace {
+ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind,
+                      bool allow_merge) {
+  const std::size_t n = cores.size();
+  // Every way to cut the chain into runs: bit b of `joined` set means cores b and b+1 are merged.
+  // 2^(n-1) groupings × 3 orders of a few steps each: microseconds for the n <= 7 in use.
+  const std::size_t groupings = allow_merge && n <= 12 ? (std::size_t{1} << (n - 1)) : 1;
+  const MergeTree tree = merge_tree(cores);
+  ApplyPlan best;
+  bool have = false;
+  for (std::size_t joined = 0; joined < groupings; ++joined) {
+    std::vector<std::size_t> groups{1};
+    for (std::size_t b = 0; b + 1 < n; ++b) {
+      if (joined >> b & 1)
+        ++groups.back();
+      else
+        groups.push_back(1);
+    }
+    double merge = 0;
+    const std::vector<CoreShape> shapes = merged_shapes(cores, groups, tree, &merge);
+    for (PlanKind k : {PlanKind::left, PlanKind::right, PlanKind::centre}) {
+      if (kind != PlanKind::automatic && k != kind) continue;
+      ApplyPlan p;
+      p.kind = k;
+      p.groups = groups;
+      p.order = sweep_order(shapes, batch, transposed, k);
+      p.merge_flops = merge;
+      p.flops = merge + plan_flops(shapes, batch, transposed, p.order);
+      // Strictly cheaper only: ties keep the unmerged plan and the earlier order.
+      if (!have || p.flops < best.flops) best = p;
+      have = true;
+    }
+  }
+  return best;
+}
+}  // namespace
+
+namespace {
+
+// Cores a..b multiplied out along the merge tree, interleaved: (d_{a-1}·i_a·j_a···i_b·j_b) × d_b.
+template <class T>
+Matrix<T> multiply_run(const std::vector<CoreView<T>>& cores, const MergeTree& tree, std::size_t a, std::size_t b) {
+  if (a == b) {
+    const CoreShape& c = cores[a].shape;
+    return ConstMatrixMap<T>(cores[a].data, c.left_bond * c.rows * c.cols, c.right_bond);
+  }
+  const std::size_t s = tree.split[a][b];
+  const Matrix<T> left = multiply_run(cores, tree, a, s);
+  const Matrix<T> right = multiply_run(cores, tree, s + 1, b);
+  const Index bond = cores[s].shape.right_bond;
+  Matrix<T> out = multiply<T>(left, ConstMatrixMap<T>(right.data(), bond, right.size() / bond));
+  // Same coefficients read as (… i_b j_b) × d_b: resize keeps the buffer when the size is unchanged.
+  out.resize(out.size() / cores[b].shape.right_bond, cores[b].shape.right_bond);
+  return out;
+}
+
+// The cores of a plan's groups: a run of one is the caller's buffer, a longer run is multiplied out
+// into `storage` (reserved up front so the views stay valid) and permuted once from its interleaved
+// layout to (d, i_a…i_b, j_a…j_b, d'): row-major (i_a…i_b) is the merged row factor, as in M's index.
+template <class T>
+std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, const std::vector<std::size_t>& groups,
+                                     std::vector<std::vector<T>>* storage) {
+  std::vector<CoreView<T>> views;
+  storage->reserve(groups.size());
+  const MergeTree tree = merge_tree(shapes_of(cores));
+  std::size_t k = 0;
+  for (std::size_t g : groups) {
+    if (g == 1) {
+      views.push_back(cores[k++]);
+      continue;
+    }
+    const Matrix<T> product = multiply_run(cores, tree, k, k + g - 1);
+    CoreShape acc = cores[k].shape;
+    std::vector<Index> dims{acc.left_bond, acc.rows, acc.cols};
+    for (std::size_t m = k + 1; m < k + g; ++m) {
+      const CoreShape& c = cores[m].shape;
+      dims.push_back(c.rows);
+      dims.push_back(c.cols);
+      acc.rows *= c.rows;
+      acc.cols *= c.cols;
+      acc.right_bond = c.right_bond;
+    }
+    dims.push_back(acc.right_bond);
+    std::vector<std::size_t> perm{0};
+    for (std::size_t a = 1; a + 1 < dims.size(); a += 2) perm.push_back(a);
+    for (std::size_t a = 2; a + 1 < dims.size(); a += 2) perm.push_back(a);
+    perm.push_back(dims.size() - 1);
+    std::vector<T> current(static_cast<std::size_t>(product.size()));
+    permute_merged(product.data(), dims, perm, current.data());
+    storage->push_back(std::move(current));
+    views.push_back({acc, storage->back().data()});
+    k += g;
+  }
+  return views;
+}
+
+}  // namespace
+
+template <class T>
+void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, Index batch,
+           Index x_width, bool batch_last, T* out, Index out_width, PlanKind kind, bool allow_merge) {
+  check_shapes(shapes_of(given));
+  const Index padded_in = product_of(shapes_of(given), !transposed);
+  const Index padded_out = product_of(shapes_of(given), transposed);
+  if (x_width < 1 || x_width > padded_in)
+    throw std::invalid_argument("mpo: the input's inner dimension must be in [1, " +
+                                std::to_string(padded_in) + "], got " + std::to_string(x_width));
+  if (out_width < 1 || out_width > padded_out)
+    throw std::invalid_argument("mpo: the output width must be in [1, " + std::to_string(padded_out) +
+                                "], got " + std::to_string(out_width));
+  if (batch < 1) return;
+
+  // Zero padding of the input side: rows/columns the cores have but the matrix does not.
+  std::vector<T> padded_x;
+  const T* current = x;
+  if (x_width < padded_in) {
+    padded_x.assign(static_cast<std::size_t>(batch * padded_in), T(0));
+    if (batch_last) {
+      std::copy(x, x + x_width * batch, padded_x.begin());
+    } else {
+      for (Index b = 0; b < batch; ++b)
+        std::copy(x + b * x_width, x + (b + 1) * x_width, padded_x.begin() + b * padded_in);
+    }
+    current = padded_x.data();
+  }
+
+  const ApplyPlan plan = plan_apply(shapes_of(given), batch, transposed, kind, allow_merge);
+  std::vector<std::vector<T>> storage;
+  const std::vector<CoreView<T>> cores = merge_cores(given, plan.groups, &storage);
+  const std::vector<CoreShape> shapes = shapes_of(cores);
+  // One sweep of `rows` rows of X (at x0, rows padded_in apart, or the whole batch-last block) through
+  // the cores, written to dst. `fork` lets single products split across threads.
+  auto sweep = [&](const T* x0, Index rows, T* dst, bool fork) {
+    const T* current = x0;
+    // Two buffers sized once for the largest state, used in turn: the permuted state and the product.
+    Index largest = rows * std::max(padded_in, padded_out);
+    {
+      Simulator sim(shapes, rows, transposed, batch_last);
+      for (std::size_t k : plan.order) {
+        sim.add(k);
+        largest = std::max(largest, sim.size());
+      }
+    }
+    std::vector<T> buffer[2] = {std::vector<T>(static_cast<std::size_t>(largest)),
+                                std::vector<T>(static_cast<std::size_t>(largest))};
+    std::vector<T> packed;
+    auto gemm = [fork](MatrixMap<T>& result, const auto& left, const auto& right) {
+      if (fork)
+        multiply_into<T>(result, left, right);
+      else
+        result.noalias() = left * right;
+    };
+    Simulator sim(shapes, rows, transposed, batch_last);
+    for (std::size_t k : plan.order) {
+      const Step s = sim.add(k);
+      const T* lhs = current;
+      if (!is_identity(s.state_perm)) {
+        T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+        permute_merged(current, s.state_dims, s.state_perm, target);
+        lhs = target;
+      }
+      T* product = lhs == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+      MatrixMap<T> result(product, s.kept, s.fresh);
+      const ConstMatrixMap<T> left(lhs, s.kept, s.inner);
+      const T* core = cores[k].data;
+      // The core as (shared × new): its own buffer when the shared axes come first in storage order,
+      // the transpose of its own buffer when they come last, else a packed copy (only for plans that
+      // run against the storage order, e.g. a transposed MPO contracted from the left).
+      const std::size_t shared_count = s.shared_axes;
+      std::vector<std::size_t> swapped;
+      for (std::size_t c = shared_count; c < s.core_perm.size(); ++c) swapped.push_back(s.core_perm[c]);
+      for (std::size_t c = 0; c < shared_count; ++c) swapped.push_back(s.core_perm[c]);
+      if (is_identity(s.core_perm)) {
+        gemm(result, left, ConstMatrixMap<T>(core, s.inner, s.fresh));
+      } else if (is_identity(swapped)) {
+        gemm(result, left, ConstMatrixMap<T>(core, s.fresh, s.inner).transpose());
+      } else {
+        packed.resize(static_cast<std::size_t>(s.inner * s.fresh));
+        permute_merged(core, s.core_dims, s.core_perm, packed.data());
+        gemm(result, left, ConstMatrixMap<T>(packed.data(), s.inner, s.fresh));
+      }
+      current = product;
+    }
+
+    // Final layout: (batch, output factors) or (output factors, batch); padded columns dropped.
+    std::vector<std::size_t> perm;
+    std::vector<Index> dims;
+    const std::vector<Axis>& axes = sim.axes();
+    for (const Axis& a : axes) dims.push_back(a.dim);
+    auto place = [&](Kind kind_wanted) {
+      for (std::size_t k = 0; k < shapes.size(); ++k)
+        for (std::size_t a = 0; a < axes.size(); ++a)
+          if (axes[a].kind == kind_wanted && (kind_wanted == Kind::batch || axes[a].k == k)) {
+            perm.push_back(a);
+            if (kind_wanted == Kind::batch) return;
+          }
+    };
+    if (!batch_last) place(Kind::batch);
+    place(Kind::output);
+    if (batch_last) place(Kind::batch);
+    if (perm.size() != axes.size()) throw std::logic_error("mpo: apply left an axis uncontracted");
+    const Index total = rows * padded_out;
+    if (out_width == padded_out) {
+      if (is_identity(perm))
+        std::copy(current, current + total, dst);
+      else
+        permute_merged(current, dims, perm, dst);
+      return;
+    }
+    const T* full = current;
+    if (!is_identity(perm)) {
+      T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+      permute_merged(current, dims, perm, target);
+      full = target;
+    }
+    if (batch_last) {
+      std::copy(full, full + out_width * rows, dst);
+    } else {
+      for (Index b = 0; b < rows; ++b)
+        std::copy(full + b * padded_out, full + b * padded_out + out_width, dst + b * out_width);
+    }
+  };
+
+  // Large batches run in chunks of rows whose states stay in cache (a few hundred KB): every step of
+  // the sweep reads and writes the whole state, and for small bonds those passes, not the GEMMs, set
+  // the time. Chunks are independent, so threads take runs of them (one fork for the whole product).
+  Index per_row = std::max(padded_in, padded_out);
+  {
+    Simulator sim(shapes, 1, transposed, false);
+    for (std::size_t k : plan.order) {
+      sim.add(k);
+      per_row = std::max(per_row, sim.size());
+    }
+  }
+  // Each chunk reads every core again, so a chunk must also carry several times the largest core's
+  // size in state (no chunking at all for rebuild-then-multiply, whose one core is the whole matrix).
+  Index largest_core = 1;
+  for (const CoreShape& c : shapes) largest_core = std::max(largest_core, c.left_bond * c.rows * c.cols * c.right_bond);
+  const Index chunk = std::min(batch, std::max<Index>({8, (Index{1} << 16) / per_row, 4 * largest_core / per_row}));
+  const Index chunks = (batch + chunk - 1) / chunk;
+  if (batch_last || chunks == 1) {
+    sweep(current, batch, out, true);
+    return;
+  }
+  const double sweep_work = 0.5 * (plan.flops - plan.merge_flops);  // multiply-adds
+  const int blocks = static_cast<int>(std::min<double>(
+      {static_cast<double>(thread_count()), static_cast<double>(chunks), sweep_work / detail::kParallelWork + 1}));
+  detail::run_blocks(std::max(blocks, 1), [&](int b) {
+    const auto [start, length] = detail::block_range(chunks, std::max(blocks, 1), b);
+    for (Index c = start; c < start + length; ++c) {
+      const Index first = c * chunk;
+      sweep(current + first * padded_in, std::min(chunk, batch - first), out + first * out_width, false);
+    }
+  });
+}
+
+template <class T>
+Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
+  const std::vector<CoreShape> shapes = shapes_of(cores);
+  check_shapes(shapes);
+  std::vector<std::vector<T>> storage;
+  const std::vector<CoreView<T>> merged = merge_cores(cores, {cores.size()}, &storage);
+  const CoreShape& c = merged[0].shape;
+  return ConstMatrixMap<T>(merged[0].data, c.rows, c.cols);
+}
+
+template <class T>
+void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vector<Index>& ids, T* out,
+          Index out_width) {
+  const std::vector<CoreShape> shapes = shapes_of(cores);
+  check_shapes(shapes);
+  const std::size_t n = shapes.size();
+  const Index padded_rows = product_of(shapes, !transposed), padded_out = product_of(shapes, transposed);
+  if (out_width < 1 || out_width > padded_out)
+    throw std::invalid_argument("mpo: the output width must be in [1, " + std::to_string(padded_out) +
+                                "], got " + std::to_string(out_width));
+  for (Index id : ids)
+    if (id < 0 || id >= padded_rows)
+      throw std::out_of_range("mpo: row id " + std::to_string(id) + " is outside [0, " +
+                              std::to_string(padded_rows) + ")");
+  if (ids.empty()) return;
+
+  // Each core as (d_{k-1}, r_k, c_k, d_k) with r the row side: the stored buffer, or for a transposed
+  // MPO a copy with i and j swapped (cores are small next to the rows asked for).
+  std::vector<std::vector<T>> swapped(n);
+  std::vector<const T*> data(n);
+  std::vector<Index> r(n), c(n), left(n), right(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    const CoreShape& s = shapes[k];
+    left[k] = s.left_bond;
+    right[k] = s.right_bond;
+    r[k] = transposed ? s.cols : s.rows;
+    c[k] = transposed ? s.rows : s.cols;
+    data[k] = cores[k].data;
+    if (transposed) {
+      swapped[k].resize(static_cast<std::size_t>(s.left_bond * s.rows * s.cols * s.right_bond));
+      permute(cores[k].data, {s.left_bond, s.rows, s.cols, s.right_bond}, {0, 2, 1, 3}, swapped[k].data());
+      data[k] = swapped[k].data();
+    }
+  }
+  // Prefix k (cores 0..k-1 at fixed row factors) is a (c_0···c_{k-1}) × d_k matrix.
+  std::vector<Index> prefix_rows(n + 1, 1);
+  for (std::size_t k = 0; k < n; ++k) prefix_rows[k + 1] = prefix_rows[k] * c[k];
+
+  // Sorting the ids orders them by (r_1, r_2, …): neighbours share the longest common prefixes.
+  std::vector<std::size_t> order(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ids[a] < ids[b]; });
+
+  auto work = [&](std::size_t begin, std::size_t end) {
+    std::vector<std::vector<T>> prefix(n + 1);
+    prefix[0].assign(1, T(1));
+    for (std::size_t k = 1; k <= n; ++k) prefix[k].resize(static_cast<std::size_t>(prefix_rows[k] * right[k - 1]));
+    std::vector<Index> digits(n), previous(n, -1);
+    for (std::size_t t = begin; t < end; ++t) {
+      const std::size_t slot = order[t];
+      Index id = ids[slot];
+      for (std::size_t k = n; k-- > 0;) {
+        digits[k] = id % r[k];
+        id /= r[k];
+      }
+      std::size_t level = 0;
+      while (level < n && digits[level] == previous[level]) ++level;
+      for (std::size_t k = level; k < n; ++k) {
+        using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+        // Slice T_k[:, r, :, :]: d_{k-1} rows of c_k·d_k values, r_k·c_k·d_k apart.
+        const Strided slice(data[k] + digits[k] * c[k] * right[k], left[k], c[k] * right[k],
+                            Eigen::OuterStride<>(r[k] * c[k] * right[k]));
+        MatrixMap<T> next(prefix[k + 1].data(), prefix_rows[k], c[k] * right[k]);
+        next.noalias() = ConstMatrixMap<T>(prefix[k].data(), prefix_rows[k], left[k]) * slice;
+      }
+      previous = digits;
+      std::copy(prefix[n].data(), prefix[n].data() + out_width, out + static_cast<Index>(slot) * out_width);
+    }
+  };
+  // Ids split into one contiguous run of the sorted order per thread; a run's first id recomputes its
+  // prefixes, which costs little next to a run.
+  const double estimate = static_cast<double>(ids.size()) * padded_out * left[n - 1];
+  const int blocks = std::min<int>(thread_count(), static_cast<int>(estimate / detail::kParallelWork) + 1);
+  if (blocks <= 1 || ids.size() < static_cast<std::size_t>(2 * blocks)) {
+    work(0, ids.size());
+    return;
+  }
+  detail::run_blocks(blocks, [&](int b) {
+    const auto [start, length] = detail::block_range(static_cast<Index>(ids.size()), blocks, b);
+    work(static_cast<std::size_t>(start), static_cast<std::size_t>(start + length));
+  });
+}
+
+#define MPO_INSTANTIATE(T)                                                                              \
+  template void apply<T>(const std::vector<CoreView<T>>&, bool, const T*, Index, Index, bool, T*, Index, \
+                         PlanKind, bool);                                                               \
+  template void rows<T>(const std::vector<CoreView<T>>&, bool, const std::vector<Index>&, T*, Index); \
+  template Matrix<T> multiply_out<T>(const std::vector<CoreView<T>>&);
+MPO_INSTANTIATE(float)
+MPO_INSTANTIATE(double)
+#undef MPO_INSTANTIATE
+
+}  // namespace mpo

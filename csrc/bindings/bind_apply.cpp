@@ -1,0 +1,148 @@
+#include "pybind.hpp"
+
+#include "mpo/apply.hpp"
+
+namespace mpo::bindings {
+
+namespace {
+
+// NumPy cores of dtype T as views (no copy when they already are C-contiguous T, the MPO's case). The
+// arrays are returned too: they own the buffers the views point into and must outlive the kernel.
+template <class T>
+std::vector<CoreView<T>> core_views(const py::list& arrays, std::vector<py::array_t<T>>* owners) {
+  std::vector<CoreView<T>> views;
+  std::size_t k = 0;
+  for (const py::handle& item : arrays) {
+    auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(item);
+    if (!a) throw py::type_error("core " + std::to_string(k) + " is not a numeric array");
+    if (a.ndim() != 4)
+      throw py::value_error("core " + std::to_string(k) + " must be 4-way (d_{k-1}, i_k, j_k, d_k), got " +
+                            std::to_string(a.ndim()) + " dimensions");
+    CoreView<T> v;
+    v.shape = {a.shape(0), a.shape(1), a.shape(2), a.shape(3)};
+    v.data = a.data();
+    views.push_back(v);
+    owners->push_back(std::move(a));
+    ++k;
+  }
+  return views;
+}
+
+template <class T>
+py::array apply_typed(const py::list& cores, bool transposed, const py::array& x, bool batch_last,
+                      Index out_width, PlanKind kind, bool merge) {
+  std::vector<py::array_t<T>> owners;
+  const std::vector<CoreView<T>> views = core_views<T>(cores, &owners);
+  auto a = py::array_t<T, py::array::c_style>::ensure(x);
+  if (!a) throw py::type_error("apply: expected a C-contiguous array");
+  const Index batch = batch_last ? a.shape(1) : a.shape(0);
+  const Index width = batch_last ? a.shape(0) : a.shape(1);
+  std::vector<py::ssize_t> shape = batch_last ? std::vector<py::ssize_t>{out_width, batch}
+                                              : std::vector<py::ssize_t>{batch, out_width};
+  py::array_t<T> out(shape);
+  T* target = out.mutable_data();
+  {
+    // Every Python object has been read or allocated; the kernel touches only these buffers.
+    py::gil_scoped_release release;
+    apply<T>(views, transposed, a.data(), batch, width, batch_last, target, out_width, kind, merge);
+  }
+  return std::move(out);
+}
+
+template <class T>
+py::array rows_typed(const py::list& cores, bool transposed, const std::vector<Index>& ids, Index out_width) {
+  std::vector<py::array_t<T>> owners;
+  const std::vector<CoreView<T>> views = core_views<T>(cores, &owners);
+  py::array_t<T> out(std::vector<py::ssize_t>{static_cast<py::ssize_t>(ids.size()), out_width});
+  T* target = out.mutable_data();
+  {
+    py::gil_scoped_release release;  // after all casting: the kernel reads only C++ buffers
+    rows<T>(views, transposed, ids, target, out_width);
+  }
+  return std::move(out);
+}
+
+template <class T>
+py::array multiply_out_typed(const py::list& cores) {
+  std::vector<py::array_t<T>> owners;
+  const std::vector<CoreView<T>> views = core_views<T>(cores, &owners);
+  Matrix<T> dense;
+  {
+    py::gil_scoped_release release;  // after all casting: the kernel reads only C++ buffers
+    dense = multiply_out<T>(views);
+  }
+  const std::vector<py::ssize_t> shape{dense.rows(), dense.cols()};
+  return to_numpy<T>(std::move(dense), shape);
+}
+
+std::vector<CoreShape> shapes_from(const std::vector<std::vector<Index>>& shapes) {
+  std::vector<CoreShape> out;
+  for (std::size_t k = 0; k < shapes.size(); ++k) {
+    if (shapes[k].size() != 4)
+      throw py::value_error("core shape " + std::to_string(k) + " must have 4 entries, got " +
+                            std::to_string(shapes[k].size()));
+    out.push_back({shapes[k][0], shapes[k][1], shapes[k][2], shapes[k][3]});
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_apply(py::module_& m) {
+  m.def(
+      "apply",
+      [](const py::list& cores, bool transposed, const py::array& x, bool batch_last, Index out_width,
+         const std::string& plan, bool merge) {
+        const PlanKind kind = parse_plan(plan);
+        if (x.ndim() != 2)
+          throw py::value_error("apply: expected a 2-D array, got " + std::to_string(x.ndim()) +
+                                " dimensions");
+        if (py::isinstance<py::array_t<float>>(x))
+          return apply_typed<float>(cores, transposed, x, batch_last, out_width, kind, merge);
+        if (py::isinstance<py::array_t<double>>(x))
+          return apply_typed<double>(cores, transposed, x, batch_last, out_width, kind, merge);
+        throw py::type_error("apply: expected float32 or float64, got " + dtype_name(x));
+      },
+      py::arg("cores"), py::arg("transposed"), py::arg("x"), py::arg("batch_last"), py::arg("out_width"),
+      py::arg("plan") = "auto", py::arg("merge") = true,
+      "X @ M (X @ M.T when transposed) through the cores, X (batch, width) C-contiguous, or M @ X with\n"
+      "batch_last and X (width, batch). Cores are converted to X's dtype. plan: auto/left/right/centre;\n"
+      "merge=False forbids merging neighbouring cores before the sweep.");
+  m.def(
+      "rows",
+      [](const py::list& cores, bool transposed,
+         const py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>& id_array,
+         Index out_width, const std::string& dtype) {
+        if (id_array.ndim() != 1)
+          throw py::value_error("rows: ids must be 1-D, got " + std::to_string(id_array.ndim()) +
+                                " dimensions");
+        const std::vector<Index> ids(id_array.data(), id_array.data() + id_array.shape(0));
+        if (dtype == "float32") return rows_typed<float>(cores, transposed, ids, out_width);
+        if (dtype == "float64") return rows_typed<double>(cores, transposed, ids, out_width);
+        throw py::type_error("rows: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+      },
+      py::arg("cores"), py::arg("transposed"), py::arg("ids"), py::arg("out_width"), py::arg("dtype"),
+      "Rows ids of M (of M.T when transposed) as a (len(ids), out_width) array; ids in [0, padded rows).");
+  m.def(
+      "multiply_out",
+      [](const py::list& cores, const std::string& dtype) {
+        if (dtype == "float32") return multiply_out_typed<float>(cores);
+        if (dtype == "float64") return multiply_out_typed<double>(cores);
+        throw py::type_error("multiply_out: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+      },
+      py::arg("cores"), py::arg("dtype"),
+      "The padded dense matrix of the cores, multiplied out along the cheapest tree of products.");
+  m.def(
+      "apply_plan",
+      [](const std::vector<std::vector<Index>>& shapes, Index batch, bool transposed, const std::string& plan,
+         bool merge) {
+        const ApplyPlan p = plan_apply(shapes_from(shapes), batch, transposed, parse_plan(plan), merge);
+        return py::make_tuple(plan_name(p.kind), p.order, p.flops, p.groups, p.merge_flops);
+      },
+      py::arg("core_shapes"), py::arg("batch"), py::arg("transposed"), py::arg("plan") = "auto",
+      py::arg("merge") = true,
+      "(order name, order of the merged cores, FLOPs, sizes of the merged runs, FLOPs of merging) of\n"
+      "the plan apply uses for this batch size.");
+}
+
+}  // namespace mpo::bindings
