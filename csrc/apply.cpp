@@ -179,25 +179,6 @@ std::vector<std::size_t> centre_order(const std::vector<CoreShape>& cores, Index
   return order;
 }
 
-void check_shapes(const std::vector<CoreShape>& cores) {
-  if (cores.size() < 2)
-    throw std::invalid_argument("mpo: an MPO needs n >= 2 cores, got " + std::to_string(cores.size()));
-  for (std::size_t k = 0; k < cores.size(); ++k) {
-    const CoreShape& c = cores[k];
-    if (c.left_bond < 1 || c.rows < 1 || c.cols < 1 || c.right_bond < 1)
-      throw std::invalid_argument("mpo: core " + std::to_string(k) + " has an empty dimension");
-    if (k == 0 && c.left_bond != 1)
-      throw std::invalid_argument("mpo: the first core's left bond must be 1, got " +
-                                  std::to_string(c.left_bond));
-    if (k + 1 == cores.size() && c.right_bond != 1)
-      throw std::invalid_argument("mpo: the last core's right bond must be 1, got " +
-                                  std::to_string(c.right_bond));
-    if (k > 0 && cores[k - 1].right_bond != c.left_bond)
-      throw std::invalid_argument("mpo: bond " + std::to_string(k - 1) + " disagrees: core " +
-                                  std::to_string(k - 1) + " has " + std::to_string(cores[k - 1].right_bond) +
-                                  ", core " + std::to_string(k) + " has " + std::to_string(c.left_bond));
-  }
-}
 
 // Permute after merging target axes that are already neighbours in the source: a move of one block of
 // axes past another becomes a plain 2-D transpose, and an identity a copy.
@@ -328,7 +309,7 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
 
 ApplyPlan plan_apply(const std::vector<CoreShape>& cores, Index batch, bool transposed, PlanKind kind,
                      bool allow_merge) {
-  check_shapes(cores);
+  check_chain(cores);
   if (batch < 1) throw std::invalid_argument("mpo: batch must be >= 1, got " + std::to_string(batch));
   // The search simulates 3·2^(n-1) plans (~100 µs for n = 5), as long as a whole small product: a layer
   // applied again and again with the same shapes finds its plan here instead.
@@ -449,7 +430,7 @@ std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, cons
 template <class T>
 void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, Index batch,
            Index x_width, bool batch_last, T* out, Index out_width, PlanKind kind, bool allow_merge) {
-  check_shapes(shapes_of(given));
+  check_chain(shapes_of(given));
   const Index padded_in = product_of(shapes_of(given), !transposed);
   const Index padded_out = product_of(shapes_of(given), transposed);
   if (x_width < 1 || x_width > padded_in)
@@ -607,7 +588,7 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
 template <class T>
 Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
   const std::vector<CoreShape> shapes = shapes_of(cores);
-  check_shapes(shapes);
+  check_chain(shapes);
   std::vector<std::vector<T>> storage;
   const std::vector<CoreView<T>> merged = merge_cores(cores, {cores.size()}, &storage);
   const CoreShape& c = merged[0].shape;
@@ -618,7 +599,7 @@ template <class T>
 void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vector<Index>& ids, T* out,
           Index out_width) {
   const std::vector<CoreShape> shapes = shapes_of(cores);
-  check_shapes(shapes);
+  check_chain(shapes);
   const std::size_t n = shapes.size();
   const Index padded_rows = product_of(shapes, !transposed), padded_out = product_of(shapes, transposed);
   if (out_width < 1 || out_width > padded_out)

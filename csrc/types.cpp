@@ -43,4 +43,25 @@ void Factors::validate() const {
   }
 }
 
+void check_chain(const std::vector<CoreShape>& cores) {
+  if (cores.size() < 2)
+    throw std::invalid_argument("mpo: an MPO needs n >= 2 cores, got " + std::to_string(cores.size()));
+  for (std::size_t k = 0; k < cores.size(); ++k) {
+    const CoreShape& c = cores[k];
+    if (c.left_bond < 1 || c.rows < 1 || c.cols < 1 || c.right_bond < 1)
+      throw std::invalid_argument("mpo: core " + std::to_string(k) + " has an empty dimension");
+    if (k == 0 && c.left_bond != 1)
+      throw std::invalid_argument("mpo: the first core's left bond must be 1, got " +
+                                  std::to_string(c.left_bond));
+    if (k + 1 == cores.size() && c.right_bond != 1)
+      throw std::invalid_argument("mpo: the last core's right bond must be 1, got " +
+                                  std::to_string(c.right_bond));
+    if (k > 0 && cores[k - 1].right_bond != c.left_bond)
+      throw std::invalid_argument("mpo: bond " + std::to_string(k - 1) + " disagrees: core " +
+                                  std::to_string(k - 1) + " has " +
+                                  std::to_string(cores[k - 1].right_bond) + ", core " +
+                                  std::to_string(k) + " has " + std::to_string(c.left_bond));
+  }
+}
+
 }  // namespace mpo

@@ -13,11 +13,7 @@ std::vector<CoreView<T>> core_views(const py::list& arrays, std::vector<py::arra
   std::vector<CoreView<T>> views;
   std::size_t k = 0;
   for (const py::handle& item : arrays) {
-    auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(item);
-    if (!a) throw py::type_error("core " + std::to_string(k) + " is not a numeric array");
-    if (a.ndim() != 4)
-      throw py::value_error("core " + std::to_string(k) + " must be 4-way (d_{k-1}, i_k, j_k, d_k), got " +
-                            std::to_string(a.ndim()) + " dimensions");
+    auto a = core_array<T>(item, k);
     CoreView<T> v;
     v.shape = {a.shape(0), a.shape(1), a.shape(2), a.shape(3)};
     v.data = a.data();

@@ -41,6 +41,17 @@ py::array_t<T> core_to_numpy(Core<T>&& core) {
   return to_numpy<T>(std::move(core.data), shape);
 }
 
+// Core k as a C-contiguous 4-way array of T (no copy when it already is one).
+template <class T>
+py::array_t<T, py::array::c_style | py::array::forcecast> core_array(const py::handle& item, std::size_t k) {
+  auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(item);
+  if (!a) throw py::type_error("core " + std::to_string(k) + " is not a numeric array");
+  if (a.ndim() != 4)
+    throw py::value_error("core " + std::to_string(k) + " must be 4-way (d_{k-1}, i_k, j_k, d_k), got " +
+                          std::to_string(a.ndim()) + " dimensions");
+  return a;
+}
+
 // A list of 4-way NumPy arrays (d_{k-1}, i_k, j_k, d_k) -> cores (copied; cores are small).
 template <class T>
 std::vector<Core<T>> cores_from_numpy(const py::list& arrays) {
@@ -48,11 +59,7 @@ std::vector<Core<T>> cores_from_numpy(const py::list& arrays) {
   cores.reserve(arrays.size());
   std::size_t k = 0;
   for (const py::handle& item : arrays) {
-    auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(item);
-    if (!a) throw py::type_error("core " + std::to_string(k) + " is not a numeric array");
-    if (a.ndim() != 4)
-      throw py::value_error("core " + std::to_string(k) + " must be 4-way (d_{k-1}, i_k, j_k, d_k), got " +
-                            std::to_string(a.ndim()) + " dimensions");
+    const auto a = core_array<T>(item, k);
     Core<T> c;
     c.left_bond = a.shape(0);
     c.rows = a.shape(1);

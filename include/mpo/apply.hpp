@@ -18,10 +18,6 @@
 namespace mpo {
 
 // Shape of core k: T_k[d_{k-1}, i_k, j_k, d_k].
-struct CoreShape {
-  Index left_bond = 1, rows = 1, cols = 1, right_bond = 1;
-};
-
 // A core's coefficients in someone else's row-major buffer (a NumPy array): no copy.
 template <class T>
 struct CoreView {

@@ -21,6 +21,15 @@ template <class T>
 using ConstMatrixMap = Eigen::Map<const Matrix<T>>;
 using Spectrum = Eigen::VectorXd;  // singular values, descending, always in double
 
+// The four dimensions of a core T_k[d_{k-1}, i_k, j_k, d_k].
+struct CoreShape {
+  Index left_bond = 1, rows = 1, cols = 1, right_bond = 1;
+};
+
+// Throws std::invalid_argument unless the shapes form an MPO: n >= 2 cores, no empty dimension, outer
+// bonds 1, and every bond agreed on by the two cores it joins.
+void check_chain(const std::vector<CoreShape>& cores);
+
 // Core k of an MPO: the 4-way tensor T_k[d_{k-1}, i_k, j_k, d_k] (MPOP Eq. 1).
 // It is stored as its left unfolding, a (d_{k-1}·i_k·j_k) × d_k row-major matrix; the same buffer read
 // as d_{k-1} × (i_k·j_k·d_k) is its right unfolding.
@@ -33,6 +42,7 @@ struct Core {
   Matrix<T> data;        // left unfolding
 
   Index size() const { return left_bond * rows * cols * right_bond; }
+  CoreShape shape() const { return {left_bond, rows, cols, right_bond}; }
   ConstMatrixMap<T> left_unfolding() const {
     return ConstMatrixMap<T>(data.data(), left_bond * rows * cols, right_bond);
   }
