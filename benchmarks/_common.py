@@ -199,12 +199,21 @@ def command_line() -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` as indented JSON, creating parent folders."""
+    """Write ``payload`` as indented JSON, creating parent folders.
+
+    The JSON goes to a temporary file beside ``path`` that is renamed into place, so an interrupted run
+    never leaves a half-written result.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=False, default=_json_default)
-        fh.write("\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=False, default=_json_default)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json_default(obj):

@@ -40,13 +40,16 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPO_
     os.environ[_var] = str(_THREADS)
 
 import argparse
-import json
 import math
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_json  # noqa: E402  (benchmarks/ is not a package)
 
 import mpo
 
@@ -238,7 +241,6 @@ def main():
     if not args.no_rows:
         print(f"\n{'embedding':>10} {'rho':>6} {'ids':>5} {'rows ms':>9} {'gather/':>10} {'rebuild/':>10}")
         bench_rows(counts, dtype, rtol, results, args.quick)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = {
         "dtype": dtype.name,
         "quick": args.quick,
@@ -246,8 +248,7 @@ def main():
         "cpus": os.cpu_count(),
         "threads": _THREADS,
     }
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1, default=lambda o: list(o))
+    write_json(Path(args.out), {"meta": meta, "results": results})
     print(f"\nwrote {args.out}")
 
 
