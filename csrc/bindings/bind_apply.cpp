@@ -113,18 +113,17 @@ void register_apply(py::module_& m) {
           throw py::value_error("rows: ids must be 1-D, got " + std::to_string(id_array.ndim()) +
                                 " dimensions");
         const std::vector<Index> ids(id_array.data(), id_array.data() + id_array.shape(0));
-        if (dtype == "float32") return rows_typed<float>(cores, transposed, ids, out_width);
-        if (dtype == "float64") return rows_typed<double>(cores, transposed, ids, out_width);
-        throw py::type_error("rows: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        return dispatch_dtype(dtype, "rows", [&](auto tag) {
+          return rows_typed<decltype(tag)>(cores, transposed, ids, out_width);
+        });
       },
       py::arg("cores"), py::arg("transposed"), py::arg("ids"), py::arg("out_width"), py::arg("dtype"),
       "Rows ids of M (of M.T when transposed) as a (len(ids), out_width) array; ids in [0, padded rows).");
   m.def(
       "multiply_out",
       [](const py::list& cores, const std::string& dtype) {
-        if (dtype == "float32") return multiply_out_typed<float>(cores);
-        if (dtype == "float64") return multiply_out_typed<double>(cores);
-        throw py::type_error("multiply_out: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        return dispatch_dtype(dtype, "multiply_out",
+                              [&](auto tag) { return multiply_out_typed<decltype(tag)>(cores); });
       },
       py::arg("cores"), py::arg("dtype"),
       "The padded dense matrix of the cores, multiplied out along the cheapest tree of products.");

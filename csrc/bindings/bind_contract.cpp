@@ -22,9 +22,7 @@ void register_contract(py::module_& m) {
   m.def(
       "rebuild",
       [](const py::list& cores, const std::string& dtype) {
-        if (dtype == "float32") return py::array(rebuild_typed<float>(cores));
-        if (dtype == "float64") return py::array(rebuild_typed<double>(cores));
-        throw py::type_error("rebuild: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        return dispatch_dtype(dtype, "rebuild", [&](auto tag) { return rebuild_typed<decltype(tag)>(cores); });
       },
       py::arg("cores"), py::arg("dtype"),
       "Contract the cores into the dense (prod i_k) x (prod j_k) matrix.");

@@ -71,9 +71,8 @@ void register_decompose(py::module_& m) {
   m.def(
       "canonicalize",
       [](const py::list& cores, const std::string& dtype) {
-        if (dtype == "float32") return canonicalize_typed<float>(cores);
-        if (dtype == "float64") return canonicalize_typed<double>(cores);
-        throw py::type_error("canonicalize: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        return dispatch_dtype(dtype, "canonicalize",
+                              [&](auto tag) { return canonicalize_typed<decltype(tag)>(cores); });
       },
       py::arg("cores"), py::arg("dtype"),
       "Exact mixed canonical form of cores (central index (n-1)//2); returns (cores, spectra).");

@@ -72,6 +72,15 @@ std::vector<Core<T>> cores_from_numpy(const py::list& arrays) {
   return cores;
 }
 
+// Run body(float{}) or body(double{}) for a dtype name, the one rule every typed entry point shares:
+// any other name is a TypeError naming the function and the name.
+template <class F>
+py::object dispatch_dtype(const std::string& dtype, const char* function, F&& body) {
+  if (dtype == "float32") return body(float{});
+  if (dtype == "float64") return body(double{});
+  throw py::type_error(std::string(function) + ": dtype must be 'float32' or 'float64', got '" + dtype + "'");
+}
+
 inline std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 void register_decompose(py::module_& m);

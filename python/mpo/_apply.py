@@ -94,7 +94,7 @@ def matmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
             f"mpo @ X: inner dimensions differ: the MPO has {cols} columns, X has {a.shape[0]} rows (first axis)"
         )
     dtype = _work_dtype(m, a)
-    col = a.reshape(cols, -1) if a.ndim == 2 else a.reshape(cols, 1)
+    col = a if a.ndim == 2 else a.reshape(cols, 1)
     if col.shape[1] == 0:
         return np.zeros((rows, 0), dtype=dtype)
     col = np.ascontiguousarray(col, dtype=dtype)
