@@ -13,4 +13,9 @@ from ._mpo import MPO, decompose
 from ._shape import ShapePlan, plan_shape
 
 __all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION"]
+
+# Fisher-weighted factorization (issue 6).
+from ._weighted import LowRank, weighted_svd
+
+__all__ += ["LowRank", "weighted_svd"]
 __version__ = "0.1.0"
