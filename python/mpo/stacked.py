@@ -253,6 +253,12 @@ def _top_eigvecs(gram: np.ndarray, r: int) -> np.ndarray:
     return np.ascontiguousarray(vecs[:, ::-1][:, :r])
 
 
+def _project(T: np.ndarray, U: np.ndarray, Vf: np.ndarray) -> np.ndarray:
+    """Uᵀ W_i Vf for every block, (N, d, d)."""
+    N, D, _ = T.shape
+    return (np.matmul(U.T, T).reshape(-1, D) @ Vf).reshape(N, U.shape[1], Vf.shape[1])
+
+
 def _hooi(T: np.ndarray, d: int, bank: int | None, max_iter: int, tol: float):
     """Tucker fit of T (N, D, D) with ranks (bank or N, d, d): HOSVD start, then HOOI sweeps.
 
@@ -271,8 +277,13 @@ def _hooi(T: np.ndarray, d: int, bank: int | None, max_iter: int, tol: float):
     total = float(np.sum(T * T))
     previous = math.inf
     sweeps = 0
+    S = None if P is None else _project(T, U, Vf)
     for sweeps in range(1, max_iter + 1):
-        # Each factor becomes the leading subspace of T contracted with the other two factors.
+        # Each factor becomes the leading subspace of T contracted with the other two factors, in
+        # mode order P, U, V (TensorLy's order; U, V, P first reached a worse optimum on MiniLM).
+        if P is not None:
+            Sf = S.reshape(N, -1)
+            P = _top_eigvecs(Sf @ Sf.T, bank)
         TV = (cols @ Vf).reshape(N, D, d)
         A = TV if P is None else (P.T @ TV.reshape(N, D * d)).reshape(-1, D, d)
         A1 = A.transpose(1, 0, 2).reshape(D, -1)
@@ -282,9 +293,6 @@ def _hooi(T: np.ndarray, d: int, bank: int | None, max_iter: int, tol: float):
         B2 = B.reshape(-1, D)
         Vf = _top_eigvecs(B2.T @ B2, d)
         S = (UT.reshape(N * d, D) @ Vf).reshape(N, d, d)  # every block projected on both subspaces
-        if P is not None:
-            Sf = S.reshape(N, -1)
-            P = _top_eigvecs(Sf @ Sf.T, bank)
         core = S if P is None else (P.T @ S.reshape(N, d * d)).reshape(-1, d, d)
         error = math.sqrt(max(total - float(np.sum(core * core)), 0.0))
         if previous - error <= tol * max(math.sqrt(total), 1e-300):
