@@ -246,3 +246,23 @@ def test_weighted_mpo_with_padding_and_float32():
     np.testing.assert_allclose(m.to_dense(), M, atol=1e-4)
     X = rng.standard_normal((4, 30)).astype(np.float32)
     np.testing.assert_allclose(X @ m, X @ M, atol=1e-3)
+
+
+def test_weighted_tol_acts_in_the_weighted_norm():
+    M, w = _mpo_data(5)
+    m = mpo.decompose(M, SHAPE, tol=0.3, row_weights=w)
+    assert m.relative_error_bound(weighted=True) <= 0.3
+    DM = M * row_scales(w, 24)[:, None]
+    assert np.linalg.norm(DM - m.to_dense() / m.row_scale[:, None]) <= 0.3 * np.linalg.norm(DM) * (1 + 1e-9)
+    assert m.bond_dims != mpo.decompose(M, SHAPE).bond_dims
+
+
+def test_constructor_checks_the_row_scale():
+    m = mpo.decompose(_mpo_data()[0], SHAPE, max_bond=4)
+    parts = dict(shape=m.shape, spectra=m.spectra, truncation_errors=m.truncation_errors, norm=m.norm)
+    with pytest.raises(ValueError, match=r"row_scale must hold 24 finite values > 0, got shape \(3,\)"):
+        mpo.MPO(m.cores, row_scale=np.ones(3), plain=(1.0, m.spectra), **parts)
+    with pytest.raises(ValueError, match=r"row_scale must hold 24 finite values > 0"):
+        mpo.MPO(m.cores, row_scale=np.zeros(24), plain=(1.0, m.spectra), **parts)
+    with pytest.raises(ValueError, match=r"a row-weighted MPO needs plain = \(norm, spectra\)"):
+        mpo.MPO(m.cores, row_scale=np.ones(24), **parts)
