@@ -89,3 +89,22 @@ def test_without_torch_the_import_error_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match=r"mpo.torch needs PyTorch: pip install torch==2.13.0"):
         import mpo.torch  # noqa: F401
+
+
+def test_fisher_rows_feed_the_weighted_factorizations():
+    import mpo
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(16, 12, generator=g), torch.randn(16, 1, generator=g)) for _ in range(3)]
+    f = fisher_information(model, batches, lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1]), ["0"])["0"]
+    assert f.shape == (12,) and (f > 0).all()
+    weight = model[0].weight.detach().double().numpy()  # (out, in)
+    # axis="in" weights the input features: the rows of weight.T, the columns of weight.
+    a = mpo.weighted_svd(weight, 3, f, axis=1)
+    b = mpo.weighted_svd(weight.T, 3, f, axis=0)
+    np.testing.assert_allclose(a.to_dense(), b.to_dense().T, atol=1e-10)
+    m = mpo.decompose(weight.T, ((2, 2, 3), (2, 2, 2)), max_bond=3, row_weights=f)
+    x = np.random.default_rng(0).standard_normal((5, 12))
+    np.testing.assert_allclose(x @ m, x @ m.to_dense(), atol=1e-10)

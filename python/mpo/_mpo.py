@@ -615,9 +615,8 @@ def decompose(
         caps if caps is not None else [0] * (len(plan.in_shape) - 1),
         svd == "auto",
     )
-    result = MPO._from_core_result(
-        raw, (rows, cols), caps, *((weighted.row_scale, weighted.plain) if weighted is not None else ())
-    )
+    scale, plain = (weighted.row_scale, weighted.plain) if weighted is not None else (None, None)
+    result = MPO._from_core_result(raw, (rows, cols), caps, scale, plain)
     if target is not None:
         result = result.truncate(tol=target)
     return result
