@@ -264,5 +264,7 @@ def test_constructor_checks_the_row_scale():
         mpo.MPO(m.cores, row_scale=np.ones(3), plain=(1.0, m.spectra), **parts)
     with pytest.raises(ValueError, match=r"row_scale must hold 24 finite values > 0"):
         mpo.MPO(m.cores, row_scale=np.zeros(24), plain=(1.0, m.spectra), **parts)
-    with pytest.raises(ValueError, match=r"a row-weighted MPO needs plain = \(norm, spectra\)"):
+    with pytest.raises(ValueError, match=r"a row-weighted MPO needs plain = \(norm, n-1 = 2 spectra\)"):
         mpo.MPO(m.cores, row_scale=np.ones(24), **parts)
+    with pytest.raises(ValueError, match=r"a row-weighted MPO needs plain = \(norm, n-1 = 2 spectra\)"):
+        mpo.MPO(m.cores, row_scale=np.ones(24), plain=(1.0, m.spectra[:1]), **parts)

@@ -132,8 +132,10 @@ class MPO:
             if scale.shape != (rows,) or not (np.isfinite(scale).all() and (scale > 0).all()):
                 raise ValueError(f"row_scale must hold {rows} finite values > 0, got shape {scale.shape}")
             self._row_scale = _frozen(scale.copy())
-            if plain is None:
-                raise ValueError("a row-weighted MPO needs plain = (norm, spectra) of the unweighted matrix")
+            if plain is None or len(plain[1]) != n - 1:
+                raise ValueError(
+                    f"a row-weighted MPO needs plain = (norm, n-1 = {n - 1} spectra) of the unweighted matrix"
+                )
             self._plain = (float(plain[0]), [_frozen(np.asarray(p, dtype=np.float64).copy()) for p in plain[1]])
 
     def _prod(self, axis: int) -> int:
