@@ -13,4 +13,10 @@ from ._mpo import MPO, decompose
 from ._shape import ShapePlan, plan_shape
 
 __all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION"]
+
+# Fisher-weighted factorization and the stacked cross-layer bank (issue 6).
+from . import stacked
+from ._weighted import LowRank, weighted_svd
+
+__all__ += ["LowRank", "weighted_svd", "stacked"]
 __version__ = "0.1.0"

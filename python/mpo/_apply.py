@@ -58,6 +58,13 @@ def _kernel_cores(m: MPO, dtype: np.dtype) -> list[np.ndarray]:
     return base if base[0].dtype == dtype else [c.astype(dtype) for c in base]
 
 
+def _row_scale(m: MPO, dtype: np.dtype) -> np.ndarray | None:
+    # A row-weighted MPO is diag(s) @ (cores' matrix): s scales the stored rows, which are the
+    # columns of a transposed MPO.
+    s = m._row_scale
+    return None if s is None else s.astype(dtype, copy=False)
+
+
 def rmatmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
     """X @ M for X of shape (I,), (B, I) or (..., I); the result has shape (..., J)."""
     _check_plan(plan)
@@ -75,7 +82,12 @@ def rmatmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
     if batch == 0:
         return np.zeros((*lead, cols), dtype=dtype)
     flat = np.ascontiguousarray(a.reshape(batch, rows), dtype=dtype)
+    scale = _row_scale(m, dtype)
+    if scale is not None and not m._transposed:
+        flat = flat * scale
     out = _core.apply(_kernel_cores(m, dtype), m._transposed, flat, False, cols, plan)
+    if scale is not None and m._transposed:
+        out *= scale
     return out.reshape(*lead, cols)
 
 
@@ -98,9 +110,14 @@ def matmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
     if col.shape[1] == 0:
         return np.zeros((rows, 0), dtype=dtype)
     col = np.ascontiguousarray(col, dtype=dtype)
+    scale = _row_scale(m, dtype)
+    if scale is not None and m._transposed:
+        col = col * scale[:, None]
     # (M X)ᵀ = Xᵀ Mᵀ: the kernel's batch-last layout reads X and writes M X in place, with the roles of
     # i_k and j_k swapped, so neither X nor the result is transposed in memory.
     out = _core.apply(_kernel_cores(m, dtype), not m._transposed, col, True, rows, plan)
+    if scale is not None and not m._transposed:
+        out *= scale[:, None]
     return out.reshape(rows) if a.ndim == 1 else out
 
 
@@ -117,6 +134,9 @@ def rows(m: MPO, ids: object) -> np.ndarray:
     # Negative ids count from the end, as in M[ids]; padding rows are never reachable.
     flat = np.where(flat < 0, flat + count, flat)
     out = _core.rows(m._base, m._transposed, np.ascontiguousarray(flat), m.shape[1], m.dtype.name)
+    scale = _row_scale(m, out.dtype)
+    if scale is not None:
+        out *= scale[None, :] if m._transposed else scale[flat][:, None]
     return out.reshape(*a.shape, m.shape[1])
 
 

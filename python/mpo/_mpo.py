@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _apply, _core
+from . import _apply, _core, _weighted
 from ._validation import as_matrix, parse_max_bond, parse_shape, parse_tol
 
 __all__ = ["MPO", "decompose"]
@@ -65,6 +65,8 @@ class MPO:
         norm: float,
         limits: Sequence[int] | None = None,
         spectra_of_matrix: bool = True,
+        row_scale: np.ndarray | None = None,
+        plain: tuple[float, Sequence[np.ndarray]] | None = None,
     ) -> None:
         """Assemble an MPO from canonical-form arrays; most users want :func:`mpo.decompose`.
 
@@ -73,6 +75,10 @@ class MPO:
         spectra are those of the decomposed matrix's own unfoldings (an exact decomposition and its
         cuts), so that further cuts add to the bound in quadrature. Consistency of shapes is checked;
         canonical form is the caller's promise (use :meth:`from_cores` for arbitrary cores).
+
+        A row-weighted MPO (``decompose(..., row_weights=w)``) passes ``row_scale`` (D^-1, one value per
+        row of the unpadded matrix): the cores then hold D M and the MPO is diag(row_scale) @ cores.
+        ``plain`` is (||M||_F, spectra of M's unfoldings), kept for the plain-norm measures.
         """
         cores = [np.asarray(c) for c in cores]
         if len(cores) < 2:
@@ -119,13 +125,27 @@ class MPO:
             raise ValueError(f"shape {shape} does not fit the cores' padded shape {padded}")
         self._shape = (rows, cols)
         self._norm = float(norm)
+        self._row_scale = None
+        self._plain = None
+        if row_scale is not None:
+            scale = np.asarray(row_scale, dtype=np.float64)
+            if scale.shape != (rows,) or not (np.isfinite(scale).all() and (scale > 0).all()):
+                raise ValueError(f"row_scale must hold {rows} finite values > 0, got shape {scale.shape}")
+            self._row_scale = _frozen(scale.copy())
+            if plain is None or len(plain[1]) != n - 1:
+                raise ValueError(
+                    f"a row-weighted MPO needs plain = (norm, n-1 = {n - 1} spectra) of the unweighted matrix"
+                )
+            self._plain = (float(plain[0]), [_frozen(np.asarray(p, dtype=np.float64).copy()) for p in plain[1]])
 
     def _prod(self, axis: int) -> int:
         return math.prod(c.shape[axis] for c in self._cores)
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def _from_core_result(cls, raw: dict, shape: tuple[int, int], caps: Sequence[int] | None) -> MPO:
+    def _from_core_result(
+        cls, raw: dict, shape: tuple[int, int], caps: Sequence[int] | None, row_scale=None, plain=None
+    ) -> MPO:
         cut = raw["cut"]
         return cls(
             raw["cores"],
@@ -136,6 +156,8 @@ class MPO:
             limits=[cap if was_cut else 0 for cap, was_cut in zip(caps or [0] * len(cut), cut)],
             # A capped sweep cuts remainders, not M: its spectra are those of the MPO's own matrix.
             spectra_of_matrix=not any(cut),
+            row_scale=row_scale,
+            plain=plain,
         )
 
     @classmethod
@@ -255,29 +277,56 @@ class MPO:
     @property
     def norm(self) -> float:
         """||M||_F of the decomposed matrix."""
+        return self._norm if self._plain is None else self._plain[0]
+
+    @property
+    def weighted_norm(self) -> float:
+        """||D M||_F for a row-weighted MPO (the norm its spectra and tol refer to), else ||M||_F."""
         return self._norm
 
-    def error_bound(self) -> float:
-        """sqrt(sum_k eps_k^2) >= ||M - MPO(M)||_F (MPOP Eq. 4, the TT-SVD theorem)."""
-        return float(_core.error_bound(self._errors.tolist()))
+    @property
+    def row_scale(self) -> np.ndarray | None:
+        """D^-1 of a row-weighted MPO (one value per row of M, read-only), None for a plain MPO.
 
-    def relative_error_bound(self) -> float:
-        """error_bound() / ||M||_F (0 for the zero matrix)."""
-        return self.error_bound() / self._norm if self._norm > 0 else 0.0
+        The cores hold the canonical form of D M; the matrix is diag(row_scale) @ (cores' matrix). An
+        arbitrary diagonal does not fold into the first core when n > 2 (the row index is the
+        multi-index (i_1, ..., i_n)), so the scale is kept apart and applied in every operation.
+        For ``m.T`` it scales the columns.
+        """
+        return self._row_scale
 
-    def entropy(self) -> np.ndarray:
+    def error_bound(self, weighted: bool = False) -> float:
+        """sqrt(sum_k eps_k^2) >= ||M - MPO(M)||_F (MPOP Eq. 4, the TT-SVD theorem).
+
+        For a row-weighted MPO the eps_k are those of D M: ``weighted=True`` gives sqrt(sum eps_k^2) >=
+        ||D (M - MPO)||_F, and the plain bound is max(row_scale) times it (||D^-1 x|| <= max(D^-1) ||x||).
+        """
+        bound = float(_core.error_bound(self._errors.tolist()))
+        if self._row_scale is None or weighted:
+            return bound
+        return bound * float(self._row_scale.max())
+
+    def relative_error_bound(self, weighted: bool = False) -> float:
+        """error_bound(weighted) / ||M||_F, or / ||D M||_F when weighted (0 for the zero matrix)."""
+        norm = self._norm if weighted else self.norm
+        return self.error_bound(weighted) / norm if norm > 0 else 0.0
+
+    def entropy(self, weighted: bool = False) -> np.ndarray:
         """Entanglement entropy of every bond (MPOP Eq. 6), natural log, from the stored spectra.
 
         S_k = -sum_j v_j ln v_j with v_j = lambda_j^2 / sum lambda^2, the convention of the authors'
-        code; 0 <= S_k <= ln d_k.
+        code; 0 <= S_k <= ln d_k. For a row-weighted MPO the plain entropy (the default) is that of
+        M's own unfoldings, kept from the decomposition; ``weighted=True`` gives that of D M's.
         """
-        return np.array([_core.entropy(s) for s in self._spectra], dtype=np.float64)
+        spectra = self._plain[1] if (self._plain is not None and not weighted) else self._spectra
+        return np.array([_core.entropy(s) for s in spectra], dtype=np.float64)
 
     # ----------------------------------------------------------------- sizes
     @property
     def num_params(self) -> int:
-        """Total number of parameters, sum_k d_{k-1} i_k j_k d_k."""
-        return sum(c.size for c in self._cores)
+        """Total number of parameters, sum_k d_{k-1} i_k j_k d_k (+ I for a row-weighted MPO's scale)."""
+        scale = 0 if self._row_scale is None else self._row_scale.size
+        return sum(c.size for c in self._cores) + scale
 
     @property
     def central_params(self) -> int:
@@ -286,7 +335,7 @@ class MPO:
 
     @property
     def auxiliary_params(self) -> int:
-        """Parameters of the auxiliary tensors."""
+        """Parameters of the auxiliary tensors (and of a row-weighted MPO's row scale)."""
         return self.num_params - self.central_params
 
     @property
@@ -303,7 +352,11 @@ class MPO:
         if self._transposed:
             dense = dense.T
         rows, cols = self._shape
-        return np.ascontiguousarray(dense[:rows, :cols])
+        dense = np.ascontiguousarray(dense[:rows, :cols])  # a fresh array: scaling it in place is safe
+        if self._row_scale is not None:
+            scale = self._row_scale.astype(dense.dtype)
+            dense *= scale[None, :] if self._transposed else scale[:, None]
+        return dense
 
     # ----------------------------------------------------------------- applying without rebuilding
     # NumPy must hand ``X @ m`` to __rmatmul__ instead of treating the MPO as an object array.
@@ -384,6 +437,9 @@ class MPO:
         matrix, and the new cut's error adds to the old bound by the triangle inequality; eps_k is then
         scaled so that error_bound() = old bound + new cut's bound, still sqrt(sum eps_k^2).
         """
+        if self._transposed and self._row_scale is not None:
+            # The scale belongs to the stored rows: cut the stored MPO and read the result transposed.
+            return self.T.truncate(max_bond, tol).T
         caps = parse_max_bond(max_bond, self.n - 1)
         target = parse_tol(tol)
         keep = list(self.bond_dims)
@@ -468,6 +524,8 @@ class MPO:
             norm=self._norm,
             limits=limits,
             spectra_of_matrix=spectra_of_matrix,
+            row_scale=self._row_scale,
+            plain=self._plain,
         )
 
     def save(self, path) -> None:
@@ -478,11 +536,21 @@ class MPO:
 
     def __repr__(self) -> str:
         padded = "" if self.padded_shape == self._shape else f", padded_shape={self.padded_shape}"
+        weighted = "" if self._row_scale is None else ", row_weighted=True"
         return (
-            f"MPO(shape={self._shape}{padded}, in_shape={self.in_shape}, out_shape={self.out_shape}, "
+            f"MPO(shape={self._shape}{padded}{weighted}, in_shape={self.in_shape}, out_shape={self.out_shape}, "
             f"bond_dims={self.bond_dims}, rho={self.compression_ratio:.4g}, "
             f"relative_error_bound={self.relative_error_bound():.3g}, dtype={self.dtype.name})"
         )
+
+
+def _padded(a: np.ndarray, plan) -> np.ndarray:
+    """``a`` zero-padded to the plan's padded shape, C-contiguous."""
+    if plan.padded_shape == a.shape:
+        return np.ascontiguousarray(a)
+    padded = np.zeros(plan.padded_shape, dtype=a.dtype)
+    padded[: a.shape[0], : a.shape[1]] = a
+    return padded
 
 
 def decompose(
@@ -493,6 +561,7 @@ def decompose(
     max_bond: int | Sequence[int] | None = None,
     tol: float | None = None,
     svd: str = "auto",
+    row_weights: object = None,
 ) -> MPO:
     """Decompose a matrix into a Matrix Product Operator (MPOP Algorithm 1).
 
@@ -514,6 +583,10 @@ def decompose(
     svd : {"auto", "exact"}
         "auto" lets a bond capped far below its full size use a randomized range finder whose
         convergence is checked (falling back to the exact route); "exact" always takes the exact route.
+    row_weights : array_like of I values >= 0, optional
+        Row importances (FWSVD, ALGORITHMS.md §6): D M is decomposed with D = diag(sqrt(w/max(w) +
+        1e-6)), so caps and tol act in the weighted norm, and the MPO keeps D^-1 as ``row_scale``
+        (I more parameters). For column weights decompose M.T and use ``.T``.
 
     Returns
     -------
@@ -536,11 +609,8 @@ def decompose(
     plan = parse_shape(shape, n, rows, cols)
     caps = parse_max_bond(max_bond, len(plan.in_shape) - 1)
     target = parse_tol(tol)
-    if plan.padded_shape != (rows, cols):
-        padded = np.zeros(plan.padded_shape, dtype=a.dtype)
-        padded[:rows, :cols] = a
-    else:
-        padded = np.ascontiguousarray(a)
+    weighted = None if row_weights is None else _weighted.weigh_rows(a, row_weights, plan)
+    padded = _padded(a if weighted is None else weighted.matrix, plan)
     # Caps cut each remainder as the sweep goes (and may take the randomized route): the fast route.
     # A tol then cuts the stored canonical form further while the bound allows.
     raw = _core.decompose(
@@ -550,7 +620,8 @@ def decompose(
         caps if caps is not None else [0] * (len(plan.in_shape) - 1),
         svd == "auto",
     )
-    result = MPO._from_core_result(raw, (rows, cols), caps)
+    scale, plain = (weighted.row_scale, weighted.plain) if weighted is not None else (None, None)
+    result = MPO._from_core_result(raw, (rows, cols), caps, scale, plain)
     if target is not None:
         result = result.truncate(tol=target)
     return result
