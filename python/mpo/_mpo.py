@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _apply, _core
-from ._validation import as_matrix, parse_max_bond, parse_shape, parse_tol
+from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape, parse_tol
 
 __all__ = ["MPO", "decompose"]
 
@@ -368,14 +368,23 @@ class MPO:
         """
         return _apply.aslinearoperator(self)
 
-    def truncate(self, max_bond: int | Sequence[int] | None = None, tol: float | None = None) -> MPO:
+    def truncate(
+        self,
+        max_bond: int | Sequence[int] | None = None,
+        tol: float | None = None,
+        *,
+        ratio: float | None = None,
+    ) -> MPO:
         """A new MPO cut from this one's canonical form; no new decomposition.
 
         ``max_bond`` caps every bond (an int) or each bond (n-1 ints); ``tol`` keeps the smallest bonds
-        whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first. Given
-        both, the caps are applied first and ``tol`` then cuts further while the bound allows, so the
-        result meets both. A cap above a bond that was already cut below it is an error: the discarded
-        singular values are gone.
+        whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first.
+        ``ratio`` (budget mode, in (0, 1]) chooses per-bond sizes with ``compression_ratio <= ratio``
+        that minimise the error bound (see :meth:`_bonds_for_ratio`). They combine as "the tightest
+        wins": the caps are applied first, then ``ratio`` cuts further if the budget needs it, then
+        ``tol`` cuts further while the bound allows; a constraint never grows a bond another one cut.
+        A cap above a bond that was already cut below it is an error: the discarded singular values
+        are gone.
 
         The bound composes in quadrature (eps_k^2 adds the dropped lambda^2) when the spectra are M's
         own. After a ``max_bond`` decomposition the stored form is the canonical form of the MPO's own
@@ -384,6 +393,7 @@ class MPO:
         """
         caps = parse_max_bond(max_bond, self.n - 1)
         target = parse_tol(tol)
+        budget = parse_ratio(ratio)
         keep = list(self.bond_dims)
         if caps is not None:
             for k, cap in enumerate(caps):
@@ -395,6 +405,8 @@ class MPO:
                     )
             keep = [min(r, cap) for r, cap in zip(keep, caps)]
         result = self._sliced(keep, caps)
+        if budget is not None:
+            result = result._sliced(result._bonds_for_ratio(budget))
         if target is not None:
             result = result._sliced(result._bonds_for_tol(target))
         return result
@@ -433,6 +445,71 @@ class MPO:
         within = np.cumsum(values[order]) <= budget
         drop = np.bincount(owners[order[within]].astype(np.intp), minlength=len(keep))
         return [r - int(d) for r, d in zip(keep, drop)]
+
+    def _bonds_for_ratio(self, ratio: float) -> list[int]:
+        """Per-bond sizes with at most ratio * I * J parameters and the least dropped lambda^2.
+
+        Greedy on the stored spectra: drop next the singular value with the smallest lambda^2 per
+        parameter saved. Shrinking bond k by one saves d_(k-1) i_k j_k + i_(k+1) j_(k+1) d_(k+1)
+        parameters (more when a neighbour then exceeds what it can be fed), which depends on the
+        neighbours' current sizes, so the scores are recomputed after every drop. Greedy is not optimal in general; the best uniform cap that fits the budget is
+        also evaluated and kept when it drops less, so budget mode is never worse than a uniform cap.
+        Both candidates shrink monotonically as ``ratio`` falls, so the bound is monotone in ``ratio``.
+        """
+        rows, cols = self._shape
+        allowed = ratio * rows * cols
+        pairs = [i * j for i, j in zip(self.in_shape, self.out_shape)]
+
+        def params(bonds: Sequence[int]) -> int:
+            # A bond wider than its neighbours can feed is cut to what they feed when the result is
+            # re-canonicalised (``_sliced``): count the parameters the MPO will really have.
+            feed = [1, *bonds, 1]
+            for k in range(1, len(feed) - 1):
+                feed[k] = min(feed[k], feed[k - 1] * pairs[k - 1])
+            for k in range(len(feed) - 2, 0, -1):
+                feed[k] = min(feed[k], pairs[k] * feed[k + 1])
+            return sum(feed[k] * p * feed[k + 1] for k, p in enumerate(pairs))
+
+        bonds = list(self.bond_dims)
+        if params(bonds) <= allowed:
+            return bonds
+        smallest = params([1] * len(bonds))
+        if smallest > allowed:
+            raise ValueError(
+                f"ratio must be >= {smallest / (rows * cols):.6g} for these factors (every bond at 1 "
+                f"keeps {smallest} parameters of {rows}x{cols}), got ratio = {ratio}; use a larger ratio "
+                "or fewer cores n"
+            )
+        greedy = list(bonds)
+        total = params(greedy)
+        while total > allowed:
+            best, best_score = -1, math.inf
+            for k, r in enumerate(greedy):
+                if r <= 1:
+                    continue
+                greedy[k] = r - 1
+                after = params(greedy)
+                greedy[k] = r
+                if after < total:  # a drop that saves nothing only adds to the bound
+                    score = float(self._spectra[k][r - 1]) ** 2 / (total - after)
+                    if score < best_score:
+                        best, best_score = k, score
+            if best < 0:
+                # No single drop saves a parameter: two neighbours each feed the other's excess. Drop
+                # the smallest tail value; a later drop then frees the parameters.
+                best = min(
+                    (k for k, r in enumerate(greedy) if r > 1), key=lambda k: self._spectra[k][greedy[k] - 1]
+                )
+            greedy[best] -= 1
+            total = params(greedy)
+        # The largest uniform cap within budget (parameters grow with the cap, dropped energy shrinks).
+        cap = max(bonds)
+        while params([min(b, cap) for b in bonds]) > allowed:
+            cap -= 1
+        uniform = [min(b, cap) for b in bonds]
+        if float(self._new_cut_errors(uniform).sum()) < float(self._new_cut_errors(greedy).sum()):
+            return uniform
+        return greedy
 
     def _sliced(self, keep: Sequence[int], caps: Sequence[int] | None = None) -> MPO:
         bonds = self.bond_dims
@@ -490,6 +567,7 @@ def decompose(
     n: int = 5,
     max_bond: int | Sequence[int] | None = None,
     tol: float | None = None,
+    ratio: float | None = None,
     svd: str = "auto",
 ) -> MPO:
     """Decompose a matrix into a Matrix Product Operator (MPOP Algorithm 1).
@@ -509,6 +587,11 @@ def decompose(
         Relative Frobenius error target: the smallest bonds with sqrt(sum eps_k^2)/||M||_F <= tol.
         With ``max_bond`` too, the caps are applied first and tol cuts further while the bound allows
         (the result meets both). With neither, the MPO is exact with full bonds (Eq. 2).
+    ratio : float in (0, 1], optional
+        Budget mode: per-bond sizes with ``compression_ratio <= ratio`` (MPOP Eq. 5) that minimise the
+        error bound, chosen greedily on the spectra (:meth:`MPO.truncate`). Without ``max_bond`` the
+        decomposition is exact first, so the spectra are M's own. With ``max_bond`` or ``tol`` too, the
+        tightest wins: caps, then the budget, then tol, each only cutting further.
     svd : {"auto", "exact"}
         "auto" lets a bond capped far below its full size use a randomized range finder whose
         convergence is checked (falling back to the exact route); "exact" always takes the exact route.
@@ -534,6 +617,7 @@ def decompose(
     plan = parse_shape(shape, n, rows, cols)
     caps = parse_max_bond(max_bond, len(plan.in_shape) - 1)
     target = parse_tol(tol)
+    budget = parse_ratio(ratio)
     if plan.padded_shape != (rows, cols):
         padded = np.zeros(plan.padded_shape, dtype=a.dtype)
         padded[:rows, :cols] = a
@@ -549,6 +633,6 @@ def decompose(
         svd == "auto",
     )
     result = MPO._from_core_result(raw, (rows, cols), caps)
-    if target is not None:
-        result = result.truncate(tol=target)
+    if target is not None or budget is not None:
+        result = result.truncate(tol=target, ratio=budget)
     return result
