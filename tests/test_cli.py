@@ -221,6 +221,7 @@ def test_demo_says_what_to_do_when_the_checkpoint_cannot_be_had(tmp_path, monkey
 
 def test_demo_runs_on_the_installed_checkpoint(tmp_path):
     pytest.importorskip("tensorly")
+    pytest.importorskip("matplotlib")
     proc = mpo("demo", "--out-dir", "out", "--ratios", "0.1", "--cp-max-rank", "40", cwd=tmp_path, check=True)
     assert "37 matrices:" in proc.stdout and "mpo-budget" in proc.stdout
     assert (tmp_path / "out" / "minilm-mpo.safetensors").is_file()

@@ -355,25 +355,41 @@ def plot_compare(rows: list[dict], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib: python -m pip install matplotlib (or \"mpo[bench]\")") from None
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
     matrices = list(dict.fromkeys(r["matrix"] for r in rows))
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], matrices):
+    cols = min(len(matrices), 2)
+    grid = (len(matrices) + cols - 1) // cols
+    fig, axes = plt.subplots(grid, cols, figsize=(5.2 * cols, 3.9 * grid), squeeze=False)
+    for ax in axes.flat[len(matrices):]:
+        ax.set_visible(False)
+    targets = sorted({r["target"] for r in rows})
+
+    def label(r: dict) -> str:
+        return r["method"] if r["n"] == 5 or r["method"] == "svd" else f"{r['method']} n={r['n']}"
+
+    # One colour per method in every panel, even where a method has no point (CP not run).
+    colours = {name: f"C{k}" for k, name in enumerate(dict.fromkeys(label(r) for r in rows))}
+    for ax, name in zip(axes.flat, matrices):
         curves: dict = {}
         for r in rows:
             if r["matrix"] == name and r.get("error") is not None:
-                label = r["method"] if r["n"] == 5 or r["method"] == "svd" else f"{r['method']} n={r['n']}"
-                curves.setdefault(label, []).append((r["ratio"], r["error"]))
-        for label, points in curves.items():
+                curves.setdefault(label(r), []).append((r["ratio"], r["error"]))
+        for key, points in curves.items():
             points.sort()
-            dashed = "n=" in label
-            ax.plot(*zip(*points), marker="o", ms=3, ls="--" if dashed else "-", label=label)
+            ax.plot(*zip(*points), marker="o", ms=3, ls="--" if "n=" in key else "-", label=key,
+                    color=colours[key])
         shape = next(r["shape"] for r in rows if r["matrix"] == name)
         ax.set_title(f"{name}\n{shape[0]}x{shape[1]}", fontsize=8)
         ax.set_xscale("log")
+        # Ticks at the target ratios only: log-scale minor labels overlap on a range this short.
+        ax.xaxis.set_major_locator(FixedLocator(targets))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("compression ratio rho (Eq. 5)")
         ax.set_ylabel("relative Frobenius error")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
