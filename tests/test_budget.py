@@ -126,3 +126,22 @@ def test_budget_bound_below_uniform_on_real_ffn_weight():
         assert budget.error_bound() < uniform.error_bound()
         err_budget = dense_error(M, budget.to_dense()) / fro(M)
         assert math.isclose(budget.relative_error_bound(), err_budget, rel_tol=1e-3)
+
+
+def test_bonds_wider_than_their_neighbours_feed_are_cut_to_fit():
+    """A sweep can keep rounding-level singular values that make a bond wider than its neighbours
+    feed (d_1 = 8 > i_2 j_2 d_2 = 4). Counted as fed, such an MPO may fit the budget while its stored
+    cores do not: the result must still have ratio <= rho (found by Hypothesis, thorough profile)."""
+    rng = np.random.default_rng(5)
+    shapes = [(1, 4, 4, 8), (8, 1, 1, 4), (4, 1, 1, 8), (8, 4, 4, 1)]
+    m = mpo.MPO(
+        [rng.standard_normal(s) for s in shapes],
+        shape=(16, 16),
+        spectra=[np.linspace(2, 1, 8), np.linspace(2, 1, 4), np.linspace(2, 1, 8)],
+        truncation_errors=[0.0, 0.0, 0.0],
+        norm=3.0,
+    )
+    assert m.compression_ratio == 1.25  # the fed bonds (4, 4, 4) would hold 0.625
+    cut = m.truncate(ratio=1.0)
+    assert cut.compression_ratio <= 1.0
+    assert cut.bond_dims == (4, 4, 4)

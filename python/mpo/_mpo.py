@@ -452,26 +452,33 @@ class MPO:
         Greedy on the stored spectra: drop next the singular value with the smallest lambda^2 per
         parameter saved. Shrinking bond k by one saves d_(k-1) i_k j_k + i_(k+1) j_(k+1) d_(k+1)
         parameters (more when a neighbour then exceeds what it can be fed), which depends on the
-        neighbours' current sizes, so the scores are recomputed after every drop. Greedy is not optimal in general; the best uniform cap that fits the budget is
-        also evaluated and kept when it drops less, so budget mode is never worse than a uniform cap.
-        Both candidates shrink monotonically as ``ratio`` falls, so the bound is monotone in ``ratio``.
+        neighbours' current sizes, so the scores are recomputed after every drop. Greedy is not
+        optimal in general; the best uniform cap that fits the budget is also evaluated and kept when
+        it drops less, so budget mode's bound is never above a uniform cap's. Both candidates shrink
+        monotonically as ``ratio`` falls, so the bound is monotone in ``ratio``.
         """
         rows, cols = self._shape
         allowed = ratio * rows * cols
         pairs = [i * j for i, j in zip(self.in_shape, self.out_shape)]
 
+        def fed(bonds: Sequence[int]) -> list[int]:
+            # A bond wider than its neighbours can feed (d_k > d_(k-1) i_k j_k or > i_(k+1) j_(k+1)
+            # d_(k+1)) shrinks to what they feed when ``_sliced`` re-canonicalises the cut.
+            b = [1, *bonds, 1]
+            changed = True
+            while changed:
+                changed = False
+                for k in range(1, len(b) - 1):
+                    fit = min(b[k], b[k - 1] * pairs[k - 1], pairs[k] * b[k + 1])
+                    changed, b[k] = changed or fit != b[k], fit
+            return b[1:-1]
+
         def params(bonds: Sequence[int]) -> int:
-            # A bond wider than its neighbours can feed is cut to what they feed when the result is
-            # re-canonicalised (``_sliced``): count the parameters the MPO will really have.
-            feed = [1, *bonds, 1]
-            for k in range(1, len(feed) - 1):
-                feed[k] = min(feed[k], feed[k - 1] * pairs[k - 1])
-            for k in range(len(feed) - 2, 0, -1):
-                feed[k] = min(feed[k], pairs[k] * feed[k + 1])
-            return sum(feed[k] * p * feed[k + 1] for k, p in enumerate(pairs))
+            b = [1, *fed(bonds), 1]
+            return sum(b[k] * p * b[k + 1] for k, p in enumerate(pairs))
 
         bonds = list(self.bond_dims)
-        if params(bonds) <= allowed:
+        if self.num_params <= allowed:
             return bonds
         smallest = params([1] * len(bonds))
         if smallest > allowed:
@@ -507,9 +514,12 @@ class MPO:
         while params([min(b, cap) for b in bonds]) > allowed:
             cap -= 1
         uniform = [min(b, cap) for b in bonds]
+        choice = greedy
         if float(self._new_cut_errors(uniform).sum()) < float(self._new_cut_errors(greedy).sum()):
-            return uniform
-        return greedy
+            choice = uniform
+        # Bonds that only exceed what their neighbours feed (rounding-level singular values kept by
+        # the sweep) would make ``_sliced`` return this MPO unchanged, over budget: cut them to fit.
+        return fed(choice) if choice == bonds else choice
 
     def _sliced(self, keep: Sequence[int], caps: Sequence[int] | None = None) -> MPO:
         bonds = self.bond_dims
