@@ -135,11 +135,15 @@ def test_include_exclude_and_npz(checkpoint, tmp_path):
         (["compare", "{ckpt}", "--matrix", "nope"], ["--matrix 'nope' is not a tensor of"]),
         (["compare", "{ckpt}", "--ratios", "0.5", "2"], ["ratio must be in (0, 1]", "got 2.0"]),
         (["frobnicate"], ["invalid choice: 'frobnicate'"]),
+        (["compress", "{ckpt}", "-o", "no/such/dir/OUT"], ["cannot write 'no/such/dir/OUT': No such folder"]),
+        (["rebuild", "forged.safetensors", "-o", "OUT"], ["'matrices' entry of its metadata is missing"]),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(checkpoint, tmp_path, args, fragments):
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01 not a safetensors file")
     (tmp_path / "weights.txt").write_text("1 2 3")
+    safetensors_numpy.save_file({"a": np.zeros(2)}, str(tmp_path / "forged.safetensors"),
+                                metadata={"format": "mpo.checkpoint", "format_version": "1"})
     proc = mpo(*[a.format(ckpt=checkpoint) for a in args], cwd=tmp_path)
     assert_usage_error(proc, *fragments)
     assert not (tmp_path / "OUT").exists()
@@ -226,3 +230,11 @@ def test_demo_runs_on_the_installed_checkpoint(tmp_path):
     assert "37 matrices:" in proc.stdout and "mpo-budget" in proc.stdout
     assert (tmp_path / "out" / "minilm-mpo.safetensors").is_file()
     assert (tmp_path / "out" / "minilm-compare.png").is_file()
+
+
+def test_write_failure_is_a_usage_error(tmp_path):
+    """An OSError while writing (here: OUT is a folder) becomes one clear line, and no file is left."""
+    (tmp_path / "OUT").mkdir()
+    with pytest.raises(_cli.UsageError, match=r"cannot write '.*OUT': "):
+        _cli.write_tensors(str(tmp_path / "OUT"), {"a": np.zeros(3)})
+    assert [p.name for p in tmp_path.iterdir()] == ["OUT"] and not any((tmp_path / "OUT").iterdir())

@@ -94,14 +94,26 @@ def _read_torch(path: Path) -> dict:
 
 def write_tensors(path: str, tensors: dict, metadata: dict | None = None) -> None:
     """Write ``tensors`` atomically as .npz (by suffix) or safetensors (any other name)."""
-    with atomic_path(path) as tmp:
-        if str(path).lower().endswith(".npz"):
-            with open(tmp, "wb") as f:
-                np.savez(f, **tensors)
-        else:
-            from safetensors.numpy import save_file
+    try:
+        with atomic_path(path) as tmp:
+            if str(path).lower().endswith(".npz"):
+                with open(tmp, "wb") as f:
+                    np.savez(f, **tensors)
+            else:
+                from safetensors.numpy import save_file
 
-            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+                save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+    except OSError as exc:  # a missing folder, no permission, a full disk
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def check_writable(path: str) -> None:
+    """Fail before the work, not after it, when ``path`` cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write {path!r}: No such folder {folder!r}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {path!r}: the folder {folder!r} is not writable")
 
 
 def read_compressed(path: str) -> tuple[dict, dict, dict]:
@@ -126,7 +138,10 @@ def read_compressed(path: str) -> tuple[dict, dict, dict]:
             f"{path!r} has mpo checkpoint format version {meta.get('format_version')}; "
             f"this mpo reads version {FORMAT_VERSION}"
         )
-    info = json.loads(meta["matrices"])
+    try:
+        info = json.loads(meta["matrices"])
+    except (KeyError, ValueError):
+        raise UsageError(f"{path!r}: the 'matrices' entry of its metadata is missing or not JSON") from None
     mpos, plain = {}, {}
     for key, value in tensors.items():
         if _SEP not in key:
@@ -227,6 +242,7 @@ def _select(tensors: dict, include: str | None, exclude: str | None, source: str
 
 def compress(args) -> int:
     """Decompose every selected matrix of a checkpoint and write the cores (and the rest) to OUT."""
+    check_writable(args.output)
     tensors = read_tensors(args.checkpoint)
     names = _select(tensors, args.include, args.exclude, args.checkpoint)
     out_tensors, info = {}, {}
@@ -267,6 +283,7 @@ def inspect(args) -> int:
 
 def rebuild(args) -> int:
     """Write the dense checkpoint back: every MPO contracted, every other tensor as it was."""
+    check_writable(args.output)
     mpos, plain, info = read_compressed(args.file)
     dense = dict(plain)
     for done, (name, m) in enumerate(mpos.items()):
@@ -391,9 +408,13 @@ def plot_compare(rows: list[dict], path: str) -> None:
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 def compare(args) -> int:
@@ -406,6 +427,7 @@ def compare(args) -> int:
         if np.asarray(tensors[name]).ndim != 2:
             raise UsageError(f"--matrix {name!r} is not 2-D: shape {np.asarray(tensors[name]).shape}")
     if args.plot:  # fail before the long run, not after it
+        check_writable(args.plot)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
