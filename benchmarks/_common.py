@@ -198,6 +198,16 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
 
 
+def print_header(mpo_module) -> Tuple[Dict[str, str], Dict[str, object]]:
+    """Print the command, library versions and machine; return (versions, machine info at start)."""
+    versions = library_versions(mpo_module)
+    print(f"command: {command_line()}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    machine = machine_info()
+    print(f"machine: {machine}")
+    return versions, machine
+
+
 def write_json(path: Path, payload: dict) -> None:
     """Write ``payload`` as indented JSON, creating parent folders.
 

@@ -422,11 +422,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mpo
-    versions = C.library_versions(mpo)
-    print(f"command: {C.command_line()}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    machine_start = C.machine_info()
-    print(f"machine: {machine_start}")
+    versions, machine_start = C.print_header(mpo)
     print("dtype: float64 everywhere (checkpoint weights are stored float32 and cast to float64)")
     print()
 

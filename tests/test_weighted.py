@@ -217,6 +217,10 @@ def test_weighted_mpo_operations_match_the_dense_matrix(tmp_path):
     np.testing.assert_array_equal(back.to_dense(), R)
     np.testing.assert_array_equal(back.row_scale, m.row_scale)
     np.testing.assert_array_equal(back.entropy(), m.entropy())
+    np.testing.assert_array_equal(back.entropy(weighted=True), m.entropy(weighted=True))
+    assert back.weighted_norm == m.weighted_norm and back.norm == m.norm
+    assert back.error_bound(weighted=True) == m.error_bound(weighted=True)
+    assert back.relative_error_bound() == m.relative_error_bound()
     with np.load(path) as z:
         assert int(z["format_version"]) == 2
     plain_path = tmp_path / "p.npz"
@@ -268,3 +272,17 @@ def test_constructor_checks_the_row_scale():
         mpo.MPO(m.cores, row_scale=np.ones(24), **parts)
     with pytest.raises(ValueError, match=r"a row-weighted MPO needs plain = \(norm, n-1 = 2 spectra\)"):
         mpo.MPO(m.cores, row_scale=np.ones(24), plain=(1.0, m.spectra[:1]), **parts)
+
+
+def test_weighted_budget_counts_the_row_scale():
+    # ratio= keeps every parameter within the budget, the I row scales included, also through .T.
+    M, w = _mpo_data(5)
+    m = mpo.decompose(M, SHAPE, row_weights=w)
+    for ratio in (0.9, 0.6, 0.4):
+        cut = m.truncate(ratio=ratio)
+        assert cut.row_scale is not None
+        assert cut.compression_ratio <= ratio
+        assert mpo.decompose(M, SHAPE, row_weights=w, ratio=ratio).compression_ratio <= ratio
+        t = m.T.truncate(ratio=ratio)
+        assert t.compression_ratio <= ratio
+        np.testing.assert_allclose(t.to_dense(), cut.to_dense().T, atol=1e-12)

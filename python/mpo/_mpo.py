@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _apply, _core, _weighted
-from ._validation import as_matrix, parse_max_bond, parse_shape, parse_tol
+from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape, parse_tol
 
 __all__ = ["MPO", "decompose"]
 
@@ -423,14 +423,23 @@ class MPO:
         """
         return _apply.aslinearoperator(self)
 
-    def truncate(self, max_bond: int | Sequence[int] | None = None, tol: float | None = None) -> MPO:
+    def truncate(
+        self,
+        max_bond: int | Sequence[int] | None = None,
+        tol: float | None = None,
+        *,
+        ratio: float | None = None,
+    ) -> MPO:
         """A new MPO cut from this one's canonical form; no new decomposition.
 
         ``max_bond`` caps every bond (an int) or each bond (n-1 ints); ``tol`` keeps the smallest bonds
-        whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first. Given
-        both, the caps are applied first and ``tol`` then cuts further while the bound allows, so the
-        result meets both. A cap above a bond that was already cut below it is an error: the discarded
-        singular values are gone.
+        whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first.
+        ``ratio`` (budget mode, in (0, 1]) chooses per-bond sizes with ``compression_ratio <= ratio``
+        that minimise the error bound (see :meth:`_bonds_for_ratio`). They combine as "the tightest
+        wins": the caps are applied first, then ``ratio`` cuts further if the budget needs it, then
+        ``tol`` cuts further while the bound allows; a constraint never grows a bond another one cut.
+        A cap above a bond that was already cut below it is an error: the discarded singular values
+        are gone.
 
         The bound composes in quadrature (eps_k^2 adds the dropped lambda^2) when the spectra are M's
         own. After a ``max_bond`` decomposition the stored form is the canonical form of the MPO's own
@@ -439,9 +448,10 @@ class MPO:
         """
         if self._transposed and self._row_scale is not None:
             # The scale belongs to the stored rows: cut the stored MPO and read the result transposed.
-            return self.T.truncate(max_bond, tol).T
+            return self.T.truncate(max_bond, tol, ratio=ratio).T
         caps = parse_max_bond(max_bond, self.n - 1)
         target = parse_tol(tol)
+        budget = parse_ratio(ratio)
         keep = list(self.bond_dims)
         if caps is not None:
             for k, cap in enumerate(caps):
@@ -453,6 +463,8 @@ class MPO:
                     )
             keep = [min(r, cap) for r, cap in zip(keep, caps)]
         result = self._sliced(keep, caps)
+        if budget is not None:
+            result = result._sliced(result._bonds_for_ratio(budget))
         if target is not None:
             result = result._sliced(result._bonds_for_tol(target))
         return result
@@ -491,6 +503,83 @@ class MPO:
         within = np.cumsum(values[order]) <= budget
         drop = np.bincount(owners[order[within]].astype(np.intp), minlength=len(keep))
         return [r - int(d) for r, d in zip(keep, drop)]
+
+    def _bonds_for_ratio(self, ratio: float) -> list[int]:
+        """Per-bond sizes with at most ratio * I * J parameters and the least dropped lambda^2.
+
+        Greedy on the stored spectra: drop next the singular value with the smallest lambda^2 per
+        parameter saved. Shrinking bond k by one saves d_(k-1) i_k j_k + i_(k+1) j_(k+1) d_(k+1)
+        parameters (more when a neighbour then exceeds what it can be fed), which depends on the
+        neighbours' current sizes, so the scores are recomputed after every drop. Greedy is not
+        optimal in general; the best uniform cap that fits the budget is also evaluated and kept when
+        it drops less, so budget mode's bound is never above a uniform cap's. Both candidates shrink
+        monotonically as ``ratio`` falls, so the bound is monotone in ``ratio``.
+        """
+        rows, cols = self._shape
+        # A row-weighted MPO's I row scales are parameters too: the cores get what is left.
+        scale = 0 if self._row_scale is None else self._row_scale.size
+        allowed = ratio * rows * cols - scale
+        pairs = [i * j for i, j in zip(self.in_shape, self.out_shape)]
+
+        def fed(bonds: Sequence[int]) -> list[int]:
+            # A bond wider than its neighbours can feed (d_k > d_(k-1) i_k j_k or > i_(k+1) j_(k+1)
+            # d_(k+1)) shrinks to what they feed when ``_sliced`` re-canonicalises the cut.
+            b = [1, *bonds, 1]
+            changed = True
+            while changed:
+                changed = False
+                for k in range(1, len(b) - 1):
+                    fit = min(b[k], b[k - 1] * pairs[k - 1], pairs[k] * b[k + 1])
+                    changed, b[k] = changed or fit != b[k], fit
+            return b[1:-1]
+
+        def params(bonds: Sequence[int]) -> int:
+            b = [1, *fed(bonds), 1]
+            return sum(b[k] * p * b[k + 1] for k, p in enumerate(pairs))
+
+        bonds = list(self.bond_dims)
+        if self.num_params - scale <= allowed:
+            return bonds
+        smallest = params([1] * len(bonds)) + scale
+        if smallest > allowed + scale:
+            raise ValueError(
+                f"ratio must be >= {smallest / (rows * cols):.6g} for these factors (every bond at 1 "
+                f"keeps {smallest} parameters of {rows}x{cols}), got ratio = {ratio}; use a larger ratio "
+                "or fewer cores n"
+            )
+        greedy = list(bonds)
+        total = params(greedy)
+        while total > allowed:
+            best, best_score = -1, math.inf
+            for k, r in enumerate(greedy):
+                if r <= 1:
+                    continue
+                greedy[k] = r - 1
+                after = params(greedy)
+                greedy[k] = r
+                if after < total:  # a drop that saves nothing only adds to the bound
+                    score = float(self._spectra[k][r - 1]) ** 2 / (total - after)
+                    if score < best_score:
+                        best, best_score = k, score
+            if best < 0:
+                # No single drop saves a parameter: two neighbours each feed the other's excess. Drop
+                # the smallest tail value; a later drop then frees the parameters.
+                best = min(
+                    (k for k, r in enumerate(greedy) if r > 1), key=lambda k: self._spectra[k][greedy[k] - 1]
+                )
+            greedy[best] -= 1
+            total = params(greedy)
+        # The largest uniform cap within budget (parameters grow with the cap, dropped energy shrinks).
+        cap = max(bonds)
+        while params([min(b, cap) for b in bonds]) > allowed:
+            cap -= 1
+        uniform = [min(b, cap) for b in bonds]
+        choice = greedy
+        if float(self._new_cut_errors(uniform).sum()) < float(self._new_cut_errors(greedy).sum()):
+            choice = uniform
+        # Bonds that only exceed what their neighbours feed (rounding-level singular values kept by
+        # the sweep) would make ``_sliced`` return this MPO unchanged, over budget: cut them to fit.
+        return fed(choice) if choice == bonds else choice
 
     def _sliced(self, keep: Sequence[int], caps: Sequence[int] | None = None) -> MPO:
         bonds = self.bond_dims
@@ -560,6 +649,7 @@ def decompose(
     n: int = 5,
     max_bond: int | Sequence[int] | None = None,
     tol: float | None = None,
+    ratio: float | None = None,
     svd: str = "auto",
     row_weights: object = None,
 ) -> MPO:
@@ -580,6 +670,11 @@ def decompose(
         Relative Frobenius error target: the smallest bonds with sqrt(sum eps_k^2)/||M||_F <= tol.
         With ``max_bond`` too, the caps are applied first and tol cuts further while the bound allows
         (the result meets both). With neither, the MPO is exact with full bonds (Eq. 2).
+    ratio : float in (0, 1], optional
+        Budget mode: per-bond sizes with ``compression_ratio <= ratio`` (MPOP Eq. 5) that minimise the
+        error bound, chosen greedily on the spectra (:meth:`MPO.truncate`). Without ``max_bond`` the
+        decomposition is exact first, so the spectra are M's own. With ``max_bond`` or ``tol`` too, the
+        tightest wins: caps, then the budget, then tol, each only cutting further.
     svd : {"auto", "exact"}
         "auto" lets a bond capped far below its full size use a randomized range finder whose
         convergence is checked (falling back to the exact route); "exact" always takes the exact route.
@@ -609,6 +704,7 @@ def decompose(
     plan = parse_shape(shape, n, rows, cols)
     caps = parse_max_bond(max_bond, len(plan.in_shape) - 1)
     target = parse_tol(tol)
+    budget = parse_ratio(ratio)
     weighted = None if row_weights is None else _weighted.weigh_rows(a, row_weights, plan)
     padded = _padded(a if weighted is None else weighted.matrix, plan)
     # Caps cut each remainder as the sweep goes (and may take the randomized route): the fast route.
@@ -622,6 +718,6 @@ def decompose(
     )
     scale, plain = (weighted.row_scale, weighted.plain) if weighted is not None else (None, None)
     result = MPO._from_core_result(raw, (rows, cols), caps, scale, plain)
-    if target is not None:
-        result = result.truncate(tol=target)
+    if target is not None or budget is not None:
+        result = result.truncate(tol=target, ratio=budget)
     return result

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_matrix", "parse_max_bond", "parse_tol", "parse_shape"]
+__all__ = ["as_matrix", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape"]
 
 
 def as_matrix(M: object) -> np.ndarray:
@@ -127,4 +127,18 @@ def parse_tol(tol: object) -> float | None:
     value = float(tol)
     if not 0.0 <= value < 1.0:  # also rejects NaN
         raise ValueError(f"tol must be in [0, 1) (a relative Frobenius error), got {tol}")
+    return value
+
+
+def parse_ratio(ratio: object) -> float | None:
+    """None, or a target compression ratio (MPOP Eq. 5, parameters / (I*J)) in (0, 1]."""
+    if ratio is None:
+        return None
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise TypeError(f"ratio must be a real number in (0, 1], got {ratio!r}")
+    value = float(ratio)
+    if not 0.0 < value <= 1.0:  # also rejects NaN
+        raise ValueError(
+            f"ratio must be in (0, 1] (the compression ratio of MPOP Eq. 5, parameters / (I*J)), got {ratio}"
+        )
     return value
