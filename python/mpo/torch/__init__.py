@@ -1,0 +1,43 @@
+"""PyTorch adapters: MPO layers, model compression, lightweight fine-tuning, dimension squeezing.
+
+Needs PyTorch (``pip install torch==2.13.0``); ``import mpo`` itself never imports torch.
+"""
+
+try:
+    import torch as _torch  # noqa: F401 - only to fail early with an install hint
+except ImportError as exc:  # exercised in a subprocess by tests/test_torch_optional.py
+    raise ImportError(
+        "mpo.torch needs PyTorch, which is not installed; install the CPU build with: "
+        "python -m pip install torch==2.13.0"
+    ) from exc
+
+from ._compress import (
+    CompressionReport,
+    LayerReport,
+    ParameterReport,
+    ParameterRow,
+    compress,
+    load,
+    mpo_layers,
+    optimizer_groups,
+    parameter_report,
+    save,
+)
+from ._layers import MODES, MPOEmbedding, MPOLayer, MPOLinear
+
+__all__ = [
+    "MODES",
+    "CompressionReport",
+    "LayerReport",
+    "MPOEmbedding",
+    "MPOLayer",
+    "MPOLinear",
+    "ParameterReport",
+    "ParameterRow",
+    "compress",
+    "load",
+    "mpo_layers",
+    "optimizer_groups",
+    "parameter_report",
+    "save",
+]
