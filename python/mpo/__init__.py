@@ -13,4 +13,9 @@ from ._mpo import MPO, decompose
 from ._shape import ShapePlan, plan_shape
 
 __all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION"]
+
+# Dimension squeezing (MPOP Algorithm 2), framework-free; mpo.torch.squeeze wires it to torch layers.
+from ._squeeze import SqueezeResult, SqueezeStep, squeeze  # noqa: E402
+
+__all__ += ["SqueezeResult", "SqueezeStep", "squeeze"]
 __version__ = "0.1.0"

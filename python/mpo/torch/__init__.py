@@ -24,6 +24,7 @@ from ._compress import (
     save,
 )
 from ._layers import MODES, MPOEmbedding, MPOLayer, MPOLinear
+from ._squeeze import squeeze
 
 __all__ = [
     "MODES",
@@ -40,4 +41,5 @@ __all__ = [
     "optimizer_groups",
     "parameter_report",
     "save",
+    "squeeze",
 ]
