@@ -15,7 +15,7 @@ from ._shape import ShapePlan, plan_shape
 __all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION"]
 
 # Dimension squeezing (MPOP Algorithm 2), framework-free; mpo.torch.squeeze wires it to torch layers.
-from ._squeeze import SqueezeResult, SqueezeStep, squeeze  # noqa: E402
+from ._squeeze import SqueezeResult, SqueezeStep, central_bonds, squeeze  # noqa: E402
 
-__all__ += ["SqueezeResult", "SqueezeStep", "squeeze"]
+__all__ += ["SqueezeResult", "SqueezeStep", "central_bonds", "squeeze"]
 __version__ = "0.1.0"

@@ -46,14 +46,15 @@ def squeeze(
     if unknown:
         raise ValueError(f"squeeze: {unknown} are not MPO layers; the model's MPO layers are: {', '.join(found)}")
     chosen = {n: found[n] for n in names}
-    core_ids = {id(c) for layer in chosen.values() for c in layer.cores}
+    # By name, not identity: a cut replaces the core Parameters.
+    core_prefixes = tuple(f"{name}.cores." for name in chosen)
 
     def snapshot() -> dict:
         # Everything else fine-tuning may change, so that a rollback restores it too.
         return {
             name: p.detach().clone()
             for name, p in model.named_parameters()
-            if p.requires_grad and id(p) not in core_ids
+            if p.requires_grad and not name.startswith(core_prefixes)
         }
 
     def write(mpos: dict, others: dict) -> None:
