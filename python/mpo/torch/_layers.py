@@ -5,15 +5,15 @@ dense. M is laid out as the MPO of the library: for a Linear, M = W.T (in_featur
 so that y = x @ M + b; for an Embedding, M is the weight (num_embeddings x embedding_dim) and a lookup
 reads rows of M. Padding added by shape planning is invisible: inputs are zero-padded, outputs sliced.
 
-Two ways to run the forward pass, both in torch ops so autograd reaches the cores:
+Two ways to run the forward pass:
 
 - "contract": pass the input through the cores one at a time (the O(n m d^3) route of MPOP Table 2);
 - "rebuild": contract the cores into M (what the authors' layers did) and call the dense op.
 
-"contract" runs in torch ops when autograd needs it (the cores or the input require gradients and
-grad mode is on); otherwise, on CPU, it runs the library's C++ kernel (``mpo._core.apply`` and
-``rows``, the code behind ``X @ m`` and ``m.rows``), which does the same contraction without the
-copies of torch's permutes.
+Both run in torch ops, so gradients reach the cores, whenever autograd needs them (the cores or the
+input require gradients and grad mode is on). Otherwise, on CPU, "contract" runs the library's C++
+kernel (``mpo._core.apply`` and ``rows``, the code behind ``X @ m`` and ``m.rows``), which does the
+same contraction without the copies of torch's permutes.
 
 ``mode="auto"`` picks per call from FLOP counts (``forward_flops``): contraction is chosen when its
 FLOPs times an overhead factor are below rebuild-then-dense. The factors were measured on one thread
@@ -43,7 +43,8 @@ MODES = ("auto", "contract", "rebuild")
 # What a contraction FLOP costs in dense-GEMM FLOPs, measured on one thread (see the module docstring).
 # The kernel measured 0.72-0.84x nn.Linear's time at equal FLOPs (4096 tokens), so 1 is conservative.
 KERNEL_OVERHEAD = 1.0
-AUTOGRAD_OVERHEAD = 8.0
+# Torch ops: about 1x for 16 rows, 11-15x at 4096 rows (time ratio over FLOP ratio to rebuild).
+AUTOGRAD_OVERHEAD = 12.0
 AUTOGRAD_SMALL_BATCH = 64
 
 
