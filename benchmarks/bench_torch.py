@@ -34,6 +34,10 @@ from mpo.torch import MPOLinear  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_torch.json"
 CAPS = (4, 8, 16, 32, 64)
+HEADERS = [
+    "matrix", "cap", "rho", "linear ms", "auto/linear", "contract/linear", "rebuild/linear", "auto picks",
+    "contract FLOPs/dense",
+]
 
 
 def matrices(quick: bool):
@@ -103,14 +107,11 @@ def main() -> None:
                     + [f"{record['ratio_to_linear'][k]:.2f}" for k in ("auto", "contract", "rebuild")]
                     + [flops["auto"], f"{record['flops_ratio_contract']:.3f}"]
                 )
-                print(format_table(
-                    ["matrix", "cap", "rho", "linear ms", "auto/linear", "contract/linear", "rebuild/linear", "auto picks", "contract FLOPs/dense"],
-                    rows[-1:],
-                ).splitlines()[-1], flush=True)
-    headers = ["matrix", "cap", "rho", "linear ms", "auto/linear", "contract/linear", "rebuild/linear", "auto picks", "contract FLOPs/dense"]
+                print(format_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
     print()
-    print(format_table(headers, rows))
-    write_json(RESULTS, {"command": command_line(), "machine": machine_info(), "torch": torch.__version__, "results": records})
+    print(format_table(HEADERS, rows))
+    payload = {"command": command_line(), "machine": machine_info(), "torch": torch.__version__, "results": records}
+    write_json(RESULTS, payload)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def main() -> None:
     mt.compress(model, exclude=["embeddings.position_embeddings", "embeddings.token_type_embeddings"], progress=False)
     with torch.no_grad():
         cos = torch.cat([cosine(embed(model, train_batch), want_train), cosine(embed(model, held_batch), want_held)])
-    print(f"compressed in {time.perf_counter() - start:.1f} s; sentence cosine min {cos.min():.6f} mean {cos.mean():.6f}")
+    seconds = time.perf_counter() - start
+    print(f"compressed in {seconds:.1f} s; sentence cosine min {cos.min():.6f} mean {cos.mean():.6f}")
 
     print(f"\n== max_bond={args.max_bond}, lightweight fine-tuning of the auxiliary tensors ==")
     model, _ = load_model()

@@ -99,10 +99,13 @@ class CompressionReport:
         for r in self.layers:
             shape = f"{r.matrix_shape[0]}x{r.matrix_shape[1]}"
             lines.append(
-                f"{r.name:<48} {shape:>13} {str(r.bond_dims):<22} {r.compression_ratio:>7.4f} {r.relative_error_bound:>10.3g}"
+                f"{r.name:<48} {shape:>13} {str(r.bond_dims):<22} {r.compression_ratio:>7.4f} "
+                f"{r.relative_error_bound:>10.3g}"
             )
         total = self.mpo_params / self.dense_params if self.dense_params else 0.0
-        lines.append(f"{len(self.layers)} layers: {self.dense_params} -> {self.mpo_params} parameters (rho {total:.4f})")
+        lines.append(
+            f"{len(self.layers)} layers: {self.dense_params} -> {self.mpo_params} parameters (rho {total:.4f})"
+        )
         return "\n".join(lines)
 
 
@@ -382,7 +385,9 @@ def _empty_layer(spec: dict, module: nn.Module, name: str) -> MPOLayer:
     else:
         if not isinstance(module, (nn.Embedding, MPOEmbedding)):
             raise ValueError(f"the saved MPOEmbedding {name!r} is a {type(module).__name__} in this model")
-        layer = MPOEmbedding(placeholder, padding_idx=spec["padding_idx"], mode=spec["mode"], dtype=dtype, device=device)
+        layer = MPOEmbedding(
+            placeholder, padding_idx=spec["padding_idx"], mode=spec["mode"], dtype=dtype, device=device
+        )
     for core, frozen in zip(layer.cores, spec["frozen"]):
         core.requires_grad_(not frozen)
     return layer

@@ -60,7 +60,9 @@ def _overhead(batch: int, autograd: bool) -> float:
 
 def _kernel_ok(x: torch.Tensor, cores) -> bool:
     # The C++ kernel reads CPU float32/float64 buffers; anything else takes the torch ops.
-    return x.device.type == "cpu" and all(c.device.type == "cpu" and c.dtype in (torch.float32, torch.float64) for c in cores)
+    return x.device.type == "cpu" and all(
+        c.device.type == "cpu" and c.dtype in (torch.float32, torch.float64) for c in cores
+    )
 
 
 def _check_mode(mode: str) -> str:
@@ -341,7 +343,9 @@ class MPOLinear(MPOLayer):
         """``x @ M + b`` for x of shape (..., in_features); ``mode`` overrides the layer's mode."""
         mode = _check_mode(mode or self.mode)
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"MPOLinear: input has {x.shape[-1]} features (last axis), the layer takes {self.in_features}")
+            raise ValueError(
+                f"MPOLinear: input has {x.shape[-1]} features (last axis), the layer takes {self.in_features}"
+            )
         lead = x.shape[:-1]
         batch = math.prod(lead)
         autograd = _needs_autograd(x, self.cores)
