@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ._fisher import fisher_information
 from ._layers import MPOEmbedding, MPOLayer, MPOLinear
 
 __all__ = [
@@ -122,6 +123,9 @@ def compress(
     lightweight: bool = True,
     mode: str = "auto",
     progress: bool = True,
+    weights=None,
+    data=None,
+    loss_fn=None,
 ) -> CompressionReport:
     """Replace matching Linear and Embedding modules of ``model`` by MPO layers, in place.
 
@@ -143,6 +147,14 @@ def compress(
         The new layers' forward mode.
     progress : bool
         Print one line per layer to stderr as it is decomposed.
+    weights : None, "fisher", or dict
+        Data-aware compression (FWSVD's weighting, ALGORITHMS.md §6) of the chosen Linear layers:
+        ``"fisher"`` measures per-input-feature Fisher importances with
+        :func:`mpo.torch.fisher_information` over ``data`` and ``loss_fn`` before any layer is replaced;
+        a dict maps qualified Linear names to precomputed importances (in_features values). Each such
+        layer becomes a row-weighted MPO whose cuts minimise the weighted error. Embeddings stay plain.
+    data, loss_fn :
+        The mini-batches and ``loss_fn(model, batch) -> scalar`` of ``weights="fisher"``.
 
     Returns
     -------
@@ -174,13 +186,16 @@ def compress(
     unknown = sorted(set(shapes) - set(chosen))
     if unknown:
         raise ValueError(f"shape names modules that are not compressed: {unknown}; compressed are: {chosen}")
+    row_weights = _row_weights(model, chosen, weights, data, loss_fn, progress)
     layers = []
     for count, name in enumerate(chosen, 1):
         module = model.get_submodule(name)
         start = time.perf_counter()
         try:
             if isinstance(module, nn.Linear):
-                layer = MPOLinear.from_linear(module, shapes.get(name), n, max_bond, tol, ratio, mode=mode)
+                layer = MPOLinear.from_linear(
+                    module, shapes.get(name), n, max_bond, tol, ratio, mode=mode, row_weights=row_weights.get(name)
+                )
             else:
                 layer = MPOEmbedding.from_embedding(module, shapes.get(name), n, max_bond, tol, ratio, mode=mode)
         except (ValueError, TypeError) as exc:
@@ -207,6 +222,29 @@ def compress(
                 flush=True,
             )
     return CompressionReport(layers)
+
+
+def _row_weights(model: nn.Module, chosen: list[str], weights, data, loss_fn, progress: bool) -> dict:
+    """Per-input-feature importances of the chosen Linear layers for ``compress(weights=...)``."""
+    linears = [name for name in chosen if isinstance(model.get_submodule(name), nn.Linear)]
+    if weights is None:
+        if data is not None or loss_fn is not None:
+            raise ValueError("data and loss_fn are used only with weights='fisher'")
+        return {}
+    if isinstance(weights, str):
+        if weights != "fisher":
+            raise ValueError(f"weights must be None, 'fisher' or a dict of row weights, got {weights!r}")
+        if data is None or loss_fn is None:
+            raise ValueError("weights='fisher' needs data (mini-batches) and loss_fn(model, batch) -> scalar")
+        if not linears:
+            raise ValueError("weights='fisher' weighs Linear layers, and none is chosen for compression")
+        return fisher_information(model, data, loss_fn, linears, axis="in", progress=progress)
+    if not isinstance(weights, dict):
+        raise TypeError(f"weights must be None, 'fisher' or a dict of row weights, got {type(weights).__name__}")
+    unknown = sorted(set(weights) - set(linears))
+    if unknown:
+        raise ValueError(f"weights names modules that are not compressed Linear layers: {unknown}; those are: {linears}")
+    return dict(weights)
 
 
 @dataclass(frozen=True)

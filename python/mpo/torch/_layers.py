@@ -71,12 +71,10 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _decompose(matrix: np.ndarray, shape, n, max_bond, tol, ratio) -> MPO:
+def _decompose(matrix: np.ndarray, shape, n, max_bond, tol, ratio, row_weights=None) -> MPO:
     # Decompose in float64 whatever the layer's dtype: the float32 cores are then the rounding of
     # exact ones, so full bonds reproduce the layer to float32 rounding.
-    kwargs = {"shape": shape, "n": n, "max_bond": max_bond, "tol": tol}
-    if ratio is not None:  # the budget mode of mpo.decompose; passed only when asked for
-        kwargs["ratio"] = ratio
+    kwargs = {"shape": shape, "n": n, "max_bond": max_bond, "tol": tol, "ratio": ratio, "row_weights": row_weights}
     return decompose(np.asarray(matrix, dtype=np.float64), **kwargs)
 
 
@@ -254,6 +252,11 @@ class MPOLinear(MPOLayer):
         """Wrap ``m`` (an MPO of the in_features x out_features matrix W.T) with an optional bias."""
         super().__init__(m, mode=mode, dtype=dtype, device=device)
         self.in_features, self.out_features = self.matrix_shape
+        # A Fisher-weighted layer (from_linear(row_weights=)) is diag(row_scale) @ (cores' matrix): the
+        # scale multiplies the input features, is fixed (a buffer, not trained) and is saved with the
+        # state_dict. None for a plain layer.
+        self.register_buffer("row_scale", None)
+        self._set_row_scale(m.row_scale)
         if bias is None:
             self.register_parameter("bias", None)
         else:
@@ -272,17 +275,58 @@ class MPOLinear(MPOLayer):
         ratio: float | None = None,
         *,
         mode: str = "auto",
+        row_weights=None,
     ) -> MPOLinear:
         """Decompose ``linear.weight.T`` (see :func:`mpo.decompose` for shape, n, max_bond, tol, ratio).
 
         The cores take the Linear's dtype and device; the bias is copied dense. With neither max_bond,
-        tol nor ratio the bonds are full and the layer equals ``linear`` to rounding.
+        tol nor ratio the bonds are full and the layer equals ``linear`` to rounding. ``row_weights``
+        (one importance per input feature, e.g. from :func:`mpo.torch.fisher_information`) makes the
+        Fisher-weighted MPO (FWSVD's weighting, ALGORITHMS.md §6): cuts minimise the weighted error.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear expects a torch.nn.Linear, got {type(linear).__name__}")
         weight = linear.weight.detach()
-        m = _decompose(weight.to("cpu", torch.float64).numpy().T, shape, n, max_bond, tol, ratio)
+        if isinstance(row_weights, torch.Tensor):
+            row_weights = row_weights.detach().to("cpu", torch.float64).numpy()
+        m = _decompose(weight.to("cpu", torch.float64).numpy().T, shape, n, max_bond, tol, ratio, row_weights)
         return cls(m, linear.bias, mode=mode, dtype=weight.dtype, device=weight.device)
+
+    def _set_row_scale(self, scale) -> None:
+        ref = self.cores[0]
+        self.row_scale = None if scale is None else torch.tensor(np.array(scale), dtype=ref.dtype, device=ref.device)
+
+    @property
+    def num_params(self) -> int:
+        """Parameters of the cores, plus the row scale of a Fisher-weighted layer (the bias not included)."""
+        return super().num_params + (0 if self.row_scale is None else self.row_scale.numel())
+
+    def weight_matrix(self) -> torch.Tensor:
+        """M = W.T (in_features x out_features) contracted from the cores (row-scaled when weighted)."""
+        dense = super().weight_matrix()
+        return dense if self.row_scale is None else dense * self.row_scale[:, None]
+
+    def to_mpo(self) -> MPO:
+        """The current cores as an :class:`mpo.MPO` in canonical form, float64, with the row scale of a
+        Fisher-weighted layer (whose cuts then stay optimal in the weighted norm)."""
+        if self.row_scale is None:
+            return super().to_mpo()
+        cores = [c.detach().to("cpu", torch.float64).numpy() for c in self.cores]
+        scale = self.row_scale.detach().to("cpu", torch.float64).numpy()
+        return MPO.from_cores(cores, shape=self.matrix_shape, row_scale=scale)
+
+    def set_mpo(self, m: MPO) -> None:
+        """Replace the cores (and the row scale) by ``m``'s; see :meth:`MPOLayer.set_mpo`."""
+        super().set_mpo(m)
+        self._set_row_scale(m.row_scale)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A weighted layer's state carries its row scale: make room for it in a plain placeholder layer.
+        key = f"{prefix}row_scale"
+        if key in state_dict and self.row_scale is None:
+            ref = self.cores[0]
+            self.row_scale = torch.empty(state_dict[key].shape, dtype=ref.dtype, device=ref.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def contract_plan(self, batch: int) -> tuple[str, tuple[int, ...], float]:
         """The sweep "contract" runs for ``batch`` rows: ("left" or "right", core groups, FLOPs).
@@ -351,8 +395,10 @@ class MPOLinear(MPOLayer):
         autograd = _needs_autograd(x, self.cores)
         if mode == "auto":
             mode = self.forward_flops(max(batch, 1), autograd=autograd)["auto"]
+        if self.row_scale is not None:
+            x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
         if mode == "rebuild" or batch == 0:
-            return F.linear(x, self.weight_matrix().T, self.bias)
+            return F.linear(x, MPOLayer.weight_matrix(self).T, self.bias)
         out = self._contract(x.reshape(batch, x.shape[-1]), autograd)
         if self.bias is not None:
             out = out + self.bias
