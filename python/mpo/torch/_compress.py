@@ -11,13 +11,13 @@ import fnmatch
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .._io import atomic_path
 from ._fisher import fisher_information
 from ._layers import MPOEmbedding, MPOLayer, MPOLinear
 
@@ -367,18 +367,8 @@ def save(model: nn.Module, path) -> None:
             "padding_idx": getattr(layer, "padding_idx", None),
         }
     payload = {"format": SAVE_FORMAT, "layers": layers, "state_dict": model.state_dict()}
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".mpo-torch-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load(model: nn.Module, path) -> nn.Module:
