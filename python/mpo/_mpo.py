@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _apply, _core, _weighted
+from . import _apply, _budget, _core, _weighted
 from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape, parse_tol
 
 __all__ = ["MPO", "decompose"]
@@ -542,11 +542,7 @@ class MPO:
             return bonds
         smallest = params([1] * len(bonds)) + scale
         if smallest > allowed + scale:
-            raise ValueError(
-                f"ratio must be >= {smallest / (rows * cols):.6g} for these factors (every bond at 1 "
-                f"keeps {smallest} parameters of {rows}x{cols}), got ratio = {ratio}; use a larger ratio "
-                "or fewer cores n"
-            )
+            raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
         greedy = list(bonds)
         total = params(greedy)
         while total > allowed:
@@ -642,6 +638,47 @@ def _padded(a: np.ndarray, plan) -> np.ndarray:
     return padded
 
 
+def _budget_decompose(padded, plan, caps, ratio, shape, row_scale, plain, dtype) -> MPO | None:
+    """Budget mode on the matrix itself: the sweep's per-bond caps searched by true error (``_budget``).
+
+    None when the full bonds (within ``caps``) already fit the budget: the ordinary decomposition then
+    meets it, and ``truncate(ratio=)`` only trims bonds wider than their neighbours feed.
+    """
+    rows, cols = shape
+    pairs = [i * j for i, j in zip(plan.in_shape, plan.out_shape)]
+    limits = list(_full_bonds(plan.in_shape, plan.out_shape))
+    if caps is not None:
+        limits = [min(f, c) for f, c in zip(limits, caps)]
+    # A row-weighted MPO's I row scales are parameters too: the cores get what is left.
+    extra = 0 if row_scale is None else rows
+    allowed = ratio * rows * cols - extra
+    if _budget.layout_params(pairs, limits) <= allowed:
+        return None
+    start = _budget.uniform_start(pairs, limits, allowed)
+    if start is None:
+        smallest = _budget.layout_params(pairs, [1] * len(limits)) + extra
+        raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
+    sweep = _budget.Sweep(_budget.interleaved(padded, plan.in_shape, plan.out_shape), plan.in_shape, plan.out_shape)
+    best, _ = _budget.search(sweep, start, limits, allowed)
+    cores, discarded = sweep.build(best)
+    total = sweep.energy
+    # The sweep's cores are left/right-orthonormal around the centre; one canonicalisation orders every
+    # bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read).
+    cores, spectra = _core.canonicalize([np.ascontiguousarray(c, dtype=dtype) for c in cores], np.dtype(dtype).name)
+    cut = [d > total * 1e-24 for d in discarded]
+    return MPO(
+        cores,
+        shape=shape,
+        spectra=spectra,
+        truncation_errors=np.sqrt(discarded),
+        norm=math.sqrt(total),
+        limits=[cap if was_cut else 0 for cap, was_cut in zip(best, cut)],
+        spectra_of_matrix=False,
+        row_scale=row_scale,
+        plain=plain,
+    )
+
+
 def decompose(
     M: object,
     shape: object = None,
@@ -707,6 +744,11 @@ def decompose(
     budget = parse_ratio(ratio)
     weighted = None if row_weights is None else _weighted.weigh_rows(a, row_weights, plan)
     padded = _padded(a if weighted is None else weighted.matrix, plan)
+    scale, plain = (weighted.row_scale, weighted.plain) if weighted is not None else (None, None)
+    if budget is not None:
+        searched = _budget_decompose(padded, plan, caps, budget, (rows, cols), scale, plain, a.dtype)
+        if searched is not None:
+            return searched if target is None else searched.truncate(tol=target)
     # Caps cut each remainder as the sweep goes (and may take the randomized route): the fast route.
     # A tol then cuts the stored canonical form further while the bound allows.
     raw = _core.decompose(
@@ -716,7 +758,6 @@ def decompose(
         caps if caps is not None else [0] * (len(plan.in_shape) - 1),
         svd == "auto",
     )
-    scale, plain = (weighted.row_scale, weighted.plain) if weighted is not None else (None, None)
     result = MPO._from_core_result(raw, (rows, cols), caps, scale, plain)
     if target is not None or budget is not None:
         result = result.truncate(tol=target, ratio=budget)
