@@ -91,8 +91,9 @@ class Sweep:
 
     def _rank(self, prefix: tuple[int, ...], cap: int) -> int:
         w, _, _ = self._split(prefix)
-        # Directions at rounding level carry nothing: the core drops them too (bonds shrink to the rank).
-        nonzero = int(np.count_nonzero(w > w[0] * 1e-28)) if w.size and w[0] > 0 else 0
+        # Gram eigenvalues below ~1e-13 of the largest are its rounding (singular values below ~3e-7 of
+        # the largest): those directions carry nothing a bond should pay for; their energy is still counted.
+        nonzero = int(np.count_nonzero(w > w[0] * 1e-13)) if w.size and w[0] > 0 else 0
         return max(1, min(cap, nonzero))
 
     def _advance(self, prefix: tuple[int, ...], cap: int) -> tuple[int, ...]:
@@ -174,14 +175,52 @@ class Sweep:
         return [x for x in cores if x is not None], discarded
 
 
+def order_bonds(cores: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Rotate every bond of a mixed canonical chain into its singular basis; returns (cores, spectra).
+
+    The sweep leaves cores left of the centre left-orthonormal and right of it right-orthonormal. For a
+    bond left of the centre the unfolding is (orthonormal left part) · X, so the eigenvectors of X X^T
+    order it; working outwards from the centre, X X^T of the next bond is the rotated core weighted by
+    the spectrum just found (and the mirror image right of the centre). Every rotation is orthogonal:
+    the matrix is unchanged and no singular value is divided by.
+    """
+    cores = [np.asarray(c, dtype=np.float64) for c in cores]
+    n = len(cores)
+    c = (n - 1) // 2
+    spectra: list[np.ndarray] = [np.empty(0)] * (n - 1)
+
+    def rotate(bond: int, gram: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh(gram)
+        w, v = np.clip(w[::-1], 0.0, None), v[:, ::-1]
+        cores[bond] = np.tensordot(cores[bond], v, axes=([3], [0]))
+        cores[bond + 1] = np.tensordot(v.T, cores[bond + 1], axes=([1], [0]))
+        spectra[bond] = np.sqrt(w)
+        return spectra[bond]
+
+    weights = None
+    for bond in range(c - 1, -1, -1):  # left bonds, centre outwards
+        right = cores[bond + 1]
+        x = right if weights is None else right * weights[None, None, None, :]
+        x = x.reshape(right.shape[0], -1)
+        weights = rotate(bond, x @ x.T)
+    weights = None
+    for bond in range(c, n - 1):  # right bonds, centre outwards
+        left = cores[bond]
+        y = left if weights is None else left * weights[:, None, None, None]
+        y = y.reshape(-1, left.shape[3])
+        weights = rotate(bond, y.T @ y)
+    return cores, spectra
+
+
 def search(
     sweep: Sweep, start: Sequence[int], limits: Sequence[int], allowed: float
 ) -> tuple[list[int], float]:
     """Caps within ``limits`` whose sweep keeps <= ``allowed`` parameters, by true error.
 
     Starts at ``start`` (the largest uniform cap within budget) and repeats: for each ordered pair of
-    bonds (k, l), shrink bond k by a step (an eighth of its size, halved down to 1) and grow bond l as far
-    as the freed parameters allow; take the first move whose exact error is lower. Stops when no move
+    bonds (k, l), cheapest to replay first, shrink bond k by a step (an eighth of its size, halved
+    down to 1) and grow bond l as far as the freed parameters allow; take the first move whose exact
+    error is lower. Stops when no move
     helps or the work limit (see ``_WORK_FACTOR``) is spent. Returns (caps, squared error).
     """
     pairs = sweep.pairs
@@ -193,32 +232,34 @@ def search(
     def fits(caps: list[int]) -> bool:
         return layout_params(pairs, sweep.evaluate(caps)[0]) <= allowed
 
+    # Moves in order of cost: a move replays the sweep from the first step it changes, so moves between
+    # bonds the sweep splits last (cached prefixes) come first.
+    position = {bond: t for t, bond in enumerate(sweep.steps)}
+    moves = sorted(((k, l) for k in range(m) for l in range(m) if k != l),
+                   key=lambda kl: -min(position[kl[0]], position[kl[1]]))
     improved = True
     while improved and sweep.work < budget_work:
         improved = False
-        for k in range(m):
-            for l in range(m):
-                if k == l or best[l] >= limits[l] or best[k] <= 1:
-                    continue
-                step = max(best[k] // 8, 1)
-                while step >= 1 and not improved and sweep.work < budget_work:
-                    cand = list(best)
-                    cand[k] -= step
-                    # Grow bond l by bisection on the parameter count of the caps themselves (an upper
-                    # bound on what the sweep keeps), then confirm with the sweep's kept bonds.
-                    lo, hi = best[l], limits[l]
-                    while lo < hi:
-                        mid = (lo + hi + 1) // 2
-                        trial = [*cand[:l], mid, *cand[l + 1 :]]
-                        lo, hi = (mid, hi) if layout_params(pairs, trial) <= allowed else (lo, mid - 1)
-                    cand[l] = lo
-                    if cand[l] > best[l] and fits(cand):
-                        _, err = sweep.evaluate(cand)
-                        if err < best_err * (1 - 1e-12):
-                            best, best_err, improved = cand, err, True
-                    step //= 2
-                if improved:
-                    break
+        for k, l in moves:
+            if best[l] >= limits[l] or best[k] <= 1:
+                continue
+            step = max(best[k] // 8, 1)
+            while step >= 1 and not improved and sweep.work < budget_work:
+                cand = list(best)
+                cand[k] -= step
+                # Grow bond l by bisection on the parameter count of the caps themselves (an upper
+                # bound on what the sweep keeps), then confirm with the sweep's kept bonds.
+                lo, hi = best[l], limits[l]
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    trial = [*cand[:l], mid, *cand[l + 1 :]]
+                    lo, hi = (mid, hi) if layout_params(pairs, trial) <= allowed else (lo, mid - 1)
+                cand[l] = lo
+                if cand[l] > best[l] and fits(cand):
+                    _, err = sweep.evaluate(cand)
+                    if err < best_err * (1 - 1e-12):
+                        best, best_err, improved = cand, err, True
+                step //= 2
             if improved:
                 break
     return best, best_err

@@ -662,9 +662,9 @@ def _budget_decompose(padded, plan, caps, ratio, shape, row_scale, plain, dtype)
     best, _ = _budget.search(sweep, start, limits, allowed)
     cores, discarded = sweep.build(best)
     total = sweep.energy
-    # The sweep's cores are left/right-orthonormal around the centre; one canonicalisation orders every
-    # bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read).
-    cores, spectra = _core.canonicalize([np.ascontiguousarray(c, dtype=dtype) for c in cores], np.dtype(dtype).name)
+    # Order every bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read).
+    cores, spectra = _budget.order_bonds(cores)
+    cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
     cut = [d > total * 1e-24 for d in discarded]
     return MPO(
         cores,
