@@ -107,12 +107,17 @@ class Sweep:
         a = flat.reshape(rows, cols)
         w, v, side = self._split(prefix)
         r = self._rank(prefix, cap)
-        self.work += float(r) * rows * cols
         from_left = t < (len(self.pairs) - 1) // 2
-        if from_left:  # core = U_r (rows x r); the remainder becomes U_r^T A = S_r V_r^T
+        if from_left and r == rows or not from_left and r == cols:
+            # Nothing is cut and any orthonormal basis will do (order_bonds rotates the bonds later):
+            # the core is the identity and the remainder is shared, not copied.
+            state = (flat, r, right) if from_left else (flat, left, r)
+        elif from_left:  # core = U_r (rows x r); the remainder becomes U_r^T A = S_r V_r^T
+            self.work += float(r) * rows * cols
             kept = v[:, :r].T @ a if side == "rows" else np.sqrt(w[:r])[:, None] * v[:, :r].T
             state = (np.ascontiguousarray(kept).reshape(-1), r, right)
         else:  # core = V_r^T (r x cols); the remainder becomes A V_r = U_r S_r
+            self.work += float(r) * rows * cols
             kept = a @ v[:, :r] if side == "cols" else v[:, :r] * np.sqrt(w[:r])[None, :]
             state = (np.ascontiguousarray(kept).reshape(-1), left, r)
         self._states[nxt] = state
@@ -123,6 +128,13 @@ class Sweep:
     def energy(self) -> float:
         """||M||_F^2 of the swept matrix."""
         return self._energy[()]
+
+    def forget_all_but(self, caps: Sequence[int]) -> None:
+        """Drop the cached remainders off the path of ``caps`` (they hold up to a copy of M each)."""
+        ordered = self.order(caps)
+        path = {ordered[:t] for t in range(len(ordered) + 1)}
+        for prefix in [p for p in self._states if p not in path]:
+            del self._states[prefix]
 
     def order(self, caps: Sequence[int]) -> tuple[int, ...]:
         """Caps (indexed by bond) in the sweep's step order."""
@@ -163,10 +175,10 @@ class Sweep:
             discarded[bond] = max(self._energy[prefix] - self._energy[nxt], 0.0)
             r = new_left if t < c else new_right
             if t < c:
-                u = v[:, :r] if side == "rows" else (a @ v[:, :r]) / np.sqrt(np.maximum(w[:r], 1e-300))
+                u = np.eye(rows) if r == rows else v[:, :r] if side == "rows" else (a @ v[:, :r]) / np.sqrt(np.maximum(w[:r], 1e-300))
                 cores[bond] = u.reshape(left, self.in_shape[bond], self.out_shape[bond], r)
             else:
-                vt = v[:, :r].T if side == "cols" else (v[:, :r].T @ a) / np.sqrt(np.maximum(w[:r], 1e-300))[:, None]
+                vt = np.eye(cols) if r == cols else v[:, :r].T if side == "cols" else (v[:, :r].T @ a) / np.sqrt(np.maximum(w[:r], 1e-300))[:, None]
                 k = bond + 1
                 cores[k] = vt.reshape(r, self.in_shape[k], self.out_shape[k], right)
             prefix = nxt
@@ -259,6 +271,7 @@ def search(
                     _, err = sweep.evaluate(cand)
                     if err < best_err * (1 - 1e-12):
                         best, best_err, improved = cand, err, True
+                    sweep.forget_all_but(best)
                 step //= 2
             if improved:
                 break

@@ -435,7 +435,8 @@ class MPO:
         ``max_bond`` caps every bond (an int) or each bond (n-1 ints); ``tol`` keeps the smallest bonds
         whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first.
         ``ratio`` (budget mode, in (0, 1]) chooses per-bond sizes with ``compression_ratio <= ratio``
-        that minimise the error bound (see :meth:`_bonds_for_ratio`). They combine as "the tightest
+        that minimise the error bound (see :meth:`_bonds_for_ratio`); without the matrix, only cuts of
+        the stored form are possible (``decompose(M, ratio=)`` searches by true error instead). They combine as "the tightest
         wins": the caps are applied first, then ``ratio`` cuts further if the budget needs it, then
         ``tol`` cuts further while the bound allows; a constraint never grows a bond another one cut.
         A cap above a bond that was already cut below it is an error: the discarded singular values
@@ -708,10 +709,13 @@ def decompose(
         With ``max_bond`` too, the caps are applied first and tol cuts further while the bound allows
         (the result meets both). With neither, the MPO is exact with full bonds (Eq. 2).
     ratio : float in (0, 1], optional
-        Budget mode: per-bond sizes with ``compression_ratio <= ratio`` (MPOP Eq. 5) that minimise the
-        error bound, chosen greedily on the spectra (:meth:`MPO.truncate`). Without ``max_bond`` the
-        decomposition is exact first, so the spectra are M's own. With ``max_bond`` or ``tol`` too, the
-        tightest wins: caps, then the budget, then tol, each only cutting further.
+        Budget mode: per-bond caps with ``compression_ratio <= ratio`` (MPOP Eq. 5) chosen to make the
+        true error ||M - MPO||_F small. The sweep's error is exactly sqrt(sum eps_k^2) of the remainders
+        it cuts, so caps are scored exactly: the search starts at the largest uniform cap that fits and
+        moves parameters between bonds while the error falls (``mpo._budget``). The result is never
+        worse than that uniform cap's sweep, and ``error_bound()`` equals its true error. A row-weighted
+        decomposition scores the weighted error ||D (M - MPO)||_F and counts its I row scales. With
+        ``max_bond`` too, no bond exceeds its cap; ``tol`` then cuts further while the bound allows.
     svd : {"auto", "exact"}
         "auto" lets a bond capped far below its full size use a randomized range finder whose
         convergence is checked (falling back to the exact route); "exact" always takes the exact route.
