@@ -17,7 +17,7 @@ import mpo
 from mpo import _budget
 from mpo._data import load_minilm
 from mpo.baselines import uniform_cap
-from strategies import cases, contract_cores, dense_error, exact_rtol, fro, pad, pair_products
+from strategies import cases, contract_cores, dense_error, exact_rtol, fro, pad, pair_products, reference_spectra
 
 
 def slack(M) -> float:
@@ -229,3 +229,24 @@ def test_bonds_wider_than_their_neighbours_feed_are_cut_to_fit():
     cut = m.truncate(ratio=1.0)
     assert cut.compression_ratio <= 1.0
     assert cut.bond_dims == (4, 4, 4)
+
+
+@given(cases(), rhos)
+def test_budget_spectra_are_those_of_its_own_matrix(case, rho):
+    """decompose(ratio=) rotates each bond into its singular basis (``_budget.order_bonds``): the stored
+    spectra are the singular values of the MPO's own unfoldings, so later cuts and entropy read them."""
+    assume(rho >= smallest_ratio(case))
+    m = mpo.decompose(case.M, case.shape, ratio=rho)
+    padded = pad(m.to_dense(), m.padded_shape)
+    for k, (stored, ref) in enumerate(zip(m.spectra, reference_spectra(padded, m.in_shape, m.out_shape))):
+        r = min(len(stored), len(ref))
+        assert np.allclose(stored[:r], ref[:r], rtol=0, atol=1e-6 * fro(case.M) + slack(case.M)), k
+        assert np.all(stored[r:] <= 1e-6 * fro(case.M) + slack(case.M))
+        assert np.all(np.diff(stored) <= 1e-9 * fro(case.M))
+
+
+def test_decompose_budget_below_every_bond_at_one_is_rejected():
+    M = np.random.default_rng(1).standard_normal((16, 16))
+    with pytest.raises(ValueError, match=r"ratio must be >= 0\.125 for these factors .* got ratio = 0\.1;"):
+        mpo.decompose(M, ((4, 4), (4, 4)), ratio=0.1)
+    assert mpo.decompose(M, ((4, 4), (4, 4)), ratio=0.125).bond_dims == (1,)
