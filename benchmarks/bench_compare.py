@@ -11,8 +11,10 @@ and are reported as such.
 Speed: the 37 weight matrices ``mpo compress`` takes by default in the demo (word embedding and the
 36 layer matrices), float32 as stored, decomposed with one bond cap by ``mpo.decompose`` and by
 TensorLy's ``tensor_train_matrix`` with the same ranks, interleaved, medians over --repeats; plus the
-whole ``mpo compress`` command in this process (read, decompose, measure errors, write). Everything
-runs single-threaded (OMP/OPENBLAS/MKL/MPO_NUM_THREADS = 1, set before NumPy loads).
+whole ``mpo compress`` command in this process (read, decompose, measure errors, write); and budget
+mode (``decompose(ratio=--budget-ratio)``) against the uniform cap it starts from, by mpo and by
+TensorLy. Everything runs single-threaded (OMP/OPENBLAS/MKL/MPO_NUM_THREADS = 1, set before NumPy
+loads).
 
 Correctness checks (a failure makes the exit status 1): every achieved ratio <= its target; the SVD
 error equals the tail of the spectrum; MPO errors stay within their bounds; TensorLy's TT-matrix error

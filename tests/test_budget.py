@@ -17,7 +17,16 @@ import mpo
 from mpo import _budget
 from mpo._data import load_minilm
 from mpo.baselines import uniform_cap
-from strategies import cases, contract_cores, dense_error, exact_rtol, fro, pad, pair_products, reference_spectra
+from strategies import (
+    cases,
+    contract_cores,
+    dense_error,
+    exact_rtol,
+    fro,
+    pad,
+    pair_products,
+    reference_spectra,
+)
 
 
 def slack(M) -> float:
@@ -128,7 +137,8 @@ def test_sweep_error_is_the_dense_error(case, data):
     full = mpo.decompose(M, case.shape).full_bond_dims
     caps = [data.draw(st.integers(1, f), label=f"cap {k}") for k, f in enumerate(full)]
     padded = pad(M, (math.prod(case.in_shape), math.prod(case.out_shape)))
-    sweep = _budget.Sweep(_budget.interleaved(padded, case.in_shape, case.out_shape), case.in_shape, case.out_shape)
+    tensor = _budget.interleaved(padded, case.in_shape, case.out_shape)
+    sweep = _budget.Sweep(tensor, case.in_shape, case.out_shape)
     bonds, err2 = sweep.evaluate(caps)
     cores, discarded = sweep.build(caps)
     dense = contract_cores(cores, case.in_shape, case.out_shape)[: M.shape[0], : M.shape[1]]
@@ -179,7 +189,8 @@ def test_row_weighted_budget_counts_the_scale_and_beats_the_uniform_sweep(case, 
 def test_true_error_below_uniform_caps_on_real_weights():
     """MiniLM layer 0: decompose(ratio=) has a strictly lower true error than the uniform cap at every
     rho of docs/RESULTS.md on the query and both FFN matrices (measured margins 0.001-0.02)."""
-    names = [f"encoder.layer.0.{x}.weight" for x in ("attention.self.query", "intermediate.dense", "output.dense")]
+    kinds = ("attention.self.query", "intermediate.dense", "output.dense")
+    names = [f"encoder.layer.0.{x}.weight" for x in kinds]
     try:
         matrices = load_minilm(names)
     except (FileNotFoundError, ImportError) as exc:
@@ -188,7 +199,8 @@ def test_true_error_below_uniform_caps_on_real_weights():
         M = np.asarray(M, dtype=np.float64)
         exact = mpo.decompose(M)
         for rho in (0.5, 0.2, 0.1, 0.05):
-            budget, uniform = mpo.decompose(M, ratio=rho), uniform_sweep(M, (exact.in_shape, exact.out_shape), rho)
+            budget = mpo.decompose(M, ratio=rho)
+            uniform = uniform_sweep(M, (exact.in_shape, exact.out_shape), rho)
             assert budget.compression_ratio <= rho
             err_budget, err_uniform = dense_error(M, budget.to_dense()), dense_error(M, uniform.to_dense())
             assert err_budget < err_uniform * (1 - 1e-4), f"{name} rho {rho}: {err_budget} vs {err_uniform}"

@@ -105,24 +105,37 @@ class Sweep:
         t = len(prefix)
         rows, cols = self._shape_of(t, left, right, flat.size)
         a = flat.reshape(rows, cols)
-        w, v, side = self._split(prefix)
+        _, v, side = self._split(prefix)
         r = self._rank(prefix, cap)
         from_left = t < (len(self.pairs) - 1) // 2
         if from_left and r == rows or not from_left and r == cols:
             # Nothing is cut and any orthonormal basis will do (order_bonds rotates the bonds later):
             # the core is the identity and the remainder is shared, not copied.
             state = (flat, r, right) if from_left else (flat, left, r)
-        elif from_left:  # core = U_r (rows x r); the remainder becomes U_r^T A = S_r V_r^T
+        elif from_left:  # core = U_r (rows x r); the remainder becomes U_r^T A
             self.work += float(r) * rows * cols
-            kept = v[:, :r].T @ a if side == "rows" else np.sqrt(w[:r])[:, None] * v[:, :r].T
+            kept = self._basis(a, v, r, side, from_left).T @ a
             state = (np.ascontiguousarray(kept).reshape(-1), r, right)
-        else:  # core = V_r^T (r x cols); the remainder becomes A V_r = U_r S_r
+        else:  # core = V_r^T (r x cols); the remainder becomes A V_r
             self.work += float(r) * rows * cols
-            kept = a @ v[:, :r] if side == "cols" else v[:, :r] * np.sqrt(w[:r])[None, :]
+            kept = a @ self._basis(a, v, r, side, from_left)
             state = (np.ascontiguousarray(kept).reshape(-1), left, r)
         self._states[nxt] = state
         self._energy[nxt] = float(state[0] @ state[0])
         return nxt
+
+    @staticmethod
+    def _basis(a: np.ndarray, v: np.ndarray, r: int, side: str, from_left: bool) -> np.ndarray:
+        """The r kept directions of the split side, orthonormal: U_r (rows x r) or V_r (cols x r).
+
+        From the Gram matrix of that side they are its eigenvectors. From the other side's Gram matrix
+        they are A V_r (or A^T U_r), orthonormalised by QR rather than divided by the singular values,
+        so the core stays orthonormal when small ones are kept.
+        """
+        if (side == "rows") == from_left:
+            return v[:, :r]
+        spanned = a @ v[:, :r] if from_left else a.T @ v[:, :r]
+        return np.linalg.qr(spanned)[0]
 
     @property
     def energy(self) -> float:
@@ -168,17 +181,17 @@ class Sweep:
             flat, left, right = self._states[prefix]
             rows, cols = self._shape_of(t, left, right, flat.size)
             a = flat.reshape(rows, cols)
-            w, v, side = self._split(prefix)
+            _, v, side = self._split(prefix)
             nxt = self._advance(prefix, cap)
             kept, new_left, new_right = self._states[nxt]
             bond = self.steps[t]
             discarded[bond] = max(self._energy[prefix] - self._energy[nxt], 0.0)
             r = new_left if t < c else new_right
             if t < c:
-                u = np.eye(rows) if r == rows else v[:, :r] if side == "rows" else (a @ v[:, :r]) / np.sqrt(np.maximum(w[:r], 1e-300))
+                u = np.eye(rows) if r == rows else self._basis(a, v, r, side, True)
                 cores[bond] = u.reshape(left, self.in_shape[bond], self.out_shape[bond], r)
             else:
-                vt = np.eye(cols) if r == cols else v[:, :r].T if side == "cols" else (v[:, :r].T @ a) / np.sqrt(np.maximum(w[:r], 1e-300))[:, None]
+                vt = np.eye(cols) if r == cols else self._basis(a, v, r, side, False).T
                 k = bond + 1
                 cores[k] = vt.reshape(r, self.in_shape[k], self.out_shape[k], right)
             prefix = nxt

@@ -436,11 +436,11 @@ class MPO:
         whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first.
         ``ratio`` (budget mode, in (0, 1]) chooses per-bond sizes with ``compression_ratio <= ratio``
         that minimise the error bound (see :meth:`_bonds_for_ratio`); without the matrix, only cuts of
-        the stored form are possible (``decompose(M, ratio=)`` searches by true error instead). They combine as "the tightest
-        wins": the caps are applied first, then ``ratio`` cuts further if the budget needs it, then
-        ``tol`` cuts further while the bound allows; a constraint never grows a bond another one cut.
-        A cap above a bond that was already cut below it is an error: the discarded singular values
-        are gone.
+        the stored form are possible (``decompose(M, ratio=)`` searches by true error instead). They
+        combine as "the tightest wins": the caps are applied first, then ``ratio`` cuts further if the
+        budget needs it, then ``tol`` cuts further while the bound allows; a constraint never grows a bond
+        another one cut. A cap above a bond that was already cut below it is an error: the discarded
+        singular values are gone.
 
         The bound composes in quadrature (eps_k^2 adds the dropped lambda^2) when the spectra are M's
         own. After a ``max_bond`` decomposition the stored form is the canonical form of the MPO's own
@@ -659,7 +659,8 @@ def _budget_decompose(padded, plan, caps, ratio, shape, row_scale, plain, dtype)
     if start is None:
         smallest = _budget.layout_params(pairs, [1] * len(limits)) + extra
         raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
-    sweep = _budget.Sweep(_budget.interleaved(padded, plan.in_shape, plan.out_shape), plan.in_shape, plan.out_shape)
+    tensor = _budget.interleaved(padded, plan.in_shape, plan.out_shape)
+    sweep = _budget.Sweep(tensor, plan.in_shape, plan.out_shape)
     best, _ = _budget.search(sweep, start, limits, allowed)
     cores, discarded = sweep.build(best)
     total = sweep.energy
