@@ -14,8 +14,9 @@ parameters between bonds while the true error falls (first improvement, halving 
 result is never worse than the uniform cap; a work limit keeps its cost near one extra sweep.
 
 Splits go through the Gram matrix of the remainder's short side (one GEMM and a small symmetric
-eigenproblem) in float64; the discarded energy of a cut is ||R||^2 - ||kept||^2 of the arrays actually
-formed, so the bookkeeping is that of the matrix built, not of the eigenvalues.
+eigenproblem) in float64. The search scores a candidate from the eigenvalues of its last split; the
+MPO built records eps_k^2 = ||R||^2 - ||kept||^2 of the arrays actually formed (the residual's own
+energy where that difference loses its digits), so its bound is that of the matrix built.
 """
 
 from __future__ import annotations
@@ -185,15 +186,22 @@ class Sweep:
             nxt = self._advance(prefix, cap)
             kept, new_left, new_right = self._states[nxt]
             bond = self.steps[t]
-            discarded[bond] = max(self._energy[prefix] - self._energy[nxt], 0.0)
             r = new_left if t < c else new_right
             if t < c:
                 u = np.eye(rows) if r == rows else self._basis(a, v, r, side, True)
                 cores[bond] = u.reshape(left, self.in_shape[bond], self.out_shape[bond], r)
+                rebuilt = u @ kept.reshape(r, cols) if r < rows else a
             else:
                 vt = np.eye(cols) if r == cols else self._basis(a, v, r, side, False).T
                 k = bond + 1
                 cores[k] = vt.reshape(r, self.in_shape[k], self.out_shape[k], right)
+                rebuilt = kept.reshape(rows, r) @ vt if r < cols else a
+            dropped = self._energy[prefix] - self._energy[nxt]
+            if rebuilt is not a and dropped < 1e-6 * self._energy[prefix]:
+                # ||A||^2 - ||kept||^2 has lost its digits to cancellation: sum the residual itself, so
+                # that eps_k (and the bound) stay accurate for a cut of rounding-level values.
+                dropped = float(np.sum((a - rebuilt) ** 2))
+            discarded[bond] = max(dropped, 0.0)
             prefix = nxt
         flat, left, right = self._states[prefix]
         cores[c] = flat.reshape(left, self.in_shape[c], self.out_shape[c], right)
