@@ -720,6 +720,7 @@ def decompose(
     svd : {"auto", "exact"}
         "auto" lets a bond capped far below its full size use a randomized range finder whose
         convergence is checked (falling back to the exact route); "exact" always takes the exact route.
+        Budget mode's search (``ratio`` below what the full bonds need) always splits exactly.
     row_weights : array_like of I values >= 0, optional
         Row importances (FWSVD, ALGORITHMS.md §6): D M is decomposed with D = diag(sqrt(w/max(w) +
         1e-6)), so caps and tol act in the weighted norm, and the MPO keeps D^-1 as ``row_scale``
