@@ -100,10 +100,16 @@ Matrix<T> gram(const A& a) {
   const double work = 0.5 * static_cast<double>(m) * m * depth;
   const int blocks = std::min<int>(thread_count(), static_cast<int>(work / detail::kParallelWork) + 1);
   std::vector<ColMatrix> partial(static_cast<std::size_t>(std::max(blocks, 1)));
+  // Each block is taken in chunks of columns: Eigen evaluates an expression argument (a float32 matrix
+  // cast to double, say) into a temporary, and a chunk keeps that temporary to ~8 MB instead of a
+  // double copy of the whole block (94 MB for the embedding's first unfolding, mostly page faults).
+  const Index chunk = std::max<Index>(256, (Index{1} << 20) / std::max<Index>(m, 1));
   detail::run_blocks(std::max(blocks, 1), [&](int b) {
     const auto [start, length] = detail::block_range(depth, std::max(blocks, 1), b);
     partial[b] = ColMatrix::Zero(m, m);
-    partial[b].template selfadjointView<Eigen::Lower>().rankUpdate(a.middleCols(start, length));
+    for (Index c = start; c < start + length; c += chunk)
+      partial[b].template selfadjointView<Eigen::Lower>().rankUpdate(
+          a.middleCols(c, std::min(chunk, start + length - c)));
   });
   for (std::size_t b = 1; b < partial.size(); ++b) partial[0] += partial[b];
   Matrix<T> out = partial[0].template selfadjointView<Eigen::Lower>();

@@ -15,8 +15,11 @@ from ._shape import ShapePlan, plan_shape
 __all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION"]
 
 # Fisher-weighted factorization and the stacked cross-layer bank (issue 6).
-from . import stacked
-from ._weighted import LowRank, weighted_svd
+from . import stacked  # noqa: E402
+from ._weighted import LowRank, weighted_svd  # noqa: E402
 
-__all__ += ["LowRank", "weighted_svd", "stacked"]
+# Dimension squeezing (MPOP Algorithm 2), framework-free; mpo.torch.squeeze wires it to torch layers.
+from ._squeeze import SqueezeResult, SqueezeStep, central_bonds, squeeze  # noqa: E402
+
+__all__ += ["LowRank", "weighted_svd", "stacked", "SqueezeResult", "SqueezeStep", "central_bonds", "squeeze"]
 __version__ = "0.1.0"

@@ -161,12 +161,35 @@ class MPO:
         )
 
     @classmethod
-    def from_cores(cls, cores: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> MPO:
+    def from_cores(
+        cls, cores: Sequence[np.ndarray], shape: tuple[int, int] | None = None, *, row_scale: object = None
+    ) -> MPO:
         """Bring arbitrary cores (for instance trained ones) to canonical form and measure their spectra.
 
         The matrix they represent is unchanged (up to rounding); bonds may shrink where singular values
         are zero. ``shape`` is the unpadded (I, J), by default the cores' full padded shape.
+        ``row_scale`` (I values > 0) makes a row-weighted MPO, diag(row_scale) @ (the cores' matrix), as
+        ``decompose(..., row_weights=)`` does: cuts stay optimal in the weighted norm, and the plain
+        spectra are measured by one exact sweep of the plain matrix.
         """
+        if row_scale is not None:
+            base = cls.from_cores(cores, shape)
+            scale = np.asarray(row_scale, dtype=np.float64)
+            rows, cols = base.shape
+            if scale.shape != (rows,):
+                raise ValueError(f"row_scale must hold {rows} values (one per row), got shape {scale.shape}")
+            plain = np.zeros(base.padded_shape, dtype=base.dtype)
+            plain[:rows, :cols] = base.to_dense() * scale[:, None].astype(base.dtype)
+            raw = _core.decompose(plain, list(base.in_shape), list(base.out_shape), [0] * (base.n - 1), False)
+            return cls(
+                base._cores,
+                shape=base.shape,
+                spectra=base._spectra,
+                truncation_errors=base._errors,
+                norm=base._norm,
+                row_scale=scale,
+                plain=(float(np.linalg.norm(plain.astype(np.float64))), raw["spectra"]),
+            )
         cores = [np.asarray(c) for c in cores]
         if not cores:
             raise ValueError("an MPO needs n >= 2 cores, got 0")

@@ -1,0 +1,496 @@
+"""MPO layers for PyTorch: ``MPOLinear`` and ``MPOEmbedding`` (MPOP §4, ALGORITHMS.md §3).
+
+A layer holds the n cores T_k[d_{k-1}, i_k, j_k, d_k] of its weight matrix M as Parameters, the bias
+dense. M is laid out as the MPO of the library: for a Linear, M = W.T (in_features x out_features),
+so that y = x @ M + b; for an Embedding, M is the weight (num_embeddings x embedding_dim) and a lookup
+reads rows of M. Padding added by shape planning is invisible: inputs are zero-padded, outputs sliced.
+
+Two ways to run the forward pass:
+
+- "contract": pass the input through the cores one at a time (the O(n m d^3) route of MPOP Table 2);
+- "rebuild": contract the cores into M (what the authors' layers did) and call the dense op.
+
+Both run in torch ops, so gradients reach the cores, whenever autograd needs them (the cores or the
+input require gradients and grad mode is on). Otherwise, on CPU, "contract" runs the library's C++
+kernel (``mpo._core.apply`` and ``rows``, the code behind ``X @ m`` and ``m.rows``), which does the
+same contraction without the copies of torch's permutes.
+
+``mode="auto"`` picks per call from FLOP counts (``forward_flops``): contraction is chosen when its
+FLOPs times an overhead factor are below rebuild-then-dense. The factors were measured on one thread
+(benchmarks/bench_torch.py, docs/RESULTS.md): the C++ kernel runs near GEMM speed per FLOP
+(``KERNEL_OVERHEAD``); torch ops do too for small batches, but their permutes copy the whole state
+at every core, which makes a contraction FLOP several times dearer for large batches
+(``AUTOGRAD_OVERHEAD`` above ``AUTOGRAD_SMALL_BATCH`` rows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _core
+from .._mpo import MPO, decompose
+
+__all__ = ["MODES", "MPOLayer", "MPOLinear", "MPOEmbedding"]
+
+MODES = ("auto", "contract", "rebuild")
+
+# What a contraction FLOP costs in dense-GEMM FLOPs, measured on one thread (see the module docstring).
+# The kernel measured 0.72-0.84x nn.Linear's time at equal FLOPs (4096 tokens), so 1 is conservative.
+KERNEL_OVERHEAD = 1.0
+# Torch ops: about 1x for 16 rows, 11-15x at 4096 rows (time ratio over FLOP ratio to rebuild).
+AUTOGRAD_OVERHEAD = 12.0
+AUTOGRAD_SMALL_BATCH = 64
+
+
+def _needs_autograd(x: torch.Tensor, params) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+
+
+def _overhead(batch: int, autograd: bool) -> float:
+    if not autograd:
+        return KERNEL_OVERHEAD
+    return 1.0 if batch <= AUTOGRAD_SMALL_BATCH else AUTOGRAD_OVERHEAD
+
+
+def _kernel_ok(x: torch.Tensor, cores) -> bool:
+    # The C++ kernel reads CPU float32/float64 buffers; anything else takes the torch ops.
+    return x.device.type == "cpu" and all(
+        c.device.type == "cpu" and c.dtype in (torch.float32, torch.float64) for c in cores
+    )
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def _decompose(matrix: np.ndarray, shape, n, max_bond, tol, ratio, row_weights=None) -> MPO:
+    # Decompose in float64 whatever the layer's dtype: the float32 cores are then the rounding of
+    # exact ones, so full bonds reproduce the layer to float32 rounding.
+    kwargs = {"shape": shape, "n": n, "max_bond": max_bond, "tol": tol, "ratio": ratio, "row_weights": row_weights}
+    return decompose(np.asarray(matrix, dtype=np.float64), **kwargs)
+
+
+def _merge(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Neighbouring cores multiplied into one: (d, i_a, j_a, e) x (e, i_b, j_b, f) -> (d, i_a i_b, j_a j_b, f)."""
+    acc = cores[0]
+    for c in cores[1:]:
+        d, i, j, _ = acc.shape
+        _, k, l, f = c.shape
+        acc = torch.einsum("aijb,bklc->aikjlc", acc, c).reshape(d, i * k, j * l, f)
+    return acc
+
+
+def _sweep(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """x (B, prod i_k) through the cores left to right: one GEMM per core, returns (B, prod j_k)."""
+    batch = x.shape[0]
+    # State (B, done j's, rest i's, d): each core eats (d_{k-1}, i_k) and emits (j_k, d_k).
+    state = x.reshape(batch, 1, x.shape[1], 1)
+    for c in cores:
+        d, i, j, d_next = c.shape
+        done, rest = state.shape[1], state.shape[2] // i
+        s = state.reshape(batch, done, i, rest, d).permute(0, 1, 3, 4, 2)  # (B, done, rest, d, i)
+        s = s.reshape(batch * done * rest, d * i) @ c.reshape(d * i, j * d_next)
+        state = s.reshape(batch, done, rest, j, d_next).permute(0, 1, 3, 2, 4).reshape(batch, done * j, rest, d_next)
+    return state.reshape(batch, -1)
+
+
+class MPOLayer(nn.Module):
+    """What MPOLinear and MPOEmbedding share: the cores, their canonical-form round trip, freezing."""
+
+    def __init__(self, m: MPO, *, mode: str = "auto", dtype=None, device=None) -> None:
+        super().__init__()
+        self.mode = _check_mode(mode)
+        self.matrix_shape = tuple(m.shape)
+        #: The decomposition's relative error bound (MPOP Eq. 4 over ||M||_F) when the layer was made.
+        self.decomposition_bound = m.relative_error_bound()
+        self.cores = nn.ParameterList()
+        self._set_cores(m.cores, dtype=dtype or torch.get_default_dtype(), device=device)
+
+    # ----------------------------------------------------------------- structure
+    def _set_cores(self, cores: Sequence, *, dtype, device, frozen: bool = False) -> None:
+        self.cores = nn.ParameterList(
+            nn.Parameter(torch.tensor(np.array(c), dtype=dtype, device=device))
+            for c in cores
+        )
+        if frozen:
+            self.central.requires_grad_(False)
+
+    @property
+    def n(self) -> int:
+        """Number of cores."""
+        return len(self.cores)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Row factors i_1..i_n of M (padded)."""
+        return tuple(c.shape[1] for c in self.cores)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Column factors j_1..j_n of M (padded)."""
+        return tuple(c.shape[2] for c in self.cores)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """(prod i_k, prod j_k)."""
+        return (math.prod(self.in_shape), math.prod(self.out_shape))
+
+    @property
+    def bond_dims(self) -> tuple[int, ...]:
+        """d_1..d_{n-1}."""
+        return tuple(c.shape[3] for c in list(self.cores)[:-1])
+
+    @property
+    def central_index(self) -> int:
+        """(n-1)//2, the central tensor's index (as in :class:`mpo.MPO`)."""
+        return (self.n - 1) // 2
+
+    @property
+    def central(self) -> nn.Parameter:
+        """The central tensor: the bulk of the parameters, frozen in lightweight fine-tuning."""
+        return self.cores[self.central_index]
+
+    @property
+    def auxiliary(self) -> list[nn.Parameter]:
+        """Every core but the central one: what lightweight fine-tuning trains."""
+        return [c for k, c in enumerate(self.cores) if k != self.central_index]
+
+    @property
+    def num_params(self) -> int:
+        """Parameters of the cores (the bias not included)."""
+        return sum(c.numel() for c in self.cores)
+
+    @property
+    def compression_ratio(self) -> float:
+        """rho = core parameters / (I*J) of the original matrix (MPOP Eq. 5)."""
+        return self.num_params / math.prod(self.matrix_shape)
+
+    def lightweight(self, enabled: bool = True) -> MPOLayer:
+        """Freeze the central tensor and train the auxiliary tensors (MPOP §4.1); False unfreezes it."""
+        for c in self.auxiliary:
+            c.requires_grad_(True)
+        self.central.requires_grad_(not enabled)
+        return self
+
+    def to_mpo(self) -> MPO:
+        """The current (possibly trained) cores as an :class:`mpo.MPO` in canonical form, float64.
+
+        Re-canonicalisation keeps the matrix and measures its spectra, so cuts made from the result are
+        the optimal cuts of the trained matrix's unfoldings.
+        """
+        cores = [c.detach().to("cpu", torch.float64).numpy() for c in self.cores]
+        return MPO.from_cores(cores, shape=self.matrix_shape)
+
+    def set_mpo(self, m: MPO) -> None:
+        """Replace the cores by ``m``'s (for instance a truncated MPO), keeping dtype, device and freezing.
+
+        The Parameters are new objects: an optimizer built before must be built again.
+        """
+        if tuple(m.shape) != self.matrix_shape:
+            raise ValueError(f"set_mpo: the MPO is {m.shape}, this layer's matrix is {self.matrix_shape}")
+        ref = self.cores[0]
+        frozen = not self.central.requires_grad
+        self._set_cores(m.cores, dtype=ref.dtype, device=ref.device, frozen=frozen)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A squeezed model's cores are smaller than a freshly compressed one's: take the stored shapes so
+        # that a state_dict round trip restores squeezed layers too.
+        keys = [f"{prefix}cores.{k}" for k in range(self.n)]
+        if all(k in state_dict for k in keys):
+            frozen = [not c.requires_grad for c in self.cores]
+            ref = self.cores[0]
+            for k, key in enumerate(keys):
+                if tuple(state_dict[key].shape) != tuple(self.cores[k].shape):
+                    self.cores[k] = nn.Parameter(
+                        torch.empty(state_dict[key].shape, dtype=ref.dtype, device=ref.device),
+                        requires_grad=not frozen[k],
+                    )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------- the matrix
+    def weight_matrix(self) -> torch.Tensor:
+        """M (I x J, padding removed) contracted from the cores, differentiable."""
+        cores = list(self.cores)
+        acc = cores[0].reshape(-1, cores[0].shape[3])  # rows: (i_1, j_1)
+        for c in cores[1:]:
+            acc = (acc @ c.reshape(c.shape[0], -1)).reshape(-1, c.shape[3])  # rows: (..., i_k, j_k)
+        n = len(cores)
+        grid = acc.reshape(*(s for c in cores for s in (c.shape[1], c.shape[2])))
+        # (i_1, j_1, ..., i_n, j_n) -> (i_1..i_n, j_1..j_n), the row-major layout of ALGORITHMS.md §1.
+        order = [2 * k for k in range(n)] + [2 * k + 1 for k in range(n)]
+        dense = grid.permute(*order).reshape(self.padded_shape)
+        rows, cols = self.matrix_shape
+        return dense[:rows, :cols] if dense.shape != (rows, cols) else dense
+
+    def rebuild_flops(self) -> int:
+        """FLOPs of :meth:`weight_matrix`: one GEMM per core after the first."""
+        flops, rows = 0, self.cores[0].shape[1] * self.cores[0].shape[2]
+        for c in list(self.cores)[1:]:
+            flops += 2 * rows * c.numel()
+            rows *= c.shape[1] * c.shape[2]
+        return flops
+
+    def extra_repr(self) -> str:
+        return (
+            f"matrix_shape={self.matrix_shape}, in_shape={self.in_shape}, out_shape={self.out_shape}, "
+            f"bond_dims={self.bond_dims}, rho={self.compression_ratio:.4g}, mode={self.mode!r}"
+        )
+
+
+class MPOLinear(MPOLayer):
+    """``y = x @ M + b`` with M = W.T held as MPO cores: a drop-in for :class:`torch.nn.Linear`."""
+
+    def __init__(self, m: MPO, bias: torch.Tensor | None = None, *, mode: str = "auto", dtype=None, device=None):
+        """Wrap ``m`` (an MPO of the in_features x out_features matrix W.T) with an optional bias."""
+        super().__init__(m, mode=mode, dtype=dtype, device=device)
+        self.in_features, self.out_features = self.matrix_shape
+        # A Fisher-weighted layer (from_linear(row_weights=)) is diag(row_scale) @ (cores' matrix): the
+        # scale multiplies the input features, is fixed (a buffer, not trained) and is saved with the
+        # state_dict. None for a plain layer.
+        self.register_buffer("row_scale", None)
+        self._set_row_scale(m.row_scale)
+        if bias is None:
+            self.register_parameter("bias", None)
+        else:
+            if tuple(bias.shape) != (self.out_features,):
+                raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+            self.bias = nn.Parameter(bias.detach().clone().to(dtype=self.cores[0].dtype, device=self.cores[0].device))
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        shape=None,
+        n: int = 5,
+        max_bond=None,
+        tol: float | None = None,
+        ratio: float | None = None,
+        *,
+        mode: str = "auto",
+        row_weights=None,
+    ) -> MPOLinear:
+        """Decompose ``linear.weight.T`` (see :func:`mpo.decompose` for shape, n, max_bond, tol, ratio).
+
+        The cores take the Linear's dtype and device; the bias is copied dense. With neither max_bond,
+        tol nor ratio the bonds are full and the layer equals ``linear`` to rounding. ``row_weights``
+        (one importance per input feature, e.g. from :func:`mpo.torch.fisher_information`) makes the
+        Fisher-weighted MPO (FWSVD's weighting, ALGORITHMS.md §6): cuts minimise the weighted error.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear expects a torch.nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight.detach()
+        if isinstance(row_weights, torch.Tensor):
+            row_weights = row_weights.detach().to("cpu", torch.float64).numpy()
+        m = _decompose(weight.to("cpu", torch.float64).numpy().T, shape, n, max_bond, tol, ratio, row_weights)
+        return cls(m, linear.bias, mode=mode, dtype=weight.dtype, device=weight.device)
+
+    def _set_row_scale(self, scale) -> None:
+        ref = self.cores[0]
+        self.row_scale = None if scale is None else torch.tensor(np.array(scale), dtype=ref.dtype, device=ref.device)
+
+    @property
+    def num_params(self) -> int:
+        """Parameters of the cores, plus the row scale of a Fisher-weighted layer (the bias not included)."""
+        return super().num_params + (0 if self.row_scale is None else self.row_scale.numel())
+
+    def weight_matrix(self) -> torch.Tensor:
+        """M = W.T (in_features x out_features) contracted from the cores (row-scaled when weighted)."""
+        dense = super().weight_matrix()
+        return dense if self.row_scale is None else dense * self.row_scale[:, None]
+
+    def to_mpo(self) -> MPO:
+        """The current cores as an :class:`mpo.MPO` in canonical form, float64, with the row scale of a
+        Fisher-weighted layer (whose cuts then stay optimal in the weighted norm)."""
+        if self.row_scale is None:
+            return super().to_mpo()
+        cores = [c.detach().to("cpu", torch.float64).numpy() for c in self.cores]
+        scale = self.row_scale.detach().to("cpu", torch.float64).numpy()
+        return MPO.from_cores(cores, shape=self.matrix_shape, row_scale=scale)
+
+    def set_mpo(self, m: MPO) -> None:
+        """Replace the cores (and the row scale) by ``m``'s; see :meth:`MPOLayer.set_mpo`."""
+        super().set_mpo(m)
+        self._set_row_scale(m.row_scale)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A weighted layer's state carries its row scale: make room for it in a plain placeholder layer.
+        key = f"{prefix}row_scale"
+        if key in state_dict and self.row_scale is None:
+            ref = self.cores[0]
+            self.row_scale = torch.empty(state_dict[key].shape, dtype=ref.dtype, device=ref.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def contract_plan(self, batch: int) -> tuple[str, tuple[int, ...], float]:
+        """The sweep "contract" runs for ``batch`` rows: ("left" or "right", core groups, FLOPs).
+
+        The library's planner (the one :meth:`mpo.MPO.matmul_flops` reports) chooses which runs of
+        neighbouring cores to multiply together first; of its orders the torch path runs the two
+        sweeps, left to right and right to left, and takes the one with fewer FLOPs.
+        """
+        shapes = [list(c.shape) for c in self.cores]
+        best = None
+        for sweep in ("left", "right"):
+            _, _, flops, groups, _ = _core.apply_plan(shapes, int(batch), False, sweep)
+            if best is None or flops < best[2]:
+                best = (sweep, tuple(groups), float(flops))
+        return best
+
+    def forward_flops(self, batch: int, *, autograd: bool = True) -> dict:
+        """FLOPs of each mode for ``batch`` input rows and the mode "auto" picks.
+
+        ``autograd`` says which contraction runs: torch ops (True) or the C++ kernel (False), whose
+        plan may also start from the central core.
+        """
+        if autograd:
+            contract = self.contract_plan(batch)[2]
+        else:
+            contract = float(_core.apply_plan([list(c.shape) for c in self.cores], int(batch), False, "auto")[2])
+        rebuild = self.rebuild_flops() + 2 * batch * self.in_features * self.out_features
+        pick = "contract" if contract * _overhead(batch, autograd) < rebuild else "rebuild"
+        return {"contract": contract, "rebuild": rebuild, "auto": pick}
+
+    def _contract(self, x: torch.Tensor, autograd: bool) -> torch.Tensor:
+        batch = x.shape[0]
+        if not autograd and _kernel_ok(x, self.cores):
+            cores = [c.detach().numpy() for c in self.cores]
+            flat = np.ascontiguousarray(x.detach().numpy(), dtype=cores[0].dtype)
+            return torch.from_numpy(_core.apply(cores, False, flat, False, self.out_features, "auto")).to(x.dtype)
+        padded_in, padded_out = self.padded_shape
+        if padded_in != self.in_features:
+            x = F.pad(x, (0, padded_in - self.in_features))
+        sweep, groups, _ = self.contract_plan(batch)
+        cores, start = [], 0
+        for size in groups:
+            cores.append(_merge(list(self.cores)[start : start + size]))
+            start += size
+        if sweep == "right":
+            # Right to left is left to right on the MPO with the factor order reversed: reverse the
+            # row digits of x, the cores (bonds swapped) and, at the end, the column digits.
+            digits = range(len(cores), 0, -1)
+            x = x.reshape(batch, *(c.shape[1] for c in cores)).permute(0, *digits).reshape(batch, -1)
+            out_digits = [c.shape[2] for c in reversed(cores)]
+            cores = [c.permute(3, 1, 2, 0) for c in reversed(cores)]
+        out = _sweep(x, cores)
+        if sweep == "right":
+            out = out.reshape(batch, *out_digits).permute(0, *range(len(cores), 0, -1)).reshape(batch, -1)
+        return out[:, : self.out_features] if padded_out != self.out_features else out
+
+    def forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        """``x @ M + b`` for x of shape (..., in_features); ``mode`` overrides the layer's mode."""
+        mode = _check_mode(mode or self.mode)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"MPOLinear: input has {x.shape[-1]} features (last axis), the layer takes {self.in_features}"
+            )
+        lead = x.shape[:-1]
+        batch = math.prod(lead)
+        autograd = _needs_autograd(x, self.cores)
+        if mode == "auto":
+            mode = self.forward_flops(max(batch, 1), autograd=autograd)["auto"]
+        if self.row_scale is not None:
+            x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
+        if mode == "rebuild" or batch == 0:
+            return F.linear(x, MPOLayer.weight_matrix(self).T, self.bias)
+        out = self._contract(x.reshape(batch, x.shape[-1]), autograd)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
+
+
+class MPOEmbedding(MPOLayer):
+    """An :class:`torch.nn.Embedding` whose weight is held as MPO cores; lookups read rows of M."""
+
+    def __init__(self, m: MPO, *, padding_idx: int | None = None, mode: str = "auto", dtype=None, device=None):
+        """Wrap ``m`` (an MPO of the num_embeddings x embedding_dim weight)."""
+        super().__init__(m, mode=mode, dtype=dtype, device=device)
+        self.num_embeddings, self.embedding_dim = self.matrix_shape
+        self.padding_idx = padding_idx
+
+    @classmethod
+    def from_embedding(
+        cls,
+        embedding: nn.Embedding,
+        shape=None,
+        n: int = 5,
+        max_bond=None,
+        tol: float | None = None,
+        ratio: float | None = None,
+        *,
+        mode: str = "auto",
+    ) -> MPOEmbedding:
+        """Decompose ``embedding.weight`` (see :func:`mpo.decompose`).
+
+        ``padding_idx`` is kept for the rebuild path's ``F.embedding``; rows share the cores, so the
+        padding row cannot be exempt from training as a dense row is.
+
+        max_norm and sparse gradients are not supported: they would rewrite rows of a matrix that no
+        longer exists as such.
+        """
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError(f"from_embedding expects a torch.nn.Embedding, got {type(embedding).__name__}")
+        if embedding.max_norm is not None or embedding.sparse:
+            raise ValueError("from_embedding: max_norm and sparse embeddings are not supported")
+        weight = embedding.weight.detach()
+        m = _decompose(weight.to("cpu", torch.float64).numpy(), shape, n, max_bond, tol, ratio)
+        return cls(m, padding_idx=embedding.padding_idx, mode=mode, dtype=weight.dtype, device=weight.device)
+
+    def rows_flops(self, count: int) -> int:
+        """FLOPs of reading ``count`` distinct rows through the cores (what "contract" runs)."""
+        cores = list(self.cores)
+        flops, done = 0, cores[0].shape[2]
+        for c in cores[1:]:
+            flops += 2 * count * done * c.shape[0] * c.shape[2] * c.shape[3]
+            done *= c.shape[2]
+        return flops
+
+    def forward_flops(self, count: int, *, autograd: bool = True) -> dict:
+        """FLOPs of each mode for ``count`` distinct ids and the mode "auto" picks."""
+        contract = self.rows_flops(count)
+        rebuild = self.rebuild_flops()
+        pick = "contract" if contract * _overhead(count, autograd) < rebuild else "rebuild"
+        return {"contract": contract, "rebuild": rebuild, "auto": pick}
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        # Row r of M is the product over k of the slices T_k[:, i_k(r), :, :]; ids are split into their
+        # row factors (i_1..i_n), most significant first, as in the row-major layout.
+        digits, rest = [], ids
+        for i in reversed(self.in_shape):
+            digits.append(rest % i)
+            rest = rest // i
+        digits.reverse()
+        cores = list(self.cores)
+        state = cores[0][0, digits[0]]  # (N, j_1, d_1)
+        for c, digit in zip(cores[1:], digits[1:]):
+            count, done, d = state.shape
+            piece = c.permute(1, 0, 2, 3)[digit]  # (N, d_{k-1}, j_k, d_k)
+            state = torch.bmm(state, piece.reshape(count, d, -1)).reshape(count, done * c.shape[2], c.shape[3])
+        out = state.reshape(len(ids), self.padded_shape[1])
+        return out[:, : self.embedding_dim] if out.shape[1] != self.embedding_dim else out
+
+    def forward(self, ids: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        """Rows of M for integer ``ids`` of any shape; ``mode`` overrides the layer's mode."""
+        mode = _check_mode(mode or self.mode)
+        if mode == "rebuild" or ids.numel() == 0:
+            return F.embedding(ids, self.weight_matrix(), self.padding_idx)
+        unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        if unique[0] < 0 or unique[-1] >= self.num_embeddings:
+            bad = unique[0] if unique[0] < 0 else unique[-1]
+            raise IndexError(f"id {int(bad)} is out of range for an embedding of {self.num_embeddings} rows")
+        autograd = _needs_autograd(unique, self.cores)
+        if mode == "auto" and self.forward_flops(len(unique), autograd=autograd)["auto"] == "rebuild":
+            return F.embedding(ids, self.weight_matrix(), self.padding_idx)
+        if not autograd and _kernel_ok(unique, self.cores):
+            cores = [c.detach().numpy() for c in self.cores]
+            found = _core.rows(cores, False, unique.numpy().astype(np.int64), self.embedding_dim, cores[0].dtype.name)
+            table = torch.from_numpy(found)
+        else:
+            table = self._rows(unique)
+        return table[inverse].reshape(*ids.shape, self.embedding_dim)
