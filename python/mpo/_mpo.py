@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _apply, _core, _weighted
+from . import _apply, _budget, _core, _weighted
 from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape, parse_tol
 
 __all__ = ["MPO", "decompose"]
@@ -458,11 +458,12 @@ class MPO:
         ``max_bond`` caps every bond (an int) or each bond (n-1 ints); ``tol`` keeps the smallest bonds
         whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first.
         ``ratio`` (budget mode, in (0, 1]) chooses per-bond sizes with ``compression_ratio <= ratio``
-        that minimise the error bound (see :meth:`_bonds_for_ratio`). They combine as "the tightest
-        wins": the caps are applied first, then ``ratio`` cuts further if the budget needs it, then
-        ``tol`` cuts further while the bound allows; a constraint never grows a bond another one cut.
-        A cap above a bond that was already cut below it is an error: the discarded singular values
-        are gone.
+        that minimise the error bound (see :meth:`_bonds_for_ratio`); without the matrix, only cuts of
+        the stored form are possible (``decompose(M, ratio=)`` searches by true error instead). They
+        combine as "the tightest wins": the caps are applied first, then ``ratio`` cuts further if the
+        budget needs it, then ``tol`` cuts further while the bound allows; a constraint never grows a bond
+        another one cut. A cap above a bond that was already cut below it is an error: the discarded
+        singular values are gone.
 
         The bound composes in quadrature (eps_k^2 adds the dropped lambda^2) when the spectra are M's
         own. After a ``max_bond`` decomposition the stored form is the canonical form of the MPO's own
@@ -565,11 +566,7 @@ class MPO:
             return bonds
         smallest = params([1] * len(bonds)) + scale
         if smallest > allowed + scale:
-            raise ValueError(
-                f"ratio must be >= {smallest / (rows * cols):.6g} for these factors (every bond at 1 "
-                f"keeps {smallest} parameters of {rows}x{cols}), got ratio = {ratio}; use a larger ratio "
-                "or fewer cores n"
-            )
+            raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
         greedy = list(bonds)
         total = params(greedy)
         while total > allowed:
@@ -665,6 +662,48 @@ def _padded(a: np.ndarray, plan) -> np.ndarray:
     return padded
 
 
+def _budget_decompose(padded, plan, caps, ratio, shape, row_scale, plain, dtype) -> MPO | None:
+    """Budget mode on the matrix itself: the sweep's per-bond caps searched by true error (``_budget``).
+
+    None when the full bonds (within ``caps``) already fit the budget: the ordinary decomposition then
+    meets it, and ``truncate(ratio=)`` only trims bonds wider than their neighbours feed.
+    """
+    rows, cols = shape
+    pairs = [i * j for i, j in zip(plan.in_shape, plan.out_shape)]
+    limits = list(_full_bonds(plan.in_shape, plan.out_shape))
+    if caps is not None:
+        limits = [min(f, c) for f, c in zip(limits, caps)]
+    # A row-weighted MPO's I row scales are parameters too: the cores get what is left.
+    extra = 0 if row_scale is None else rows
+    allowed = ratio * rows * cols - extra
+    if _budget.layout_params(pairs, limits) <= allowed:
+        return None
+    start = _budget.uniform_start(pairs, limits, allowed)
+    if start is None:
+        smallest = _budget.layout_params(pairs, [1] * len(limits)) + extra
+        raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
+    tensor = _budget.interleaved(padded, plan.in_shape, plan.out_shape)
+    sweep = _budget.Sweep(tensor, plan.in_shape, plan.out_shape)
+    best, _ = _budget.search(sweep, start, limits, allowed)
+    cores, discarded = sweep.build(best)
+    total = sweep.energy
+    # Order every bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read).
+    cores, spectra = _budget.order_bonds(cores)
+    cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
+    cut = [d > total * 1e-24 for d in discarded]
+    return MPO(
+        cores,
+        shape=shape,
+        spectra=spectra,
+        truncation_errors=np.sqrt(discarded),
+        norm=math.sqrt(total),
+        limits=[cap if was_cut else 0 for cap, was_cut in zip(best, cut)],
+        spectra_of_matrix=False,
+        row_scale=row_scale,
+        plain=plain,
+    )
+
+
 def decompose(
     M: object,
     shape: object = None,
@@ -694,13 +733,17 @@ def decompose(
         With ``max_bond`` too, the caps are applied first and tol cuts further while the bound allows
         (the result meets both). With neither, the MPO is exact with full bonds (Eq. 2).
     ratio : float in (0, 1], optional
-        Budget mode: per-bond sizes with ``compression_ratio <= ratio`` (MPOP Eq. 5) that minimise the
-        error bound, chosen greedily on the spectra (:meth:`MPO.truncate`). Without ``max_bond`` the
-        decomposition is exact first, so the spectra are M's own. With ``max_bond`` or ``tol`` too, the
-        tightest wins: caps, then the budget, then tol, each only cutting further.
+        Budget mode: per-bond caps with ``compression_ratio <= ratio`` (MPOP Eq. 5) chosen to make the
+        true error ||M - MPO||_F small. The sweep's error is exactly sqrt(sum eps_k^2) of the remainders
+        it cuts, so caps are scored exactly: the search starts at the largest uniform cap that fits and
+        moves parameters between bonds while the error falls (``mpo._budget``). The result is never
+        worse than that uniform cap's sweep, and ``error_bound()`` equals its true error. A row-weighted
+        decomposition scores the weighted error ||D (M - MPO)||_F and counts its I row scales. With
+        ``max_bond`` too, no bond exceeds its cap; ``tol`` then cuts further while the bound allows.
     svd : {"auto", "exact"}
         "auto" lets a bond capped far below its full size use a randomized range finder whose
         convergence is checked (falling back to the exact route); "exact" always takes the exact route.
+        Budget mode's search (``ratio`` below what the full bonds need) always splits exactly.
     row_weights : array_like of I values >= 0, optional
         Row importances (FWSVD, ALGORITHMS.md §6): D M is decomposed with D = diag(sqrt(w/max(w) +
         1e-6)), so caps and tol act in the weighted norm, and the MPO keeps D^-1 as ``row_scale``
@@ -730,6 +773,11 @@ def decompose(
     budget = parse_ratio(ratio)
     weighted = None if row_weights is None else _weighted.weigh_rows(a, row_weights, plan)
     padded = _padded(a if weighted is None else weighted.matrix, plan)
+    scale, plain = (weighted.row_scale, weighted.plain) if weighted is not None else (None, None)
+    if budget is not None:
+        searched = _budget_decompose(padded, plan, caps, budget, (rows, cols), scale, plain, a.dtype)
+        if searched is not None:
+            return searched if target is None else searched.truncate(tol=target)
     # Caps cut each remainder as the sweep goes (and may take the randomized route): the fast route.
     # A tol then cuts the stored canonical form further while the bound allows.
     raw = _core.decompose(
@@ -739,7 +787,6 @@ def decompose(
         caps if caps is not None else [0] * (len(plan.in_shape) - 1),
         svd == "auto",
     )
-    scale, plain = (weighted.row_scale, weighted.plain) if weighted is not None else (None, None)
     result = MPO._from_core_result(raw, (rows, cols), caps, scale, plain)
     if target is not None or budget is not None:
         result = result.truncate(tol=target, ratio=budget)
