@@ -204,8 +204,12 @@ def test_interrupted_compress_leaves_no_output(tmp_path):
     big = {"w0": rng.standard_normal((3072, 3072)).astype(np.float32)}
     big.update({f"w{k}": rng.standard_normal((256, 256)).astype(np.float32) for k in range(1, 4)})
     safetensors_numpy.save_file(big, str(tmp_path / "big.safetensors"))
+    # A job started in the background by a non-interactive shell (as a CI runner may start pytest)
+    # inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt handler: give the
+    # command the default disposition a terminal's Ctrl-C would meet.
     proc = subprocess.Popen([sys.executable, "-m", "mpo", "compress", "big.safetensors", "-o", "OUT"],
-                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stderr.readline()  # the progress bar's first line: decomposition has started
     assert "0/4 w0" in first
     proc.send_signal(signal.SIGINT)
