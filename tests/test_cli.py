@@ -114,6 +114,13 @@ def test_pytorch_state_dict_gives_the_same_cores_as_safetensors(checkpoint, tmp_
         np.testing.assert_array_equal(got[name], want[name])
 
 
+def test_compress_refuses_an_npz_output(checkpoint, tmp_path):
+    # inspect and rebuild read the metadata of a safetensors header, which an .npz could not carry.
+    proc = mpo("compress", checkpoint, "-o", "out.npz", "--max-bond", "4", cwd=tmp_path)
+    assert_usage_error(proc, "OUT of compress is a safetensors file, got 'out.npz'")
+    assert not (tmp_path / "out.npz").exists()
+
+
 def test_include_exclude_and_npz(checkpoint, tmp_path):
     npz = tmp_path / "small.npz"
     np.savez(npz, **safetensors_numpy.load_file(str(checkpoint)))

@@ -170,3 +170,32 @@ def test_squeeze_bad_input(toy):
     mt.compress(toy, include="head", n=3, progress=False)
     with pytest.raises(ValueError, match=r"\['embed'\] are not MPO layers; the model's MPO layers are: head"):
         mt.squeeze(toy, lambda m: None, lambda m: 0.0, delta=0.1, max_steps=1, layers=["embed"])
+
+
+def test_a_failing_layer_leaves_the_model_unchanged():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2))
+    with pytest.raises(ValueError, match=r"cannot compress layer '1' \(Linear\)"):
+        mt.compress(model, ratio=0.05, progress=False)
+    assert [type(m) for m in model] == [nn.Linear, nn.Linear]
+
+
+def test_load_of_a_mismatched_state_leaves_the_model_as_it_was(tmp_path):
+    small = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
+    mt.compress(small, n=2, progress=False)
+    mt.save(small, tmp_path / "m.pt")
+    other = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 5))
+    before = [m.weight.detach().clone() for m in other]
+    with pytest.raises(Exception):
+        mt.load(other, tmp_path / "m.pt")
+    assert [type(m) for m in other] == [nn.Linear, nn.Linear]
+    assert all(torch.equal(m.weight, w) for m, w in zip(other, before))
+
+
+def test_set_mpo_keeps_every_core_frozen_or_training():
+    layer = mt.MPOLinear.from_linear(nn.Linear(24, 24), n=3)
+    layer.requires_grad_(False)
+    layer.set_mpo(layer.to_mpo().truncate(max_bond=2))
+    assert [c.requires_grad for c in layer.cores] == [False, False, False]
+    layer.lightweight(True)
+    layer.set_mpo(layer.to_mpo().truncate(max_bond=1))
+    assert [c.requires_grad for c in layer.cores] == [True, False, True]

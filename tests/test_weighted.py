@@ -286,3 +286,30 @@ def test_weighted_budget_counts_the_row_scale():
         t = m.T.truncate(ratio=ratio)
         assert t.compression_ratio <= ratio
         np.testing.assert_allclose(t.to_dense(), cut.to_dense().T, atol=1e-12)
+
+
+@pytest.mark.parametrize("cols", [24, 20])
+def test_transposed_weighted_mpo_saves_and_loads_as_itself(tmp_path, cols):
+    rng = np.random.default_rng(7)
+    M, w = rng.standard_normal((24, cols)), rng.exponential(size=24) ** 3
+    shape = ((2, 3, 4), (5, 2, 2)) if cols == 20 else SHAPE
+    t = mpo.decompose(M, shape, max_bond=3, row_weights=w).T
+    t.save(tmp_path / "t.npz")
+    back = mpo.load(tmp_path / "t.npz")
+    assert back.shape == t.shape == (cols, 24)
+    np.testing.assert_array_equal(back.to_dense(), t.to_dense())
+    np.testing.assert_array_equal(back.T.row_scale, t.T.row_scale)
+
+
+def test_truncated_weighted_entropy_is_that_of_its_own_plain_matrix():
+    M, w = _mpo_data(8)
+    cut = mpo.decompose(M, SHAPE, row_weights=w).truncate(max_bond=2)
+    # Measured again after the cut (before the fix it kept the uncut M's values). The plain matrix
+    # diag(row_scale) @ cores has wider unfoldings than the stored bonds (a diagonal scale is not a
+    # product over the cores), so ln d_k does not bound it; ln of its own ranks does.
+    S = cut.entropy()
+    plain = mpo.decompose(cut.to_dense(), SHAPE)
+    np.testing.assert_allclose(S, plain.entropy(), atol=1e-9)
+    assert np.all(S <= np.log(np.array(plain.bond_dims)) + 1e-12)
+    assert not np.allclose(S, mpo.decompose(M, SHAPE, row_weights=w).entropy())
+    assert cut.norm == mpo.decompose(M, SHAPE).norm  # norm stays ||M||, the matrix decomposed

@@ -242,6 +242,10 @@ def _select(tensors: dict, include: str | None, exclude: str | None, source: str
 
 def compress(args) -> int:
     """Decompose every selected matrix of a checkpoint and write the cores (and the rest) to OUT."""
+    if str(args.output).lower().endswith(".npz"):
+        # The compressed checkpoint carries its metadata in the safetensors header; an .npz has none,
+        # so inspect and rebuild could not read it back.
+        raise UsageError(f"OUT of compress is a safetensors file, got {str(args.output)!r} (use a name not ending in .npz)")
     check_writable(args.output)
     tensors = read_tensors(args.checkpoint)
     names = _select(tensors, args.include, args.exclude, args.checkpoint)

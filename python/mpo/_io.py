@@ -79,6 +79,10 @@ def load(path: str | os.PathLike) -> MPO:
 
 def to_arrays(m: MPO, prefix: str = "") -> dict:
     """Every array an MPO is rebuilt from, keyed ``prefix + name`` (numbers only: also safetensors)."""
+    if m.row_scale is not None and m._transposed:
+        # The scale of m.T acts on the columns, which only the transposed view of the stored MPO
+        # expresses: write that MPO and a flag that reads it back transposed.
+        return {**to_arrays(m.T, prefix), prefix + "transposed": np.array(True)}
     arrays = {
         "shape": np.array(m.shape, dtype=np.int64),
         # The norm the spectra and errors refer to: ||D M|| for a row-weighted MPO, else ||M||.
@@ -116,7 +120,7 @@ def from_arrays(data, keys, prefix: str = "") -> MPO:
         plain = [data[f"{prefix}plain_spectrum_{k}"] for k in range(n - 1)]
         weighted = {"row_scale": data[prefix + "row_scale"],
                     "plain": (float(np.reshape(data[prefix + "plain_norm"], ())), plain)}
-    return MPO(
+    m = MPO(
         cores,
         shape=tuple(int(x) for x in data[prefix + "shape"]),
         spectra=spectra,
@@ -127,3 +131,6 @@ def from_arrays(data, keys, prefix: str = "") -> MPO:
         spectra_of_matrix=bool(np.reshape(data[prefix + "spectra_of_matrix"], ())),
         **weighted,
     )
+    if prefix + "transposed" in keys and bool(np.reshape(data[prefix + "transposed"], ())):
+        return m.T
+    return m

@@ -187,7 +187,7 @@ def compress(
     if unknown:
         raise ValueError(f"shape names modules that are not compressed: {unknown}; compressed are: {chosen}")
     row_weights = _row_weights(model, chosen, weights, data, loss_fn, progress)
-    layers = []
+    layers, built = [], []
     for count, name in enumerate(chosen, 1):
         module = model.get_submodule(name)
         start = time.perf_counter()
@@ -201,7 +201,7 @@ def compress(
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"cannot compress layer {name!r} ({type(module).__name__}): {exc}") from exc
         layer.lightweight(lightweight)
-        _set_module(model, name, layer)
+        built.append((name, layer))
         report = LayerReport(
             name=name,
             kind=type(module).__name__,
@@ -221,6 +221,9 @@ def compress(
                 file=sys.stderr,
                 flush=True,
             )
+    # Swapped in only once every layer is built: a layer that fails leaves the model as it was.
+    for name, layer in built:
+        _set_module(model, name, layer)
     return CompressionReport(layers)
 
 
@@ -379,14 +382,23 @@ def load(model: nn.Module, path) -> nn.Module:
     payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a model written by mpo.torch.save (format {SAVE_FORMAT})")
+    originals, layers = {}, {}
     for name, spec in payload["layers"].items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"the saved MPO layer {name!r} has no module of that name in this model") from None
-        layer = _empty_layer(spec, module, name)
+        originals[name] = module
+        layers[name] = _empty_layer(spec, module, name)
+    for name, layer in layers.items():
         _set_module(model, name, layer)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except BaseException:
+        # A state that does not fit leaves the model as it was, not with zero placeholder layers.
+        for name, module in originals.items():
+            _set_module(model, name, module)
+        raise
     return model
 
 

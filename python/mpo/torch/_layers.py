@@ -197,8 +197,11 @@ class MPOLayer(nn.Module):
         if tuple(m.shape) != self.matrix_shape:
             raise ValueError(f"set_mpo: the MPO is {m.shape}, this layer's matrix is {self.matrix_shape}")
         ref = self.cores[0]
-        frozen = not self.central.requires_grad
-        self._set_cores(m.cores, dtype=ref.dtype, device=ref.device, frozen=frozen)
+        trains = [c.requires_grad for c in self.cores]
+        self._set_cores(m.cores, dtype=ref.dtype, device=ref.device)
+        if len(trains) == len(self.cores):  # every core keeps its own freezing
+            for core, flag in zip(self.cores, trains):
+                core.requires_grad_(flag)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A squeezed model's cores are smaller than a freshly compressed one's: take the stored shapes so
