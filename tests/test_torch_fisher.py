@@ -98,3 +98,16 @@ def test_fisher_rows_feed_the_weighted_factorizations():
     m = mpo.decompose(weight.T, ((2, 2, 3), (2, 2, 2)), max_bond=3, row_weights=f)
     x = np.random.default_rng(0).standard_normal((5, 12))
     np.testing.assert_allclose(x @ m, x @ m.to_dense(), atol=1e-10)
+
+
+def test_a_failure_mid_run_leaves_no_partial_gradients():
+    # The progress callback runs after a batch's backward pass: failing there used to leave that
+    # batch's gradients on the model.
+    model = _model()
+
+    def progress(batch, total, loss):
+        raise RuntimeError(f"progress failed after batch {batch}")
+
+    with pytest.raises(RuntimeError, match="progress failed after batch 1"):
+        fisher_information(model, _batches(), _loss, progress=progress)
+    assert all(p.grad is None for p in model.parameters())

@@ -93,25 +93,28 @@ def fisher_information(
     total = len(data) if hasattr(data, "__len__") else None
     sums = {name: torch.zeros_like(m.weight, dtype=torch.float64) for name, m in chosen.items()}
     batches = 0
-    for batch in data:
-        # Zeroed per batch: each batch's own gradient is squared, never a running sum of them.
+    try:
+        for batch in data:
+            # Zeroed per batch: each batch's own gradient is squared, never a running sum of them.
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}")
+            loss.backward()
+            with torch.no_grad():
+                for name, m in chosen.items():
+                    # No gradient: the loss does not depend on this weight in this batch (importance 0).
+                    if m.weight.grad is not None:
+                        sums[name] += m.weight.grad.detach().to(torch.float64) ** 2
+            batches += 1
+            value = float(loss.detach())
+            if callable(progress):
+                progress(batches, total, value)
+            elif progress:
+                print(f"fisher: batch {batches}/{total if total is not None else '?'} loss {value:.4g}", file=sys.stderr)
+    finally:
+        # Cleared also when loss_fn or data raises: no partial gradients are left on the model.
         model.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch)
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}")
-        loss.backward()
-        with torch.no_grad():
-            for name, m in chosen.items():
-                # No gradient: the loss does not depend on this weight in this batch (importance 0).
-                if m.weight.grad is not None:
-                    sums[name] += m.weight.grad.detach().to(torch.float64) ** 2
-        batches += 1
-        value = float(loss.detach())
-        if callable(progress):
-            progress(batches, total, value)
-        elif progress:
-            print(f"fisher: batch {batches}/{total if total is not None else '?'} loss {value:.4g}", file=sys.stderr)
-    model.zero_grad(set_to_none=True)
     if batches == 0:
         raise ValueError("data gave no batches: the Fisher information needs at least one")
     out = {}
