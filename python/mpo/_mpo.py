@@ -185,7 +185,7 @@ class MPO:
                 truncation_errors=base._errors,
                 norm=base._norm,
                 row_scale=scale,
-                plain=_plain_measures(base, scale),
+                plain=_weighted.plain_measures(base.to_dense() * scale[:, None].astype(base.dtype), base),
             )
         cores = [np.asarray(c) for c in cores]
         if not cores:
@@ -627,7 +627,8 @@ class MPO:
             # The plain spectra are those of the MPO's own plain matrix diag(row_scale) @ cores, as for
             # a plain MPO after a cut: measured again (one exact sweep), while norm stays ||M||.
             cut = MPO(cores, shape=self._shape, spectra=spectra, truncation_errors=np.zeros(len(spectra)), norm=1.0)
-            plain = (self._plain[0], _plain_measures(cut, self._row_scale)[1])
+            dense = cut.to_dense() * self._row_scale[:, None].astype(cut.dtype)
+            plain = (self._plain[0], _weighted.plain_measures(dense, cut)[1])
         return MPO(
             cores,
             shape=self._shape,
@@ -705,16 +706,6 @@ def _budget_decompose(padded, plan, caps, ratio, shape, row_scale, plain, dtype)
         row_scale=row_scale,
         plain=plain,
     )
-
-
-def _plain_measures(base: MPO, scale: np.ndarray) -> tuple[float, list]:
-    """(||P||_F, spectra of P's unfoldings) for the plain matrix P = diag(scale) @ (base's matrix), by one
-    exact sweep: what a row-weighted MPO reports as its plain norm and entropy."""
-    rows, cols = base.shape
-    plain = np.zeros(base.padded_shape, dtype=base.dtype)
-    plain[:rows, :cols] = base.to_dense() * np.asarray(scale)[:, None].astype(base.dtype)
-    raw = _core.decompose(plain, list(base.in_shape), list(base.out_shape), [0] * (base.n - 1), False)
-    return float(np.linalg.norm(plain.astype(np.float64))), raw["spectra"]
 
 
 def decompose(

@@ -177,6 +177,15 @@ def weigh_rows(a: np.ndarray, row_weights: object, plan) -> WeightedRows:
     d = row_scales(row_weights, a.shape[0]).astype(a.dtype)
     # M's own spectra: the plain entropy is a property of M, not of the weighted cut, so one exact
     # sweep of M gives it (one more decomposition's time, paid only by weighted calls).
-    raw = _core.decompose(_padded(a, plan), list(plan.in_shape), list(plan.out_shape), [0] * (len(plan.in_shape) - 1), False)
-    plain = (float(np.linalg.norm(a.astype(np.float64))), raw["spectra"])
-    return WeightedRows(a * d[:, None], 1.0 / d.astype(np.float64), plain)
+    return WeightedRows(a * d[:, None], 1.0 / d.astype(np.float64), plain_measures(a, plan))
+
+
+def plain_measures(a: np.ndarray, layout) -> tuple[float, list]:
+    """(||a||_F, the spectra of a's unfoldings) by one exact sweep, for ``layout``'s factors (a
+    ShapePlan or an MPO: ``in_shape``, ``out_shape``, ``padded_shape``): the plain norm and spectra a
+    row-weighted MPO reports."""
+    from ._mpo import _padded
+
+    n = len(layout.in_shape)
+    raw = _core.decompose(_padded(a, layout), list(layout.in_shape), list(layout.out_shape), [0] * (n - 1), False)
+    return float(np.linalg.norm(a.astype(np.float64))), raw["spectra"]
