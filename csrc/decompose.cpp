@@ -55,6 +55,8 @@ Spectrum shift_left(std::vector<Core<T>>& cores, std::size_t k) {
   return s.spectrum;
 }
 
+}  // namespace
+
 // The canonical form of a chain the sweep left in mixed canonical form: cores left of the centre
 // left-orthonormal, cores right of it right-orthonormal, the centre holding the rest. Each bond then
 // needs only a rotation, not a new orthogonalisation: for a bond left of the centre, everything to its
@@ -63,6 +65,7 @@ Spectrum shift_left(std::vector<Core<T>>& cores, std::size_t k) {
 // this is one split per bond on the cores themselves, where `canonicalize` makes three sweeps.
 template <class T>
 std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores) {
+  validate_cores(cores);
   const std::size_t n = cores.size();
   const std::size_t c = central_index(n);
   std::vector<Spectrum> spectra(n - 1);
@@ -106,8 +109,6 @@ std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores) {
   }
   return spectra;
 }
-
-}  // namespace
 
 template <class T>
 std::vector<Spectrum> canonicalize(std::vector<Core<T>>& cores) {
@@ -218,7 +219,8 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
 #define MPO_INSTANTIATE(T)                                                                     \
   template Decomposition<T> decompose<T>(const T*, Index, Index, const Factors&,              \
                                          const DecomposeOptions&);                            \
-  template std::vector<Spectrum> canonicalize<T>(std::vector<Core<T>>&);
+  template std::vector<Spectrum> canonicalize<T>(std::vector<Core<T>>&);                    \
+  template std::vector<Spectrum> order_bonds<T>(std::vector<Core<T>>&);
 MPO_INSTANTIATE(float)
 MPO_INSTANTIATE(double)
 #undef MPO_INSTANTIATE

@@ -245,7 +245,7 @@ def test_bonds_wider_than_their_neighbours_feed_are_cut_to_fit():
 
 @given(cases(), rhos)
 def test_budget_spectra_are_those_of_its_own_matrix(case, rho):
-    """decompose(ratio=) rotates each bond into its singular basis (``_budget.order_bonds``): the stored
+    """decompose(ratio=) rotates each bond into its singular basis (``_core.order_bonds``): the stored
     spectra are the singular values of the MPO's own unfoldings, so later cuts and entropy read them."""
     assume(rho >= smallest_ratio(case))
     m = mpo.decompose(case.M, case.shape, ratio=rho)

@@ -31,13 +31,14 @@ py::dict decompose_typed(const py::array& matrix, const Factors& factors, const 
   return out;
 }
 
-template <class T>
-py::tuple canonicalize_typed(const py::list& arrays) {
+// canonicalize or order_bonds (`reorder`) on cores from Python; returns (cores, spectra).
+template <class T, class Reorder>
+py::tuple reordered_typed(const py::list& arrays, Reorder reorder) {
   std::vector<Core<T>> cores = cores_from_numpy<T>(arrays);
   std::vector<Spectrum> spectra;
   {
     py::gil_scoped_release release;
-    spectra = canonicalize<T>(cores);
+    spectra = reorder(cores);
   }
   py::list out_cores, out_spectra;
   for (Core<T>& c : cores) out_cores.append(core_to_numpy<T>(std::move(c)));
@@ -71,11 +72,24 @@ void register_decompose(py::module_& m) {
   m.def(
       "canonicalize",
       [](const py::list& cores, const std::string& dtype) {
-        return dispatch_dtype(dtype, "canonicalize",
-                              [&](auto tag) { return canonicalize_typed<decltype(tag)>(cores); });
+        return dispatch_dtype(dtype, "canonicalize", [&](auto tag) {
+          using T = decltype(tag);
+          return reordered_typed<T>(cores, [](std::vector<Core<T>>& c) { return canonicalize<T>(c); });
+        });
       },
       py::arg("cores"), py::arg("dtype"),
       "Exact mixed canonical form of cores (central index (n-1)//2); returns (cores, spectra).");
+  m.def(
+      "order_bonds",
+      [](const py::list& cores, const std::string& dtype) {
+        return dispatch_dtype(dtype, "order_bonds", [&](auto tag) {
+          using T = decltype(tag);
+          return reordered_typed<T>(cores, [](std::vector<Core<T>>& c) { return order_bonds<T>(c); });
+        });
+      },
+      py::arg("cores"), py::arg("dtype"),
+      "Canonical form of cores already in mixed canonical form (left of the centre left-orthonormal,\n"
+      "right of it right-orthonormal; not checked): each bond rotated; returns (cores, spectra).");
 }
 
 }  // namespace mpo::bindings

@@ -41,4 +41,11 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
 template <class T>
 std::vector<Spectrum> canonicalize(std::vector<Core<T>>& cores);
 
+// The same canonical form for cores already in mixed canonical form around (n-1)/2 (cores left of the
+// centre left-orthonormal, right of it right-orthonormal), as a truncated sweep leaves them: each bond
+// is only rotated, by one split of its neighbour core weighted with the next bond's spectrum, working
+// outwards from the centre. That orthonormality is the caller's promise; it is not checked.
+template <class T>
+std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores);
+
 }  // namespace mpo

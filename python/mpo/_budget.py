@@ -208,43 +208,6 @@ class Sweep:
         return [x for x in cores if x is not None], discarded
 
 
-def order_bonds(cores: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Rotate every bond of a mixed canonical chain into its singular basis; returns (cores, spectra).
-
-    The sweep leaves cores left of the centre left-orthonormal and right of it right-orthonormal. For a
-    bond left of the centre the unfolding is (orthonormal left part) · X, so the eigenvectors of X X^T
-    order it; working outwards from the centre, X X^T of the next bond is the rotated core weighted by
-    the spectrum just found (and the mirror image right of the centre). Every rotation is orthogonal:
-    the matrix is unchanged and no singular value is divided by.
-    """
-    cores = [np.asarray(c, dtype=np.float64) for c in cores]
-    n = len(cores)
-    c = (n - 1) // 2
-    spectra: list[np.ndarray] = [np.empty(0)] * (n - 1)
-
-    def rotate(bond: int, gram: np.ndarray) -> np.ndarray:
-        w, v = np.linalg.eigh(gram)
-        w, v = np.clip(w[::-1], 0.0, None), v[:, ::-1]
-        cores[bond] = np.tensordot(cores[bond], v, axes=([3], [0]))
-        cores[bond + 1] = np.tensordot(v.T, cores[bond + 1], axes=([1], [0]))
-        spectra[bond] = np.sqrt(w)
-        return spectra[bond]
-
-    weights = None
-    for bond in range(c - 1, -1, -1):  # left bonds, centre outwards
-        right = cores[bond + 1]
-        x = right if weights is None else right * weights[None, None, None, :]
-        x = x.reshape(right.shape[0], -1)
-        weights = rotate(bond, x @ x.T)
-    weights = None
-    for bond in range(c, n - 1):  # right bonds, centre outwards
-        left = cores[bond]
-        y = left if weights is None else left * weights[:, None, None, None]
-        y = y.reshape(-1, left.shape[3])
-        weights = rotate(bond, y.T @ y)
-    return cores, spectra
-
-
 def search(
     sweep: Sweep, start: Sequence[int], limits: Sequence[int], allowed: float
 ) -> tuple[list[int], float]:

@@ -691,8 +691,9 @@ def _budget_decompose(padded, plan, caps, ratio, shape, row_scale, plain, dtype)
     best, _ = _budget.search(sweep, start, limits, allowed)
     cores, discarded = sweep.build(best)
     total = sweep.energy
-    # Order every bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read).
-    cores, spectra = _budget.order_bonds(cores)
+    # Order every bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read):
+    # the sweep left the cores in mixed canonical form, so the core's bond rotation applies.
+    cores, spectra = _core.order_bonds([np.ascontiguousarray(c) for c in cores], "float64")
     cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
     cut = [d > total * 1e-24 for d in discarded]
     return MPO(
