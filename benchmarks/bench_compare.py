@@ -218,6 +218,8 @@ def parse_args(argv=None):
     p.add_argument("--budget-ratio", type=float, default=0.2, help="ratio of the budget-mode timing (default 0.2)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats of the speed comparison (default 3)")
     p.add_argument("--json", type=Path, default=C.RESULTS_DIR / "bench_compare.json")
+    p.add_argument("--speed-only", action="store_true",
+                   help="only the speed comparison (no error table, no figure); JSON 'quality' is empty")
     p.add_argument("--from-json", type=Path, help="only re-print the tables and re-draw the figure of this JSON")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "compare_minilm.png")
     args = p.parse_args(argv)
@@ -242,11 +244,12 @@ def main(argv=None) -> int:
 
     versions, machine_start = C.print_header(mpo)
 
-    rows, failures = quality(args, mpo)
-    print()
-    print_quality(rows)
-    _cli.plot_compare(rows, str(args.plot))
-    print(f"wrote {args.plot}")
+    rows, failures = ([], []) if args.speed_only else quality(args, mpo)
+    if not args.speed_only:
+        print()
+        print_quality(rows)
+        _cli.plot_compare(rows, str(args.plot))
+        print(f"wrote {args.plot}")
 
     timing, speed_failures = speed(args, mpo)
     failures += speed_failures

@@ -12,6 +12,10 @@ namespace mpo {
 
 namespace {
 
+// The left steps are made from M in place (left_block) while their unfoldings have at most this many
+// rows: the block Gram matrix is then at most 1024 × 1024, and the passes it saves are over all of M.
+constexpr Index kBlockRows = 1024;
+
 template <class T>
 Core<T> make_core(Index left, Index rows, Index cols, Index right, Matrix<T> data) {
   if (data.size() != left * rows * cols * right)
@@ -161,10 +165,6 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   out.cut.assign(n - 1, false);
   out.norm = ConstMatrixMap<T>(data, rows, cols).template cast<double>().norm();
 
-  // The remainder of Algorithm 1, a flat buffer read as whatever unfolding the next step needs.
-  Matrix<T> remainder(1, rows * cols);
-  interleave(data, factors, remainder.data());
-
   SplitOptions split_options;
   split_options.seed = options.seed;
   split_options.allow_randomized = options.allow_randomized;
@@ -178,9 +178,40 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   };
 
   const std::size_t c = central_index(n);
+  // The remainder of Algorithm 1, a flat buffer read as whatever unfolding the next step needs.
+  Matrix<T> remainder;
   Index left = 1;
   Index rest = rows * cols;
-  for (std::size_t k = 0; k < c; ++k) {
+  std::size_t first = 0;  // the first left step the plain sweep below still has to make
+  // The left steps whose unfoldings have at most kBlockRows rows, and are wide (a tall unfolding is
+  // split through QR, which the block does not do), are made at once from M in place.
+  std::size_t steps = 0;
+  for (Index p = 1; steps < c; ++steps) {
+    p *= factors.in_shape[steps] * factors.out_shape[steps];
+    if (p > kBlockRows || p * p > rows * cols) break;
+  }
+  bool recanonicalize = false;
+  if (options.allow_block && steps >= 1) {
+    LeftBlock<T> block;
+    if (left_block<T>(data, factors, steps, caps, &block)) {
+      for (std::size_t k = 0; k < steps; ++k) {
+        Split<T>& s = block.steps[k];
+        const Index rank = s.q.cols();
+        out.cores[k] = make_core<T>(left, factors.in_shape[k], factors.out_shape[k], rank, std::move(s.q));
+        rest /= factors.in_shape[k] * factors.out_shape[k];
+        if (k + 1 == steps) remainder = std::move(s.r);
+        record(k, s);
+        left = rank;
+      }
+      first = steps;
+      recanonicalize = block.float_gram;
+    }
+  }
+  if (first == 0) {
+    remainder.resize(1, rows * cols);
+    interleave(data, factors, remainder.data());
+  }
+  for (std::size_t k = first; k < c; ++k) {
     const Index pair = factors.in_shape[k] * factors.out_shape[k];
     rest /= pair;
     split_options.max_rank = caps[k];
@@ -206,7 +237,8 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   }
   out.cores[c] = make_core<T>(left, factors.in_shape[c], factors.out_shape[c], right,
                               std::move(remainder));
-  if (truncated) {
+  if (truncated || recanonicalize) {
+    // (A block Gram matrix formed in float32 leaves spectra good to ~1e-4 only: recomputed here too.)
     // A cut at one step changes the remainder that later steps split, so the earlier bonds are no
     // longer exactly ordered by the singular values of the MPO's own unfoldings. One sweep over the
     // (now small) cores restores that, which keeps later truncation optimal and the bound valid. The

@@ -172,11 +172,25 @@ constexpr double cancellation() {
   return std::is_same<T, float>::value ? 1e-3 : 1e-6;
 }
 
+// A capped float32 split may form its Gram matrix in float32: half the time of the double one, and the
+// cast copy disappears. Rounding then perturbs the Gram matrix by ~1e-7·‖A‖² (measured; ≤ 1e-6 assumed),
+// and a perturbation E can lose at most 2k·‖E‖ of the energy a rank-k cut keeps. That is negligible
+// against the energy the cut discards as long as the discarded energy is large, which is what a cap is
+// for; below this fraction (times k) of ‖A‖² the split is redone with the double Gram matrix, so the cut
+// stays within 1 % of the optimal error.
+constexpr double kFloatGramDiscard = 1e-4;
+
+template <class T>
+bool float_gram_allowed(Index cap, Index m) {
+  return std::is_same<T, float>::value && cap > 0 && cap < m;
+}
+
 // Wide A (m <= N): eigenvectors of the m × m Gram matrix.
 template <class T>
-Split<T> gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap) {
+Split<T> gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, bool float_gram) {
   const Index m = a.rows();
-  const Eigen::MatrixXd vectors = eigenvectors_descending<double>(gram_double<T>(a));
+  const Eigen::MatrixXd vectors =
+      float_gram ? eigenvectors_descending<T>(gram<T>(a)) : eigenvectors_descending<double>(gram_double<T>(a));
   // Only the columns that can survive the cap are turned into rows of R.
   const bool capped = cap > 0 && cap < m;
   const Index k = capped ? cap : m;
@@ -185,6 +199,8 @@ Split<T> gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap) {
   if (!capped) return assemble_rows<T>(std::move(basis), std::move(w), cap, 0.0, true);
   const double total = squared_norm<T>(a);
   Split<T> out = assemble_rows<T>(std::move(basis), std::move(w), cap, total, false);
+  if (float_gram && out.discarded < kFloatGramDiscard * static_cast<double>(k) * total)
+    return gram_split<T>(a, cap, false);
   if (out.discarded < cancellation<T>() * total) {
     const Matrix<T> rest = multiply<T>(vectors.rightCols(m - k).template cast<T>().transpose(), a);
     out.discarded = squared_norm<T>(rest);
@@ -280,7 +296,7 @@ Split<T> left_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& op
     Split<T> result;
     if (randomized_split<T>(a, cap, options, &result)) return result;
   }
-  return gram_split<T>(a, cap);
+  return gram_split<T>(a, cap, float_gram_allowed<T>(cap, m));
 }
 
 namespace {
@@ -288,9 +304,10 @@ namespace {
 // Tall A (m >= N) split as A = L·Qᵀ straight from the N × N Gram matrix of its columns: no transposed
 // copy of A is ever made (the right sweep's unfoldings are tall and large).
 template <class T>
-Split<T> column_gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap) {
+Split<T> column_gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, bool float_gram) {
   const Index n = a.cols();
-  const Eigen::MatrixXd vectors = eigenvectors_descending<double>(gram_double<T>(a.transpose()));
+  const Eigen::MatrixXd vectors = float_gram ? eigenvectors_descending<T>(gram<T>(a.transpose()))
+                                             : eigenvectors_descending<double>(gram_double<T>(a.transpose()));
   const bool capped = cap > 0 && cap < n;
   const Index k = capped ? cap : n;
   Matrix<T> basis = vectors.leftCols(k).template cast<T>();
@@ -299,6 +316,8 @@ Split<T> column_gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap) {
   if (!capped) return assemble_columns<T>(std::move(l), std::move(basis_t), cap, 0.0, true);
   const double total = squared_norm<T>(a);
   Split<T> out = assemble_columns<T>(std::move(l), std::move(basis_t), cap, total, false);
+  if (float_gram && out.discarded < kFloatGramDiscard * static_cast<double>(k) * total)
+    return column_gram_split<T>(a, cap, false);
   if (out.discarded < cancellation<T>() * total) {
     const Matrix<T> rest = multiply<T>(a, vectors.rightCols(n - k).template cast<T>());
     out.discarded = squared_norm<T>(rest);
@@ -314,7 +333,8 @@ Split<T> right_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& o
   if (a.rows() == 0 || a.cols() == 0) throw std::invalid_argument("mpo: cannot split an empty unfolding");
   const Index cap = options.max_rank;
   const bool randomized = options.allow_randomized && cap > 0 && 6 * (cap + 10 + cap / 10) < a.cols();
-  if (a.rows() >= a.cols() && !randomized) return column_gram_split<T>(a, cap);
+  if (a.rows() >= a.cols() && !randomized)
+    return column_gram_split<T>(a, cap, float_gram_allowed<T>(cap, a.cols()));
   // Otherwise split the transpose from the left: Aᵀ = Q·R  =>  A = Rᵀ·Qᵀ.
   const Matrix<T> transposed = a.transpose();
   Split<T> s = left_split<T>(transposed, options);
@@ -328,6 +348,231 @@ Split<T> right_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& o
   return out;
 }
 
+
+namespace {
+
+// Where M's sub-blocks start and where R's entries go, for the first K factor pairs.
+struct BlockLayout {
+  Index cols = 0;                  // J, M's row stride
+  Index sub_rows = 0, sub_cols = 0;  // I' = Π_{m>=K} i_m and J' = Π_{m>=K} j_m: one sub-block
+  std::vector<Index> source;       // P entries, interleaved (i_1 j_1 … i_K j_K) order: offset of row 0
+  std::vector<Index> row_target;   // I' entries: offset of (i_{K+1}..i_n) in the interleaved rest
+  std::vector<Index> col_target;   // J' entries: offset of (j_{K+1}..j_n) in the interleaved rest
+};
+
+BlockLayout block_layout(const Factors& f, std::size_t steps) {
+  const std::size_t n = f.n();
+  BlockLayout layout;
+  layout.cols = f.cols();
+  Index a_count = 1, b_count = 1;
+  for (std::size_t m = 0; m < steps; ++m) {
+    a_count *= f.in_shape[m];
+    b_count *= f.out_shape[m];
+  }
+  layout.sub_rows = f.rows() / a_count;
+  layout.sub_cols = layout.cols / b_count;
+  // Odometer over (i_1, j_1, …, i_K, j_K), last digit fastest: the row order of G and of the chain.
+  std::vector<Index> digit(2 * steps, 0);
+  layout.source.resize(static_cast<std::size_t>(a_count * b_count));
+  for (std::size_t p = 0; p < layout.source.size(); ++p) {
+    Index a = 0, b = 0;
+    for (std::size_t m = 0; m < steps; ++m) {
+      a = a * f.in_shape[m] + digit[2 * m];
+      b = b * f.out_shape[m] + digit[2 * m + 1];
+    }
+    layout.source[p] = a * layout.sub_rows * layout.cols + b * layout.sub_cols;
+    for (std::size_t d = 2 * steps; d-- > 0;) {
+      const Index extent = d % 2 == 0 ? f.in_shape[d / 2] : f.out_shape[d / 2];
+      if (++digit[d] < extent) break;
+      digit[d] = 0;
+    }
+  }
+  // The rest is stored interleaved, (i_{K+1} j_{K+1} … i_n j_n) row-major: pair m's stride is the
+  // product of the later pairs, and i_m's is j_m times that.
+  std::vector<Index> i_stride(n, 0), j_stride(n, 0);
+  Index stride = 1;
+  for (std::size_t m = n; m-- > steps;) {
+    j_stride[m] = stride;
+    i_stride[m] = stride * f.out_shape[m];
+    stride *= f.in_shape[m] * f.out_shape[m];
+  }
+  auto offsets = [&](const std::vector<Index>& shape, const std::vector<Index>& strides, Index count) {
+    std::vector<Index> table(static_cast<std::size_t>(count), 0);
+    for (Index x = 0; x < count; ++x) {
+      Index rest = x, offset = 0;
+      for (std::size_t m = n; m-- > steps;) {
+        offset += (rest % shape[m]) * strides[m];
+        rest /= shape[m];
+      }
+      table[static_cast<std::size_t>(x)] = offset;
+    }
+    return table;
+  };
+  layout.row_target = offsets(f.in_shape, i_stride, layout.sub_rows);
+  layout.col_target = offsets(f.out_shape, j_stride, layout.sub_cols);
+  return layout;
+}
+
+// X_r for r in [begin, begin + count): P × (count·J'), column block t holding row begin+t of every
+// sub-block. Each row of X_r is one contiguous run of a row of M.
+template <class T, class S>
+void gather(const T* matrix, const BlockLayout& layout, Index begin, Index count, Matrix<S>* x) {
+  const Index width = layout.sub_cols;
+  x->resize(static_cast<Index>(layout.source.size()), count * width);
+  for (std::size_t p = 0; p < layout.source.size(); ++p) {
+    S* to = x->row(static_cast<Index>(p)).data();
+    for (Index t = 0; t < count; ++t) {
+      const T* from = matrix + layout.source[p] + (begin + t) * layout.cols;
+      std::copy(from, from + width, to + t * width);  // converts float to double when S is double
+    }
+  }
+}
+
+// Rows of X_r per chunk: enough for GEMMs of useful depth, few enough to stay in cache (~2 MB).
+Index chunk_rows(const BlockLayout& layout) {
+  const Index per_row = static_cast<Index>(layout.source.size()) * layout.sub_cols;
+  return std::max<Index>(1, (Index{1} << 18) / std::max<Index>(per_row, 1));
+}
+
+// G = Σ_r X_r·X_rᵀ, accumulated in S, in blocks of r, one per thread.
+template <class T, class S>
+Eigen::MatrixXd block_gram(const T* matrix, const BlockLayout& layout) {
+  using ColMatrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+  const Index p = static_cast<Index>(layout.source.size());
+  const double work = 0.5 * static_cast<double>(p) * p * layout.sub_rows * layout.sub_cols;
+  const int blocks = std::max(1, std::min<int>(thread_count(), static_cast<int>(work / detail::kParallelWork) + 1));
+  const Index chunk = chunk_rows(layout);
+  std::vector<ColMatrix> partial(static_cast<std::size_t>(blocks));
+  detail::run_blocks(blocks, [&](int b) {
+    const auto [start, length] = detail::block_range(layout.sub_rows, blocks, b);
+    partial[b] = ColMatrix::Zero(p, p);
+    Matrix<S> x;
+    for (Index r = start; r < start + length; r += chunk) {
+      gather<T, S>(matrix, layout, r, std::min(chunk, start + length - r), &x);
+      partial[b].template selfadjointView<Eigen::Lower>().rankUpdate(x);
+    }
+  });
+  for (int b = 1; b < blocks; ++b) partial[0] += partial[b];
+  const ColMatrix full = partial[0].template selfadjointView<Eigen::Lower>();
+  return full.template cast<double>();
+}
+
+// R = Wᵀ·M_K (k × I'·J'), written in the interleaved layout of the rest.
+template <class T>
+Matrix<T> block_project(const T* matrix, const BlockLayout& layout, const Matrix<T>& w) {
+  const Index k = w.cols();
+  const Index width = layout.sub_cols;
+  const Index rest = layout.sub_rows * width;
+  Matrix<T> r(k, rest);
+  const double work = static_cast<double>(k) * static_cast<double>(layout.source.size()) * rest;
+  const int blocks = std::max(1, std::min<int>(thread_count(), static_cast<int>(work / detail::kParallelWork) + 1));
+  const Index chunk = chunk_rows(layout);
+  const Matrix<T> wt = w.transpose();
+  detail::run_blocks(blocks, [&](int b) {
+    const auto [start, length] = detail::block_range(layout.sub_rows, blocks, b);
+    Matrix<T> x, y;
+    for (Index r0 = start; r0 < start + length; r0 += chunk) {
+      const Index count = std::min(chunk, start + length - r0);
+      gather<T, T>(matrix, layout, r0, count, &x);
+      y.noalias() = wt * x;
+      for (Index row = 0; row < k; ++row) {
+        T* to = r.row(row).data();
+        const T* from = y.row(row).data();
+        for (Index t = 0; t < count; ++t) {
+          T* base = to + layout.row_target[static_cast<std::size_t>(r0 + t)];
+          for (Index c = 0; c < width; ++c) base[layout.col_target[static_cast<std::size_t>(c)]] = from[t * width + c];
+        }
+      }
+    }
+  });
+  return r;
+}
+
+// Kept eigenvalues below this fraction of the step's energy are not trusted to be nonzero: a Gram
+// eigenvalue carries an absolute error of ~ε·‖G‖ (ε of the precision G was formed in), so only well
+// above that does sqrt(λ) give the singular value to the accuracy the row norms of R would.
+template <class S>
+constexpr double trusted_eigenvalue() {
+  return std::is_same<S, float>::value ? 1e-4 : 1e-6;
+}
+
+template <class T, class S>
+bool left_block_in(const T* matrix, const Factors& f, std::size_t steps, const std::vector<Index>& caps,
+                   LeftBlock<T>* out) {
+  const BlockLayout layout = block_layout(f, steps);
+  const Eigen::MatrixXd g = block_gram<T, S>(matrix, layout);
+  const Index p_total = g.rows();
+  const double zero_energy_fraction = std::pow(zero_threshold<T>(), 2);
+  out->steps.clear();
+  out->float_gram = std::is_same<S, float>::value;
+
+  // C_j: the chain of the cores found so far, (i_1 j_1 … i_{j-1} j_{j-1}) × d_{j-1}.
+  Eigen::MatrixXd chain = Eigen::MatrixXd::Ones(1, 1);
+  for (std::size_t j = 0; j < steps; ++j) {
+    const Index pair = f.in_shape[j] * f.out_shape[j];
+    const Index before = chain.rows(), bond = chain.cols();
+    const Index trailing = p_total / (before * pair);
+    // Tr_{>j} G: the Gram matrix of M's unfolding at this step.
+    const Index side = before * pair;
+    Eigen::MatrixXd traced = Eigen::MatrixXd::Zero(side, side);
+    for (Index t = 0; t < trailing; ++t)
+      traced += Eigen::Map<const Eigen::MatrixXd, 0, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>(
+          g.data() + t * (p_total + 1), side, side,
+          Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(trailing * p_total, trailing));
+    // E = C_j ⊗ I_pair, rows (p, q), columns (b, q): the step's Gram matrix is Eᵀ·Tr·E.
+    Eigen::MatrixXd e = Eigen::MatrixXd::Zero(side, bond * pair);
+    for (Index p = 0; p < before; ++p)
+      for (Index b = 0; b < bond; ++b)
+        for (Index q = 0; q < pair; ++q) e(p * pair + q, b * pair + q) = chain(p, b);
+    const Eigen::MatrixXd h = e.transpose() * traced * e;
+    Eigen::VectorXd lambda;
+    const Eigen::MatrixXd vectors = eigenvectors_descending<double>(h, &lambda);
+    const double total = std::max(h.trace(), 0.0);
+    const Index candidates = h.rows();
+    const Index cap = caps[j];
+    const bool capped = cap > 0 && cap < candidates;
+    const Index k = capped ? cap : candidates;
+    Split<T> s;
+    if (j + 1 < steps) {
+      if (lambda(k - 1) <= trusted_eigenvalue<S>() * total) return false;
+      double dropped = 0;
+      for (Index i = k; i < candidates; ++i) dropped += std::max(lambda(i), 0.0);
+      if (out->float_gram && capped && dropped < kFloatGramDiscard * static_cast<double>(k) * total) return false;
+      s.q = vectors.leftCols(k).template cast<T>();
+      s.spectrum = lambda.head(k).cwiseSqrt();
+      s.discarded = dropped;
+      s.truncated = dropped > zero_energy_fraction * total;
+    } else {
+      // The last step: R from M, its rows' norms the singular values, as in the plain sweep.
+      const Eigen::MatrixXd w = e * vectors.leftCols(k);
+      Matrix<T> r = block_project<T>(matrix, layout, w.template cast<T>());
+      Matrix<T> basis = vectors.leftCols(k).template cast<T>();
+      s = assemble_rows<T>(std::move(basis), std::move(r), cap, total, !capped);
+      if (capped && out->float_gram && s.discarded < kFloatGramDiscard * static_cast<double>(k) * total) return false;
+      // A cut that drops almost nothing needs the dropped part measured, which the plain route does.
+      if (capped && s.discarded < cancellation<T>() * total) return false;
+    }
+    chain = e * s.q.template cast<double>();
+    out->steps.push_back(std::move(s));
+  }
+  return true;
+}
+
+}  // namespace
+
+template <class T>
+bool left_block(const T* matrix, const Factors& factors, std::size_t steps, const std::vector<Index>& caps,
+                LeftBlock<T>* out) {
+  if (steps < 1 || steps >= factors.n() || caps.size() + 1 < factors.n())
+    throw std::invalid_argument("mpo: left_block needs 1 <= steps < n and n-1 caps");
+  // float32 data with a cap on the last fused step may form G in float32 (see kFloatGramDiscard).
+  const Index last_cap = caps[steps - 1];
+  Index p = 1;
+  for (std::size_t m = 0; m < steps; ++m) p *= factors.in_shape[m] * factors.out_shape[m];
+  if (float_gram_allowed<T>(last_cap, p) && left_block_in<T, float>(matrix, factors, steps, caps, out)) return true;
+  return left_block_in<T, double>(matrix, factors, steps, caps, out);
+}
+
 template double zero_threshold<float>();
 template double zero_threshold<double>();
 template Split<float> left_split<float>(const Eigen::Ref<const Matrix<float>>&, const SplitOptions&);
@@ -335,5 +580,9 @@ template Split<double> left_split<double>(const Eigen::Ref<const Matrix<double>>
 template Split<float> right_split<float>(const Eigen::Ref<const Matrix<float>>&, const SplitOptions&);
 template Split<double> right_split<double>(const Eigen::Ref<const Matrix<double>>&,
                                            const SplitOptions&);
+template bool left_block<float>(const float*, const Factors&, std::size_t, const std::vector<Index>&,
+                                LeftBlock<float>*);
+template bool left_block<double>(const double*, const Factors&, std::size_t, const std::vector<Index>&,
+                                 LeftBlock<double>*);
 
 }  // namespace mpo

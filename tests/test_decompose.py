@@ -590,3 +590,36 @@ def test_cap_above_rank_discards_nothing(shape):
         assert tuple(m.bond_dims) == tuple(exact.bond_dims)
         assert m.error_bound() <= 1e-12 * fro(M), f"seed {seed}: eps {m.truncation_errors}"
         m.truncate(max_bond=cap)  # must not raise
+
+
+# ------------------------------------------------------------------ exact_error
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(500, 130), (131, 300), (384, 384)])
+@pytest.mark.parametrize("kwargs", [{"max_bond": 6}, {"max_bond": 40}, {"ratio": 0.2}, {}])
+def test_exact_error_of_a_sweep_equals_the_dense_error(shape, dtype, kwargs):
+    """The sweep's errors are orthogonal, so sum eps_k^2 is the true error of the padded matrix; the
+    padding's share is taken off. Holds in both orientations."""
+    M = np.random.default_rng(11).standard_normal(shape).astype(dtype)
+    m = mpo.decompose(M, **kwargs)
+    for mm, A in ((m, M), (m.T, M.T)):
+        true = float(np.linalg.norm(A.astype(np.float64) - mm.to_dense().astype(np.float64)))
+        known = mm.exact_error()
+        assert known is not None
+        rounding = (1e-5 if dtype == np.float32 else 1e-12) * float(np.linalg.norm(M.astype(np.float64)))
+        assert abs(known - true) <= 1e-6 * true + rounding, (known, true)
+    if m.padded_shape != m.shape and kwargs.get("max_bond") == 6:
+        # With padding the bound is not attained: the MPO puts energy into the padding rows.
+        assert m.error_bound() > m.exact_error()
+
+
+def test_exact_error_is_none_where_the_sweep_does_not_know_it():
+    M = np.random.default_rng(12).standard_normal((96, 64))
+    m = mpo.decompose(M, max_bond=8)
+    assert m.exact_error() is not None
+    assert m.truncate(max_bond=4).exact_error() is None  # a cut of the stored form: a bound only
+    assert mpo.decompose(M, tol=0.5).exact_error() is None
+    assert mpo.MPO.from_cores(m.cores).exact_error() is None
+    weights = np.linspace(0.1, 1.0, 96)
+    assert mpo.decompose(M, max_bond=8, row_weights=weights).exact_error() is None

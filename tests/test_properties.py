@@ -11,10 +11,12 @@ from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 import mpo
+from mpo import _core
 from strategies import (
     NS,
     cases,
     consistent_bonds,
+    contract_cores,
     dense_error,
     entropy_from_spectrum,
     exact_rtol,
@@ -158,6 +160,38 @@ def test_capped_error_within_bound(args):
         err = dense_error(M, m.to_dense())
         note(f"bonds {m.bond_dims} err {err:.6e} bound {m.error_bound():.6e}")
         assert err <= m.error_bound() + slack(M)
+
+
+@given(cases_and_caps())
+def test_exact_error_of_a_capped_sweep(args):
+    """A capped decomposition's exact_error() is its true error (the sweep's errors are orthogonal)."""
+    case, cap = args
+    M = case.M
+    m = mpo.decompose(M, case.shape, max_bond=cap)
+    err = dense_error(M, m.to_dense())
+    assert abs(m.exact_error() - err) <= 1e-6 * err + 2 * slack(M)
+
+
+@given(cases_and_caps(kinds=("gaussian", "scaled")))
+def test_block_left_steps_equal_the_plain_sweep(args):
+    """The first left steps made from M in place (one Gram matrix of M's unfolding, split.hpp's
+    left_block) give the plain sweep's bonds, spectra, errors and matrix."""
+    case, cap = args
+    M = np.ascontiguousarray(case.M)
+    caps = list(caps_tuple(cap, case.n - 1))
+    shape = (list(case.in_shape), list(case.out_shape))
+    block = _core.decompose(M, *shape, caps, allow_randomized=False)
+    plain = _core.decompose(M, *shape, caps, allow_randomized=False, allow_block=False)
+    assert [len(s) for s in block["spectra"]] == [len(s) for s in plain["spectra"]]
+    tol = spectrum_rtol(M.dtype)
+    top = max(float(s[0]) for s in plain["spectra"])
+    for s_block, s_plain in zip(block["spectra"], plain["spectra"]):
+        np.testing.assert_allclose(s_block, s_plain, rtol=0, atol=tol * top)
+    np.testing.assert_allclose(block["truncation_errors"], plain["truncation_errors"], rtol=0,
+                               atol=tol * fro(M))
+    err_block = dense_error(M, contract_cores(block["cores"], case.in_shape, case.out_shape))
+    err_plain = dense_error(M, contract_cores(plain["cores"], case.in_shape, case.out_shape))
+    assert abs(err_block - err_plain) <= tol * fro(M)
 
 
 @given(cases_and_caps())

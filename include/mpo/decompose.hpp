@@ -26,6 +26,7 @@ struct Decomposition {
 struct DecomposeOptions {
   std::vector<Index> max_bond;  // n-1 caps, 0 = uncapped; empty = all uncapped
   bool allow_randomized = true;
+  bool allow_block = true;  // the first left steps from M in place (left_block in split.hpp)
   std::uint64_t seed = 0x6d706f31;
 };
 

@@ -11,6 +11,7 @@ def decompose(
     out_shape: list[int],
     max_bond: list[int],
     allow_randomized: bool = True,
+    allow_block: bool = True,
 ) -> dict[str, Any]: ...
 def canonicalize(
     cores: list[npt.NDArray[np.floating[Any]]], dtype: str
