@@ -68,7 +68,7 @@ Spectrum shift_left(std::vector<Core<T>>& cores, std::size_t k) {
 // weighted core k alone gives the bond's singular vectors and values. Working outwards from the centre
 // this is one split per bond on the cores themselves, where `canonicalize` makes three sweeps.
 template <class T>
-std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores) {
+std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores, bool centre_right_ordered) {
   validate_cores(cores);
   const std::size_t n = cores.size();
   const std::size_t c = central_index(n);
@@ -95,6 +95,15 @@ std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores) {
   for (std::size_t k = c; k + 1 < n; ++k) {
     Core<T>& core = cores[k];
     Core<T>& next = cores[k + 1];
+    if (k == c && centre_right_ordered) {
+      // The rotations of the left bonds act on the centre's left index only, which keeps its columns
+      // orthogonal with the same norms: bond c's spectrum is read off them.
+      const auto unfolding = core.left_unfolding();
+      spectra[k].resize(unfolding.cols());
+      for (Index b = 0; b < unfolding.cols(); ++b)
+        spectra[k][b] = unfolding.col(b).template cast<double>().norm();
+      continue;
+    }
     Matrix<T> weighted;
     if (k > c) {
       weighted = core.data;
@@ -243,7 +252,9 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     // longer exactly ordered by the singular values of the MPO's own unfoldings. One sweep over the
     // (now small) cores restores that, which keeps later truncation optimal and the bound valid. The
     // sweep left the cores in mixed canonical form, so rotating each bond suffices.
-    out.spectra = order_bonds(out.cores);
+    // The last step split bond c (right of the centre) on the final remainder: that bond is already
+    // in order, and only the bonds split before it are rotated.
+    out.spectra = order_bonds(out.cores, true);
   }
   return out;
 }
@@ -252,7 +263,7 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   template Decomposition<T> decompose<T>(const T*, Index, Index, const Factors&,              \
                                          const DecomposeOptions&);                            \
   template std::vector<Spectrum> canonicalize<T>(std::vector<Core<T>>&);                    \
-  template std::vector<Spectrum> order_bonds<T>(std::vector<Core<T>>&);
+  template std::vector<Spectrum> order_bonds<T>(std::vector<Core<T>>&, bool);
 MPO_INSTANTIATE(float)
 MPO_INSTANTIATE(double)
 #undef MPO_INSTANTIATE

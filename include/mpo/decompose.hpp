@@ -46,7 +46,9 @@ std::vector<Spectrum> canonicalize(std::vector<Core<T>>& cores);
 // centre left-orthonormal, right of it right-orthonormal), as a truncated sweep leaves them: each bond
 // is only rotated, by one split of its neighbour core weighted with the next bond's spectrum, working
 // outwards from the centre. That orthonormality is the caller's promise; it is not checked.
+// `centre_right_ordered` promises more: the centre's left unfolding already has orthogonal columns in
+// descending norm (the sweep's last split leaves it so), and bond c is left as it is.
 template <class T>
-std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores);
+std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores, bool centre_right_ordered = false);
 
 }  // namespace mpo
