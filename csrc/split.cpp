@@ -185,19 +185,28 @@ bool float_gram_allowed(Index cap, Index m) {
   return std::is_same<T, float>::value && cap > 0 && cap < m;
 }
 
+// ...and only for data whose float32 products neither overflow nor underflow: every entry of a Gram
+// matrix and of its partial sums is at most ‖A‖², and products below FLT_MIN (~1.2e-38) lose up to
+// that much each, which over `count` entries stays below 1e-7·‖A‖² when the mean square is above 1e-30.
+// Outside (float32 data scaled to ~1e±19) the float32 Gram matrix is inf/NaN or all zeros.
+inline bool float_gram_in_range(double total, Index count) {
+  return total <= 1e36 && total >= 1e-30 * static_cast<double>(count);
+}
+
 // Wide A (m <= N): eigenvectors of the m × m Gram matrix.
 template <class T>
 Split<T> gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, bool float_gram) {
   const Index m = a.rows();
-  const Eigen::MatrixXd vectors =
-      float_gram ? eigenvectors_descending<T>(gram<T>(a)) : eigenvectors_descending<double>(gram_double<T>(a));
   // Only the columns that can survive the cap are turned into rows of R.
   const bool capped = cap > 0 && cap < m;
+  const double total = capped ? squared_norm<T>(a) : 0.0;
+  float_gram = float_gram && float_gram_in_range(total, a.size());
+  const Eigen::MatrixXd vectors =
+      float_gram ? eigenvectors_descending<T>(gram<T>(a)) : eigenvectors_descending<double>(gram_double<T>(a));
   const Index k = capped ? cap : m;
   Matrix<T> basis = vectors.leftCols(k).template cast<T>();
   Matrix<T> w = multiply<T>(basis.transpose(), a);
   if (!capped) return assemble_rows<T>(std::move(basis), std::move(w), cap, 0.0, true);
-  const double total = squared_norm<T>(a);
   Split<T> out = assemble_rows<T>(std::move(basis), std::move(w), cap, total, false);
   if (float_gram && out.discarded < kFloatGramDiscard * static_cast<double>(k) * total)
     return gram_split<T>(a, cap, false);
@@ -306,15 +315,16 @@ namespace {
 template <class T>
 Split<T> column_gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, bool float_gram) {
   const Index n = a.cols();
+  const bool capped = cap > 0 && cap < n;
+  const double total = capped ? squared_norm<T>(a) : 0.0;
+  float_gram = float_gram && float_gram_in_range(total, a.size());
   const Eigen::MatrixXd vectors = float_gram ? eigenvectors_descending<T>(gram<T>(a.transpose()))
                                              : eigenvectors_descending<double>(gram_double<T>(a.transpose()));
-  const bool capped = cap > 0 && cap < n;
   const Index k = capped ? cap : n;
   Matrix<T> basis = vectors.leftCols(k).template cast<T>();
   Matrix<T> l = multiply<T>(a, basis);
   Matrix<T> basis_t = basis.transpose();
   if (!capped) return assemble_columns<T>(std::move(l), std::move(basis_t), cap, 0.0, true);
-  const double total = squared_norm<T>(a);
   Split<T> out = assemble_columns<T>(std::move(l), std::move(basis_t), cap, total, false);
   if (float_gram && out.discarded < kFloatGramDiscard * static_cast<double>(k) * total)
     return column_gram_split<T>(a, cap, false);
@@ -538,6 +548,10 @@ bool left_block_in(const T* matrix, const Factors& f, std::size_t steps, const s
       double dropped = 0;
       for (Index i = k; i < candidates; ++i) dropped += std::max(lambda(i), 0.0);
       if (out->float_gram && capped && dropped < kFloatGramDiscard * static_cast<double>(k) * total) return false;
+      // The dropped eigenvalues each carry an absolute error of ~ε·‖G‖: a cut that drops almost nothing
+      // (a cap at the rank, a Kronecker factor) would report that noise as its error, and as a cut. The
+      // plain route measures the dropped part itself, as the last step below also leaves to it.
+      if (capped && dropped < cancellation<S>() * total) return false;
       s.q = vectors.leftCols(k).template cast<T>();
       s.spectrum = lambda.head(k).cwiseSqrt();
       s.discarded = dropped;
@@ -569,7 +583,11 @@ bool left_block(const T* matrix, const Factors& factors, std::size_t steps, cons
   const Index last_cap = caps[steps - 1];
   Index p = 1;
   for (std::size_t m = 0; m < steps; ++m) p *= factors.in_shape[m] * factors.out_shape[m];
-  if (float_gram_allowed<T>(last_cap, p) && left_block_in<T, float>(matrix, factors, steps, caps, out)) return true;
+  if (float_gram_allowed<T>(last_cap, p)) {
+    const Index count = factors.rows() * factors.cols();
+    const double energy = ConstMatrixMap<T>(matrix, factors.rows(), factors.cols()).template cast<double>().squaredNorm();
+    if (float_gram_in_range(energy, count) && left_block_in<T, float>(matrix, factors, steps, caps, out)) return true;
+  }
   return left_block_in<T, double>(matrix, factors, steps, caps, out);
 }
 

@@ -623,3 +623,43 @@ def test_exact_error_is_none_where_the_sweep_does_not_know_it():
     assert mpo.MPO.from_cores(m.cores).exact_error() is None
     weights = np.linspace(0.1, 1.0, 96)
     assert mpo.decompose(M, max_bond=8, row_weights=weights).exact_error() is None
+
+
+# ------------------------------------------------------------------ block left steps (review)
+
+
+def test_block_cap_at_a_kronecker_rank_is_not_a_cut():
+    """A cap at the exact rank of an early bond (here a Kronecker factor: bond 0 has rank 1) discards
+    nothing. The block's earlier steps read their discarded energy off Gram eigenvalues, whose noise
+    (~1e-16 ||M||^2 each) made eps_0 ~1e-8 ||M||, marked the bond cut and forbade growing it."""
+    rng = np.random.default_rng(2)
+    M = np.kron(rng.standard_normal((4, 4)), rng.standard_normal((256, 256)))
+    shape = ((4,) * 5, (4,) * 5)
+    caps = [1, 4096, 4096, 4096]
+    block = mpo._core.decompose(M, *map(list, shape), caps)
+    plain = mpo._core.decompose(M, *map(list, shape), caps, allow_block=False)
+    assert list(block["cut"]) == list(plain["cut"]) == [False] * 4
+    assert max(block["truncation_errors"]) <= 1e-12 * fro(M), block["truncation_errors"]
+    m = mpo.decompose(M, shape, max_bond=caps)
+    true = dense_error(M, m.to_dense())
+    assert m.exact_error() <= true + 1e-12 * fro(M)
+    m.truncate(max_bond=[2, 16, 16, 16])  # bond 0 was never cut: must not raise
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e-21, 1e21, 1e25])
+def test_float32_gram_is_not_formed_out_of_float32_range(scale):
+    """float32 Gram matrices of data scaled near float32's range overflow (inf, the eigensolver fails)
+    or underflow (zeros: the block's last step then took ||R||^2 = 0 and reported eps = 0 for a cut of
+    94 % of ||M||). Such splits take the double Gram matrix: results are those of the unscaled matrix."""
+    rng = np.random.default_rng(0)
+    M0 = rng.standard_normal((256, 256))
+    shape = ([16, 4, 4], [16, 4, 4])  # block step 0 and a column-Gram right step, both capped float32
+    ref = mpo._core.decompose(M0.astype(np.float32), *shape, [8, 8], allow_randomized=False)
+    M = (M0 * scale).astype(np.float32)
+    raw = mpo._core.decompose(M, *shape, [8, 8], allow_randomized=False)
+    np.testing.assert_allclose(
+        np.array(raw["truncation_errors"]) / raw["norm"], np.array(ref["truncation_errors"]) / ref["norm"], rtol=1e-5
+    )
+    true = dense_error(M.astype(np.float64), contract_cores(raw["cores"], *shape).astype(np.float64))
+    bound = math.sqrt(sum(e * e for e in raw["truncation_errors"]))
+    assert true <= bound * (1 + 1e-5)
