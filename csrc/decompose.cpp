@@ -4,6 +4,7 @@
 #include "mpo/contract.hpp"
 #include "mpo/parallel.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -193,12 +194,33 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   Index rest = rows * cols;
   std::size_t first = 0;  // the first left step the plain sweep below still has to make
   // The left steps whose unfoldings have at most kBlockRows rows, and are wide (a tall unfolding is
-  // split through QR, which the block does not do), are made at once from M in place.
+  // split through QR, which the block does not do), are made at once from M in place. At least four
+  // columns per row: the gathered Gram matrix only pays for itself by the passes over M it saves.
   std::size_t steps = 0;
   for (Index p = 1; steps < c; ++steps) {
     p *= factors.in_shape[steps] * factors.out_shape[steps];
-    if (p > kBlockRows || p * p > rows * cols) break;
+    if (p > kBlockRows || 4 * p * p > rows * cols) break;
   }
+  // Not up to a step the plain sweep would make more cheaply by its randomized range finder: the block
+  // pays the whole Gram matrix and an eigensolve of the step's rows (~P²N/2 + 9m³ multiply-adds, P
+  // the block's rows, N its columns, m the step's rows), the range finder ~8 passes of m·N·width.
+  auto range_finder_cheaper = [&](std::size_t count) {
+    Index p = 1, bond = 1;
+    for (std::size_t k = 0; k + 1 < count; ++k) {
+      p *= factors.in_shape[k] * factors.out_shape[k];
+      bond = std::min(bond * factors.in_shape[k] * factors.out_shape[k], caps[k] > 0 ? caps[k] : p);
+    }
+    const std::size_t last = count - 1;
+    const Index pair = factors.in_shape[last] * factors.out_shape[last];
+    p *= pair;
+    const Index cap = caps[last];
+    const double m = static_cast<double>(bond * pair), width = static_cast<double>(cap + 10 + cap / 10);
+    if (!options.allow_randomized || cap <= 0 || 6 * width >= m) return false;
+    const double columns = static_cast<double>(rows) * static_cast<double>(cols) / static_cast<double>(p);
+    const double block = 0.5 * static_cast<double>(p) * static_cast<double>(p) * columns + 9 * m * m * m;
+    return block > 8 * m * columns * width;
+  };
+  while (steps >= 1 && range_finder_cheaper(steps)) --steps;
   bool recanonicalize = false;
   if (options.allow_block && steps >= 1) {
     LeftBlock<T> block;
