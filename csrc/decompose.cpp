@@ -8,6 +8,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace mpo {
 
@@ -174,6 +175,27 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   out.truncation_errors.assign(n - 1, 0.0);
   out.cut.assign(n - 1, false);
   out.norm = ConstMatrixMap<T>(data, rows, cols).template cast<double>().norm();
+  if (!std::isfinite(out.norm) || (out.norm > 0 && out.norm < 1e-100))  // squares over- or underflowed
+    out.norm = ConstMatrixMap<T>(data, rows, cols).template cast<double>().stableNorm();
+
+  // Gram matrices square the data: float32 entries of ~1e±19 (double: ~1e±150) overflow or underflow
+  // there. Such a matrix is decomposed scaled by a power of two that brings its root mean square near
+  // 1; the scale is exact in binary floating point, so the result is that of the scaled matrix, and it
+  // is undone on the central core, the spectra and the errors (orthonormal cores do not carry it).
+  const double rms = out.norm / std::sqrt(static_cast<double>(rows) * static_cast<double>(cols));
+  const int limit = std::is_same<T, float>::value ? 20 : 100;
+  if (rms > 0 && std::isfinite(rms) && std::abs(std::ilogb(rms)) > limit) {
+    const int shift = -std::ilogb(rms);
+    Matrix<T> scaled = ConstMatrixMap<T>(data, rows, cols);
+    for (Index i = 0; i < scaled.size(); ++i) scaled.data()[i] = std::ldexp(scaled.data()[i], shift);
+    Decomposition<T> result = decompose<T>(scaled.data(), rows, cols, factors, options);
+    Core<T>& centre = result.cores[central_index(n)];
+    for (Index i = 0; i < centre.data.size(); ++i) centre.data.data()[i] = std::ldexp(centre.data.data()[i], -shift);
+    for (Spectrum& spectrum : result.spectra) spectrum *= std::ldexp(1.0, -shift);
+    for (double& e : result.truncation_errors) e = std::ldexp(e, -shift);
+    result.norm = out.norm;
+    return result;
+  }
 
   SplitOptions split_options;
   split_options.seed = options.seed;

@@ -663,3 +663,27 @@ def test_float32_gram_is_not_formed_out_of_float32_range(scale):
     true = dense_error(M.astype(np.float64), contract_cores(raw["cores"], *shape).astype(np.float64))
     bound = math.sqrt(sum(e * e for e in raw["truncation_errors"]))
     assert true <= bound * (1 + 1e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [(np.float32, 1e-30), (np.float32, 1e-22), (np.float32, 1e20), (np.float32, 1e30),
+     (np.float64, 1e-120), (np.float64, 1e120)],
+)
+@pytest.mark.parametrize("svd", ["exact", "auto"])
+def test_far_scaled_matrices_decompose_like_the_unscaled_one(dtype, scale, svd):
+    """Gram matrices square the data; far from 1 (float32 ~1e+-19) they over- or underflowed, which
+    raised from the eigensolver or gave a bound below the true error. decompose scales by a power of
+    two internally, so the result is the unscaled matrix's, times the scale."""
+    rng = np.random.default_rng(0)
+    M0 = rng.standard_normal((256, 256))
+    shape = ((4, 4, 16), (4, 4, 16))
+    ref = mpo.decompose(M0.astype(dtype), shape, max_bond=8, svd=svd)
+    M = (M0 * scale).astype(dtype)
+    m = mpo.decompose(M, shape, max_bond=8, svd=svd)
+    assert m.bond_dims == ref.bond_dims
+    true = dense_error(M, m.to_dense()) / fro(M)
+    assert math.isclose(m.relative_error_bound(), ref.relative_error_bound(), rel_tol=1e-5)
+    assert abs(true - ref.relative_error_bound()) <= 1e-4
+    assert math.isclose(m.norm, fro(M), rel_tol=1e-6)
+    np.testing.assert_allclose(m.spectra[0] / scale, ref.spectra[0], rtol=1e-4)
