@@ -180,6 +180,98 @@ std::vector<std::size_t> centre_order(const std::vector<CoreShape>& cores, Index
 }
 
 
+// The innermost loop of a permutation: `middle` runs of `Run` contiguous values, `stride` apart in the
+// source, packed one after another in the target. A compile-time run length lets the compiler emit a
+// few vector moves per run instead of a call to memmove.
+template <int Run, class T>
+void copy_runs(const T* from, Index stride, Index middle, T* to) {
+  for (Index y = 0; y < middle; ++y)
+    for (int x = 0; x < Run; ++x) to[y * Run + x] = from[y * stride + x];
+}
+
+// copy_runs for a run length known only at run time.
+template <class T>
+void copy_runs_any(const T* from, Index stride, Index middle, Index run, T* to) {
+  switch (run) {
+    case 1: copy_runs<1>(from, stride, middle, to); break;
+    case 2: copy_runs<2>(from, stride, middle, to); break;
+    case 3: copy_runs<3>(from, stride, middle, to); break;
+    case 4: copy_runs<4>(from, stride, middle, to); break;
+    case 6: copy_runs<6>(from, stride, middle, to); break;
+    case 8: copy_runs<8>(from, stride, middle, to); break;
+    case 12: copy_runs<12>(from, stride, middle, to); break;
+    case 16: copy_runs<16>(from, stride, middle, to); break;
+    default:
+      for (Index y = 0; y < middle; ++y) std::copy(from + y * stride, from + y * stride + run, to + y * run);
+  }
+}
+
+// target (cols × rows) = sourceᵀ (source rows × cols, both row-major), in square tiles: a plain loop
+// reads one cache line per value from whichever side is strided (the state moved past a bond of a
+// few hundred in a right-to-left sweep spent more time here than in its GEMM).
+template <class T>
+void transpose_tiled(const T* source, Index rows, Index cols, T* target) {
+  constexpr Index tile = 16;
+  for (Index r0 = 0; r0 < rows; r0 += tile) {
+    const Index r1 = std::min(rows, r0 + tile);
+    for (Index c0 = 0; c0 < cols; c0 += tile) {
+      const Index c1 = std::min(cols, c0 + tile);
+      for (Index c = c0; c < c1; ++c)
+        for (Index r = r0; r < r1; ++r) target[c * rows + r] = source[r * cols + c];
+    }
+  }
+}
+
+// target (axes perm of source) = source, like mpo::permute, for the layouts the kernel meets: the
+// interleaved product of merged cores has runs of only j_n·d values (4 floats for the shapes in use),
+// and a call to memmove per run cost a third of rebuild-then-multiply at small bonds.
+template <class T>
+void permute_runs(const T* source, const std::vector<Index>& dims, const std::vector<std::size_t>& perm,
+                  T* target) {
+  const std::size_t rank = dims.size();
+  std::vector<Index> source_stride(rank, 1);
+  for (std::size_t a = rank; a-- > 1;) source_stride[a - 1] = source_stride[a] * dims[a];
+  std::vector<Index> out_dims(rank), stride(rank);
+  Index total = 1;
+  for (std::size_t a = 0; a < rank; ++a) {
+    out_dims[a] = dims[perm[a]];
+    stride[a] = source_stride[perm[a]];
+    total *= out_dims[a];
+  }
+  if (rank == 2 && perm[0] == 1) {
+    transpose_tiled(source, dims[0], dims[1], target);
+    return;
+  }
+  if (rank == 3 && perm[0] == 0 && perm[1] == 2) {  // a batch of transposes (packing a merged core)
+    const Index size = dims[1] * dims[2];
+    for (Index b = 0; b < dims[0]; ++b) transpose_tiled(source + b * size, dims[1], dims[2], target + b * size);
+    return;
+  }
+  if (rank < 2 || stride[rank - 1] != 1) {
+    permute(source, dims, perm, target);
+    return;
+  }
+  // Odometer over all target axes but the last two; those are `middle` runs of `inner` values.
+  const Index inner = out_dims[rank - 1];
+  const Index middle = out_dims[rank - 2], middle_stride = stride[rank - 2];
+  const Index block = inner * middle;
+  std::vector<Index> counter(rank, 0);
+  Index offset = 0;
+  for (Index done = 0; done < total; done += block) {
+    const T* from = source + offset;
+    T* to = target + done;
+    copy_runs_any(from, middle_stride, middle, inner, to);
+    for (std::size_t a = rank - 2; a-- > 0;) {
+      if (++counter[a] < out_dims[a]) {
+        offset += stride[a];
+        break;
+      }
+      offset -= stride[a] * (out_dims[a] - 1);
+      counter[a] = 0;
+    }
+  }
+}
+
 // Permute after merging target axes that are already neighbours in the source: a move of one block of
 // axes past another becomes a plain 2-D transpose, and an identity a copy.
 template <class T>
@@ -211,13 +303,25 @@ void permute_merged(const T* source, const std::vector<Index>& dims, const std::
     group_dims[s] = d;
     group_perm[by_source[s]] = s;
   }
-  permute(source, group_dims, group_perm, target);
+  permute_runs(source, group_dims, group_perm, target);
 }
 
 Index product_of(const std::vector<CoreShape>& cores, bool rows_side) {
   Index p = 1;
   for (const CoreShape& c : cores) p *= rows_side ? c.rows : c.cols;
   return p;
+}
+
+// The shape of cores a..b multiplied out: (d_{a-1}, Π i, Π j, d_b).
+template <class T>
+CoreShape run_shape(const std::vector<CoreView<T>>& cores, std::size_t a, std::size_t b) {
+  CoreShape acc = cores[a].shape;
+  for (std::size_t m = a + 1; m <= b; ++m) {
+    acc.rows *= cores[m].shape.rows;
+    acc.cols *= cores[m].shape.cols;
+    acc.right_bond = cores[m].shape.right_bond;
+  }
+  return acc;
 }
 
 template <class T>
@@ -232,8 +336,7 @@ std::vector<CoreShape> shapes_of(const std::vector<CoreView<T>>& cores) {
 namespace {
 
 // The cheapest way to multiply out each run of cores [a, b]: split it at s, multiply out both halves,
-// then one GEMM (d_{a-1}·Π_{a..s} i j) × d_s times d_s × (Π_{s+1..b} i j · d_b). Halves are kept in the
-// interleaved layout (d, i_a, j_a, …, d') so the GEMM needs no permutation (interval DP, O(n³)).
+// then one GEMM (d_{a-1}·Π_{a..s} i j) × d_s times d_s × (Π_{s+1..b} i j · d_b) (interval DP, O(n³)).
 struct MergeTree {
   std::vector<std::vector<double>> cost;
   std::vector<std::vector<std::size_t>> split;
@@ -368,26 +471,74 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
 
 namespace {
 
-// Cores a..b multiplied out along the merge tree, interleaved: (d_{a-1}·i_a·j_a···i_b·j_b) × d_b.
+// Left (d, I_L, J_L, s) times right (s, I_R, J_R, d'), both grouped, into out (d, I_L, I_R, J_L, J_R, d'):
+// grouped again, so a run of cores multiplied out needs no permutation afterwards. The GEMM's natural
+// result is (d, I_L, J_L, I_R, J_R, d'); J_L and I_R swap places as it is written, one cache-sized
+// block at a time, in runs of J_R·d' values: permuting the whole interleaved result afterwards (runs of
+// j_n = 4 values, strided through memory) was a third of rebuild-then-multiply at small bonds.
 template <class T>
-Matrix<T> multiply_run(const std::vector<CoreView<T>>& cores, const MergeTree& tree, std::size_t a, std::size_t b) {
-  if (a == b) {
-    const CoreShape& c = cores[a].shape;
-    return ConstMatrixMap<T>(cores[a].data, c.left_bond * c.rows * c.cols, c.right_bond);
+void merge_pair(const T* left, const CoreShape& l, const T* right, const CoreShape& r, T* out) {
+  const Index rows = l.left_bond * l.rows, jl = l.cols, bond = l.right_bond;
+  const Index ir = r.rows, run = r.cols * r.right_bond;
+  if (jl == 1 || ir == 1) {  // nothing to swap
+    MatrixMap<T> result(out, rows * jl, ir * run);
+    multiply_into<T>(result, ConstMatrixMap<T>(left, rows * jl, bond), ConstMatrixMap<T>(right, bond, ir * run));
+    return;
   }
+  // The GEMM runs in blocks whose result is ~256 KB, either of rows of the left factor (each block packs
+  // the right factor again) or of values of i_R (each packs the left factor again): whichever repacks
+  // less. A row block has at least 64 GEMM rows, so that packing stays small next to its product.
+  constexpr Index target = Index{1} << 16;
+  const Index row_chunk = std::min(rows, std::max<Index>(target / (jl * ir * run), (64 + jl - 1) / jl));
+  const Index q_chunk = std::min(ir, std::max<Index>(target / (rows * jl * run), 1));
+  const Index row_chunks = (rows + row_chunk - 1) / row_chunk, q_chunks = (ir + q_chunk - 1) / q_chunk;
+  const bool by_rows = static_cast<double>(row_chunks) * bond * ir * run <=
+                       static_cast<double>(q_chunks) * rows * jl * bond;
+  const Index chunks = by_rows ? row_chunks : q_chunks;
+  const double work = static_cast<double>(rows) * jl * bond * ir * run;
+  const int blocks = static_cast<int>(std::min<double>(
+      {static_cast<double>(thread_count()), static_cast<double>(chunks), work / detail::kParallelWork + 1}));
+  detail::run_blocks(std::max(blocks, 1), [&](int b) {
+    const auto [first, count] = detail::block_range(chunks, std::max(blocks, 1), b);
+    std::vector<T> scratch(static_cast<std::size_t>(by_rows ? row_chunk * jl * ir * run : rows * jl * q_chunk * run));
+    for (Index c = first; c < first + count; ++c) {
+      // Rows [p0, p0 + m) of (d, I_L) and values [q0, q0 + w) of i_R; scratch is (p, j_L, q, ·).
+      const Index p0 = by_rows ? c * row_chunk : 0, m = by_rows ? std::min(row_chunk, rows - p0) : rows;
+      const Index q0 = by_rows ? 0 : c * q_chunk, w = by_rows ? ir : std::min(q_chunk, ir - q0);
+      MatrixMap<T> block(scratch.data(), m * jl, w * run);
+      using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+      block.noalias() = ConstMatrixMap<T>(left + p0 * jl * bond, m * jl, bond) *
+                        Strided(right + q0 * run, bond, w * run, Eigen::OuterStride<>(ir * run));
+      for (Index p = 0; p < m; ++p) {
+        for (Index q = 0; q < w; ++q) {
+          const T* from = scratch.data() + (p * jl * w + q) * run;   // (p, 0, q, ·)
+          T* to = out + ((p0 + p) * ir + q0 + q) * jl * run;         // (p, q, 0, ·)
+          copy_runs_any(from, w * run, jl, run, to);
+        }
+      }
+    }
+  });
+}
+
+// Cores a..b multiplied out along the merge tree, grouped as (d_{a-1}, i_a…i_b, j_a…j_b, d_b): a single
+// core is its caller's buffer (no copy), a longer run is written to `storage`.
+template <class T>
+const T* multiply_run(const std::vector<CoreView<T>>& cores, const MergeTree& tree, std::size_t a, std::size_t b,
+                      std::vector<T>* storage) {
+  if (a == b) return cores[a].data;
   const std::size_t s = tree.split[a][b];
-  const Matrix<T> left = multiply_run(cores, tree, a, s);
-  const Matrix<T> right = multiply_run(cores, tree, s + 1, b);
-  const Index bond = cores[s].shape.right_bond;
-  Matrix<T> out = multiply<T>(left, ConstMatrixMap<T>(right.data(), bond, right.size() / bond));
-  // Same coefficients read as (… i_b j_b) × d_b: resize keeps the buffer when the size is unchanged.
-  out.resize(out.size() / cores[b].shape.right_bond, cores[b].shape.right_bond);
-  return out;
+  std::vector<T> left_storage, right_storage;
+  const T* left = multiply_run(cores, tree, a, s, &left_storage);
+  const T* right = multiply_run(cores, tree, s + 1, b, &right_storage);
+  const CoreShape l = run_shape(cores, a, s), r = run_shape(cores, s + 1, b);
+  storage->resize(static_cast<std::size_t>(l.left_bond * l.rows * l.cols * r.rows * r.cols * r.right_bond));
+  merge_pair(left, l, right, r, storage->data());
+  return storage->data();
 }
 
 // The cores of a plan's groups: a run of one is the caller's buffer, a longer run is multiplied out
-// into `storage` (reserved up front so the views stay valid) and permuted once from its interleaved
-// layout to (d, i_a…i_b, j_a…j_b, d'): row-major (i_a…i_b) is the merged row factor, as in M's index.
+// into `storage` (reserved up front so the views stay valid), grouped as (d, i_a…i_b, j_a…j_b, d'):
+// row-major (i_a…i_b) is the merged row factor, as in M's index.
 template <class T>
 std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, const std::vector<std::size_t>& groups,
                                      std::vector<std::vector<T>>* storage) {
@@ -400,26 +551,10 @@ std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, cons
       views.push_back(cores[k++]);
       continue;
     }
-    const Matrix<T> product = multiply_run(cores, tree, k, k + g - 1);
-    CoreShape acc = cores[k].shape;
-    std::vector<Index> dims{acc.left_bond, acc.rows, acc.cols};
-    for (std::size_t m = k + 1; m < k + g; ++m) {
-      const CoreShape& c = cores[m].shape;
-      dims.push_back(c.rows);
-      dims.push_back(c.cols);
-      acc.rows *= c.rows;
-      acc.cols *= c.cols;
-      acc.right_bond = c.right_bond;
-    }
-    dims.push_back(acc.right_bond);
-    std::vector<std::size_t> perm{0};
-    for (std::size_t a = 1; a + 1 < dims.size(); a += 2) perm.push_back(a);
-    for (std::size_t a = 2; a + 1 < dims.size(); a += 2) perm.push_back(a);
-    perm.push_back(dims.size() - 1);
-    std::vector<T> current(static_cast<std::size_t>(product.size()));
-    permute_merged(product.data(), dims, perm, current.data());
-    storage->push_back(std::move(current));
-    views.push_back({acc, storage->back().data()});
+    std::vector<T> product;
+    multiply_run(cores, tree, k, k + g - 1, &product);
+    storage->push_back(std::move(product));
+    views.push_back({run_shape(cores, k, k + g - 1), storage->back().data()});
     k += g;
   }
   return views;
