@@ -471,6 +471,33 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
 
 namespace {
 
+// Rows [p0, p0 + m) of (d, I_L) and values [q0, q0 + w) of i_R of the product merge_pair describes,
+// written to out (which points at row p0), through scratch (m·J_L·w·J_R·d' values) when J_L and I_R
+// must swap.
+template <class T>
+void merge_block(const T* left, const CoreShape& l, const T* right, const CoreShape& r, Index p0, Index m,
+                 Index q0, Index w, T* scratch, T* out) {
+  const Index jl = l.cols, bond = l.right_bond, ir = r.rows, run = r.cols * r.right_bond;
+  using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+  const ConstMatrixMap<T> lhs(left + p0 * jl * bond, m * jl, bond);
+  const Strided rhs(right + q0 * run, bond, w * run, Eigen::OuterStride<>(ir * run));
+  if (jl == 1 || ir == 1) {  // the GEMM's layout is already the grouped one
+    Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>(out + q0 * jl * run, m * jl, w * run,
+                                                   Eigen::OuterStride<>(ir * run))
+        .noalias() = lhs * rhs;
+    return;
+  }
+  MatrixMap<T> block(scratch, m * jl, w * run);  // (p, j_L, q, ·)
+  block.noalias() = lhs * rhs;
+  for (Index p = 0; p < m; ++p) {
+    for (Index q = 0; q < w; ++q) {
+      const T* from = scratch + (p * jl * w + q) * run;  // (p, 0, q, ·)
+      T* to = out + (p * ir + q0 + q) * jl * run;         // (p, q, 0, ·)
+      copy_runs_any(from, w * run, jl, run, to);
+    }
+  }
+}
+
 // Left (d, I_L, J_L, s) times right (s, I_R, J_R, d'), both grouped, into out (d, I_L, I_R, J_L, J_R, d'):
 // grouped again, so a run of cores multiplied out needs no permutation afterwards. The GEMM's natural
 // result is (d, I_L, J_L, I_R, J_R, d'); J_L and I_R swap places as it is written, one cache-sized
@@ -502,20 +529,9 @@ void merge_pair(const T* left, const CoreShape& l, const T* right, const CoreSha
     const auto [first, count] = detail::block_range(chunks, std::max(blocks, 1), b);
     std::vector<T> scratch(static_cast<std::size_t>(by_rows ? row_chunk * jl * ir * run : rows * jl * q_chunk * run));
     for (Index c = first; c < first + count; ++c) {
-      // Rows [p0, p0 + m) of (d, I_L) and values [q0, q0 + w) of i_R; scratch is (p, j_L, q, ·).
       const Index p0 = by_rows ? c * row_chunk : 0, m = by_rows ? std::min(row_chunk, rows - p0) : rows;
       const Index q0 = by_rows ? 0 : c * q_chunk, w = by_rows ? ir : std::min(q_chunk, ir - q0);
-      MatrixMap<T> block(scratch.data(), m * jl, w * run);
-      using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
-      block.noalias() = ConstMatrixMap<T>(left + p0 * jl * bond, m * jl, bond) *
-                        Strided(right + q0 * run, bond, w * run, Eigen::OuterStride<>(ir * run));
-      for (Index p = 0; p < m; ++p) {
-        for (Index q = 0; q < w; ++q) {
-          const T* from = scratch.data() + (p * jl * w + q) * run;   // (p, 0, q, ·)
-          T* to = out + ((p0 + p) * ir + q0 + q) * jl * run;         // (p, q, 0, ·)
-          copy_runs_any(from, w * run, jl, run, to);
-        }
-      }
+      merge_block(left, l, right, r, p0, m, q0, w, scratch.data(), out + p0 * ir * jl * run);
     }
   });
 }
@@ -562,6 +578,73 @@ std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, cons
 
 }  // namespace
 
+namespace {
+
+// Rebuild-then-multiply (the plan whose one group is every core) without holding the matrix: the last
+// merge of the tree makes M a block of whole rows at a time (~1 MB), and the block meets X while it is
+// still in cache. Writing M to memory and reading it back cost more than a tenth of the product at
+// batch 32, and the kernel never needs M's I·J values at once. x is the padded input (batch × Π i, or
+// Π i × batch when batch_last; the sides swap when transposed) and y the padded output, overwritten.
+template <class T>
+void apply_rebuilt(const std::vector<CoreView<T>>& cores, bool transposed, const T* x, Index batch,
+                   bool batch_last, T* y) {
+  const std::size_t n = cores.size();
+  const MergeTree tree = merge_tree(shapes_of(cores));
+  const std::size_t split = tree.split[0][n - 1];
+  std::vector<T> left_storage, right_storage;
+  const T* left = multiply_run(cores, tree, 0, split, &left_storage);
+  const T* right = multiply_run(cores, tree, split + 1, n - 1, &right_storage);
+  const CoreShape l = run_shape(cores, 0, split), r = run_shape(cores, split + 1, n - 1);
+  const Index rows = l.rows * r.rows, cols = l.cols * r.cols;  // M is rows × cols
+  const Index in = transposed ? cols : rows, out_side = transposed ? rows : cols;
+  const Index per_p = r.rows * cols;  // values of M per value of I_L
+  const Index chunk = std::min(l.rows, std::max<Index>({(Index{1} << 18) / per_p, (64 + l.cols - 1) / l.cols, 1}));
+  const Index chunks = (l.rows + chunk - 1) / chunk;
+  // X · M sums over row blocks of M (X's columns): threads beyond the first sum into their own copy.
+  // X · Mᵀ and the batch-last forms write disjoint parts of y instead.
+  const bool sums = !transposed;
+  const double work = static_cast<double>(tree.cost[0][n - 1]) / 2 + static_cast<double>(batch) * rows * cols;
+  const int blocks = static_cast<int>(std::min<double>(
+      {static_cast<double>(thread_count()), static_cast<double>(chunks), work / detail::kParallelWork + 1}));
+  const int used = std::max(blocks, 1);
+  std::vector<std::vector<T>> partial(static_cast<std::size_t>(sums ? used - 1 : 0));
+  if (sums) std::fill(y, y + batch * out_side, T(0));
+  detail::run_blocks(used, [&](int b) {
+    T* target = y;
+    if (sums && b > 0) {
+      partial[b - 1].assign(static_cast<std::size_t>(batch * out_side), T(0));
+      target = partial[b - 1].data();
+    }
+    const auto [first, count] = detail::block_range(chunks, used, b);
+    std::vector<T> scratch(static_cast<std::size_t>(chunk * per_p)), block(static_cast<std::size_t>(chunk * per_p));
+    for (Index c = first; c < first + count; ++c) {
+      const Index p0 = c * chunk, m = std::min(chunk, l.rows - p0);
+      merge_block(left, l, right, r, p0, m, 0, r.rows, scratch.data(), block.data());
+      const Index r0 = p0 * r.rows, height = m * r.rows;  // rows [r0, r0 + height) of M
+      const ConstMatrixMap<T> mb(block.data(), height, cols);
+      if (!batch_last) {
+        const ConstMatrixMap<T> xs(x, batch, in);
+        MatrixMap<T> ys(target, batch, out_side);
+        if (transposed)
+          ys.middleCols(r0, height).noalias() = xs * mb.transpose();
+        else
+          ys.noalias() += xs.middleCols(r0, height) * mb;
+      } else {
+        const ConstMatrixMap<T> xs(x, in, batch);
+        MatrixMap<T> ys(target, out_side, batch);
+        if (transposed)
+          ys.middleRows(r0, height).noalias() = mb * xs;
+        else
+          ys.noalias() += mb.transpose() * xs.middleRows(r0, height);
+      }
+    }
+  });
+  for (const std::vector<T>& p : partial)
+    for (std::size_t k = 0; k < p.size(); ++k) y[k] += p[k];
+}
+
+}  // namespace
+
 template <class T>
 void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, Index batch,
            Index x_width, bool batch_last, T* out, Index out_width, PlanKind kind, bool allow_merge) {
@@ -591,6 +674,23 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
   }
 
   const ApplyPlan plan = plan_apply(shapes_of(given), batch, transposed, kind, allow_merge);
+  if (plan.groups.size() == 1) {
+    std::vector<T> full;
+    T* y = out;
+    if (out_width < padded_out) {
+      full.resize(static_cast<std::size_t>(batch * padded_out));
+      y = full.data();
+    }
+    apply_rebuilt(given, transposed, current, batch, batch_last, y);
+    if (y == out) return;
+    if (batch_last) {
+      std::copy(y, y + out_width * batch, out);
+    } else {
+      for (Index b = 0; b < batch; ++b)
+        std::copy(y + b * padded_out, y + b * padded_out + out_width, out + b * out_width);
+    }
+    return;
+  }
   std::vector<std::vector<T>> storage;
   const std::vector<CoreView<T>> cores = merge_cores(given, plan.groups, &storage);
   const std::vector<CoreShape> shapes = shapes_of(cores);
