@@ -206,21 +206,34 @@ void copy_runs_any(const T* from, Index stride, Index middle, Index run, T* to) 
   }
 }
 
-// target (cols × rows) = sourceᵀ (source rows × cols, both row-major), in square tiles: a plain loop
-// reads one cache line per value from whichever side is strided (the state moved past a bond of a
-// few hundred in a right-to-left sweep spent more time here than in its GEMM).
+// target (cols × rows) = sourceᵀ (source rows × cols, both row-major), in square tiles of one SIMD
+// packet per row, transposed in registers: a plain loop reads one cache line per value from whichever
+// side is strided, and was 3-4x slower (the state moved past a bond of a few hundred in a right-to-left
+// sweep, and a merged core packed for it, spent more time here than in their GEMM).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
 template <class T>
 void transpose_tiled(const T* source, Index rows, Index cols, T* target) {
-  constexpr Index tile = 16;
-  for (Index r0 = 0; r0 < rows; r0 += tile) {
-    const Index r1 = std::min(rows, r0 + tile);
-    for (Index c0 = 0; c0 < cols; c0 += tile) {
-      const Index c1 = std::min(cols, c0 + tile);
-      for (Index c = c0; c < c1; ++c)
-        for (Index r = r0; r < r1; ++r) target[c * rows + r] = source[r * cols + c];
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  constexpr Index N = Eigen::internal::unpacket_traits<Packet>::size;
+  Index r0 = 0;
+  if constexpr (N > 1) {
+    const Index full_cols = cols / N * N;
+    for (; r0 + N <= rows; r0 += N) {
+      for (Index c0 = 0; c0 < full_cols; c0 += N) {
+        Eigen::internal::PacketBlock<Packet, N> tile;
+        for (Index k = 0; k < N; ++k) tile.packet[k] = Eigen::internal::ploadu<Packet>(source + (r0 + k) * cols + c0);
+        Eigen::internal::ptranspose(tile);
+        for (Index k = 0; k < N; ++k) Eigen::internal::pstoreu(target + (c0 + k) * rows + r0, tile.packet[k]);
+      }
+      for (Index c = full_cols; c < cols; ++c)
+        for (Index r = r0; r < r0 + N; ++r) target[c * rows + r] = source[r * cols + c];
     }
   }
+  for (Index r = r0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) target[c * rows + r] = source[r * cols + c];
 }
+#pragma GCC diagnostic pop
 
 // target (axes perm of source) = source, like mpo::permute, for the layouts the kernel meets: the
 // interleaved product of merged cores has runs of only j_n·d values (4 floats for the shapes in use),
