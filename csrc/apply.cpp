@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <stdexcept>
@@ -325,6 +326,13 @@ Index product_of(const std::vector<CoreShape>& cores, bool rows_side) {
   return p;
 }
 
+// Scratch that every caller overwrites before reading: a std::vector would zero it first, and those
+// memsets of states and merged cores were 5-8 % of a batch-1 product.
+template <class T>
+std::unique_ptr<T[]> uninitialised(Index size) {
+  return std::unique_ptr<T[]>(new T[static_cast<std::size_t>(size)]);
+}
+
 // The shape of cores a..b multiplied out: (d_{a-1}, Π i, Π j, d_b).
 template <class T>
 CoreShape run_shape(const std::vector<CoreView<T>>& cores, std::size_t a, std::size_t b) {
@@ -540,11 +548,11 @@ void merge_pair(const T* left, const CoreShape& l, const T* right, const CoreSha
       {static_cast<double>(thread_count()), static_cast<double>(chunks), work / detail::kParallelWork + 1}));
   detail::run_blocks(std::max(blocks, 1), [&](int b) {
     const auto [first, count] = detail::block_range(chunks, std::max(blocks, 1), b);
-    std::vector<T> scratch(static_cast<std::size_t>(by_rows ? row_chunk * jl * ir * run : rows * jl * q_chunk * run));
+    const auto scratch = uninitialised<T>(by_rows ? row_chunk * jl * ir * run : rows * jl * q_chunk * run);
     for (Index c = first; c < first + count; ++c) {
       const Index p0 = by_rows ? c * row_chunk : 0, m = by_rows ? std::min(row_chunk, rows - p0) : rows;
       const Index q0 = by_rows ? 0 : c * q_chunk, w = by_rows ? ir : std::min(q_chunk, ir - q0);
-      merge_block(left, l, right, r, p0, m, q0, w, scratch.data(), out + p0 * ir * jl * run);
+      merge_block(left, l, right, r, p0, m, q0, w, scratch.get(), out + p0 * ir * jl * run);
     }
   });
 }
@@ -553,24 +561,24 @@ void merge_pair(const T* left, const CoreShape& l, const T* right, const CoreSha
 // core is its caller's buffer (no copy), a longer run is written to `storage`.
 template <class T>
 const T* multiply_run(const std::vector<CoreView<T>>& cores, const MergeTree& tree, std::size_t a, std::size_t b,
-                      std::vector<T>* storage) {
+                      std::unique_ptr<T[]>* storage) {
   if (a == b) return cores[a].data;
   const std::size_t s = tree.split[a][b];
-  std::vector<T> left_storage, right_storage;
+  std::unique_ptr<T[]> left_storage, right_storage;
   const T* left = multiply_run(cores, tree, a, s, &left_storage);
   const T* right = multiply_run(cores, tree, s + 1, b, &right_storage);
   const CoreShape l = run_shape(cores, a, s), r = run_shape(cores, s + 1, b);
-  storage->resize(static_cast<std::size_t>(l.left_bond * l.rows * l.cols * r.rows * r.cols * r.right_bond));
-  merge_pair(left, l, right, r, storage->data());
-  return storage->data();
+  *storage = uninitialised<T>(l.left_bond * l.rows * l.cols * r.rows * r.cols * r.right_bond);
+  merge_pair(left, l, right, r, storage->get());
+  return storage->get();
 }
 
 // The cores of a plan's groups: a run of one is the caller's buffer, a longer run is multiplied out
-// into `storage` (reserved up front so the views stay valid), grouped as (d, i_a…i_b, j_a…j_b, d'):
+// into `storage` (which owns it while the views are used), grouped as (d, i_a…i_b, j_a…j_b, d'):
 // row-major (i_a…i_b) is the merged row factor, as in M's index.
 template <class T>
 std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, const std::vector<std::size_t>& groups,
-                                     std::vector<std::vector<T>>* storage) {
+                                     std::vector<std::unique_ptr<T[]>>* storage) {
   std::vector<CoreView<T>> views;
   storage->reserve(groups.size());
   const MergeTree tree = merge_tree(shapes_of(cores));
@@ -580,10 +588,10 @@ std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, cons
       views.push_back(cores[k++]);
       continue;
     }
-    std::vector<T> product;
+    std::unique_ptr<T[]> product;
     multiply_run(cores, tree, k, k + g - 1, &product);
+    views.push_back({run_shape(cores, k, k + g - 1), product.get()});
     storage->push_back(std::move(product));
-    views.push_back({run_shape(cores, k, k + g - 1), storage->back().data()});
     k += g;
   }
   return views;
@@ -604,7 +612,7 @@ void apply_rebuilt(const std::vector<CoreView<T>>& cores, bool transposed, const
   const std::size_t n = cores.size();
   const MergeTree tree = merge_tree(shapes_of(cores));
   const std::size_t split = tree.split[0][n - 1];
-  std::vector<T> left_storage, right_storage;
+  std::unique_ptr<T[]> left_storage, right_storage;
   const T* left = multiply_run(cores, tree, 0, split, &left_storage);
   const T* right = multiply_run(cores, tree, split + 1, n - 1, &right_storage);
   const CoreShape l = run_shape(cores, 0, split), r = run_shape(cores, split + 1, n - 1);
@@ -629,12 +637,12 @@ void apply_rebuilt(const std::vector<CoreView<T>>& cores, bool transposed, const
       target = partial[b - 1].data();
     }
     const auto [first, count] = detail::block_range(chunks, used, b);
-    std::vector<T> scratch(static_cast<std::size_t>(chunk * per_p)), block(static_cast<std::size_t>(chunk * per_p));
+    const auto scratch = uninitialised<T>(chunk * per_p), block = uninitialised<T>(chunk * per_p);
     for (Index c = first; c < first + count; ++c) {
       const Index p0 = c * chunk, m = std::min(chunk, l.rows - p0);
-      merge_block(left, l, right, r, p0, m, 0, r.rows, scratch.data(), block.data());
+      merge_block(left, l, right, r, p0, m, 0, r.rows, scratch.get(), block.get());
       const Index r0 = p0 * r.rows, height = m * r.rows;  // rows [r0, r0 + height) of M
-      const ConstMatrixMap<T> mb(block.data(), height, cols);
+      const ConstMatrixMap<T> mb(block.get(), height, cols);
       if (!batch_last) {
         const ConstMatrixMap<T> xs(x, batch, in);
         MatrixMap<T> ys(target, batch, out_side);
@@ -704,7 +712,7 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
     }
     return;
   }
-  std::vector<std::vector<T>> storage;
+  std::vector<std::unique_ptr<T[]>> storage;
   const std::vector<CoreView<T>> cores = merge_cores(given, plan.groups, &storage);
   const std::vector<CoreShape> shapes = shapes_of(cores);
   // One sweep of `rows` rows of X (at x0, rows padded_in apart, or the whole batch-last block) through
@@ -720,9 +728,10 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
         largest = std::max(largest, sim.size());
       }
     }
-    std::vector<T> buffer[2] = {std::vector<T>(static_cast<std::size_t>(largest)),
-                                std::vector<T>(static_cast<std::size_t>(largest))};
-    std::vector<T> packed;
+    const std::unique_ptr<T[]> buffers[2] = {uninitialised<T>(largest), uninitialised<T>(largest)};
+    T* const buffer[2] = {buffers[0].get(), buffers[1].get()};
+    std::unique_ptr<T[]> packed;
+    Index packed_size = 0;
     auto gemm = [fork](MatrixMap<T>& result, const auto& left, const auto& right) {
       if (fork)
         multiply_into<T>(result, left, right);
@@ -734,11 +743,11 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
       const Step s = sim.add(k);
       const T* lhs = current;
       if (!is_identity(s.state_perm)) {
-        T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+        T* target = current == buffer[0] ? buffer[1] : buffer[0];
         permute_merged(current, s.state_dims, s.state_perm, target);
         lhs = target;
       }
-      T* product = lhs == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+      T* product = lhs == buffer[0] ? buffer[1] : buffer[0];
       MatrixMap<T> result(product, s.kept, s.fresh);
       const ConstMatrixMap<T> left(lhs, s.kept, s.inner);
       const T* core = cores[k].data;
@@ -754,9 +763,12 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
       } else if (is_identity(swapped)) {
         gemm(result, left, ConstMatrixMap<T>(core, s.fresh, s.inner).transpose());
       } else {
-        packed.resize(static_cast<std::size_t>(s.inner * s.fresh));
-        permute_merged(core, s.core_dims, s.core_perm, packed.data());
-        gemm(result, left, ConstMatrixMap<T>(packed.data(), s.inner, s.fresh));
+        if (packed_size < s.inner * s.fresh) {
+          packed_size = s.inner * s.fresh;
+          packed = uninitialised<T>(packed_size);
+        }
+        permute_merged(core, s.core_dims, s.core_perm, packed.get());
+        gemm(result, left, ConstMatrixMap<T>(packed.get(), s.inner, s.fresh));
       }
       current = product;
     }
@@ -788,7 +800,7 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
     }
     const T* full = current;
     if (!is_identity(perm)) {
-      T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+      T* target = current == buffer[0] ? buffer[1] : buffer[0];
       permute_merged(current, dims, perm, target);
       full = target;
     }
@@ -837,7 +849,7 @@ template <class T>
 Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
   const std::vector<CoreShape> shapes = shapes_of(cores);
   check_chain(shapes);
-  std::vector<std::vector<T>> storage;
+  std::vector<std::unique_ptr<T[]>> storage;
   const std::vector<CoreView<T>> merged = merge_cores(cores, {cores.size()}, &storage);
   const CoreShape& c = merged[0].shape;
   return ConstMatrixMap<T>(merged[0].data, c.rows, c.cols);
