@@ -4,6 +4,7 @@
 #include "mpo/parallel.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -619,7 +620,13 @@ void apply_rebuilt(const std::vector<CoreView<T>>& cores, bool transposed, const
   const Index rows = l.rows * r.rows, cols = l.cols * r.cols;  // M is rows × cols
   const Index in = transposed ? cols : rows, out_side = transposed ? rows : cols;
   const Index per_p = r.rows * cols;  // values of M per value of I_L
-  const Index chunk = std::min(l.rows, std::max<Index>({(Index{1} << 18) / per_p, (64 + l.cols - 1) / l.cols, 1}));
+  // Blocks of ~1 MB of M; but every block reads and writes the whole product once (X · M sums over
+  // blocks), so when the product outgrows M (large batches) fewer, larger blocks are cheaper: at most
+  // |M| / |Y| of them, down to one block, which is plain rebuild-then-multiply.
+  const double most_blocks = std::max(1.0, static_cast<double>(rows) * cols / (static_cast<double>(batch) * out_side));
+  const Index fewest_p = static_cast<Index>(std::ceil(static_cast<double>(l.rows) / most_blocks));
+  const Index chunk =
+      std::min(l.rows, std::max<Index>({(Index{1} << 18) / per_p, (64 + l.cols - 1) / l.cols, fewest_p, 1}));
   const Index chunks = (l.rows + chunk - 1) / chunk;
   // X · M sums over row blocks of M (X's columns): threads beyond the first sum into their own copy.
   // X · Mᵀ and the batch-last forms write disjoint parts of y instead.
