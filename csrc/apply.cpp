@@ -905,10 +905,84 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ids[a] < ids[b]; });
 
+  // Many ids share few prefixes near the right end of the chain, where each id still pays a GEMM per
+  // core with a wide bond. Cores split..n-1 are therefore contracted once for every combination of
+  // their row factors (a table of Π r_k matrices d_{split-1} × Π c_k), and each id ends with one GEMM
+  // against its entry. split is chosen by counting FLOPs: the prefixes the sorted ids actually
+  // recompute, the final GEMMs and the table (split = n: no table, for few ids).
+  std::vector<double> recomputed(n, 0.0);  // ids whose first new digit is at level <= k
+  {
+    std::vector<Index> digits(n), previous(n, -1);
+    for (std::size_t slot : order) {
+      Index id = ids[slot];
+      for (std::size_t k = n; k-- > 0;) {
+        digits[k] = id % r[k];
+        id /= r[k];
+      }
+      std::size_t level = 0;
+      while (level < n && digits[level] == previous[level]) ++level;
+      for (std::size_t k = level; k < n; ++k) recomputed[k] += 1;
+      previous = digits;
+    }
+  }
+  std::vector<Index> suffix_cols(n + 1, 1), suffix_rows(n + 1, 1);  // Π_{m>=k} c_m, Π_{m>=k} r_m
+  for (std::size_t k = n; k-- > 0;) {
+    suffix_cols[k] = suffix_cols[k + 1] * c[k];
+    suffix_rows[k] = suffix_rows[k + 1] * r[k];
+  }
+  std::size_t split = n;
+  {
+    double best = 0;
+    for (std::size_t k = 0; k < n; ++k) best += recomputed[k] * 2.0 * prefix_rows[k] * left[k] * c[k] * right[k];
+    double prefixes = 0, table = 0;
+    std::vector<double> costs(n + 1, 0.0);
+    for (std::size_t k = n; k-- > 1;) {
+      table += static_cast<double>(suffix_rows[k]) * 2.0 * left[k] * c[k] * right[k] * suffix_cols[k + 1];
+      costs[k] = table;
+    }
+    for (std::size_t k = 1; k < n; ++k) {
+      prefixes += recomputed[k - 1] * 2.0 * prefix_rows[k - 1] * left[k - 1] * c[k - 1] * right[k - 1];
+      const double total = prefixes + costs[k] + static_cast<double>(ids.size()) * 2.0 * prefix_rows[k] * left[k] * suffix_cols[k];
+      const double size = static_cast<double>(suffix_rows[k]) * left[k] * suffix_cols[k];
+      if (total < best && size <= static_cast<double>(Index{1} << 24)) {
+        best = total;
+        split = k;
+      }
+    }
+  }
+  // table[split] entry e (e = id mod Π_{m>=split} r_m) is a d_{split-1} × Π_{m>=split} c_m matrix.
+  std::vector<T> table;
+  if (split < n) {
+    std::vector<T> next, slice;
+    for (std::size_t k = n; k-- > split;) {
+      const Index entry = left[k] * suffix_cols[k];  // values per entry at level k
+      std::vector<T> current(static_cast<std::size_t>(suffix_rows[k] * entry));
+      slice.resize(static_cast<std::size_t>(left[k] * c[k] * right[k]));
+      for (Index d = 0; d < r[k]; ++d) {
+        // Slice T_k[:, d, :, :] made contiguous: (d_{k-1}·c_k) × d_k.
+        for (Index l = 0; l < left[k]; ++l)
+          std::copy(data[k] + (l * r[k] + d) * c[k] * right[k], data[k] + (l * r[k] + d + 1) * c[k] * right[k],
+                    slice.begin() + l * c[k] * right[k]);
+        const ConstMatrixMap<T> sl(slice.data(), left[k] * c[k], right[k]);
+        for (Index rest = 0; rest < suffix_rows[k + 1]; ++rest) {
+          MatrixMap<T> to(current.data() + (d * suffix_rows[k + 1] + rest) * entry, left[k] * c[k], suffix_cols[k + 1]);
+          if (k + 1 == n)
+            to = sl;  // d_n = 1
+          else
+            to.noalias() = sl * ConstMatrixMap<T>(next.data() + rest * right[k] * suffix_cols[k + 1], right[k],
+                                                  suffix_cols[k + 1]);
+        }
+      }
+      next.swap(current);
+    }
+    table.swap(next);
+  }
+
   auto work = [&](std::size_t begin, std::size_t end) {
     std::vector<std::vector<T>> prefix(n + 1);
     prefix[0].assign(1, T(1));
-    for (std::size_t k = 1; k <= n; ++k) prefix[k].resize(static_cast<std::size_t>(prefix_rows[k] * right[k - 1]));
+    for (std::size_t k = 1; k <= split; ++k) prefix[k].resize(static_cast<std::size_t>(prefix_rows[k] * right[k - 1]));
+    std::vector<T> row(split < n ? static_cast<std::size_t>(padded_out) : 0);
     std::vector<Index> digits(n), previous(n, -1);
     for (std::size_t t = begin; t < end; ++t) {
       const std::size_t slot = order[t];
@@ -918,8 +992,8 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
         id /= r[k];
       }
       std::size_t level = 0;
-      while (level < n && digits[level] == previous[level]) ++level;
-      for (std::size_t k = level; k < n; ++k) {
+      while (level < split && digits[level] == previous[level]) ++level;
+      for (std::size_t k = level; k < split; ++k) {
         using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
         // Slice T_k[:, r, :, :]: d_{k-1} rows of c_k·d_k values, r_k·c_k·d_k apart.
         const Strided slice(data[k] + digits[k] * c[k] * right[k], left[k], c[k] * right[k],
@@ -928,7 +1002,16 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
         next.noalias() = ConstMatrixMap<T>(prefix[k].data(), prefix_rows[k], left[k]) * slice;
       }
       previous = digits;
-      std::copy(prefix[n].data(), prefix[n].data() + out_width, out + static_cast<Index>(slot) * out_width);
+      const T* result = prefix[n].data();
+      if (split < n) {
+        const Index entry = ids[slot] % suffix_rows[split];
+        MatrixMap<T> full(row.data(), prefix_rows[split], suffix_cols[split]);
+        full.noalias() = ConstMatrixMap<T>(prefix[split].data(), prefix_rows[split], left[split]) *
+                         ConstMatrixMap<T>(table.data() + entry * left[split] * suffix_cols[split], left[split],
+                                           suffix_cols[split]);
+        result = row.data();
+      }
+      std::copy(result, result + out_width, out + static_cast<Index>(slot) * out_width);
     }
   };
   // Ids split into one contiguous run of the sorted order per thread; a run's first id recomputes its
