@@ -4,7 +4,9 @@
 #include "mpo/parallel.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <stdexcept>
@@ -180,6 +182,111 @@ std::vector<std::size_t> centre_order(const std::vector<CoreShape>& cores, Index
 }
 
 
+// The innermost loop of a permutation: `middle` runs of `Run` contiguous values, `stride` apart in the
+// source, packed one after another in the target. A compile-time run length lets the compiler emit a
+// few vector moves per run instead of a call to memmove.
+template <int Run, class T>
+void copy_runs(const T* from, Index stride, Index middle, T* to) {
+  for (Index y = 0; y < middle; ++y)
+    for (int x = 0; x < Run; ++x) to[y * Run + x] = from[y * stride + x];
+}
+
+// copy_runs for a run length known only at run time.
+template <class T>
+void copy_runs_any(const T* from, Index stride, Index middle, Index run, T* to) {
+  switch (run) {
+    case 1: copy_runs<1>(from, stride, middle, to); break;
+    case 2: copy_runs<2>(from, stride, middle, to); break;
+    case 3: copy_runs<3>(from, stride, middle, to); break;
+    case 4: copy_runs<4>(from, stride, middle, to); break;
+    case 6: copy_runs<6>(from, stride, middle, to); break;
+    case 8: copy_runs<8>(from, stride, middle, to); break;
+    case 12: copy_runs<12>(from, stride, middle, to); break;
+    case 16: copy_runs<16>(from, stride, middle, to); break;
+    default:
+      for (Index y = 0; y < middle; ++y) std::copy(from + y * stride, from + y * stride + run, to + y * run);
+  }
+}
+
+// target (cols × rows) = sourceᵀ (source rows × cols, both row-major), in square tiles of one SIMD
+// packet per row, transposed in registers: a plain loop reads one cache line per value from whichever
+// side is strided, and was 3-4x slower (the state moved past a bond of a few hundred in a right-to-left
+// sweep, and a merged core packed for it, spent more time here than in their GEMM).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+template <class T>
+void transpose_tiled(const T* source, Index rows, Index cols, T* target) {
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  constexpr Index N = Eigen::internal::unpacket_traits<Packet>::size;
+  Index r0 = 0;
+  if constexpr (N > 1) {
+    const Index full_cols = cols / N * N;
+    for (; r0 + N <= rows; r0 += N) {
+      for (Index c0 = 0; c0 < full_cols; c0 += N) {
+        Eigen::internal::PacketBlock<Packet, N> tile;
+        for (Index k = 0; k < N; ++k) tile.packet[k] = Eigen::internal::ploadu<Packet>(source + (r0 + k) * cols + c0);
+        Eigen::internal::ptranspose(tile);
+        for (Index k = 0; k < N; ++k) Eigen::internal::pstoreu(target + (c0 + k) * rows + r0, tile.packet[k]);
+      }
+      for (Index c = full_cols; c < cols; ++c)
+        for (Index r = r0; r < r0 + N; ++r) target[c * rows + r] = source[r * cols + c];
+    }
+  }
+  for (Index r = r0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) target[c * rows + r] = source[r * cols + c];
+}
+#pragma GCC diagnostic pop
+
+// target (axes perm of source) = source, like mpo::permute, for the layouts the kernel meets: the
+// interleaved product of merged cores has runs of only j_n·d values (4 floats for the shapes in use),
+// and a call to memmove per run cost a third of rebuild-then-multiply at small bonds.
+template <class T>
+void permute_runs(const T* source, const std::vector<Index>& dims, const std::vector<std::size_t>& perm,
+                  T* target) {
+  const std::size_t rank = dims.size();
+  std::vector<Index> source_stride(rank, 1);
+  for (std::size_t a = rank; a-- > 1;) source_stride[a - 1] = source_stride[a] * dims[a];
+  std::vector<Index> out_dims(rank), stride(rank);
+  Index total = 1;
+  for (std::size_t a = 0; a < rank; ++a) {
+    out_dims[a] = dims[perm[a]];
+    stride[a] = source_stride[perm[a]];
+    total *= out_dims[a];
+  }
+  if (rank == 2 && perm[0] == 1) {
+    transpose_tiled(source, dims[0], dims[1], target);
+    return;
+  }
+  if (rank == 3 && perm[0] == 0 && perm[1] == 2) {  // a batch of transposes (packing a merged core)
+    const Index size = dims[1] * dims[2];
+    for (Index b = 0; b < dims[0]; ++b) transpose_tiled(source + b * size, dims[1], dims[2], target + b * size);
+    return;
+  }
+  if (rank < 2 || stride[rank - 1] != 1) {
+    permute(source, dims, perm, target);
+    return;
+  }
+  // Odometer over all target axes but the last two; those are `middle` runs of `inner` values.
+  const Index inner = out_dims[rank - 1];
+  const Index middle = out_dims[rank - 2], middle_stride = stride[rank - 2];
+  const Index block = inner * middle;
+  std::vector<Index> counter(rank, 0);
+  Index offset = 0;
+  for (Index done = 0; done < total; done += block) {
+    const T* from = source + offset;
+    T* to = target + done;
+    copy_runs_any(from, middle_stride, middle, inner, to);
+    for (std::size_t a = rank - 2; a-- > 0;) {
+      if (++counter[a] < out_dims[a]) {
+        offset += stride[a];
+        break;
+      }
+      offset -= stride[a] * (out_dims[a] - 1);
+      counter[a] = 0;
+    }
+  }
+}
+
 // Permute after merging target axes that are already neighbours in the source: a move of one block of
 // axes past another becomes a plain 2-D transpose, and an identity a copy.
 template <class T>
@@ -211,13 +318,32 @@ void permute_merged(const T* source, const std::vector<Index>& dims, const std::
     group_dims[s] = d;
     group_perm[by_source[s]] = s;
   }
-  permute(source, group_dims, group_perm, target);
+  permute_runs(source, group_dims, group_perm, target);
 }
 
 Index product_of(const std::vector<CoreShape>& cores, bool rows_side) {
   Index p = 1;
   for (const CoreShape& c : cores) p *= rows_side ? c.rows : c.cols;
   return p;
+}
+
+// Scratch that every caller overwrites before reading: a std::vector would zero it first, and those
+// memsets of states and merged cores were 5-8 % of a batch-1 product.
+template <class T>
+std::unique_ptr<T[]> uninitialised(Index size) {
+  return std::unique_ptr<T[]>(new T[static_cast<std::size_t>(size)]);
+}
+
+// The shape of cores a..b multiplied out: (d_{a-1}, Π i, Π j, d_b).
+template <class T>
+CoreShape run_shape(const std::vector<CoreView<T>>& cores, std::size_t a, std::size_t b) {
+  CoreShape acc = cores[a].shape;
+  for (std::size_t m = a + 1; m <= b; ++m) {
+    acc.rows *= cores[m].shape.rows;
+    acc.cols *= cores[m].shape.cols;
+    acc.right_bond = cores[m].shape.right_bond;
+  }
+  return acc;
 }
 
 template <class T>
@@ -232,8 +358,7 @@ std::vector<CoreShape> shapes_of(const std::vector<CoreView<T>>& cores) {
 namespace {
 
 // The cheapest way to multiply out each run of cores [a, b]: split it at s, multiply out both halves,
-// then one GEMM (d_{a-1}·Π_{a..s} i j) × d_s times d_s × (Π_{s+1..b} i j · d_b). Halves are kept in the
-// interleaved layout (d, i_a, j_a, …, d') so the GEMM needs no permutation (interval DP, O(n³)).
+// then one GEMM (d_{a-1}·Π_{a..s} i j) × d_s times d_s × (Π_{s+1..b} i j · d_b) (interval DP, O(n³)).
 struct MergeTree {
   std::vector<std::vector<double>> cost;
   std::vector<std::vector<std::size_t>> split;
@@ -368,29 +493,93 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
 
 namespace {
 
-// Cores a..b multiplied out along the merge tree, interleaved: (d_{a-1}·i_a·j_a···i_b·j_b) × d_b.
+// Rows [p0, p0 + m) of (d, I_L) and values [q0, q0 + w) of i_R of the product merge_pair describes,
+// written to out (which points at row p0), through scratch (m·J_L·w·J_R·d' values) when J_L and I_R
+// must swap.
 template <class T>
-Matrix<T> multiply_run(const std::vector<CoreView<T>>& cores, const MergeTree& tree, std::size_t a, std::size_t b) {
-  if (a == b) {
-    const CoreShape& c = cores[a].shape;
-    return ConstMatrixMap<T>(cores[a].data, c.left_bond * c.rows * c.cols, c.right_bond);
+void merge_block(const T* left, const CoreShape& l, const T* right, const CoreShape& r, Index p0, Index m,
+                 Index q0, Index w, T* scratch, T* out) {
+  const Index jl = l.cols, bond = l.right_bond, ir = r.rows, run = r.cols * r.right_bond;
+  using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+  const ConstMatrixMap<T> lhs(left + p0 * jl * bond, m * jl, bond);
+  const Strided rhs(right + q0 * run, bond, w * run, Eigen::OuterStride<>(ir * run));
+  if (jl == 1 || ir == 1) {  // the GEMM's layout is already the grouped one
+    Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>(out + q0 * jl * run, m * jl, w * run,
+                                                   Eigen::OuterStride<>(ir * run))
+        .noalias() = lhs * rhs;
+    return;
   }
+  MatrixMap<T> block(scratch, m * jl, w * run);  // (p, j_L, q, ·)
+  block.noalias() = lhs * rhs;
+  for (Index p = 0; p < m; ++p) {
+    for (Index q = 0; q < w; ++q) {
+      const T* from = scratch + (p * jl * w + q) * run;  // (p, 0, q, ·)
+      T* to = out + (p * ir + q0 + q) * jl * run;         // (p, q, 0, ·)
+      copy_runs_any(from, w * run, jl, run, to);
+    }
+  }
+}
+
+// Left (d, I_L, J_L, s) times right (s, I_R, J_R, d'), both grouped, into out (d, I_L, I_R, J_L, J_R, d'):
+// grouped again, so a run of cores multiplied out needs no permutation afterwards. The GEMM's natural
+// result is (d, I_L, J_L, I_R, J_R, d'); J_L and I_R swap places as it is written, one cache-sized
+// block at a time, in runs of J_R·d' values: permuting the whole interleaved result afterwards (runs of
+// j_n = 4 values, strided through memory) was a third of rebuild-then-multiply at small bonds.
+template <class T>
+void merge_pair(const T* left, const CoreShape& l, const T* right, const CoreShape& r, T* out) {
+  const Index rows = l.left_bond * l.rows, jl = l.cols, bond = l.right_bond;
+  const Index ir = r.rows, run = r.cols * r.right_bond;
+  if (jl == 1 || ir == 1) {  // nothing to swap
+    MatrixMap<T> result(out, rows * jl, ir * run);
+    multiply_into<T>(result, ConstMatrixMap<T>(left, rows * jl, bond), ConstMatrixMap<T>(right, bond, ir * run));
+    return;
+  }
+  // The GEMM runs in blocks whose result is ~256 KB, either of rows of the left factor (each block packs
+  // the right factor again) or of values of i_R (each packs the left factor again): whichever repacks
+  // less. A row block has at least 64 GEMM rows, so that packing stays small next to its product.
+  constexpr Index target = Index{1} << 16;
+  const Index row_chunk = std::min(rows, std::max<Index>(target / (jl * ir * run), (64 + jl - 1) / jl));
+  const Index q_chunk = std::min(ir, std::max<Index>(target / (rows * jl * run), 1));
+  const Index row_chunks = (rows + row_chunk - 1) / row_chunk, q_chunks = (ir + q_chunk - 1) / q_chunk;
+  const bool by_rows = static_cast<double>(row_chunks) * bond * ir * run <=
+                       static_cast<double>(q_chunks) * rows * jl * bond;
+  const Index chunks = by_rows ? row_chunks : q_chunks;
+  const double work = static_cast<double>(rows) * jl * bond * ir * run;
+  const int blocks = static_cast<int>(std::min<double>(
+      {static_cast<double>(thread_count()), static_cast<double>(chunks), work / detail::kParallelWork + 1}));
+  detail::run_blocks(std::max(blocks, 1), [&](int b) {
+    const auto [first, count] = detail::block_range(chunks, std::max(blocks, 1), b);
+    const auto scratch = uninitialised<T>(by_rows ? row_chunk * jl * ir * run : rows * jl * q_chunk * run);
+    for (Index c = first; c < first + count; ++c) {
+      const Index p0 = by_rows ? c * row_chunk : 0, m = by_rows ? std::min(row_chunk, rows - p0) : rows;
+      const Index q0 = by_rows ? 0 : c * q_chunk, w = by_rows ? ir : std::min(q_chunk, ir - q0);
+      merge_block(left, l, right, r, p0, m, q0, w, scratch.get(), out + p0 * ir * jl * run);
+    }
+  });
+}
+
+// Cores a..b multiplied out along the merge tree, grouped as (d_{a-1}, i_a…i_b, j_a…j_b, d_b): a single
+// core is its caller's buffer (no copy), a longer run is written to `storage`.
+template <class T>
+const T* multiply_run(const std::vector<CoreView<T>>& cores, const MergeTree& tree, std::size_t a, std::size_t b,
+                      std::unique_ptr<T[]>* storage) {
+  if (a == b) return cores[a].data;
   const std::size_t s = tree.split[a][b];
-  const Matrix<T> left = multiply_run(cores, tree, a, s);
-  const Matrix<T> right = multiply_run(cores, tree, s + 1, b);
-  const Index bond = cores[s].shape.right_bond;
-  Matrix<T> out = multiply<T>(left, ConstMatrixMap<T>(right.data(), bond, right.size() / bond));
-  // Same coefficients read as (… i_b j_b) × d_b: resize keeps the buffer when the size is unchanged.
-  out.resize(out.size() / cores[b].shape.right_bond, cores[b].shape.right_bond);
-  return out;
+  std::unique_ptr<T[]> left_storage, right_storage;
+  const T* left = multiply_run(cores, tree, a, s, &left_storage);
+  const T* right = multiply_run(cores, tree, s + 1, b, &right_storage);
+  const CoreShape l = run_shape(cores, a, s), r = run_shape(cores, s + 1, b);
+  *storage = uninitialised<T>(l.left_bond * l.rows * l.cols * r.rows * r.cols * r.right_bond);
+  merge_pair(left, l, right, r, storage->get());
+  return storage->get();
 }
 
 // The cores of a plan's groups: a run of one is the caller's buffer, a longer run is multiplied out
-// into `storage` (reserved up front so the views stay valid) and permuted once from its interleaved
-// layout to (d, i_a…i_b, j_a…j_b, d'): row-major (i_a…i_b) is the merged row factor, as in M's index.
+// into `storage` (which owns it while the views are used), grouped as (d, i_a…i_b, j_a…j_b, d'):
+// row-major (i_a…i_b) is the merged row factor, as in M's index.
 template <class T>
 std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, const std::vector<std::size_t>& groups,
-                                     std::vector<std::vector<T>>* storage) {
+                                     std::vector<std::unique_ptr<T[]>>* storage) {
   std::vector<CoreView<T>> views;
   storage->reserve(groups.size());
   const MergeTree tree = merge_tree(shapes_of(cores));
@@ -400,29 +589,86 @@ std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, cons
       views.push_back(cores[k++]);
       continue;
     }
-    const Matrix<T> product = multiply_run(cores, tree, k, k + g - 1);
-    CoreShape acc = cores[k].shape;
-    std::vector<Index> dims{acc.left_bond, acc.rows, acc.cols};
-    for (std::size_t m = k + 1; m < k + g; ++m) {
-      const CoreShape& c = cores[m].shape;
-      dims.push_back(c.rows);
-      dims.push_back(c.cols);
-      acc.rows *= c.rows;
-      acc.cols *= c.cols;
-      acc.right_bond = c.right_bond;
-    }
-    dims.push_back(acc.right_bond);
-    std::vector<std::size_t> perm{0};
-    for (std::size_t a = 1; a + 1 < dims.size(); a += 2) perm.push_back(a);
-    for (std::size_t a = 2; a + 1 < dims.size(); a += 2) perm.push_back(a);
-    perm.push_back(dims.size() - 1);
-    std::vector<T> current(static_cast<std::size_t>(product.size()));
-    permute_merged(product.data(), dims, perm, current.data());
-    storage->push_back(std::move(current));
-    views.push_back({acc, storage->back().data()});
+    std::unique_ptr<T[]> product;
+    multiply_run(cores, tree, k, k + g - 1, &product);
+    views.push_back({run_shape(cores, k, k + g - 1), product.get()});
+    storage->push_back(std::move(product));
     k += g;
   }
   return views;
+}
+
+}  // namespace
+
+namespace {
+
+// Rebuild-then-multiply (the plan whose one group is every core) without holding the matrix: the last
+// merge of the tree makes M a block of whole rows at a time (~1 MB), and the block meets X while it is
+// still in cache. Writing M to memory and reading it back cost more than a tenth of the product at
+// batch 32, and the kernel never needs M's I·J values at once. x is the padded input (batch × Π i, or
+// Π i × batch when batch_last; the sides swap when transposed) and y the padded output, overwritten.
+template <class T>
+void apply_rebuilt(const std::vector<CoreView<T>>& cores, bool transposed, const T* x, Index batch,
+                   bool batch_last, T* y) {
+  const std::size_t n = cores.size();
+  const MergeTree tree = merge_tree(shapes_of(cores));
+  const std::size_t split = tree.split[0][n - 1];
+  std::unique_ptr<T[]> left_storage, right_storage;
+  const T* left = multiply_run(cores, tree, 0, split, &left_storage);
+  const T* right = multiply_run(cores, tree, split + 1, n - 1, &right_storage);
+  const CoreShape l = run_shape(cores, 0, split), r = run_shape(cores, split + 1, n - 1);
+  const Index rows = l.rows * r.rows, cols = l.cols * r.cols;  // M is rows × cols
+  const Index in = transposed ? cols : rows, out_side = transposed ? rows : cols;
+  const Index per_p = r.rows * cols;  // values of M per value of I_L
+  // Blocks of ~1 MB of M; but every block reads and writes the whole product once (X · M sums over
+  // blocks), so when the product outgrows M (large batches) fewer, larger blocks are cheaper: at most
+  // |M| / |Y| of them, down to one block, which is plain rebuild-then-multiply.
+  const double most_blocks = std::max(1.0, static_cast<double>(rows) * cols / (static_cast<double>(batch) * out_side));
+  const Index fewest_p = static_cast<Index>(std::ceil(static_cast<double>(l.rows) / most_blocks));
+  const Index chunk =
+      std::min(l.rows, std::max<Index>({(Index{1} << 18) / per_p, (64 + l.cols - 1) / l.cols, fewest_p, 1}));
+  const Index chunks = (l.rows + chunk - 1) / chunk;
+  // X · M sums over row blocks of M (X's columns): threads beyond the first sum into their own copy.
+  // X · Mᵀ and the batch-last forms write disjoint parts of y instead.
+  const bool sums = !transposed;
+  const double work = static_cast<double>(tree.cost[0][n - 1]) / 2 + static_cast<double>(batch) * rows * cols;
+  const int blocks = static_cast<int>(std::min<double>(
+      {static_cast<double>(thread_count()), static_cast<double>(chunks), work / detail::kParallelWork + 1}));
+  const int used = std::max(blocks, 1);
+  std::vector<std::vector<T>> partial(static_cast<std::size_t>(sums ? used - 1 : 0));
+  if (sums) std::fill(y, y + batch * out_side, T(0));
+  detail::run_blocks(used, [&](int b) {
+    T* target = y;
+    if (sums && b > 0) {
+      partial[b - 1].assign(static_cast<std::size_t>(batch * out_side), T(0));
+      target = partial[b - 1].data();
+    }
+    const auto [first, count] = detail::block_range(chunks, used, b);
+    const auto scratch = uninitialised<T>(chunk * per_p), block = uninitialised<T>(chunk * per_p);
+    for (Index c = first; c < first + count; ++c) {
+      const Index p0 = c * chunk, m = std::min(chunk, l.rows - p0);
+      merge_block(left, l, right, r, p0, m, 0, r.rows, scratch.get(), block.get());
+      const Index r0 = p0 * r.rows, height = m * r.rows;  // rows [r0, r0 + height) of M
+      const ConstMatrixMap<T> mb(block.get(), height, cols);
+      if (!batch_last) {
+        const ConstMatrixMap<T> xs(x, batch, in);
+        MatrixMap<T> ys(target, batch, out_side);
+        if (transposed)
+          ys.middleCols(r0, height).noalias() = xs * mb.transpose();
+        else
+          ys.noalias() += xs.middleCols(r0, height) * mb;
+      } else {
+        const ConstMatrixMap<T> xs(x, in, batch);
+        MatrixMap<T> ys(target, out_side, batch);
+        if (transposed)
+          ys.middleRows(r0, height).noalias() = mb * xs;
+        else
+          ys.noalias() += mb.transpose() * xs.middleRows(r0, height);
+      }
+    }
+  });
+  for (const std::vector<T>& p : partial)
+    for (std::size_t k = 0; k < p.size(); ++k) y[k] += p[k];
 }
 
 }  // namespace
@@ -456,7 +702,24 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
   }
 
   const ApplyPlan plan = plan_apply(shapes_of(given), batch, transposed, kind, allow_merge);
-  std::vector<std::vector<T>> storage;
+  if (plan.groups.size() == 1) {
+    std::vector<T> full;
+    T* y = out;
+    if (out_width < padded_out) {
+      full.resize(static_cast<std::size_t>(batch * padded_out));
+      y = full.data();
+    }
+    apply_rebuilt(given, transposed, current, batch, batch_last, y);
+    if (y == out) return;
+    if (batch_last) {
+      std::copy(y, y + out_width * batch, out);
+    } else {
+      for (Index b = 0; b < batch; ++b)
+        std::copy(y + b * padded_out, y + b * padded_out + out_width, out + b * out_width);
+    }
+    return;
+  }
+  std::vector<std::unique_ptr<T[]>> storage;
   const std::vector<CoreView<T>> cores = merge_cores(given, plan.groups, &storage);
   const std::vector<CoreShape> shapes = shapes_of(cores);
   // One sweep of `rows` rows of X (at x0, rows padded_in apart, or the whole batch-last block) through
@@ -472,9 +735,10 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
         largest = std::max(largest, sim.size());
       }
     }
-    std::vector<T> buffer[2] = {std::vector<T>(static_cast<std::size_t>(largest)),
-                                std::vector<T>(static_cast<std::size_t>(largest))};
-    std::vector<T> packed;
+    const std::unique_ptr<T[]> buffers[2] = {uninitialised<T>(largest), uninitialised<T>(largest)};
+    T* const buffer[2] = {buffers[0].get(), buffers[1].get()};
+    std::unique_ptr<T[]> packed;
+    Index packed_size = 0;
     auto gemm = [fork](MatrixMap<T>& result, const auto& left, const auto& right) {
       if (fork)
         multiply_into<T>(result, left, right);
@@ -486,11 +750,11 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
       const Step s = sim.add(k);
       const T* lhs = current;
       if (!is_identity(s.state_perm)) {
-        T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+        T* target = current == buffer[0] ? buffer[1] : buffer[0];
         permute_merged(current, s.state_dims, s.state_perm, target);
         lhs = target;
       }
-      T* product = lhs == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+      T* product = lhs == buffer[0] ? buffer[1] : buffer[0];
       MatrixMap<T> result(product, s.kept, s.fresh);
       const ConstMatrixMap<T> left(lhs, s.kept, s.inner);
       const T* core = cores[k].data;
@@ -506,9 +770,12 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
       } else if (is_identity(swapped)) {
         gemm(result, left, ConstMatrixMap<T>(core, s.fresh, s.inner).transpose());
       } else {
-        packed.resize(static_cast<std::size_t>(s.inner * s.fresh));
-        permute_merged(core, s.core_dims, s.core_perm, packed.data());
-        gemm(result, left, ConstMatrixMap<T>(packed.data(), s.inner, s.fresh));
+        if (packed_size < s.inner * s.fresh) {
+          packed_size = s.inner * s.fresh;
+          packed = uninitialised<T>(packed_size);
+        }
+        permute_merged(core, s.core_dims, s.core_perm, packed.get());
+        gemm(result, left, ConstMatrixMap<T>(packed.get(), s.inner, s.fresh));
       }
       current = product;
     }
@@ -540,7 +807,7 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
     }
     const T* full = current;
     if (!is_identity(perm)) {
-      T* target = current == buffer[0].data() ? buffer[1].data() : buffer[0].data();
+      T* target = current == buffer[0] ? buffer[1] : buffer[0];
       permute_merged(current, dims, perm, target);
       full = target;
     }
@@ -589,7 +856,7 @@ template <class T>
 Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
   const std::vector<CoreShape> shapes = shapes_of(cores);
   check_chain(shapes);
-  std::vector<std::vector<T>> storage;
+  std::vector<std::unique_ptr<T[]>> storage;
   const std::vector<CoreView<T>> merged = merge_cores(cores, {cores.size()}, &storage);
   const CoreShape& c = merged[0].shape;
   return ConstMatrixMap<T>(merged[0].data, c.rows, c.cols);
@@ -638,10 +905,84 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return ids[a] < ids[b]; });
 
+  // Many ids share few prefixes near the right end of the chain, where each id still pays a GEMM per
+  // core with a wide bond. Cores split..n-1 are therefore contracted once for every combination of
+  // their row factors (a table of Π r_k matrices d_{split-1} × Π c_k), and each id ends with one GEMM
+  // against its entry. split is chosen by counting FLOPs: the prefixes the sorted ids actually
+  // recompute, the final GEMMs and the table (split = n: no table, for few ids).
+  std::vector<double> recomputed(n, 0.0);  // ids whose first new digit is at level <= k
+  {
+    std::vector<Index> digits(n), previous(n, -1);
+    for (std::size_t slot : order) {
+      Index id = ids[slot];
+      for (std::size_t k = n; k-- > 0;) {
+        digits[k] = id % r[k];
+        id /= r[k];
+      }
+      std::size_t level = 0;
+      while (level < n && digits[level] == previous[level]) ++level;
+      for (std::size_t k = level; k < n; ++k) recomputed[k] += 1;
+      previous = digits;
+    }
+  }
+  std::vector<Index> suffix_cols(n + 1, 1), suffix_rows(n + 1, 1);  // Π_{m>=k} c_m, Π_{m>=k} r_m
+  for (std::size_t k = n; k-- > 0;) {
+    suffix_cols[k] = suffix_cols[k + 1] * c[k];
+    suffix_rows[k] = suffix_rows[k + 1] * r[k];
+  }
+  std::size_t split = n;
+  {
+    double best = 0;
+    for (std::size_t k = 0; k < n; ++k) best += recomputed[k] * 2.0 * prefix_rows[k] * left[k] * c[k] * right[k];
+    double prefixes = 0, table = 0;
+    std::vector<double> costs(n + 1, 0.0);
+    for (std::size_t k = n; k-- > 1;) {
+      table += static_cast<double>(suffix_rows[k]) * 2.0 * left[k] * c[k] * right[k] * suffix_cols[k + 1];
+      costs[k] = table;
+    }
+    for (std::size_t k = 1; k < n; ++k) {
+      prefixes += recomputed[k - 1] * 2.0 * prefix_rows[k - 1] * left[k - 1] * c[k - 1] * right[k - 1];
+      const double total = prefixes + costs[k] + static_cast<double>(ids.size()) * 2.0 * prefix_rows[k] * left[k] * suffix_cols[k];
+      const double size = static_cast<double>(suffix_rows[k]) * left[k] * suffix_cols[k];
+      if (total < best && size <= static_cast<double>(Index{1} << 24)) {
+        best = total;
+        split = k;
+      }
+    }
+  }
+  // table[split] entry e (e = id mod Π_{m>=split} r_m) is a d_{split-1} × Π_{m>=split} c_m matrix.
+  std::vector<T> table;
+  if (split < n) {
+    std::vector<T> next, slice;
+    for (std::size_t k = n; k-- > split;) {
+      const Index entry = left[k] * suffix_cols[k];  // values per entry at level k
+      std::vector<T> current(static_cast<std::size_t>(suffix_rows[k] * entry));
+      slice.resize(static_cast<std::size_t>(left[k] * c[k] * right[k]));
+      for (Index d = 0; d < r[k]; ++d) {
+        // Slice T_k[:, d, :, :] made contiguous: (d_{k-1}·c_k) × d_k.
+        for (Index l = 0; l < left[k]; ++l)
+          std::copy(data[k] + (l * r[k] + d) * c[k] * right[k], data[k] + (l * r[k] + d + 1) * c[k] * right[k],
+                    slice.begin() + l * c[k] * right[k]);
+        const ConstMatrixMap<T> sl(slice.data(), left[k] * c[k], right[k]);
+        for (Index rest = 0; rest < suffix_rows[k + 1]; ++rest) {
+          MatrixMap<T> to(current.data() + (d * suffix_rows[k + 1] + rest) * entry, left[k] * c[k], suffix_cols[k + 1]);
+          if (k + 1 == n)
+            to = sl;  // d_n = 1
+          else
+            to.noalias() = sl * ConstMatrixMap<T>(next.data() + rest * right[k] * suffix_cols[k + 1], right[k],
+                                                  suffix_cols[k + 1]);
+        }
+      }
+      next.swap(current);
+    }
+    table.swap(next);
+  }
+
   auto work = [&](std::size_t begin, std::size_t end) {
     std::vector<std::vector<T>> prefix(n + 1);
     prefix[0].assign(1, T(1));
-    for (std::size_t k = 1; k <= n; ++k) prefix[k].resize(static_cast<std::size_t>(prefix_rows[k] * right[k - 1]));
+    for (std::size_t k = 1; k <= split; ++k) prefix[k].resize(static_cast<std::size_t>(prefix_rows[k] * right[k - 1]));
+    std::vector<T> row(split < n ? static_cast<std::size_t>(padded_out) : 0);
     std::vector<Index> digits(n), previous(n, -1);
     for (std::size_t t = begin; t < end; ++t) {
       const std::size_t slot = order[t];
@@ -651,8 +992,8 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
         id /= r[k];
       }
       std::size_t level = 0;
-      while (level < n && digits[level] == previous[level]) ++level;
-      for (std::size_t k = level; k < n; ++k) {
+      while (level < split && digits[level] == previous[level]) ++level;
+      for (std::size_t k = level; k < split; ++k) {
         using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
         // Slice T_k[:, r, :, :]: d_{k-1} rows of c_k·d_k values, r_k·c_k·d_k apart.
         const Strided slice(data[k] + digits[k] * c[k] * right[k], left[k], c[k] * right[k],
@@ -661,7 +1002,16 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
         next.noalias() = ConstMatrixMap<T>(prefix[k].data(), prefix_rows[k], left[k]) * slice;
       }
       previous = digits;
-      std::copy(prefix[n].data(), prefix[n].data() + out_width, out + static_cast<Index>(slot) * out_width);
+      const T* result = prefix[n].data();
+      if (split < n) {
+        const Index entry = ids[slot] % suffix_rows[split];
+        MatrixMap<T> full(row.data(), prefix_rows[split], suffix_cols[split]);
+        full.noalias() = ConstMatrixMap<T>(prefix[split].data(), prefix_rows[split], left[split]) *
+                         ConstMatrixMap<T>(table.data() + entry * left[split] * suffix_cols[split], left[split],
+                                           suffix_cols[split]);
+        result = row.data();
+      }
+      std::copy(result, result + out_width, out + static_cast<Index>(slot) * out_width);
     }
   };
   // Ids split into one contiguous run of the sorted order per thread; a run's first id recomputes its
