@@ -182,32 +182,6 @@ std::vector<std::size_t> centre_order(const std::vector<CoreShape>& cores, Index
 }
 
 
-// The innermost loop of a permutation: `middle` runs of `Run` contiguous values, `stride` apart in the
-// source, packed one after another in the target. A compile-time run length lets the compiler emit a
-// few vector moves per run instead of a call to memmove.
-template <int Run, class T>
-void copy_runs(const T* from, Index stride, Index middle, T* to) {
-  for (Index y = 0; y < middle; ++y)
-    for (int x = 0; x < Run; ++x) to[y * Run + x] = from[y * stride + x];
-}
-
-// copy_runs for a run length known only at run time.
-template <class T>
-void copy_runs_any(const T* from, Index stride, Index middle, Index run, T* to) {
-  switch (run) {
-    case 1: copy_runs<1>(from, stride, middle, to); break;
-    case 2: copy_runs<2>(from, stride, middle, to); break;
-    case 3: copy_runs<3>(from, stride, middle, to); break;
-    case 4: copy_runs<4>(from, stride, middle, to); break;
-    case 6: copy_runs<6>(from, stride, middle, to); break;
-    case 8: copy_runs<8>(from, stride, middle, to); break;
-    case 12: copy_runs<12>(from, stride, middle, to); break;
-    case 16: copy_runs<16>(from, stride, middle, to); break;
-    default:
-      for (Index y = 0; y < middle; ++y) std::copy(from + y * stride, from + y * stride + run, to + y * run);
-  }
-}
-
 // target (cols × rows) = sourceᵀ (source rows × cols, both row-major), in square tiles of one SIMD
 // packet per row, transposed in registers: a plain loop reads one cache line per value from whichever
 // side is strided, and was 3-4x slower (the state moved past a bond of a few hundred in a right-to-left
@@ -237,22 +211,12 @@ void transpose_tiled(const T* source, Index rows, Index cols, T* target) {
 }
 #pragma GCC diagnostic pop
 
-// target (axes perm of source) = source, like mpo::permute, for the layouts the kernel meets: the
-// interleaved product of merged cores has runs of only j_n·d values (4 floats for the shapes in use),
-// and a call to memmove per run cost a third of rebuild-then-multiply at small bonds.
+// target (axes perm of source) = source, as mpo::permute, with the kernel's two transposes (the state
+// moved past a bond, a merged core packed for its GEMM) done in SIMD tiles.
 template <class T>
 void permute_runs(const T* source, const std::vector<Index>& dims, const std::vector<std::size_t>& perm,
                   T* target) {
   const std::size_t rank = dims.size();
-  std::vector<Index> source_stride(rank, 1);
-  for (std::size_t a = rank; a-- > 1;) source_stride[a - 1] = source_stride[a] * dims[a];
-  std::vector<Index> out_dims(rank), stride(rank);
-  Index total = 1;
-  for (std::size_t a = 0; a < rank; ++a) {
-    out_dims[a] = dims[perm[a]];
-    stride[a] = source_stride[perm[a]];
-    total *= out_dims[a];
-  }
   if (rank == 2 && perm[0] == 1) {
     transpose_tiled(source, dims[0], dims[1], target);
     return;
@@ -262,29 +226,7 @@ void permute_runs(const T* source, const std::vector<Index>& dims, const std::ve
     for (Index b = 0; b < dims[0]; ++b) transpose_tiled(source + b * size, dims[1], dims[2], target + b * size);
     return;
   }
-  if (rank < 2 || stride[rank - 1] != 1) {
-    permute(source, dims, perm, target);
-    return;
-  }
-  // Odometer over all target axes but the last two; those are `middle` runs of `inner` values.
-  const Index inner = out_dims[rank - 1];
-  const Index middle = out_dims[rank - 2], middle_stride = stride[rank - 2];
-  const Index block = inner * middle;
-  std::vector<Index> counter(rank, 0);
-  Index offset = 0;
-  for (Index done = 0; done < total; done += block) {
-    const T* from = source + offset;
-    T* to = target + done;
-    copy_runs_any(from, middle_stride, middle, inner, to);
-    for (std::size_t a = rank - 2; a-- > 0;) {
-      if (++counter[a] < out_dims[a]) {
-        offset += stride[a];
-        break;
-      }
-      offset -= stride[a] * (out_dims[a] - 1);
-      counter[a] = 0;
-    }
-  }
+  permute(source, dims, perm, target);
 }
 
 // Permute after merging target axes that are already neighbours in the source: a move of one block of
@@ -515,7 +457,7 @@ void merge_block(const T* left, const CoreShape& l, const T* right, const CoreSh
     for (Index q = 0; q < w; ++q) {
       const T* from = scratch + (p * jl * w + q) * run;  // (p, 0, q, ·)
       T* to = out + (p * ir + q0 + q) * jl * run;         // (p, q, 0, ·)
-      copy_runs_any(from, w * run, jl, run, to);
+      detail::copy_runs_any(from, w * run, jl, run, to);
     }
   }
 }

@@ -36,11 +36,11 @@ void permute(const T* source, const std::vector<Index>& dims, const std::vector<
   Index offset = 0;
   for (Index done = 0; done < total; done += block) {
     T* to = target + done;
-    for (Index y = 0; y < middle; ++y) {
-      const T* from = source + offset + y * middle_stride;
-      if (inner_stride == 1) {
-        std::copy(from, from + inner, to + y * inner);
-      } else {
+    if (inner_stride == 1) {
+      detail::copy_runs_any(source + offset, middle_stride, middle, inner, to);
+    } else {
+      for (Index y = 0; y < middle; ++y) {
+        const T* from = source + offset + y * middle_stride;
         for (Index x = 0; x < inner; ++x) to[y * inner + x] = from[x * inner_stride];
       }
     }
