@@ -235,9 +235,11 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     const std::size_t last = count - 1;
     const Index pair = factors.in_shape[last] * factors.out_shape[last];
     p *= pair;
-    const Index cap = caps[last];
-    const double m = static_cast<double>(bond * pair), width = static_cast<double>(cap + 10 + cap / 10);
-    if (!options.allow_randomized || cap <= 0 || 6 * width >= m) return false;
+    SplitOptions plain = split_options;  // the options the plain sweep would split this step with
+    plain.max_rank = caps[last];
+    if (!takes_range_finder(bond * pair, plain)) return false;
+    const double m = static_cast<double>(bond * pair);
+    const double width = static_cast<double>(range_finder_width(plain.max_rank));
     const double columns = static_cast<double>(rows) * static_cast<double>(cols) / static_cast<double>(p);
     const double block = 0.5 * static_cast<double>(p) * static_cast<double>(p) * columns + 9 * m * m * m;
     return block > 8 * m * columns * width;
@@ -246,7 +248,7 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   bool recanonicalize = false;
   if (options.allow_block && steps >= 1) {
     LeftBlock<T> block;
-    if (left_block<T>(data, factors, steps, caps, &block)) {
+    if (left_block<T>(data, factors, steps, caps, out.norm * out.norm, &block)) {
       for (std::size_t k = 0; k < steps; ++k) {
         Split<T>& s = block.steps[k];
         const Index rank = s.q.cols();

@@ -242,7 +242,7 @@ template <class T>
 bool randomized_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, const SplitOptions& options,
                       Split<T>* out) {
   const Index m = a.rows();
-  const Index width = std::min(m, cap + 10 + cap / 10);
+  const Index width = std::min(m, range_finder_width(cap));
   std::mt19937_64 engine(options.seed);
   std::normal_distribution<double> normal;
   // Start from a random basis of R^m: Y = A·(Aᵀ·Ω) is already one power iteration and needs only m·l
@@ -298,10 +298,7 @@ Split<T> left_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& op
     return inner;
   }
   const Index cap = options.max_rank;
-  // The randomized route pays ~2·(iterations+1) passes of m·N·width; the Gram route m²·N plus an
-  // m × m eigensolve. Take it only when the kept width is a small fraction of m.
-  const Index width = cap + 10 + cap / 10;
-  if (options.allow_randomized && cap > 0 && 6 * width < m) {
+  if (takes_range_finder(m, options)) {
     Split<T> result;
     if (randomized_split<T>(a, cap, options, &result)) return result;
   }
@@ -342,8 +339,7 @@ template <class T>
 Split<T> right_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& options) {
   if (a.rows() == 0 || a.cols() == 0) throw std::invalid_argument("mpo: cannot split an empty unfolding");
   const Index cap = options.max_rank;
-  const bool randomized = options.allow_randomized && cap > 0 && 6 * (cap + 10 + cap / 10) < a.cols();
-  if (a.rows() >= a.cols() && !randomized)
+  if (a.rows() >= a.cols() && !takes_range_finder(a.cols(), options))
     return column_gram_split<T>(a, cap, float_gram_allowed<T>(cap, a.cols()));
   // Otherwise split the transpose from the left: Aᵀ = Q·R  =>  A = Rᵀ·Qᵀ.
   const Matrix<T> transposed = a.transpose();
@@ -607,18 +603,16 @@ bool left_block_in(const T* matrix, const Factors& f, std::size_t steps, const s
 
 template <class T>
 bool left_block(const T* matrix, const Factors& factors, std::size_t steps, const std::vector<Index>& caps,
-                LeftBlock<T>* out) {
+                double energy, LeftBlock<T>* out) {
   if (steps < 1 || steps >= factors.n() || caps.size() + 1 < factors.n())
     throw std::invalid_argument("mpo: left_block needs 1 <= steps < n and n-1 caps");
   // float32 data with a cap on the last fused step may form G in float32 (see kFloatGramDiscard).
   const Index last_cap = caps[steps - 1];
   Index p = 1;
   for (std::size_t m = 0; m < steps; ++m) p *= factors.in_shape[m] * factors.out_shape[m];
-  if (float_gram_allowed<T>(last_cap, p)) {
-    const Index count = factors.rows() * factors.cols();
-    const double energy = ConstMatrixMap<T>(matrix, factors.rows(), factors.cols()).template cast<double>().squaredNorm();
-    if (float_gram_in_range(energy, count) && left_block_in<T, float>(matrix, factors, steps, caps, out)) return true;
-  }
+  if (float_gram_allowed<T>(last_cap, p) && float_gram_in_range(energy, factors.rows() * factors.cols()) &&
+      left_block_in<T, float>(matrix, factors, steps, caps, out))
+    return true;
   return left_block_in<T, double>(matrix, factors, steps, caps, out);
 }
 
@@ -629,9 +623,9 @@ template Split<double> left_split<double>(const Eigen::Ref<const Matrix<double>>
 template Split<float> right_split<float>(const Eigen::Ref<const Matrix<float>>&, const SplitOptions&);
 template Split<double> right_split<double>(const Eigen::Ref<const Matrix<double>>&,
                                            const SplitOptions&);
-template bool left_block<float>(const float*, const Factors&, std::size_t, const std::vector<Index>&,
+template bool left_block<float>(const float*, const Factors&, std::size_t, const std::vector<Index>&, double,
                                 LeftBlock<float>*);
-template bool left_block<double>(const double*, const Factors&, std::size_t, const std::vector<Index>&,
+template bool left_block<double>(const double*, const Factors&, std::size_t, const std::vector<Index>&, double,
                                  LeftBlock<double>*);
 
 }  // namespace mpo

@@ -33,6 +33,15 @@ struct SplitOptions {
   bool allow_randomized = true;
 };
 
+// The randomized range finder's sample width for a cap (the cap plus oversampling).
+inline Index range_finder_width(Index cap) { return cap + 10 + cap / 10; }
+
+// Whether a split along a side of m rows (or columns) takes the randomized route: a pass costs m·N·width
+// and the Gram route m²·N plus an m × m eigensolve, so only when the kept width is a small fraction of m.
+inline bool takes_range_finder(Index m, const SplitOptions& options) {
+  return options.allow_randomized && options.max_rank > 0 && 6 * range_finder_width(options.max_rank) < m;
+}
+
 // Singular values at or below this fraction of the largest one are zeros: they are dropped.
 template <class T>
 double zero_threshold();
@@ -65,8 +74,9 @@ struct LeftBlock {
   bool float_gram = false;      // G was formed in float32: spectra must be recomputed from the cores
 };
 
+// `energy` is ‖M‖_F², which the caller has measured (it decides whether float32 can hold the Gram matrix).
 template <class T>
 bool left_block(const T* matrix, const Factors& factors, std::size_t steps, const std::vector<Index>& caps,
-                LeftBlock<T>* out);
+                double energy, LeftBlock<T>* out);
 
 }  // namespace mpo

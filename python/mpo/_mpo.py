@@ -346,10 +346,10 @@ class MPO:
         """
         if not self._sweep_exact or self._row_scale is not None:
             return None
-        energy = float(np.sum(self._errors.astype(np.float64) ** 2))
-        rows, cols = self._shape[::-1] if self._transposed else self._shape  # of the stored cores
-        padded_rows = math.prod(c.shape[1] for c in self._base)
-        padded_cols = math.prod(c.shape[2] for c in self._base)
+        energy = float(np.sum(self._errors**2))
+        # In the stored cores' orientation, which the row lookups below read.
+        flip = slice(None, None, -1 if self._transposed else 1)
+        (rows, cols), (padded_rows, padded_cols) = self._shape[flip], self.padded_shape[flip]
         dtype = self._base[0].dtype.name
         if padded_rows > rows:  # whole padding rows, padding columns included
             ids = np.arange(rows, padded_rows, dtype=np.int64)
