@@ -2,8 +2,8 @@
 #include "mpo/split.hpp"
 
 #include "mpo/parallel.hpp"
+#include "mpo/symmetric.hpp"
 
-#include <Eigen/Eigenvalues>
 #include <Eigen/Householder>
 #include <Eigen/QR>
 
@@ -14,6 +14,7 @@
 #include <random>
 #include <stdexcept>
 #include <type_traits>
+#include <vector>
 
 namespace mpo {
 
@@ -150,18 +151,13 @@ Matrix<double> gram_double(const A& a) {
   }
 }
 
-// Eigenvectors of a symmetric matrix, largest eigenvalue first. The eigensolver always runs in double:
-// orthonormality of the basis to double rounding is what makes float32 rebuilds exact to 1e-6.
-template <class T>
-Eigen::MatrixXd eigenvectors_descending(const Matrix<T>& gram, Eigen::VectorXd* values = nullptr) {
-  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(gram.template cast<double>());
-  if (eigen.info() != Eigen::Success) {
-    throw std::runtime_error("mpo: the symmetric eigensolver did not converge on a " +
-                             std::to_string(gram.rows()) + "x" + std::to_string(gram.rows()) +
-                             " Gram matrix");
-  }
-  if (values) *values = eigen.eigenvalues().reverse();
-  return eigen.eigenvectors().rowwise().reverse();
+// Eigenvectors of a symmetric matrix, largest eigenvalue first: the `count` leading ones (a capped split
+// needs no more; see symmetric.hpp). The eigensolver always runs in double: orthonormality of the basis
+// to double rounding is what makes float32 rebuilds exact to 1e-6.
+Eigen::MatrixXd eigenvectors_descending(const Eigen::MatrixXd& gram, Index count, Eigen::VectorXd* values = nullptr) {
+  SymmetricEigen eigen = symmetric_eigen(gram, count);
+  if (values) *values = std::move(eigen.values);
+  return std::move(eigen.vectors);
 }
 
 // Below this fraction of ‖A‖² a discarded energy found as ‖A‖² − kept has lost its digits to
@@ -193,26 +189,51 @@ inline bool float_gram_in_range(double total, Index count) {
   return total <= 1e36 && total >= 1e-30 * static_cast<double>(count);
 }
 
-// Wide A (m <= N): eigenvectors of the m × m Gram matrix.
-template <class T>
+// The split through the Gram matrix of A's short side, m of them: its rows (Side::rows, A wide: A = Q·R
+// with Q = U, the eigenvectors, and R = Uᵀ·A) or its columns (Side::columns, A tall: A = L·Qᵀ with
+// Qᵀ = Vᵀ and L = A·V, no transposed copy of A ever made: the right sweep's unfoldings are tall and
+// large). Only the eigenvectors that can survive the cap are computed and turned into R or L.
+enum class Side { rows, columns };
+
+template <class T, Side side>
 Split<T> gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, bool float_gram) {
-  const Index m = a.rows();
-  // Only the columns that can survive the cap are turned into rows of R.
+  constexpr bool by_rows = side == Side::rows;
+  const Index m = by_rows ? a.rows() : a.cols();
   const bool capped = cap > 0 && cap < m;
-  const double total = capped ? squared_norm<T>(a) : 0.0;
-  float_gram = float_gram && float_gram_in_range(total, a.size());
-  const Eigen::MatrixXd vectors =
-      float_gram ? eigenvectors_descending<T>(gram<T>(a)) : eigenvectors_descending<double>(gram_double<T>(a));
   const Index k = capped ? cap : m;
-  Matrix<T> basis = vectors.leftCols(k).template cast<T>();
-  Matrix<T> w = multiply<T>(basis.transpose(), a);
-  if (!capped) return assemble_rows<T>(std::move(basis), std::move(w), cap, 0.0, true);
-  Split<T> out = assemble_rows<T>(std::move(basis), std::move(w), cap, total, false);
+  // ‖A‖²: from the Gram matrix's trace, except where it decides whether float32 can hold that matrix.
+  double total = 0;
+  if (float_gram) {
+    total = squared_norm<T>(a);
+    float_gram = float_gram_in_range(total, a.size());
+  }
+  auto gram_of = [&](const auto& x) -> Eigen::MatrixXd {
+    if (float_gram) return gram<T>(x).template cast<double>();
+    return gram_double<T>(x);
+  };
+  const Eigen::MatrixXd g = by_rows ? gram_of(a) : gram_of(a.transpose());
+  if (capped && !float_gram) total = g.trace();
+  Eigen::MatrixXd vectors = eigenvectors_descending(g, k);
+  Matrix<T> basis = vectors.template cast<T>();
+  auto assemble = [&](Matrix<T>&& b, double energy, bool all_present) {
+    if constexpr (by_rows) {
+      Matrix<T> w = multiply<T>(b.transpose(), a);
+      return assemble_rows<T>(std::move(b), std::move(w), cap, energy, all_present);
+    } else {
+      Matrix<T> l = multiply<T>(a, b);
+      Matrix<T> basis_t = b.transpose();
+      return assemble_columns<T>(std::move(l), std::move(basis_t), cap, energy, all_present);
+    }
+  };
+  if (!capped) return assemble(std::move(basis), 0.0, true);
+  Split<T> out = assemble(std::move(basis), total, false);
   if (float_gram && out.discarded < kFloatGramDiscard * static_cast<double>(k) * total)
-    return gram_split<T>(a, cap, false);
+    return gram_split<T, side>(a, cap, false);
   if (out.discarded < cancellation<T>() * total) {
-    const Matrix<T> rest = multiply<T>(vectors.rightCols(m - k).template cast<T>().transpose(), a);
-    out.discarded = squared_norm<T>(rest);
+    // A cut that drops almost nothing: the dropped part is measured from the other eigenvectors.
+    vectors = eigenvectors_descending(g, m);
+    const Matrix<T> others = vectors.rightCols(m - k).template cast<T>();
+    out.discarded = by_rows ? squared_norm<T>(multiply<T>(others.transpose(), a)) : squared_norm<T>(multiply<T>(a, others));
     out.truncated = out.discarded > std::pow(zero_threshold<T>(), 2) * total;
   }
   return out;
@@ -230,7 +251,7 @@ Matrix<T> orthonormal_basis(const Matrix<T>& y) {
 template <class T>
 double top_energy(const Matrix<T>& b, Index rank, Eigen::MatrixXd* vectors) {
   Eigen::VectorXd values;
-  *vectors = eigenvectors_descending<T>(gram<T>(b), &values);
+  *vectors = eigenvectors_descending(gram<T>(b).template cast<double>(), rank, &values);
   return values.head(rank).sum();
 }
 
@@ -262,7 +283,7 @@ bool randomized_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, const Spl
     const double tail = std::max(0.0, total - kept);
     if (previous >= 0 && kept - previous <= 0.01 * tail + std::pow(zero_threshold<T>(), 2) * total) {
       // B = Qᵀ·A; its eigenbasis V (descending) turns Q·V into the left singular vectors.
-      const Matrix<T> rotation = vectors.leftCols(cap).template cast<T>();
+      const Matrix<T> rotation = vectors.template cast<T>();
       *out = assemble_rows<T>(q * rotation, multiply<T>(rotation.transpose(), b), cap, total, false);
       out->randomized = true;
       if (out->discarded < cancellation<T>() * total) {
@@ -302,45 +323,15 @@ Split<T> left_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& op
     Split<T> result;
     if (randomized_split<T>(a, cap, options, &result)) return result;
   }
-  return gram_split<T>(a, cap, float_gram_allowed<T>(cap, m));
+  return gram_split<T, Side::rows>(a, cap, float_gram_allowed<T>(cap, m));
 }
-
-namespace {
-
-// Tall A (m >= N) split as A = L·Qᵀ straight from the N × N Gram matrix of its columns: no transposed
-// copy of A is ever made (the right sweep's unfoldings are tall and large).
-template <class T>
-Split<T> column_gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, bool float_gram) {
-  const Index n = a.cols();
-  const bool capped = cap > 0 && cap < n;
-  const double total = capped ? squared_norm<T>(a) : 0.0;
-  float_gram = float_gram && float_gram_in_range(total, a.size());
-  const Eigen::MatrixXd vectors = float_gram ? eigenvectors_descending<T>(gram<T>(a.transpose()))
-                                             : eigenvectors_descending<double>(gram_double<T>(a.transpose()));
-  const Index k = capped ? cap : n;
-  Matrix<T> basis = vectors.leftCols(k).template cast<T>();
-  Matrix<T> l = multiply<T>(a, basis);
-  Matrix<T> basis_t = basis.transpose();
-  if (!capped) return assemble_columns<T>(std::move(l), std::move(basis_t), cap, 0.0, true);
-  Split<T> out = assemble_columns<T>(std::move(l), std::move(basis_t), cap, total, false);
-  if (float_gram && out.discarded < kFloatGramDiscard * static_cast<double>(k) * total)
-    return column_gram_split<T>(a, cap, false);
-  if (out.discarded < cancellation<T>() * total) {
-    const Matrix<T> rest = multiply<T>(a, vectors.rightCols(n - k).template cast<T>());
-    out.discarded = squared_norm<T>(rest);
-    out.truncated = out.discarded > std::pow(zero_threshold<T>(), 2) * total;
-  }
-  return out;
-}
-
-}  // namespace
 
 template <class T>
 Split<T> right_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& options) {
   if (a.rows() == 0 || a.cols() == 0) throw std::invalid_argument("mpo: cannot split an empty unfolding");
   const Index cap = options.max_rank;
   if (a.rows() >= a.cols() && !takes_range_finder(a.cols(), options))
-    return column_gram_split<T>(a, cap, float_gram_allowed<T>(cap, a.cols()));
+    return gram_split<T, Side::columns>(a, cap, float_gram_allowed<T>(cap, a.cols()));
   // Otherwise split the transpose from the left: Aᵀ = Q·R  =>  A = Rᵀ·Qᵀ.
   const Matrix<T> transposed = a.transpose();
   Split<T> s = left_split<T>(transposed, options);
@@ -419,19 +410,34 @@ BlockLayout block_layout(const Factors& f, std::size_t steps) {
   return layout;
 }
 
+// Scratch memory for the block passes, kept by each thread between calls: the chunks below are
+// allocated afresh for every chunk and every decomposition otherwise, and a fresh allocation of a few MB
+// is a fresh set of pages from the kernel (glibc returns the top of its heap as soon as a call frees its
+// working set), which took up to a sixth of a small decomposition's time in page faults. At most
+// 2^18 values per slot (see chunk_rows).
+template <class S>
+S* scratch(int slot, Index size) {
+  thread_local std::vector<S> buffers[2];
+  std::vector<S>& buffer = buffers[slot];
+  if (static_cast<Index>(buffer.size()) < size) buffer.resize(static_cast<std::size_t>(size));
+  return buffer.data();
+}
+
 // X_r for r in [begin, begin + count): P × (count·J'), column block t holding row begin+t of every
 // sub-block. Each row of X_r is one contiguous run of a row of M.
 template <class T, class S>
-void gather(const T* matrix, const BlockLayout& layout, Index begin, Index count, Matrix<S>* x) {
+MatrixMap<S> gather(const T* matrix, const BlockLayout& layout, Index begin, Index count) {
   const Index width = layout.sub_cols;
-  x->resize(static_cast<Index>(layout.source.size()), count * width);
+  const Index rows = static_cast<Index>(layout.source.size());
+  MatrixMap<S> x(scratch<S>(0, rows * count * width), rows, count * width);
   for (std::size_t p = 0; p < layout.source.size(); ++p) {
-    S* to = x->row(static_cast<Index>(p)).data();
+    S* to = x.row(static_cast<Index>(p)).data();
     for (Index t = 0; t < count; ++t) {
       const T* from = matrix + layout.source[p] + (begin + t) * layout.cols;
       std::copy(from, from + width, to + t * width);  // converts float to double when S is double
     }
   }
+  return x;
 }
 
 // Rows of X_r per chunk: enough for GEMMs of useful depth, few enough to stay in cache (~2 MB).
@@ -452,9 +458,8 @@ Eigen::MatrixXd block_gram(const T* matrix, const BlockLayout& layout) {
   detail::run_blocks(blocks, [&](int b) {
     const auto [start, length] = detail::block_range(layout.sub_rows, blocks, b);
     partial[b] = ColMatrix::Zero(p, p);
-    Matrix<S> x;
     for (Index r = start; r < start + length; r += chunk) {
-      gather<T, S>(matrix, layout, r, std::min(chunk, start + length - r), &x);
+      const MatrixMap<S> x = gather<T, S>(matrix, layout, r, std::min(chunk, start + length - r));
       partial[b].template selfadjointView<Eigen::Lower>().rankUpdate(x);
     }
   });
@@ -476,10 +481,10 @@ Matrix<T> block_project(const T* matrix, const BlockLayout& layout, const Matrix
   const Matrix<T> wt = w.transpose();
   detail::run_blocks(blocks, [&](int b) {
     const auto [start, length] = detail::block_range(layout.sub_rows, blocks, b);
-    Matrix<T> x, y;
     for (Index r0 = start; r0 < start + length; r0 += chunk) {
       const Index count = std::min(chunk, start + length - r0);
-      gather<T, T>(matrix, layout, r0, count, &x);
+      const MatrixMap<T> x = gather<T, T>(matrix, layout, r0, count);
+      MatrixMap<T> y(scratch<T>(1, k * x.cols()), k, x.cols());
       y.noalias() = wt * x;
       for (Index row = 0; row < k; ++row) {
         T* to = r.row(row).data();
@@ -562,18 +567,19 @@ bool left_block_in(const T* matrix, const Factors& f, std::size_t steps, const s
           Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(trailing * p_total, trailing));
     // With E = C_j ⊗ I_pair (rows (p, q), columns (b, q)) the step's Gram matrix is Eᵀ·Tr·E.
     const Eigen::MatrixXd h = chain_projected(traced, chain, pair);
-    Eigen::VectorXd lambda;
-    const Eigen::MatrixXd vectors = eigenvectors_descending<double>(h, &lambda);
     const double total = std::max(h.trace(), 0.0);
     const Index candidates = h.rows();
     const Index cap = caps[j];
     const bool capped = cap > 0 && cap < candidates;
     const Index k = capped ? cap : candidates;
+    Eigen::VectorXd lambda;
+    const Eigen::MatrixXd vectors = eigenvectors_descending(h, k, &lambda);
     Split<T> s;
     if (j + 1 < steps) {
       if (lambda(k - 1) <= trusted_eigenvalue<S>() * total) return false;
-      double dropped = 0;
-      for (Index i = k; i < candidates; ++i) dropped += std::max(lambda(i), 0.0);
+      // What a cut drops is the trace less what it keeps (only the k kept eigenvalues are computed).
+      // The subtraction loses ~ε·‖G‖ of it, far below the cancellation bar that follows.
+      const double dropped = capped ? std::max(0.0, total - lambda.head(k).sum()) : 0.0;
       if (out->float_gram && capped && dropped < kFloatGramDiscard * static_cast<double>(k) * total) return false;
       // The dropped eigenvalues each carry an absolute error of ~ε·‖G‖: a cut that drops almost nothing
       // (a cap at the rank, a Kronecker factor) would report that noise as its error, and as a cut. The

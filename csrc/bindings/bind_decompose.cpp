@@ -1,6 +1,7 @@
 #include "pybind.hpp"
 
 #include "mpo/decompose.hpp"
+#include "mpo/symmetric.hpp"
 
 namespace mpo::bindings {
 
@@ -92,6 +93,33 @@ void register_decompose(py::module_& m) {
       py::arg("cores"), py::arg("dtype"),
       "Canonical form of cores already in mixed canonical form (left of the centre left-orthonormal,\n"
       "right of it right-orthonormal; not checked): each bond rotated; returns (cores, spectra).");
+  m.def(
+      "symmetric_eigen",
+      [](const py::array_t<double, py::array::c_style | py::array::forcecast>& a, Index count,
+         const std::string& route) -> py::object {
+        if (a.ndim() != 2 || a.shape(0) != a.shape(1))
+          throw py::value_error("symmetric_eigen: expected a square 2-D array");
+        if (route != "auto" && route != "full" && route != "partial")
+          throw py::value_error("symmetric_eigen: route must be 'auto', 'full' or 'partial', got '" + route + "'");
+        // Row-major in, read as column-major: the transpose, which is the same symmetric matrix.
+        const Eigen::MatrixXd matrix = Eigen::Map<const Eigen::MatrixXd>(a.data(), a.shape(0), a.shape(1));
+        SymmetricEigen result;
+        {
+          py::gil_scoped_release release;
+          if (route == "auto") {
+            result = symmetric_eigen(matrix, count);
+          } else if (!symmetric_eigen_route(matrix, count, route == "partial", &result)) {
+            return py::none();
+          }
+        }
+        Matrix<double> vectors = result.vectors;  // row-major for NumPy
+        const std::vector<py::ssize_t> shape{vectors.rows(), vectors.cols()};
+        return py::make_tuple(to_numpy(result.values), to_numpy<double>(std::move(vectors), shape), result.partial);
+      },
+      py::arg("a"), py::arg("count"), py::arg("route") = "auto",
+      "Eigenpairs of a symmetric matrix (lower triangle read): (values descending, vectors of the `count`\n"
+      "largest, partial). route 'full' or 'partial' forces one route; 'partial' returns None when its\n"
+      "checks reject the result. For tests and benchmarks of the core.");
 }
 
 }  // namespace mpo::bindings

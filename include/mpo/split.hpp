@@ -4,10 +4,11 @@
 //
 // Three routes, chosen by shape and cap (the unfoldings of Algorithm 1 are extremely wide or tall):
 //  * tall (m > N): Householder QR first, then split the N × N triangle;
-//  * wide, full or mildly capped: eigendecomposition of the small Gram matrix A·Aᵀ (m × m), then
-//    R = Uᵀ·A. Q = U is orthonormal to working precision whatever the spectrum, so nothing is ever
-//    divided by a singular value and a full-bond split rebuilds A to rounding. Singular values are read
-//    as the norms of R's rows, which are accurate even where the eigenvalues of A·Aᵀ are not;
+//  * wide, full or mildly capped: the leading eigenvectors of the small Gram matrix A·Aᵀ (m × m; only
+//    the k a cap keeps, include/mpo/symmetric.hpp), then R = Uᵀ·A. Q = U is orthonormal to working
+//    precision whatever the spectrum, so nothing is ever divided by a singular value and a full-bond
+//    split rebuilds A to rounding. Singular values are read as the norms of R's rows, which are
+//    accurate even where the eigenvalues of A·Aᵀ are not;
 //  * wide and capped far below m: a randomized range finder with power iterations whose convergence is
 //    checked; if the check fails it falls back to the Gram route.
 #pragma once

@@ -1,0 +1,111 @@
+"""The core's symmetric eigensolver: the k-vector route (bisection, inverse iteration, QR, back
+transform) against LAPACK's eigh, on spectra that are hard for it (repeated, clustered, zero, negative,
+far-scaled) as well as on Gram matrices; and its fallback to the full solver."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mpo import _core
+
+
+def _check_eigenpairs(a, count, result, *, rtol=1e-11):
+    """values are the `count` largest eigenvalues; vectors are orthonormal eigenvectors for them."""
+    values, vectors, _ = result
+    expected = np.linalg.eigvalsh(a)[::-1][:count]
+    scale = max(np.abs(np.linalg.eigvalsh(a)).max(), np.finfo(float).tiny)
+    assert values.shape == (count,) and vectors.shape == (a.shape[0], count)
+    np.testing.assert_allclose(values, expected, rtol=0, atol=rtol * scale)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(count), rtol=0, atol=1e-13 * a.shape[0])
+    # Eigenvectors up to rotations within (near-)repeated eigenvalues: A·V = V·diag(values).
+    residual = a @ vectors - vectors * values
+    assert np.abs(residual).max() <= rtol * scale * np.sqrt(a.shape[0])
+
+
+def _gram(rng, m, width):
+    x = rng.standard_normal((m, width))
+    return x @ x.T
+
+
+def _from_spectrum(rng, spectrum):
+    q, _ = np.linalg.qr(rng.standard_normal((len(spectrum), len(spectrum))))
+    a = (q * spectrum) @ q.T
+    return (a + a.T) / 2
+
+
+@pytest.mark.parametrize("m,count", [(64, 16), (144, 32), (144, 72), (256, 32), (256, 100), (300, 140)])
+def test_partial_route_on_gram_matrices_matches_lapack(m, count):
+    a = _gram(np.random.default_rng(m + count), m, 3 * m)
+    result = _core.symmetric_eigen(a, count, "partial")
+    assert result is not None and result[2] is True
+    _check_eigenpairs(a, count, result)
+
+
+def _hard_spectra(m):
+    rng = np.random.default_rng(11)
+    wilkinson = np.diag(np.abs(np.arange(m) - (m - 1) / 2)) + np.diag(np.ones(m - 1), 1) + np.diag(np.ones(m - 1), -1)
+    kron = np.kron(np.eye(m // 8), _gram(rng, 8, 8))
+    return {
+        "identity": np.eye(m),
+        "zero": np.zeros((m, m)),
+        "diagonal": np.diag(rng.permutation(np.arange(m, dtype=float))),
+        "repeated": _from_spectrum(rng, np.repeat([5.0, 3.0, 1.0, 0.0], m // 4)),
+        "clustered": _from_spectrum(rng, 1 + 1e-13 * np.arange(m)),
+        "rank_deficient": _gram(rng, m, m // 5),
+        "negative": _from_spectrum(rng, rng.standard_normal(m) * 10),
+        "kron": kron,
+        "wilkinson": wilkinson,  # pairs of eigenvalues equal to many digits
+        "tiny": _gram(rng, m, m) * 1e-200,
+        "huge": _gram(rng, m, m) * 1e200,
+    }
+
+
+@pytest.mark.parametrize("kind", list(_hard_spectra(96)))
+@pytest.mark.parametrize("count", [1, 8, 48])
+def test_hard_spectra_give_valid_eigenpairs_by_either_route(kind, count):
+    a = _hard_spectra(96)[kind]
+    partial = _core.symmetric_eigen(a, count, "partial")
+    if kind == "zero":
+        assert partial is None  # nothing to scale by: refused, and auto answers by the full solver
+    else:
+        _check_eigenpairs(a, count, partial)  # repeated and clustered eigenvalues included
+    _check_eigenpairs(a, count, _core.symmetric_eigen(a, count, "auto"))
+
+
+def test_auto_takes_the_partial_route_only_for_a_part_of_a_large_matrix():
+    a = _gram(np.random.default_rng(0), 200, 400)
+    assert _core.symmetric_eigen(a, 50, "auto")[2] is True
+    assert _core.symmetric_eigen(a, 190, "auto")[2] is False  # most vectors: the full solver is cheaper
+    assert _core.symmetric_eigen(a[:40, :40], 10, "auto")[2] is False  # small: the full solver
+    values, vectors, partial = _core.symmetric_eigen(a, 200, "auto")
+    assert partial is False and vectors.shape == (200, 200)
+    _check_eigenpairs(a, 200, (values, vectors, partial))
+
+
+@given(
+    m=st.integers(64, 160),
+    share=st.floats(0.01, 0.6),
+    width=st.integers(1, 400),
+    repeats=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_partial_route_property(m, share, width, repeats, seed):
+    # Gram matrices of any rank, with each eigenvalue repeated `repeats` times (Kronecker-like).
+    rng = np.random.default_rng(seed)
+    base = _gram(rng, -(-m // repeats), width)
+    a = np.kron(base, np.eye(repeats))[:m, :m]
+    count = max(1, int(share * m))
+    result = _core.symmetric_eigen(a, count, "partial")
+    if result is not None:
+        _check_eigenpairs(a, count, result)
+    _check_eigenpairs(a, count, _core.symmetric_eigen(a, count, "auto"))
+
+
+def test_bad_input_names_the_rule():
+    with pytest.raises(ValueError, match="square"):
+        _core.symmetric_eigen(np.zeros((3, 4)), 1)
+    with pytest.raises(ValueError, match=r"count must be in \[0, 3\], got 4"):
+        _core.symmetric_eigen(np.eye(3), 4)
+    with pytest.raises(ValueError, match="route must be"):
+        _core.symmetric_eigen(np.eye(3), 1, "fast")
