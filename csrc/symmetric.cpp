@@ -195,9 +195,6 @@ bool symmetric_eigen_route(const Eigen::MatrixXd& a, Index count, bool partial, 
   // count this route is taken for.
   const Eigen::VectorXd lambda = largest_by_bisection(d, e, count, norm);
   const double tiny = kEps * norm;
-  // Shifts that agree to rounding are pulled apart (as xSTEIN does), so that each solve sees a
-  // slightly different matrix as well as a different start.
-  const double separation = 10 * kEps * norm;
 
   Eigen::MatrixXd x(m, count);
   std::mt19937_64 engine(0x73796d65);
@@ -206,6 +203,12 @@ bool symmetric_eigen_route(const Eigen::MatrixXd& a, Index count, bool partial, 
   Eigen::VectorXd v(m);
   double previous = 0;
   for (Index j = 0; j < count; ++j) {
+    // Shifts that agree to rounding are pulled apart (as xSTEIN does), so that each solve sees a
+    // slightly different matrix as well as a different start. By 10 ulps of the eigenvalue, as xSTEIN,
+    // not of ‖T‖: the pulls add up along a cluster, and at N·10ε·‖T‖ the shifts of a cluster of small
+    // eigenvalues walked past the eigenvalues below it, whose vectors the solves then returned (within
+    // the checks' bar, which is absolute).
+    const double separation = 10 * kEps * std::abs(lambda(j));
     double sigma = lambda(j);
     if (j > 0 && previous - sigma < separation) sigma = previous - separation;
     previous = sigma;
