@@ -93,7 +93,7 @@ def main(argv=None) -> int:
                      f"{t['full'] / t['partial']:.2f}x", f"{t['lapack_evd'] / t['partial']:.2f}x",
                      f"{t['lapack_evr'] / t['partial']:.2f}x", f"{err:.1e}"])
         records.append({"m": m, "k": k, "median_seconds": t, "max_error": err,
-                        "auto_route_partial": bool(_core.symmetric_eigen(g, k, "auto")[2])})
+                        "auto_route": _core.symmetric_eigen(g, k, "auto")[2]})
     print(C.format_table(["m", "k", "partial ms", "full ms", "evd ms", "evr ms", "full/partial",
                           "evd/partial", "evr/partial", "error"], rows))
     C.write_json(args.json, {"benchmark": "bench_symmetric", "command": C.command_line(),

@@ -417,8 +417,9 @@ BlockLayout block_layout(const Factors& f, std::size_t steps) {
 // Scratch memory for the block passes, kept by each thread between calls: the chunks below are
 // allocated afresh for every chunk and every decomposition otherwise, and a fresh allocation of a few MB
 // is a fresh set of pages from the kernel (glibc returns the top of its heap as soon as a call frees its
-// working set), which took up to a sixth of a small decomposition's time in page faults. At most
-// 2^18 values per slot (see chunk_rows).
+// working set), which took up to a sixth of a small decomposition's time in page faults. A slot holds
+// at most max(2^18, one row of X_r) values (see chunk_rows). The worker threads that run_blocks forks
+// end with the call and free theirs: only the calling thread's are reused.
 template <class S>
 S* scratch(int slot, Index size) {
   thread_local std::vector<S> buffers[2];

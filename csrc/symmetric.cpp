@@ -4,6 +4,7 @@
 
 #include <Eigen/Eigenvalues>
 #include <Eigen/QR>
+#include <Eigen/SVD>
 
 #include <cmath>
 #include <limits>
@@ -36,15 +37,28 @@ constexpr double kAcceptance = 1e-10;
 // rounding for any gap above ~1e-8·‖T‖; closer eigenvalues are one eigenspace at the checks' bar.
 constexpr int kSolves = 2;
 
-void full_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) {
+bool full_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) {
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(a);
-  if (eigen.info() != Eigen::Success) {
-    throw std::runtime_error("mpo: the symmetric eigensolver did not converge on a " +
-                             std::to_string(a.rows()) + "x" + std::to_string(a.rows()) + " matrix");
-  }
+  if (eigen.info() != Eigen::Success) return false;
   out->values = eigen.eigenvalues().reverse().head(count);
   out->vectors = eigen.eigenvectors().rowwise().reverse().leftCols(count);
-  out->partial = false;
+  out->route = EigenRoute::full;
+  return true;
+}
+
+// The last resort. Eigen's implicit QR iteration gives up after 30·m iterations, and it has: on the
+// column Gram matrix of a rank-4 sum of Kronecker products (four eigenvalues 1, the rest at 1e-16), whose
+// tiny off-diagonals its deflation test never zeroes. A + s·I with s ≥ ‖A‖_∞ ≥ |λ|max is positive
+// semi-definite, so its singular value decomposition is its eigendecomposition, in descending order;
+// the one-sided Jacobi SVD always converges (at several times the cost).
+void jacobi_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) {
+  const Eigen::MatrixXd symmetric = a.selfadjointView<Eigen::Lower>();
+  const double shift = symmetric.cwiseAbs().rowwise().sum().maxCoeff();
+  const Eigen::MatrixXd shifted = symmetric + shift * Eigen::MatrixXd::Identity(a.rows(), a.rows());
+  Eigen::JacobiSVD<Eigen::MatrixXd> svd(shifted, Eigen::ComputeFullU);
+  out->values = svd.singularValues().head(count).array() - shift;
+  out->vectors = svd.matrixU().leftCols(count);
+  out->route = EigenRoute::jacobi;
 }
 
 // T − σI, T symmetric tridiagonal, factored as P·L·U with partial pivoting (as LAPACK's xGTTRF): U has
@@ -168,20 +182,9 @@ Eigen::VectorXd largest_by_bisection(const Eigen::VectorXd& d, const Eigen::Vect
   return out;
 }
 
-}  // namespace
-
-bool symmetric_eigen_route(const Eigen::MatrixXd& a, Index count, bool partial, SymmetricEigen* out) {
+// The k-vector route; false when its checks reject the result.
+bool partial_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) {
   const Index m = a.rows();
-  if (a.cols() != m)
-    throw std::invalid_argument("mpo: symmetric_eigen needs a square matrix, got " + std::to_string(a.rows()) +
-                                "x" + std::to_string(a.cols()));
-  if (count < 0 || count > m)
-    throw std::invalid_argument("mpo: symmetric_eigen count must be in [0, " + std::to_string(m) + "], got " +
-                                std::to_string(count));
-  if (!partial || count == 0) {
-    full_solver(a, count, out);
-    return true;
-  }
   // Scaled to a largest entry of 1 (as Eigen's solver does) so that no product below over- or underflows.
   const double scale = a.triangularView<Eigen::Lower>().toDenseMatrix().cwiseAbs().maxCoeff();
   if (!(scale > 0) || !std::isfinite(scale)) return false;
@@ -243,16 +246,42 @@ bool symmetric_eigen_route(const Eigen::MatrixXd& a, Index count, bool partial, 
 
   out->values = lambda * scale;  // the `count` largest
   out->vectors = reduction.matrixQ() * q;
-  out->partial = true;
+  out->route = EigenRoute::partial;
   return true;
+}
+
+}  // namespace
+
+bool symmetric_eigen_route(const Eigen::MatrixXd& a, Index count, EigenRoute route, SymmetricEigen* out) {
+  const Index m = a.rows();
+  if (a.cols() != m)
+    throw std::invalid_argument("mpo: symmetric_eigen needs a square matrix, got " + std::to_string(a.rows()) +
+                                "x" + std::to_string(a.cols()));
+  if (count < 0 || count > m)
+    throw std::invalid_argument("mpo: symmetric_eigen count must be in [0, " + std::to_string(m) + "], got " +
+                                std::to_string(count));
+  if (count == 0) {  // nothing to solve for
+    out->values.resize(0);
+    out->vectors.resize(m, 0);
+    out->route = route;
+    return true;
+  }
+  switch (route) {
+    case EigenRoute::full: return full_solver(a, count, out);
+    case EigenRoute::partial: return partial_solver(a, count, out);
+    case EigenRoute::jacobi: jacobi_solver(a, count, out); return true;
+  }
+  return false;
 }
 
 SymmetricEigen symmetric_eigen(const Eigen::MatrixXd& a, Index count) {
   SymmetricEigen out;
   const Index m = a.rows();
   const bool partial = m >= kPartialMinSize && count >= 1 && (2 * count <= m || m - count >= kPartialSkip);
-  if (partial && symmetric_eigen_route(a, count, true, &out)) return out;
-  symmetric_eigen_route(a, count, false, &out);
+  if (partial && symmetric_eigen_route(a, count, EigenRoute::partial, &out)) return out;
+  if (symmetric_eigen_route(a, count, EigenRoute::full, &out)) return out;
+  if (!partial && symmetric_eigen_route(a, count, EigenRoute::partial, &out)) return out;
+  symmetric_eigen_route(a, count, EigenRoute::jacobi, &out);
   return out;
 }
 

@@ -733,3 +733,19 @@ def test_cap_inside_tiny_close_singular_values_meets_the_bound(wide, cap):
     # λ² of 1e-14·‖A‖² carry the Gram matrix's rounding (~1e-16·‖A‖²): the cut is optimal to ~1e-5.
     assert m.error_bound() == pytest.approx(optimal, rel=1e-4)
     assert dense_error(M, m.to_dense()) <= m.error_bound() * (1 + 1e-6) + 1e-12 * fro(M)
+
+
+@pytest.mark.parametrize("max_bond", [None, 100])
+def test_rank_four_kronecker_sum_that_stalled_eigens_qr_decomposes(max_bond):
+    """A 256 × 256 sum of four Kronecker products of orthonormal 16 × 16 factors, split at n = 2: the
+    column Gram matrix of its one unfolding (eigenvalues 1, 1, 1, 1 and the rest at rounding level)
+    made Eigen's QR iteration give up, and decompose raised "did not converge". The eigensolver now
+    falls back (k-vector route, then Jacobi)."""
+    rng = np.random.default_rng(5)
+    a, _ = np.linalg.qr(rng.standard_normal((256, 4)))
+    b, _ = np.linalg.qr(rng.standard_normal((256, 4)))
+    M = sum(np.kron(a[:, t].reshape(16, 16), b[:, t].reshape(16, 16)) for t in range(4))
+    m = mpo.decompose(M, ((16, 16), (16, 16)), max_bond=max_bond)
+    assert m.bond_dims == (4,)
+    assert dense_error(M, m.to_dense()) <= 1e-12 * fro(M)
+    np.testing.assert_allclose(m.spectra[0], np.ones(4), rtol=1e-12)

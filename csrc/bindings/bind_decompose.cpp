@@ -99,27 +99,35 @@ void register_decompose(py::module_& m) {
          const std::string& route) -> py::object {
         if (a.ndim() != 2 || a.shape(0) != a.shape(1))
           throw py::value_error("symmetric_eigen: expected a square 2-D array");
-        if (route != "auto" && route != "full" && route != "partial")
-          throw py::value_error("symmetric_eigen: route must be 'auto', 'full' or 'partial', got '" + route + "'");
-        // Row-major in, read as column-major: the transpose, which is the same symmetric matrix.
+        static const char* names[] = {"full", "partial", "jacobi"};
+        int chosen = -1;
+        for (int r = 0; r < 3; ++r)
+          if (route == names[r]) chosen = r;
+        if (chosen < 0 && route != "auto")
+          throw py::value_error("symmetric_eigen: route must be 'auto', 'full', 'partial' or 'jacobi', got '" +
+                                route + "'");
+        // The row-major array read as column-major is its transpose: the core reads that one's lower
+        // triangle, i.e. the upper triangle of the array as NumPy stores it.
         const Eigen::MatrixXd matrix = Eigen::Map<const Eigen::MatrixXd>(a.data(), a.shape(0), a.shape(1));
         SymmetricEigen result;
         {
           py::gil_scoped_release release;
-          if (route == "auto") {
+          if (chosen < 0) {
             result = symmetric_eigen(matrix, count);
-          } else if (!symmetric_eigen_route(matrix, count, route == "partial", &result)) {
+          } else if (!symmetric_eigen_route(matrix, count, static_cast<EigenRoute>(chosen), &result)) {
             return py::none();
           }
         }
         Matrix<double> vectors = result.vectors;  // row-major for NumPy
         const std::vector<py::ssize_t> shape{vectors.rows(), vectors.cols()};
-        return py::make_tuple(to_numpy(result.values), to_numpy<double>(std::move(vectors), shape), result.partial);
+        return py::make_tuple(to_numpy(result.values), to_numpy<double>(std::move(vectors), shape),
+                              names[static_cast<int>(result.route)]);
       },
       py::arg("a"), py::arg("count"), py::arg("route") = "auto",
-      "Eigenpairs of a symmetric matrix (lower triangle read): (values descending, vectors of the `count`\n"
-      "largest, partial). route 'full' or 'partial' forces one route; 'partial' returns None when its\n"
-      "checks reject the result. For tests and benchmarks of the core.");
+      "Eigenpairs of a symmetric matrix (its upper triangle as stored is read): (the `count` largest\n"
+      "eigenvalues descending, their eigenvectors as columns, the route that produced them). route\n"
+      "'full', 'partial' or 'jacobi' forces one route and returns None when it fails (the full solver\n"
+      "does not converge, or the partial route's checks reject its result). For tests and benchmarks.");
 }
 
 }  // namespace mpo::bindings

@@ -18,7 +18,9 @@
 // (repeated singular values, Kronecker structure) the solves give random vectors of the shared
 // eigenspace, and the QR makes them an orthonormal basis of it. Every result is checked: each vector's
 // residual ‖Tq − ρq‖, and its Rayleigh quotient ρ against the eigenvalue it was computed for. A failed
-// check falls back to the full solver, so the route changes the time taken, never the answer's quality.
+// check falls back to the full solver. The checks' bar is absolute (1e-10·‖T‖): vectors of eigenvalues
+// that agree to that are one eigenspace to them, as to any backward-stable solver whose results are
+// exact for a matrix within rounding of A.
 #pragma once
 
 #include "mpo/types.hpp"
@@ -27,19 +29,24 @@
 
 namespace mpo {
 
+// Which route produced a result.
+enum class EigenRoute { full, partial, jacobi };
+
 struct SymmetricEigen {
   Eigen::VectorXd values;   // the `count` largest eigenvalues, descending
   Eigen::MatrixXd vectors;  // m × count: the eigenvectors of the `count` largest, orthonormal columns
-  bool partial = false;     // the k-vector route produced them (else the full solver)
+  EigenRoute route = EigenRoute::full;
 };
 
 // The symmetric matrix `a` is read from its lower triangle. count in [0, m]; count = m gives every
-// eigenvector. Throws std::runtime_error if the full solver does not converge (it always has, on finite
-// input), std::invalid_argument for a non-square matrix or a count outside [0, m].
+// eigenvector. Routes, in order: the k-vector route where it pays (see symmetric.cpp), else Eigen's full
+// solver; if that does not converge, the k-vector route for any count; if that refuses, a one-sided
+// Jacobi SVD of the shifted matrix, slow but always convergent. Throws std::invalid_argument for a
+// non-square matrix or a count outside [0, m].
 SymmetricEigen symmetric_eigen(const Eigen::MatrixXd& a, Index count);
 
-// The same through one route, for tests and benchmarks: `partial` false is the full solver; true is the
-// k-vector route, whose result is returned only if it passes its checks (otherwise false is returned).
-bool symmetric_eigen_route(const Eigen::MatrixXd& a, Index count, bool partial, SymmetricEigen* out);
+// One route alone, for tests and benchmarks. Returns false if it failed: the full solver did not
+// converge, or the k-vector route's checks rejected its result (the Jacobi route does not fail).
+bool symmetric_eigen_route(const Eigen::MatrixXd& a, Index count, EigenRoute route, SymmetricEigen* out);
 
 }  // namespace mpo

@@ -136,8 +136,8 @@ int main() {
     for (int i = 0; i < 48; ++i)
       for (int j = 0; j < 48; ++j) a(2 * i, 2 * j) = a(2 * i + 1, 2 * j + 1) = base(i, j);
     mpo::SymmetricEigen partial, full;
-    const bool took = mpo::symmetric_eigen_route(a, 12, true, &partial);
-    mpo::symmetric_eigen_route(a, 12, false, &full);
+    const bool took = mpo::symmetric_eigen_route(a, 12, mpo::EigenRoute::partial, &partial);
+    mpo::symmetric_eigen_route(a, 12, mpo::EigenRoute::full, &full);
     check(took, "k-vector route accepts repeated eigenvalues", 0);
     const double scale = full.values(0);
     const double value_gap = took ? (partial.values - full.values).cwiseAbs().maxCoeff() / scale : 1;
