@@ -80,6 +80,9 @@ def main(argv=None) -> int:
             "lapack_evd": lambda: scipy.linalg.eigh(g, driver="evd"),
             "lapack_evr": lambda: scipy.linalg.eigh(g, driver="evr", subset_by_index=(m - k, m - 1)),
         }, repeats=args.repeats, warmup=1)
+        for label, result in timed.items():
+            if isinstance(result, Exception):
+                raise SystemExit(f"m={m}, k={k}: {label} raised {result!r}")
         partial = timed["partial"][2]
         if partial is None:
             raise SystemExit(f"the partial route refused m={m}, k={k}")
