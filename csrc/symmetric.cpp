@@ -50,7 +50,7 @@ bool full_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) {
 // column Gram matrix of a rank-4 sum of Kronecker products (four eigenvalues 1, the rest at 1e-16), whose
 // tiny off-diagonals its deflation test never zeroes. A + s·I with s ≥ ‖A‖_∞ ≥ |λ|max is positive
 // semi-definite, so its singular value decomposition is its eigendecomposition, in descending order;
-// the one-sided Jacobi SVD always converges (at several times the cost).
+// Eigen's (two-sided) Jacobi SVD always converges, at several times the cost.
 void jacobi_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) {
   const Eigen::MatrixXd symmetric = a.selfadjointView<Eigen::Lower>();
   const double shift = symmetric.cwiseAbs().rowwise().sum().maxCoeff();

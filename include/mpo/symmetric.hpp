@@ -40,9 +40,9 @@ struct SymmetricEigen {
 
 // The symmetric matrix `a` is read from its lower triangle. count in [0, m]; count = m gives every
 // eigenvector. Routes, in order: the k-vector route where it pays (see symmetric.cpp), else Eigen's full
-// solver; if that does not converge, the k-vector route for any count; if that refuses, a one-sided
-// Jacobi SVD of the shifted matrix, slow but always convergent. Throws std::invalid_argument for a
-// non-square matrix or a count outside [0, m].
+// solver; if that does not converge, the k-vector route for any count; if that refuses, a Jacobi SVD of
+// the shifted matrix, slow but always convergent. Throws std::invalid_argument for a non-square matrix
+// or a count outside [0, m].
 SymmetricEigen symmetric_eigen(const Eigen::MatrixXd& a, Index count);
 
 // One route alone, for tests and benchmarks. Returns false if it failed: the full solver did not
