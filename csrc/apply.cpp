@@ -487,10 +487,9 @@ void merge_pair(const T* left, const CoreShape& l, const T* right, const CoreSha
                        static_cast<double>(q_chunks) * rows * jl * bond;
   const Index chunks = by_rows ? row_chunks : q_chunks;
   const double work = static_cast<double>(rows) * jl * bond * ir * run;
-  const int blocks = static_cast<int>(std::min<double>(
-      {static_cast<double>(thread_count()), static_cast<double>(chunks), work / detail::kParallelWork + 1}));
-  detail::run_blocks(std::max(blocks, 1), [&](int b) {
-    const auto [first, count] = detail::block_range(chunks, std::max(blocks, 1), b);
+  const int blocks = detail::block_count(work, static_cast<double>(chunks));
+  detail::run_blocks(blocks, [&](int b) {
+    const auto [first, count] = detail::block_range(chunks, blocks, b);
     const auto scratch = uninitialised<T>(by_rows ? row_chunk * jl * ir * run : rows * jl * q_chunk * run);
     for (Index c = first; c < first + count; ++c) {
       const Index p0 = by_rows ? c * row_chunk : 0, m = by_rows ? std::min(row_chunk, rows - p0) : rows;
@@ -574,18 +573,16 @@ void apply_rebuilt(const std::vector<CoreView<T>>& cores, bool transposed, const
   // X · Mᵀ and the batch-last forms write disjoint parts of y instead.
   const bool sums = !transposed;
   const double work = static_cast<double>(tree.cost[0][n - 1]) / 2 + static_cast<double>(batch) * rows * cols;
-  const int blocks = static_cast<int>(std::min<double>(
-      {static_cast<double>(thread_count()), static_cast<double>(chunks), work / detail::kParallelWork + 1}));
-  const int used = std::max(blocks, 1);
-  std::vector<std::vector<T>> partial(static_cast<std::size_t>(sums ? used - 1 : 0));
+  const int blocks = detail::block_count(work, static_cast<double>(chunks));
+  std::vector<std::vector<T>> partial(static_cast<std::size_t>(sums ? blocks - 1 : 0));
   if (sums) std::fill(y, y + batch * out_side, T(0));
-  detail::run_blocks(used, [&](int b) {
+  detail::run_blocks(blocks, [&](int b) {
     T* target = y;
     if (sums && b > 0) {
       partial[b - 1].assign(static_cast<std::size_t>(batch * out_side), T(0));
       target = partial[b - 1].data();
     }
-    const auto [first, count] = detail::block_range(chunks, used, b);
+    const auto [first, count] = detail::block_range(chunks, blocks, b);
     const auto scratch = uninitialised<T>(chunk * per_p), block = uninitialised<T>(chunk * per_p);
     for (Index c = first; c < first + count; ++c) {
       const Index p0 = c * chunk, m = std::min(chunk, l.rows - p0);
@@ -783,10 +780,9 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
     return;
   }
   const double sweep_work = 0.5 * (plan.flops - plan.merge_flops);  // multiply-adds
-  const int blocks = static_cast<int>(std::min<double>(
-      {static_cast<double>(thread_count()), static_cast<double>(chunks), sweep_work / detail::kParallelWork + 1}));
-  detail::run_blocks(std::max(blocks, 1), [&](int b) {
-    const auto [start, length] = detail::block_range(chunks, std::max(blocks, 1), b);
+  const int blocks = detail::block_count(sweep_work, static_cast<double>(chunks));
+  detail::run_blocks(blocks, [&](int b) {
+    const auto [start, length] = detail::block_range(chunks, blocks, b);
     for (Index c = start; c < start + length; ++c) {
       const Index first = c * chunk;
       sweep(current + first * padded_in, std::min(chunk, batch - first), out + first * out_width, false);
@@ -803,6 +799,25 @@ Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
   const CoreShape& c = merged[0].shape;
   return ConstMatrixMap<T>(merged[0].data, c.rows, c.cols);
 }
+
+namespace {
+
+// Row id's digits in the row factors (r_1 … r_n, r_n fastest) into `digits`, and how many leading
+// digits, at most `limit`, it shares with the previous id's (`previous`, updated): the prefixes of the
+// chain up to that level are the previous id's and need no recomputing.
+std::size_t next_digits(Index id, const std::vector<Index>& radix, std::size_t limit, std::vector<Index>* digits,
+                        std::vector<Index>* previous) {
+  for (std::size_t k = radix.size(); k-- > 0;) {
+    (*digits)[k] = id % radix[k];
+    id /= radix[k];
+  }
+  std::size_t level = 0;
+  while (level < limit && (*digits)[level] == (*previous)[level]) ++level;
+  *previous = *digits;
+  return level;
+}
+
+}  // namespace
 
 template <class T>
 void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vector<Index>& ids, T* out,
@@ -855,17 +870,8 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
   std::vector<double> recomputed(n, 0.0);  // ids whose first new digit is at level <= k
   {
     std::vector<Index> digits(n), previous(n, -1);
-    for (std::size_t slot : order) {
-      Index id = ids[slot];
-      for (std::size_t k = n; k-- > 0;) {
-        digits[k] = id % r[k];
-        id /= r[k];
-      }
-      std::size_t level = 0;
-      while (level < n && digits[level] == previous[level]) ++level;
-      for (std::size_t k = level; k < n; ++k) recomputed[k] += 1;
-      previous = digits;
-    }
+    for (std::size_t slot : order)
+      for (std::size_t k = next_digits(ids[slot], r, n, &digits, &previous); k < n; ++k) recomputed[k] += 1;
   }
   std::vector<Index> suffix_cols(n + 1, 1), suffix_rows(n + 1, 1);  // Π_{m>=k} c_m, Π_{m>=k} r_m
   for (std::size_t k = n; k-- > 0;) {
@@ -928,13 +934,7 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
     std::vector<Index> digits(n), previous(n, -1);
     for (std::size_t t = begin; t < end; ++t) {
       const std::size_t slot = order[t];
-      Index id = ids[slot];
-      for (std::size_t k = n; k-- > 0;) {
-        digits[k] = id % r[k];
-        id /= r[k];
-      }
-      std::size_t level = 0;
-      while (level < split && digits[level] == previous[level]) ++level;
+      const std::size_t level = next_digits(ids[slot], r, split, &digits, &previous);
       for (std::size_t k = level; k < split; ++k) {
         using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
         // Slice T_k[:, r, :, :]: d_{k-1} rows of c_k·d_k values, r_k·c_k·d_k apart.
@@ -943,7 +943,6 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
         MatrixMap<T> next(prefix[k + 1].data(), prefix_rows[k], c[k] * right[k]);
         next.noalias() = ConstMatrixMap<T>(prefix[k].data(), prefix_rows[k], left[k]) * slice;
       }
-      previous = digits;
       const T* result = prefix[n].data();
       if (split < n) {
         const Index entry = ids[slot] % suffix_rows[split];
@@ -959,7 +958,7 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
   // Ids split into one contiguous run of the sorted order per thread; a run's first id recomputes its
   // prefixes, which costs little next to a run.
   const double estimate = static_cast<double>(ids.size()) * padded_out * left[n - 1];
-  const int blocks = std::min<int>(thread_count(), static_cast<int>(estimate / detail::kParallelWork) + 1);
+  const int blocks = detail::block_count(estimate);
   if (blocks <= 1 || ids.size() < static_cast<std::size_t>(2 * blocks)) {
     work(0, ids.size());
     return;

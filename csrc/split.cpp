@@ -454,23 +454,16 @@ Index chunk_rows(const BlockLayout& layout) {
 // G = Σ_r X_r·X_rᵀ, accumulated in S, in blocks of r, one per thread.
 template <class T, class S>
 Eigen::MatrixXd block_gram(const T* matrix, const BlockLayout& layout) {
-  using ColMatrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
   const Index p = static_cast<Index>(layout.source.size());
   const double work = 0.5 * static_cast<double>(p) * p * layout.sub_rows * layout.sub_cols;
-  const int blocks = std::max(1, std::min<int>(thread_count(), static_cast<int>(work / detail::kParallelWork) + 1));
   const Index chunk = chunk_rows(layout);
-  std::vector<ColMatrix> partial(static_cast<std::size_t>(blocks));
-  detail::run_blocks(blocks, [&](int b) {
-    const auto [start, length] = detail::block_range(layout.sub_rows, blocks, b);
-    partial[b] = ColMatrix::Zero(p, p);
-    for (Index r = start; r < start + length; r += chunk) {
-      const MatrixMap<S> x = gather<T, S>(matrix, layout, r, std::min(chunk, start + length - r));
-      partial[b].template selfadjointView<Eigen::Lower>().rankUpdate(x);
-    }
-  });
-  for (int b = 1; b < blocks; ++b) partial[0] += partial[b];
-  const ColMatrix full = partial[0].template selfadjointView<Eigen::Lower>();
-  return full.template cast<double>();
+  auto add = [&](auto& g, Index start, Index length) {
+    for (Index r = start; r < start + length; r += chunk)
+      g.template selfadjointView<Eigen::Lower>().rankUpdate(
+          gather<T, S>(matrix, layout, r, std::min(chunk, start + length - r)));
+  };
+  using Full = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+  return detail::summed_gram<Full>(p, layout.sub_rows, detail::block_count(work), add).template cast<double>();
 }
 
 // R = Wᵀ·M_K (k × I'·J'), written in the interleaved layout of the rest.
@@ -481,7 +474,7 @@ Matrix<T> block_project(const T* matrix, const BlockLayout& layout, const Matrix
   const Index rest = layout.sub_rows * width;
   Matrix<T> r(k, rest);
   const double work = static_cast<double>(k) * static_cast<double>(layout.source.size()) * rest;
-  const int blocks = std::max(1, std::min<int>(thread_count(), static_cast<int>(work / detail::kParallelWork) + 1));
+  const int blocks = detail::block_count(work);
   const Index chunk = chunk_rows(layout);
   const Matrix<T> wt = w.transpose();
   detail::run_blocks(blocks, [&](int b) {

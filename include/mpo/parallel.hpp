@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -34,6 +35,13 @@ namespace detail {
 // 4e6 a 384 × 384 decomposition took 23 ms on a loaded machine against 10 ms single-threaded.
 constexpr double kParallelWork = 5.0e7;
 
+// Threads to fork for `work` multiply-adds that split into at most `pieces` independent parts: one per
+// kParallelWork of work, at most one per core and per piece, at least one.
+inline int block_count(double work, double pieces = std::numeric_limits<double>::infinity()) {
+  return std::max(1, static_cast<int>(std::min({static_cast<double>(thread_count()), pieces,
+                                                work / kParallelWork + 1})));
+}
+
 template <class F>
 void run_blocks(int blocks, F&& body) {
   std::vector<std::thread> workers;
@@ -48,6 +56,23 @@ inline std::pair<Index, Index> block_range(Index size, int blocks, int b) {
   const Index end = size * (b + 1) / blocks;
   return {begin, end - begin};
 }
+
+// Σ_b G_b for `blocks` partial Gram matrices (p × p, lower triangles), one per thread: add(G_b, start,
+// length) rank-updates G_b with block b's share [start, start + length) of `range`. Returned as Out with
+// both triangles.
+template <class Out, class Add>
+Out summed_gram(Index p, Index range, int blocks, Add add) {
+  using Partial = Eigen::Matrix<typename Out::Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  std::vector<Partial> partial(static_cast<std::size_t>(blocks));
+  run_blocks(blocks, [&](int b) {
+    const auto [start, length] = block_range(range, blocks, b);
+    partial[b] = Partial::Zero(p, p);
+    add(partial[b], start, length);
+  });
+  for (int b = 1; b < blocks; ++b) partial[0] += partial[b];
+  Out out = partial[0].template selfadjointView<Eigen::Lower>();
+  return out;
+}
 }  // namespace detail
 
 // out = lhs · rhs for any Eigen expressions, written into `out` (a Matrix or a Map over a reused
@@ -57,7 +82,7 @@ template <class T, class Out, class Lhs, class Rhs>
 void multiply_into(Out&& out, const Lhs& lhs, const Rhs& rhs) {
   const Index rows = lhs.rows(), cols = rhs.cols(), depth = lhs.cols();
   const double work = static_cast<double>(rows) * cols * depth;
-  const int blocks = std::min<int>(thread_count(), static_cast<int>(work / detail::kParallelWork) + 1);
+  const int blocks = detail::block_count(work);
   if (blocks <= 1 || std::max({rows, cols, depth}) < 2 * blocks) {
     out.noalias() = lhs * rhs;
     return;
@@ -95,25 +120,17 @@ Matrix<T> multiply(const Lhs& lhs, const Rhs& rhs) {
 // in blocks of A's columns, one per thread.
 template <class T, class A>
 Matrix<T> gram(const A& a) {
-  using ColMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
   const Index m = a.rows(), depth = a.cols();
   const double work = 0.5 * static_cast<double>(m) * m * depth;
-  const int blocks = std::min<int>(thread_count(), static_cast<int>(work / detail::kParallelWork) + 1);
-  std::vector<ColMatrix> partial(static_cast<std::size_t>(std::max(blocks, 1)));
   // Each block is taken in chunks of columns: Eigen evaluates an expression argument (a float32 matrix
   // cast to double, say) into a temporary, and a chunk keeps that temporary to ~8 MB instead of a
   // double copy of the whole block (94 MB for the embedding's first unfolding, mostly page faults).
   const Index chunk = std::max<Index>(256, (Index{1} << 20) / std::max<Index>(m, 1));
-  detail::run_blocks(std::max(blocks, 1), [&](int b) {
-    const auto [start, length] = detail::block_range(depth, std::max(blocks, 1), b);
-    partial[b] = ColMatrix::Zero(m, m);
+  auto add = [&](auto& g, Index start, Index length) {
     for (Index c = start; c < start + length; c += chunk)
-      partial[b].template selfadjointView<Eigen::Lower>().rankUpdate(
-          a.middleCols(c, std::min(chunk, start + length - c)));
-  });
-  for (std::size_t b = 1; b < partial.size(); ++b) partial[0] += partial[b];
-  Matrix<T> out = partial[0].template selfadjointView<Eigen::Lower>();
-  return out;
+      g.template selfadjointView<Eigen::Lower>().rankUpdate(a.middleCols(c, std::min(chunk, start + length - c)));
+  };
+  return detail::summed_gram<Matrix<T>>(m, depth, detail::block_count(work), add);
 }
 
 }  // namespace mpo
