@@ -123,6 +123,12 @@ struct ShiftedLU {
   }
 };
 
+// The sum of row i's off-diagonal magnitudes in the tridiagonal T with subdiagonal e (m = e.size() + 1):
+// its Gershgorin radius, and with |d_i| its contribution to ‖T‖_1.
+double off_diagonal(const Eigen::VectorXd& e, Index i) {
+  return (i > 0 ? std::abs(e(i - 1)) : 0.0) + (i < e.size() ? std::abs(e(i)) : 0.0);
+}
+
 // Sturm counts of T − x·I for kLanes shifts at once: how many eigenvalues of T lie below each x. The
 // recurrence q_i = d_i − x − e_{i−1}²/q_{i−1} is a chain of dependent divisions per shift; running
 // independent shifts side by side fills the vector units that one chain would leave waiting. Pivots at
@@ -154,9 +160,8 @@ Eigen::VectorXd largest_by_bisection(const Eigen::VectorXd& d, const Eigen::Vect
   // Gershgorin bounds, widened so that both ends are strictly outside the spectrum.
   double low = d(0), high = d(0);
   for (Index i = 0; i < m; ++i) {
-    const double radius = (i > 0 ? std::abs(e(i - 1)) : 0.0) + (i + 1 < m ? std::abs(e(i)) : 0.0);
-    low = std::min(low, d(i) - radius);
-    high = std::max(high, d(i) + radius);
+    low = std::min(low, d(i) - off_diagonal(e, i));
+    high = std::max(high, d(i) + off_diagonal(e, i));
   }
   const double pad = 4 * kEps * norm * static_cast<double>(m) + 4 * pivmin;
   low -= pad;
@@ -186,14 +191,14 @@ Eigen::VectorXd largest_by_bisection(const Eigen::VectorXd& d, const Eigen::Vect
 bool partial_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) {
   const Index m = a.rows();
   // Scaled to a largest entry of 1 (as Eigen's solver does) so that no product below over- or underflows.
-  const double scale = a.triangularView<Eigen::Lower>().toDenseMatrix().cwiseAbs().maxCoeff();
+  double scale = 0;  // over the lower triangle, the part that is read
+  for (Index j = 0; j < m; ++j) scale = std::max(scale, a.col(j).tail(m - j).cwiseAbs().maxCoeff());
   if (!(scale > 0) || !std::isfinite(scale)) return false;
   Eigen::Tridiagonalization<Eigen::MatrixXd> reduction(a / scale);
   const Eigen::VectorXd d = reduction.diagonal();
   const Eigen::VectorXd e = reduction.subDiagonal();
   double norm = 0;  // ‖T‖_1 = ‖T‖_∞
-  for (Index i = 0; i < m; ++i)
-    norm = std::max(norm, std::abs(d(i)) + (i > 0 ? std::abs(e(i - 1)) : 0.0) + (i + 1 < m ? std::abs(e(i)) : 0.0));
+  for (Index i = 0; i < m; ++i) norm = std::max(norm, std::abs(d(i)) + off_diagonal(e, i));
   // The shifts, by bisection: measured faster than the QR iteration for all m eigenvalues at every
   // count this route is taken for.
   const Eigen::VectorXd lambda = largest_by_bisection(d, e, count, norm);
