@@ -155,6 +155,27 @@ def kron_sum(rng, in_shape, out_shape, rank, integer=False):
     return M
 
 
+def with_unfolding_spectrum(rng, in_shape, out_shape, s):
+    """An n = 2 matrix M whose one unfolding, (i1 j1) × (i2 j2), has singular values s and random
+    singular vectors. Returns (M, that unfolding)."""
+    (i1, i2), (j1, j2) = in_shape, out_shape
+    u, _ = np.linalg.qr(rng.standard_normal((i1 * j1, len(s))))
+    v, _ = np.linalg.qr(rng.standard_normal((i2 * j2, len(s))))
+    unfolding = (u * s) @ v.T
+    M = unfolding.reshape(i1, j1, i2, j2).transpose(0, 2, 1, 3).reshape(i1 * i2, j1 * j2)
+    return M, unfolding
+
+
+def orthonormal_kron_sum(seed, rank=4):
+    """A 256 × 256 sum of `rank` Kronecker products of 16 × 16 factors whose flattened columns are
+    orthonormal (factors (16, 16) × (16, 16)): its unfolding has `rank` singular values 1 and the rest
+    zeros. Seed 5 made Eigen's QR iteration give up on that unfolding's column Gram matrix."""
+    rng = np.random.default_rng(seed)
+    a, _ = np.linalg.qr(rng.standard_normal((256, rank)))
+    b, _ = np.linalg.qr(rng.standard_normal((256, rank)))
+    return sum(np.kron(a[:, t].reshape(16, 16), b[:, t].reshape(16, 16)) for t in range(rank))
+
+
 # ------------------------------------------------------------------------ strategies
 
 

@@ -19,10 +19,12 @@ from strategies import (
     fro,
     full_bonds,
     kron_sum,
+    orthonormal_kron_sum,
     pad,
     reference_spectra,
     rel_error,
     unfold,
+    with_unfolding_spectrum,
 )
 
 SHAPES = [
@@ -695,15 +697,10 @@ def test_cap_past_a_cluster_of_small_singular_values_meets_the_bound(cluster):
     sqrt(5e-14) and zeros, capped just past the cluster: the split's leading eigenvectors must span the
     cluster. The k-vector eigensolver once put some of them into the eigenspaces below (its checks'
     bar is 1e-10 of the Gram matrix's norm): the error was up to 11 times error_bound()."""
-    rng = np.random.default_rng(5)
     i1, j1, i2, j2 = 10, 20, 20, 20
-    rows, cols = i1 * j1, i2 * j2
-    s = np.zeros(rows)
+    s = np.zeros(i1 * j1)
     s[0], s[1 : cluster + 1], s[cluster + 1] = 1.0, math.sqrt(1e-13), math.sqrt(5e-14)
-    u, _ = np.linalg.qr(rng.standard_normal((rows, rows)))
-    v, _ = np.linalg.qr(rng.standard_normal((cols, rows)))
-    unfolding = (u * s) @ v.T
-    M = unfolding.reshape(i1, j1, i2, j2).transpose(0, 2, 1, 3).reshape(i1 * i2, j1 * j2)
+    M, _ = with_unfolding_spectrum(np.random.default_rng(5), (i1, i2), (j1, j2), s)
     m = mpo.decompose(M, ((i1, i2), (j1, j2)), max_bond=cluster + 1)
     optimal = math.sqrt(5e-14)
     assert m.error_bound() == pytest.approx(optimal, rel=1e-6)
@@ -720,14 +717,9 @@ def test_cap_inside_tiny_close_singular_values_meets_the_bound(wide, cap):
     (1e-9·‖M‖), on both sides of the split (rows of a wide unfolding, columns of a tall one)."""
     rng = np.random.default_rng(3)
     i1, j1, i2, j2 = (10, 20, 20, 20) if wide else (20, 20, 10, 20)
-    rows, cols = i1 * j1, i2 * j2
-    short = min(rows, cols)
-    s = np.sqrt(np.abs(1e-14 * (1 + 0.5 * rng.standard_normal(short))))
+    s = np.sqrt(np.abs(1e-14 * (1 + 0.5 * rng.standard_normal(min(i1 * j1, i2 * j2)))))
     s[0] = 1.0
-    u, _ = np.linalg.qr(rng.standard_normal((rows, short)))
-    v, _ = np.linalg.qr(rng.standard_normal((cols, short)))
-    unfolding = (u * s) @ v.T
-    M = unfolding.reshape(i1, j1, i2, j2).transpose(0, 2, 1, 3).reshape(i1 * i2, j1 * j2)
+    M, unfolding = with_unfolding_spectrum(rng, (i1, i2), (j1, j2), s)
     m = mpo.decompose(M, ((i1, i2), (j1, j2)), max_bond=cap)
     optimal = math.sqrt(float(np.sum(np.linalg.svd(unfolding, compute_uv=False)[cap:] ** 2)))
     # λ² of 1e-14·‖A‖² carry the Gram matrix's rounding (~1e-16·‖A‖²): the cut is optimal to ~1e-5.
@@ -741,10 +733,7 @@ def test_rank_four_kronecker_sum_that_stalled_eigens_qr_decomposes(max_bond):
     column Gram matrix of its one unfolding (eigenvalues 1, 1, 1, 1 and the rest at rounding level)
     made Eigen's QR iteration give up, and decompose raised "did not converge". The eigensolver now
     falls back (k-vector route, then Jacobi)."""
-    rng = np.random.default_rng(5)
-    a, _ = np.linalg.qr(rng.standard_normal((256, 4)))
-    b, _ = np.linalg.qr(rng.standard_normal((256, 4)))
-    M = sum(np.kron(a[:, t].reshape(16, 16), b[:, t].reshape(16, 16)) for t in range(4))
+    M = orthonormal_kron_sum(5)
     m = mpo.decompose(M, ((16, 16), (16, 16)), max_bond=max_bond)
     assert m.bond_dims == (4,)
     assert dense_error(M, m.to_dense()) <= 1e-12 * fro(M)

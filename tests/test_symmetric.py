@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mpo import _core
+from strategies import orthonormal_kron_sum, unfold
 
 
 def _check_eigenpairs(a, count, result, *, rtol=1e-11):
@@ -141,18 +142,10 @@ def test_jacobi_route_gives_the_eigenpairs(kind, count):
     _check_eigenpairs(a, count, _core.symmetric_eigen(a, count, "jacobi"))
 
 
-def _kronecker_sum(seed, rank=4):
-    rng = np.random.default_rng(seed)
-    a, _ = np.linalg.qr(rng.standard_normal((256, rank)))
-    b, _ = np.linalg.qr(rng.standard_normal((256, rank)))
-    return sum(np.kron(a[:, t].reshape(16, 16), b[:, t].reshape(16, 16)) for t in range(rank))
-
-
 def test_a_gram_matrix_eigen_cannot_diagonalise_is_solved_by_the_fallbacks():
     # The column Gram matrix of a rank-4 sum of Kronecker products: four eigenvalues 1, the rest at
     # 1e-16. Eigen's implicit QR iteration gave up on it ("did not converge"), and so did mpo.decompose.
-    m = _kronecker_sum(5)
-    unfolding = m.reshape(16, 16, 16, 16).transpose(0, 2, 1, 3).reshape(256, 256)
+    unfolding = unfold(orthonormal_kron_sum(5), (16, 16), (16, 16), 0)
     gram = unfolding.T @ unfolding
     for count in (100, 256):
         values, vectors, route = _core.symmetric_eigen(gram, count)
