@@ -35,6 +35,14 @@ Core<T> make_core(Index left, Index rows, Index cols, Index right, Matrix<T> dat
   return c;
 }
 
+// Core k as the identity between its two unfoldings' long sides: left of the centre (d_{k-1}·i_k·j_k)
+// × d_k with d_k = d_{k-1}·i_k·j_k, right of it d_{k-1} × (i_k·j_k·d_k) with d_{k-1} = i_k·j_k·d_k.
+template <class T>
+Core<T> identity_core(Index left, Index rows, Index cols, Index right) {
+  const Index side = std::max(left, right);
+  return make_core<T>(left, rows, cols, right, Matrix<T>::Identity(side, side));
+}
+
 // A = Q·R on core k's left unfolding: core k becomes Q, R moves into core k+1.
 template <class T>
 Spectrum shift_right(std::vector<Core<T>>& cores, std::size_t k) {
@@ -197,6 +205,29 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     return result;
   }
 
+  // Outer steps a cap leaves whole. A step whose unfolding has as many rows (left of the centre) or
+  // columns (right of it) as its full bond, and whose cap does not cut that bond, keeps everything: its
+  // split is only a change of basis of the bond. When a cap cuts some other bond, order_bonds puts every
+  // bond in order at the end anyway, from the small cores. So a run of such steps from either end takes
+  // the identity as its core and leaves the remainder as it is, which saves the step's Gram matrix,
+  // eigensolve and product over the largest arrays of the sweep (on 3072×768 at cap 256, a third of the
+  // multiply-adds). The left steps are skipped only all together: the block route makes them cheaply
+  // from one Gram matrix of M otherwise. Zero singular values in a whole step are dropped by
+  // order_bonds, as the sweep would have dropped them.
+  const std::size_t c = central_index(n);
+  const std::vector<Index> full = factors.full_bonds();
+  bool cuts = false;
+  for (std::size_t k = 0; k + 1 < n; ++k) cuts = cuts || (caps[k] > 0 && caps[k] < full[k]);
+  auto whole = [&](std::size_t bond, Index side) {
+    return side == full[bond] && (caps[bond] == 0 || caps[bond] >= side);
+  };
+  bool left_whole = options.allow_whole && cuts && c > 0;
+  for (std::size_t k = 0, p = 1; k < c && left_whole; ++k) {
+    p *= static_cast<std::size_t>(factors.in_shape[k] * factors.out_shape[k]);
+    left_whole = whole(k, static_cast<Index>(p));
+  }
+  bool whole_steps = left_whole;
+
   SplitOptions split_options;
   split_options.seed = options.seed;
   split_options.allow_randomized = options.allow_randomized;
@@ -209,7 +240,6 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     out.randomized = out.randomized || s.randomized;
   };
 
-  const std::size_t c = central_index(n);
   // The remainder of Algorithm 1, a flat buffer read as whatever unfolding the next step needs.
   Matrix<T> remainder;
   Index left = 1;
@@ -246,7 +276,15 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   };
   while (steps >= 1 && range_finder_cheaper(steps)) --steps;
   bool recanonicalize = false;
-  if (options.allow_block && steps >= 1) {
+  if (left_whole) {
+    for (std::size_t k = 0; k < c; ++k) {
+      const Index pair = factors.in_shape[k] * factors.out_shape[k];
+      out.cores[k] = identity_core<T>(left, factors.in_shape[k], factors.out_shape[k], left * pair);
+      rest /= pair;
+      left *= pair;
+    }
+    first = c;
+  } else if (options.allow_block && steps >= 1) {
     LeftBlock<T> block;
     if (left_block<T>(data, factors, steps, caps, out.norm * out.norm, &block)) {
       for (std::size_t k = 0; k < steps; ++k) {
@@ -262,7 +300,7 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
       recanonicalize = block.float_gram;
     }
   }
-  if (first == 0) {
+  if (first == 0 || left_whole) {
     remainder.resize(1, rows * cols);
     interleave(data, factors, remainder.data());
   }
@@ -278,9 +316,19 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     left = rank;
   }
   Index right = 1;
+  bool right_whole = options.allow_whole && cuts;
+  bool centre_right_ordered = true;  // bond c is split in order by the last right step (order_bonds)
   for (std::size_t k = n - 1; k > c; --k) {
     const Index pair = factors.in_shape[k] * factors.out_shape[k];
     const Index width = pair * right;
+    right_whole = right_whole && whole(k - 1, width);
+    if (right_whole) {
+      out.cores[k] = identity_core<T>(width, factors.in_shape[k], factors.out_shape[k], right);
+      right = width;
+      whole_steps = true;
+      centre_right_ordered = k > c + 1;
+      continue;
+    }
     split_options.max_rank = caps[k - 1];
     Split<T> s = right_split<T>(
         ConstMatrixMap<T>(remainder.data(), remainder.size() / width, width), split_options);
@@ -292,15 +340,15 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   }
   out.cores[c] = make_core<T>(left, factors.in_shape[c], factors.out_shape[c], right,
                               std::move(remainder));
-  if (truncated || recanonicalize) {
+  if (truncated || recanonicalize || whole_steps) {
     // (A block Gram matrix formed in float32 leaves spectra good to ~1e-4 only: recomputed here too.)
     // A cut at one step changes the remainder that later steps split, so the earlier bonds are no
     // longer exactly ordered by the singular values of the MPO's own unfoldings. One sweep over the
     // (now small) cores restores that, which keeps later truncation optimal and the bound valid. The
     // sweep left the cores in mixed canonical form, so rotating each bond suffices.
     // The last step split bond c (right of the centre) on the final remainder: that bond is already
-    // in order, and only the bonds split before it are rotated.
-    out.spectra = order_bonds(out.cores, true);
+    // in order, and only the bonds split before it are rotated (unless that step was a whole one).
+    out.spectra = order_bonds(out.cores, centre_right_ordered);
   }
   return out;
 }

@@ -126,6 +126,21 @@ def contract_cores(cores, in_shape, out_shape):
     return T.reshape(math.prod(in_shape), math.prod(out_shape))
 
 
+def assert_same_decomposition(first, second, M, in_shape, out_shape):
+    """Two raw `_core.decompose` results of M made by different routes agree: bonds, cuts, spectra and
+    truncation errors, and their matrices' errors, to the spectrum tolerance of M's dtype."""
+    assert [len(s) for s in first["spectra"]] == [len(s) for s in second["spectra"]]
+    assert list(first["cut"]) == list(second["cut"])
+    tol = spectrum_rtol(M.dtype)
+    top = max(float(s[0]) for s in second["spectra"])
+    for a, b in zip(first["spectra"], second["spectra"]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * top)
+    np.testing.assert_allclose(first["truncation_errors"], second["truncation_errors"], rtol=0, atol=tol * fro(M))
+    err_first = dense_error(M, contract_cores(first["cores"], in_shape, out_shape))
+    err_second = dense_error(M, contract_cores(second["cores"], in_shape, out_shape))
+    assert abs(err_first - err_second) <= tol * fro(M)
+
+
 def entropy_from_spectrum(s) -> float:
     s = np.asarray(s, dtype=np.float64)
     w = s * s

@@ -12,6 +12,7 @@ import pytest
 
 import mpo
 from strategies import (
+    assert_same_decomposition,
     contract_cores,
     dense_error,
     entropy_from_spectrum,
@@ -23,6 +24,7 @@ from strategies import (
     pad,
     reference_spectra,
     rel_error,
+    spectrum_rtol,
     unfold,
     with_unfolding_spectrum,
 )
@@ -738,3 +740,47 @@ def test_rank_four_kronecker_sum_that_stalled_eigens_qr_decomposes(max_bond):
     assert m.bond_dims == (4,)
     assert dense_error(M, m.to_dense()) <= 1e-12 * fro(M)
     np.testing.assert_allclose(m.spectra[0], np.ones(4), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ whole outer steps
+
+# (shape, caps): caps that cut one bond and leave outer steps whole.
+WHOLE_CASES = [
+    # MiniLM's 384 x 384 at cap 100: bonds 0 and 1 (4, 64) and 3 (9) whole, bond 2 cut (144 -> 100).
+    (((2, 4, 4, 4, 3), (2, 4, 4, 4, 3)), [100] * 4),
+    # Bond 0 cut (16 -> 8), bond 1 whole: the whole right steps reach the centre.
+    (((4, 4, 2), (4, 4, 2)), [8, 8]),
+    # Bonds 0 and 2 whole, bond 1 cut (36 -> 5): both ends at once (the C++ test's shape).
+    (((2, 3, 4, 2), (3, 2, 4, 3)), [6, 5, 6]),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, caps", WHOLE_CASES, ids=["384", "centre", "both-ends"])
+@pytest.mark.parametrize("rank", [None, 3], ids=["gaussian", "rank3"])
+def test_whole_outer_steps_equal_the_split_ones(shape, caps, dtype, rank):
+    """An outer step whose cap keeps its whole unfolding takes the identity as its core when a cap cuts
+    another bond; the final ordering then finds its bond. Bonds, spectra, cuts, errors and the matrix
+    are those of splitting every step, also where the whole bonds hold zeros (rank 3: every bond ends at
+    rank 3 and nothing is cut), and the spectra are those of the MPO's own unfoldings."""
+    rng = np.random.default_rng(21)
+    in_shape, out_shape = shape
+    if rank is None:
+        M = rng.standard_normal((math.prod(in_shape), math.prod(out_shape)))
+    else:
+        M = kron_sum(rng, in_shape, out_shape, rank)
+    M = M.astype(dtype)
+    whole = mpo._core.decompose(M, list(in_shape), list(out_shape), caps)
+    split = mpo._core.decompose(M, list(in_shape), list(out_shape), caps, allow_whole=False)
+    assert_same_decomposition(whole, split, M, in_shape, out_shape)
+    if rank is not None:
+        assert [len(s) for s in whole["spectra"]] == [rank] * len(caps) and not any(whole["cut"])
+    tol = spectrum_rtol(dtype)
+    top = max(float(s[0]) for s in whole["spectra"])
+    dense_whole = contract_cores(whole["cores"], in_shape, out_shape)
+    assert dense_error(dense_whole, contract_cores(split["cores"], in_shape, out_shape)) <= tol * fro(M)
+    own = reference_spectra(dense_whole, in_shape, out_shape)
+    for s, r in zip(whole["spectra"], own):
+        np.testing.assert_allclose(s, r[: len(s)], rtol=0, atol=tol * top)
+    bound = math.sqrt(sum(e * e for e in whole["truncation_errors"]))
+    assert dense_error(M, dense_whole) <= bound * (1 + 1e-6) + exact_rtol(dtype) * fro(M)

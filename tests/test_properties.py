@@ -7,6 +7,7 @@ four kinds of matrices (see strategies.cases).  Sizes stay <= 64 per side.
 import math
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
@@ -14,9 +15,9 @@ import mpo
 from mpo import _core
 from strategies import (
     NS,
+    assert_same_decomposition,
     cases,
     consistent_bonds,
-    contract_cores,
     dense_error,
     entropy_from_spectrum,
     exact_rtol,
@@ -172,28 +173,22 @@ def test_exact_error_of_a_capped_sweep(args):
     assert abs(m.exact_error() - err) <= 1e-6 * err + 2 * slack(M)
 
 
+# The core's shortcuts, each switched off by one option of _core.decompose:
+# allow_block: the first left steps made from M in place (one Gram matrix of M's unfolding, split.hpp's
+#   left_block), also for rank-deficient bonds (Kronecker sums, small integers) and caps at their rank;
+# allow_whole: outer steps a cap leaves whole take the identity as their core while a cap cuts elsewhere
+#   (the final ordering finds their bonds).
+@pytest.mark.parametrize("shortcut", ["allow_block", "allow_whole"])
 @given(cases_and_caps())
-def test_block_left_steps_equal_the_plain_sweep(args):
-    """The first left steps made from M in place (one Gram matrix of M's unfolding, split.hpp's
-    left_block) give the plain sweep's bonds, spectra, errors, cuts and matrix, also for
-    rank-deficient bonds (Kronecker sums, small integers) and caps at their exact rank."""
+def test_shortcuts_equal_the_plain_sweep(shortcut, args):
+    """Bonds, spectra, errors, cuts and matrix with the shortcut are those without it."""
     case, cap = args
     M = np.ascontiguousarray(case.M)
     caps = list(caps_tuple(cap, case.n - 1))
     shape = (list(case.in_shape), list(case.out_shape))
-    block = _core.decompose(M, *shape, caps, allow_randomized=False)
-    plain = _core.decompose(M, *shape, caps, allow_randomized=False, allow_block=False)
-    assert [len(s) for s in block["spectra"]] == [len(s) for s in plain["spectra"]]
-    assert list(block["cut"]) == list(plain["cut"])
-    tol = spectrum_rtol(M.dtype)
-    top = max(float(s[0]) for s in plain["spectra"])
-    for s_block, s_plain in zip(block["spectra"], plain["spectra"]):
-        np.testing.assert_allclose(s_block, s_plain, rtol=0, atol=tol * top)
-    np.testing.assert_allclose(block["truncation_errors"], plain["truncation_errors"], rtol=0,
-                               atol=tol * fro(M))
-    err_block = dense_error(M, contract_cores(block["cores"], case.in_shape, case.out_shape))
-    err_plain = dense_error(M, contract_cores(plain["cores"], case.in_shape, case.out_shape))
-    assert abs(err_block - err_plain) <= tol * fro(M)
+    taken = _core.decompose(M, *shape, caps, allow_randomized=False)
+    plain = _core.decompose(M, *shape, caps, allow_randomized=False, **{shortcut: False})
+    assert_same_decomposition(taken, plain, M, case.in_shape, case.out_shape)
 
 
 @given(cases_and_caps())

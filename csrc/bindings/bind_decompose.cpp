@@ -54,7 +54,7 @@ void register_decompose(py::module_& m) {
       "decompose",
       [](const py::array& matrix, const std::vector<Index>& in_shape,
          const std::vector<Index>& out_shape, const std::vector<Index>& max_bond,
-         bool allow_randomized, bool allow_block) {
+         bool allow_randomized, bool allow_block, bool allow_whole) {
         if (matrix.ndim() != 2)
           throw py::value_error("decompose: expected a 2-D array, got " + std::to_string(matrix.ndim()) +
                                 " dimensions");
@@ -62,15 +62,17 @@ void register_decompose(py::module_& m) {
         options.max_bond = max_bond;
         options.allow_randomized = allow_randomized;
         options.allow_block = allow_block;
+        options.allow_whole = allow_whole;
         const Factors factors{in_shape, out_shape};
         if (py::isinstance<py::array_t<float>>(matrix)) return decompose_typed<float>(matrix, factors, options);
         if (py::isinstance<py::array_t<double>>(matrix)) return decompose_typed<double>(matrix, factors, options);
         throw py::type_error("decompose: expected float32 or float64, got " + dtype_name(matrix));
       },
       py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"), py::arg("max_bond"),
-      py::arg("allow_randomized") = true, py::arg("allow_block") = true,
+      py::arg("allow_randomized") = true, py::arg("allow_block") = true, py::arg("allow_whole") = true,
       "Mixed-canonical MPO of a C-contiguous float32/float64 matrix; max_bond has n-1 caps, 0 = none.\n"
       "allow_block=False makes every left step from the interleaved copy (the plain sweep).\n"
+      "allow_whole=False splits the outer steps a cap leaves whole instead of taking the identity.\n"
       "Returns a dict: cores, spectra, truncation_errors, cut, norm, randomized.");
   m.def(
       "canonicalize",

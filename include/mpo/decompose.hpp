@@ -27,6 +27,7 @@ struct DecomposeOptions {
   std::vector<Index> max_bond;  // n-1 caps, 0 = uncapped; empty = all uncapped
   bool allow_randomized = true;
   bool allow_block = true;  // the first left steps from M in place (left_block in split.hpp)
+  bool allow_whole = true;  // outer steps a cap leaves whole take the identity (see decompose.cpp)
   std::uint64_t seed = 0x6d706f31;
 };
 

@@ -12,6 +12,7 @@ def decompose(
     max_bond: list[int],
     allow_randomized: bool = True,
     allow_block: bool = True,
+    allow_whole: bool = True,
 ) -> dict[str, Any]: ...
 def canonicalize(
     cores: list[npt.NDArray[np.floating[Any]]], dtype: str
