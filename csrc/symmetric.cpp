@@ -6,6 +6,7 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -19,12 +20,17 @@ namespace {
 
 constexpr double kEps = std::numeric_limits<double>::epsilon();
 
-// The k-vector route is taken for at most half of the eigenvectors, or where it skips at least
-// kPartialSkip of them, on matrices from kPartialMinSize on. Measured on one core, its time is about a
-// sixth of the full solver's plus a share growing as m²·k: the two cross near k = 0.6m for m ≤ 400
-// (144: k ≈ 70; 256: k ≈ 170) and later for larger m (768: k ≈ 700).
-constexpr Index kPartialSkip = 160;
+// Where the k-vector route is taken: from kPartialMinSize rows on, for up to a share of the m vectors
+// that grows with m, because the full solver's m³ terms outgrow the route's m²·k ones. Measured on one
+// core (benchmarks/bench_symmetric.py and a sweep of k/m), the two cross near k = 0.6m at m = 144,
+// 0.7m at 192, 0.8m at 256 and past k = m − 1 from about 384 on.
 constexpr Index kPartialMinSize = 64;
+
+bool partial_pays(Index m, Index count) {
+  if (m < kPartialMinSize || count < 1 || count >= m) return false;
+  const double share = std::clamp(0.6 + 0.2 * static_cast<double>(m - 144) / 112.0, 0.5, 1.0);
+  return static_cast<double>(count) <= share * static_cast<double>(m);
+}
 
 // A vector is accepted when its residual and its Rayleigh quotient's distance from the eigenvalue it was
 // computed for are below this fraction of ‖T‖. Inverse iteration reaches ~m·ε (1e-13 at m = 256); the
@@ -61,64 +67,73 @@ void jacobi_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) {
   out->route = EigenRoute::jacobi;
 }
 
-// T − σI, T symmetric tridiagonal, factored as P·L·U with partial pivoting (as LAPACK's xGTTRF): U has
-// two superdiagonals. Pivots below `tiny` (σ is an eigenvalue, so the last one is ~0 by design) are
-// replaced by `tiny`, which makes the solve amplify the eigenvector instead of dividing by zero.
-struct ShiftedLU {
-  Eigen::VectorXd diag, upper, upper2, lower;
-  Eigen::VectorXd inverse;  // 1 / diag: the back substitution is a chain of dependent steps, and a
-                            // division's latency is several multiplications'.
-  std::vector<char> swapped;
+// Shifts handled side by side, one per lane. The tridiagonal recurrences below (Sturm counts, the
+// factorisation of T − σI and its solves) are chains of dependent divisions and multiply-adds; one chain
+// leaves the vector units waiting on its latency, so independent shifts run in the lanes of Eigen
+// fixed-size arrays. 32 lanes: measured 3.4× the throughput of 16 in the Sturm count on this project's
+// machines, and the point where it stops growing quickly.
+constexpr int kLanes = 32;
+using Lanes = Eigen::Array<double, 1, kLanes>;
+using LaneRows = Eigen::Array<double, Eigen::Dynamic, kLanes, Eigen::RowMajor>;  // row i: index i of each lane
 
-  void factor(const Eigen::VectorXd& d, const Eigen::VectorXd& e, double sigma, double tiny) {
+// T − σI for kLanes shifts σ, T symmetric tridiagonal, each factored as P·L·U with partial pivoting (as
+// LAPACK's xGTTRF): U has two superdiagonals. A lane's pivots below `tiny` (σ is an eigenvalue, so the
+// last one is ~0 by design) are replaced by `tiny`, which makes the solve amplify the eigenvector
+// instead of dividing by zero. Each lane exchanges rows where its own pivot says so: both branches are
+// computed and the lane's choice selected, which keeps the lanes in step.
+struct ShiftedLU {
+  LaneRows inverse;  // 1 / U's diagonal: the back substitution's chain waits on no division
+  LaneRows upper, upper2, lower;
+  LaneRows swapped;  // 1 where row i+1 became the pivot row, else 0
+
+  void factor(const Eigen::VectorXd& d, const Eigen::VectorXd& e, const Lanes& sigma, double tiny) {
     const Index m = d.size();
-    diag = d.array() - sigma;
-    upper = e;
-    lower = e;
-    upper2 = Eigen::VectorXd::Zero(std::max<Index>(m - 2, 0));
-    swapped.assign(static_cast<std::size_t>(std::max<Index>(m - 1, 0)), 0);
+    const Lanes zero = Lanes::Zero(), one = Lanes::Ones();
+    const Lanes plus_tiny = Lanes::Constant(tiny), minus_tiny = Lanes::Constant(-tiny);
+    auto guarded = [&](const Lanes& pivot) {
+      return (pivot.abs() < tiny).select((pivot < 0).select(minus_tiny, plus_tiny), pivot);
+    };
+    inverse.resize(m, kLanes);
+    upper.resize(m, kLanes);
+    upper2.resize(m, kLanes);
+    lower.resize(m, kLanes);
+    swapped.resize(m, kLanes);
+    Lanes diag = d(0) - sigma;                               // U's diagonal entry i, as far as it is known
+    Lanes above = Lanes::Constant(m > 1 ? e(0) : 0.0);       // U's entry (i, i+1), as far as it is known
     for (Index i = 0; i + 1 < m; ++i) {
-      if (std::abs(diag(i)) >= std::abs(lower(i))) {
-        if (std::abs(diag(i)) < tiny) diag(i) = std::copysign(tiny, diag(i));
-        const double factor = lower(i) / diag(i);
-        lower(i) = factor;
-        diag(i + 1) -= factor * upper(i);
-      } else {
-        // Row i+1 becomes the pivot row.
-        const double factor = diag(i) / lower(i);
-        diag(i) = lower(i);
-        lower(i) = factor;
-        const double held = upper(i);
-        upper(i) = diag(i + 1);
-        diag(i + 1) = held - factor * diag(i + 1);
-        if (i + 2 < m) {
-          upper2(i) = upper(i + 1);
-          upper(i + 1) = -factor * upper(i + 1);
-        }
-        swapped[static_cast<std::size_t>(i)] = 1;
-      }
+      const double sub = e(i);                                // T's (i+1, i): the candidate pivot row's
+      const double next_above = i + 2 < m ? e(i + 1) : 0.0;  // T's (i+1, i+2)
+      const Lanes next_diag = d(i + 1) - sigma;
+      const auto keep = diag.abs() >= std::abs(sub);
+      const Lanes pivot = guarded(diag);
+      // Both branches' multipliers; a lane's unchosen one may be inf (sub = 0 keeps every lane's rows).
+      const Lanes factor = keep.select(sub / pivot, diag / sub);
+      inverse.row(i) = 1.0 / keep.select(pivot, Lanes::Constant(sub));
+      upper.row(i) = keep.select(above, next_diag);
+      upper2.row(i) = keep.select(zero, Lanes::Constant(next_above));
+      lower.row(i) = factor;
+      swapped.row(i) = keep.select(zero, one);
+      const Lanes following = keep.select(next_diag - factor * above, above - factor * next_diag);
+      above = keep.select(Lanes::Constant(next_above), -factor * next_above);
+      diag = following;
     }
-    if (m > 0 && std::abs(diag(m - 1)) < tiny) diag(m - 1) = std::copysign(tiny, diag(m - 1));
-    inverse = diag.cwiseInverse();
+    inverse.row(m - 1) = 1.0 / guarded(diag);
   }
 
-  // x ← (T − σI)⁻¹·x
-  void solve(Eigen::VectorXd& x) const {
-    const Index m = diag.size();
+  // x ← (T − σI)⁻¹·x, lane by lane (column l of x for shift l).
+  void solve(LaneRows& x) const {
+    const Index m = x.rows();
     for (Index i = 0; i + 1 < m; ++i) {
-      if (swapped[static_cast<std::size_t>(i)]) {
-        const double held = x(i);
-        x(i) = x(i + 1);
-        x(i + 1) = held - lower(i) * x(i);
-      } else {
-        x(i + 1) -= lower(i) * x(i);
-      }
+      const auto exchanged = swapped.row(i) != 0.0;
+      const Lanes here = x.row(i), next = x.row(i + 1);
+      x.row(i) = exchanged.select(next, here);
+      x.row(i + 1) = exchanged.select(here - lower.row(i) * next, next - lower.row(i) * here);
     }
     for (Index i = m; i-- > 0;) {
-      double v = x(i);
-      if (i + 1 < m) v -= upper(i) * x(i + 1);
-      if (i + 2 < m) v -= upper2(i) * x(i + 2);
-      x(i) = v * inverse(i);
+      Lanes v = x.row(i);
+      if (i + 1 < m) v -= upper.row(i) * x.row(i + 1);
+      if (i + 2 < m) v -= upper2.row(i) * x.row(i + 2);
+      x.row(i) = v * inverse.row(i);
     }
   }
 };
@@ -129,23 +144,20 @@ double off_diagonal(const Eigen::VectorXd& e, Index i) {
   return (i > 0 ? std::abs(e(i - 1)) : 0.0) + (i < e.size() ? std::abs(e(i)) : 0.0);
 }
 
-// Sturm counts of T − x·I for kLanes shifts at once: how many eigenvalues of T lie below each x. The
-// recurrence q_i = d_i − x − e_{i−1}²/q_{i−1} is a chain of dependent divisions per shift; running
-// independent shifts side by side fills the vector units that one chain would leave waiting. Pivots at
-// or below `pivmin` are replaced by −pivmin, which keeps the count backward stable (as LAPACK's xSTEBZ).
-constexpr int kLanes = 16;
-using Lanes = Eigen::Array<double, kLanes, 1>;
-
-// Written on Eigen's fixed-size arrays: a loop over lanes with a select in it stayed scalar under GCC.
+// Sturm counts of T − x·I for kLanes shifts at once: how many eigenvalues of T lie below each x, by the
+// recurrence q_i = d_i − x − e_{i−1}²/q_{i−1}. Pivots at or below `pivmin` are replaced by −pivmin, which
+// keeps the count backward stable (as LAPACK's xSTEBZ). The count adds a select of two arrays: a
+// comparison cast to double (and a loop over lanes with a select in it) stayed scalar under GCC.
 Lanes sturm_counts(const Eigen::VectorXd& d, const Eigen::VectorXd& e2, const Lanes& x, double pivmin) {
   const Index m = d.size();
+  const Lanes zero = Lanes::Zero(), one = Lanes::Ones();
   Lanes q = d(0) - x;
   q = (q.abs() <= pivmin).select(-pivmin, q);
-  Lanes negative = (q < 0).cast<double>();
+  Lanes negative = (q < 0).select(one, zero);
   for (Index i = 1; i < m; ++i) {
     q = (d(i) - x) - e2(i - 1) / q;
     q = (q.abs() <= pivmin).select(-pivmin, q);
-    negative += (q < 0).cast<double>();
+    negative += (q < 0).select(one, zero);
   }
   return negative;
 }
@@ -178,7 +190,10 @@ Eigen::VectorXd largest_by_bisection(const Eigen::VectorXd& d, const Eigen::Vect
     }
     for (int h = 0; h < halvings; ++h) {
       const Lanes mid = 0.5 * (lo + hi);
-      const auto up = sturm_counts(d, e2, mid, pivmin) <= target;  // λ_j is above mid
+      // λ_j is above mid where at most its ascending index lie below. The counts are a named array: a
+      // comparison expression keeps references to its operands, and one to a temporary would dangle.
+      const Lanes below = sturm_counts(d, e2, mid, pivmin);
+      const auto up = below <= target;
       lo = up.select(mid, lo);
       hi = up.select(hi, mid);
     }
@@ -204,31 +219,37 @@ bool partial_solver(const Eigen::MatrixXd& a, Index count, SymmetricEigen* out) 
   const Eigen::VectorXd lambda = largest_by_bisection(d, e, count, norm);
   const double tiny = kEps * norm;
 
+  // The shifts. Shifts that agree to rounding are pulled apart (as xSTEIN does), so that each solve sees
+  // a slightly different matrix as well as a different start. By 10 ulps of the eigenvalue, as xSTEIN,
+  // not of ‖T‖: the pulls add up along a cluster, and at N·10ε·‖T‖ the shifts of a cluster of small
+  // eigenvalues walked past the eigenvalues below it, whose vectors the solves then returned (within the
+  // checks' bar, which is absolute).
+  Eigen::VectorXd sigma(count);
+  for (Index j = 0; j < count; ++j) {
+    const double separation = 10 * kEps * std::abs(lambda(j));
+    sigma(j) = lambda(j);
+    if (j > 0 && sigma(j - 1) - sigma(j) < separation) sigma(j) = sigma(j - 1) - separation;
+  }
+
   Eigen::MatrixXd x(m, count);
   std::mt19937_64 engine(0x73796d65);
   std::uniform_real_distribution<double> uniform(-1.0, 1.0);
   ShiftedLU lu;
-  Eigen::VectorXd v(m);
-  double previous = 0;
-  for (Index j = 0; j < count; ++j) {
-    // Shifts that agree to rounding are pulled apart (as xSTEIN does), so that each solve sees a
-    // slightly different matrix as well as a different start. By 10 ulps of the eigenvalue, as xSTEIN,
-    // not of ‖T‖: the pulls add up along a cluster, and at N·10ε·‖T‖ the shifts of a cluster of small
-    // eigenvalues walked past the eigenvalues below it, whose vectors the solves then returned (within
-    // the checks' bar, which is absolute).
-    const double separation = 10 * kEps * std::abs(lambda(j));
-    double sigma = lambda(j);
-    if (j > 0 && previous - sigma < separation) sigma = previous - separation;
-    previous = sigma;
-    lu.factor(d, e, sigma, tiny);
-    for (Index i = 0; i < m; ++i) v(i) = uniform(engine);
+  LaneRows v(m, kLanes);
+  for (Index first = 0; first < count; first += kLanes) {
+    const Index used = std::min<Index>(kLanes, count - first);
+    Lanes shifts;
+    for (int l = 0; l < kLanes; ++l) shifts(l) = sigma(first + std::min<Index>(l, used - 1));  // spare lanes repeat
+    lu.factor(d, e, shifts, tiny);
+    for (Index i = 0; i < m; ++i)
+      for (int l = 0; l < kLanes; ++l) v(i, l) = uniform(engine);
     for (int s = 0; s < kSolves; ++s) {
       lu.solve(v);
-      const double largest = v.cwiseAbs().maxCoeff();
-      if (!(largest > 0) || !std::isfinite(largest)) return false;
-      v /= largest;
+      const Lanes largest = v.abs().colwise().maxCoeff();
+      if (!((largest.head(used) > 0).all() && largest.head(used).isFinite().all())) return false;
+      v.rowwise() *= largest.inverse();
     }
-    x.col(j) = v.normalized();
+    for (Index l = 0; l < used; ++l) x.col(first + l) = v.col(l).matrix().normalized();
   }
 
   // Orthonormal columns, in the order of the eigenvalues: vectors of a repeated eigenvalue become a basis
@@ -282,7 +303,7 @@ bool symmetric_eigen_route(const Eigen::MatrixXd& a, Index count, EigenRoute rou
 SymmetricEigen symmetric_eigen(const Eigen::MatrixXd& a, Index count) {
   SymmetricEigen out;
   const Index m = a.rows();
-  const bool partial = m >= kPartialMinSize && count >= 1 && (2 * count <= m || m - count >= kPartialSkip);
+  const bool partial = partial_pays(m, count);
   if (partial && symmetric_eigen_route(a, count, EigenRoute::partial, &out)) return out;
   if (symmetric_eigen_route(a, count, EigenRoute::full, &out)) return out;
   if (!partial && symmetric_eigen_route(a, count, EigenRoute::partial, &out)) return out;

@@ -76,6 +76,17 @@ def test_hard_spectra_give_valid_eigenpairs_by_either_route(kind, count):
     _check_eigenpairs(a, count, _core.symmetric_eigen(a, count, "auto"))
 
 
+@pytest.mark.parametrize("m", [1, 2, 5, 31, 32, 33, 65])
+def test_partial_route_at_the_edges_of_its_lane_groups(m):
+    """The recurrences run 32 shifts side by side: one matrix row, fewer vectors than lanes, exactly a
+    group, one past it, and two groups and one."""
+    a = _gram(np.random.default_rng(m), m, 2 * m + 1)
+    for count in sorted({1, max(1, m // 2), m}):
+        result = _core.symmetric_eigen(a, count, "partial")
+        assert result is not None and result[2] == "partial"
+        _check_eigenpairs(a, count, result)
+
+
 def test_auto_takes_the_partial_route_only_for_a_part_of_a_large_matrix():
     a = _gram(np.random.default_rng(0), 200, 400)
     assert _core.symmetric_eigen(a, 50, "auto")[2] == "partial"
@@ -84,6 +95,11 @@ def test_auto_takes_the_partial_route_only_for_a_part_of_a_large_matrix():
     values, vectors, route = _core.symmetric_eigen(a, 200, "auto")
     assert route == "full" and vectors.shape == (200, 200)
     _check_eigenpairs(a, 200, (values, vectors, route))
+    # From ~384 rows on the full solver's m³ terms dominate: all vectors but one go the k-vector route.
+    big = _gram(np.random.default_rng(1), 400, 800)
+    result = _core.symmetric_eigen(big, 399, "auto")
+    assert result[2] == "partial"
+    _check_eigenpairs(big, 399, result)
 
 
 @given(
