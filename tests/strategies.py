@@ -126,16 +126,30 @@ def contract_cores(cores, in_shape, out_shape):
     return T.reshape(math.prod(in_shape), math.prod(out_shape))
 
 
+def route_rtol(dtype) -> float:
+    """Agreement of two routes' spectra and errors, relative to the largest singular value / ||M||.
+    float32 routes may form their Gram matrices in float32, in different orders: their cuts then keep
+    subspaces that differ by ~1e-6 ||A||^2 / gap, which a later cut at close singular values carries
+    into the spectra (measured up to 4.4e-5 over the thorough Hypothesis profile, caps of 1-3)."""
+    return 1e-10 if np.dtype(dtype) == np.float64 else 1e-4
+
+
 def assert_same_decomposition(first, second, M, in_shape, out_shape):
-    """Two raw `_core.decompose` results of M made by different routes agree: bonds, cuts, spectra and
-    truncation errors, and their matrices' errors, to the spectrum tolerance of M's dtype."""
-    assert [len(s) for s in first["spectra"]] == [len(s) for s in second["spectra"]]
-    assert list(first["cut"]) == list(second["cut"])
-    tol = spectrum_rtol(M.dtype)
+    """Two raw `_core.decompose` results of M made by different routes agree: spectra, truncation errors,
+    cuts and their matrices' errors, to route_rtol of M's dtype. A singular value at the zero threshold
+    (rounding level: Kronecker sums, caps at an exact rank) may be kept by one route and dropped by the
+    other, and a cut may be flagged by one alone when what it drops is at that level: both are then
+    below the tolerance."""
+    tol = route_rtol(M.dtype)
     top = max(float(s[0]) for s in second["spectra"])
     for a, b in zip(first["spectra"], second["spectra"]):
-        np.testing.assert_allclose(a, b, rtol=0, atol=tol * top)
+        common = min(len(a), len(b))
+        np.testing.assert_allclose(a[:common], b[:common], rtol=0, atol=tol * top)
+        assert np.all(np.concatenate([a[common:], b[common:]]) <= tol * top), (a, b)
     np.testing.assert_allclose(first["truncation_errors"], second["truncation_errors"], rtol=0, atol=tol * fro(M))
+    for cut_a, cut_b, eps_a, eps_b in zip(first["cut"], second["cut"], first["truncation_errors"],
+                                          second["truncation_errors"]):
+        assert cut_a == cut_b or max(eps_a, eps_b) <= tol * fro(M)
     err_first = dense_error(M, contract_cores(first["cores"], in_shape, out_shape))
     err_second = dense_error(M, contract_cores(second["cores"], in_shape, out_shape))
     assert abs(err_first - err_second) <= tol * fro(M)
