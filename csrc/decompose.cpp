@@ -222,9 +222,10 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     return side == full[bond] && (caps[bond] == 0 || caps[bond] >= side);
   };
   bool left_whole = options.allow_whole && cuts && c > 0;
-  for (std::size_t k = 0, p = 1; k < c && left_whole; ++k) {
-    p *= static_cast<std::size_t>(factors.in_shape[k] * factors.out_shape[k]);
-    left_whole = whole(k, static_cast<Index>(p));
+  Index prefix = 1;  // rows of the left unfolding at step k, Π_{m<=k} i_m·j_m
+  for (std::size_t k = 0; k < c && left_whole; ++k) {
+    prefix *= factors.in_shape[k] * factors.out_shape[k];
+    left_whole = whole(k, prefix);
   }
   bool whole_steps = left_whole;
 
@@ -300,7 +301,7 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
       recanonicalize = block.float_gram;
     }
   }
-  if (first == 0 || left_whole) {
+  if (remainder.size() == 0) {  // no block step made it: the sweep starts from the interleaved M
     remainder.resize(1, rows * cols);
     interleave(data, factors, remainder.data());
   }

@@ -37,7 +37,12 @@ def _from_spectrum(rng, spectrum):
     return (a + a.T) / 2
 
 
-@pytest.mark.parametrize("m,count", [(64, 16), (144, 32), (144, 72), (256, 32), (256, 100), (300, 140)])
+# The recurrences run 32 shifts side by side: the lane groups' edges (one matrix row, fewer vectors than
+# lanes, exactly a group, one past it, two groups and one) besides the sizes the decompositions meet.
+LANE_EDGES = [(m, count) for m in (1, 2, 5, 31, 32, 33, 65) for count in sorted({1, max(1, m // 2), m})]
+
+
+@pytest.mark.parametrize("m,count", [(64, 16), (144, 32), (144, 72), (256, 32), (256, 100), (300, 140)] + LANE_EDGES)
 def test_partial_route_on_gram_matrices_matches_lapack(m, count):
     a = _gram(np.random.default_rng(m + count), m, 3 * m)
     result = _core.symmetric_eigen(a, count, "partial")
@@ -74,17 +79,6 @@ def test_hard_spectra_give_valid_eigenpairs_by_either_route(kind, count):
     else:
         _check_eigenpairs(a, count, partial)  # repeated and clustered eigenvalues included
     _check_eigenpairs(a, count, _core.symmetric_eigen(a, count, "auto"))
-
-
-@pytest.mark.parametrize("m", [1, 2, 5, 31, 32, 33, 65])
-def test_partial_route_at_the_edges_of_its_lane_groups(m):
-    """The recurrences run 32 shifts side by side: one matrix row, fewer vectors than lanes, exactly a
-    group, one past it, and two groups and one."""
-    a = _gram(np.random.default_rng(m), m, 2 * m + 1)
-    for count in sorted({1, max(1, m // 2), m}):
-        result = _core.symmetric_eigen(a, count, "partial")
-        assert result is not None and result[2] == "partial"
-        _check_eigenpairs(a, count, result)
 
 
 def test_auto_takes_the_partial_route_only_for_a_part_of_a_large_matrix():
