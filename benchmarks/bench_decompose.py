@@ -33,30 +33,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _threads import apply_threads_flag  # noqa: E402  (benchmarks/ is not a package)
 
-
-def _apply_threads_flag(argv: Sequence[str]) -> None:
-    """Honour ``--threads N`` before numpy (and its BLAS) is loaded: set the thread variables."""
-    for k, arg in enumerate(argv):
-        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (
-            argv[k + 1] if arg == "--threads" and k + 1 < len(argv) else None)
-        if value is not None:
-            for var in THREAD_VARS:
-                os.environ[var] = value
-
-
-_apply_threads_flag(sys.argv[1:])
+apply_threads_flag(sys.argv[1:])  # before numpy loads: BLAS reads its thread count once
 
 import numpy as np  # noqa: E402  (after the thread variables are set)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (benchmarks/ is not a package)
+import _common as C  # noqa: E402
 
 EXACT_TOL = 1e-12  # exact-mode error target (float64)
 CAPPED_SLACK = 1.01  # capped-mode error may be at most 1 % above the exact truncation's

@@ -20,29 +20,19 @@ Prints medians and the ratios full/partial and LAPACK/partial, and writes JSON. 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 
-def _threads_from_argv(argv):
-    value = "1"
-    for k, arg in enumerate(argv):
-        if arg.startswith("--threads="):
-            value = arg.split("=", 1)[1]
-        elif arg == "--threads" and k + 1 < len(argv):
-            value = argv[k + 1]
-    return value
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _threads import apply_threads_flag  # noqa: E402  (benchmarks/ is not a package)
 
 # BLAS threads are fixed before numpy loads; the core's own threads do not take part in an eigensolve.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = _threads_from_argv(sys.argv[1:])
+apply_threads_flag(sys.argv[1:], default="1")
 
 import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (benchmarks/ is not a package)
 
 from mpo import _core  # noqa: E402
