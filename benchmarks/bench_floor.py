@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
@@ -58,13 +56,10 @@ DEFAULT_CASES = ["attn_query_l0", "ffn_in_l0", "ffn_out_l0", "random_768x768"]
 
 def warm_median(fn, repeats: int) -> Tuple[float, object]:
     """Median seconds of ``fn`` called back to back after one untimed call, and its last result."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+    out = C.time_interleaved({"fn": fn}, repeats, warmup=1)["fn"]
+    if isinstance(out, BaseException):
+        raise out
+    return out[0], out[2]
 
 
 def peak_rate(repeats: int, core) -> Dict[str, float]:
