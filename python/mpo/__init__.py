@@ -19,7 +19,7 @@ from . import stacked  # noqa: E402
 from ._weighted import LowRank, weighted_svd  # noqa: E402
 
 # Dimension squeezing (MPOP Algorithm 2), framework-free; mpo.torch.squeeze wires it to torch layers.
-from ._squeeze import SqueezeResult, SqueezeStep, central_bonds, squeeze  # noqa: E402
+from ._squeeze import SqueezeResult, SqueezeStep, central_bonds, cut_central, squeeze  # noqa: E402
 
-__all__ += ["LowRank", "weighted_svd", "stacked", "SqueezeResult", "SqueezeStep", "central_bonds", "squeeze"]
+__all__ += ["LowRank", "weighted_svd", "stacked", "SqueezeResult", "SqueezeStep", "central_bonds", "cut_central", "squeeze"]
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ._mpo import MPO
 
-__all__ = ["SqueezeStep", "SqueezeResult", "squeeze", "central_bonds"]
+__all__ = ["SqueezeStep", "SqueezeResult", "squeeze", "central_bonds", "cut_central"]
 
 
 def central_bonds(m: MPO) -> tuple[int, ...]:
@@ -163,4 +163,59 @@ def squeeze(
         if not accepted:
             result.stop = "threshold"
             break
+    return result
+
+
+def cut_central(mpos: Mapping, params: int, *, min_bond: int = 1) -> dict:
+    """Algorithm 2's cuts without the fine-tuning: drop central-bond dimensions, cheapest first, until
+    the MPOs hold at most ``params`` core parameters in all.
+
+    The order is :func:`squeeze`'s (the smallest next dropped λ² over every central bond of every MPO),
+    so a staged squeeze that fine-tunes between calls and a direct truncation to the same size cut the
+    same bonds. Returns name -> MPO (untouched MPOs are the same objects). Raises ValueError when the
+    central bonds cannot shrink that far (every one at ``min_bond``), naming the smallest size there is.
+    """
+    if not isinstance(mpos, Mapping) or not mpos:
+        raise ValueError(f"mpos must be a non-empty mapping of name -> MPO, got {type(mpos).__name__}")
+    for name, m in mpos.items():
+        if not isinstance(m, MPO):
+            raise TypeError(f"mpos[{name!r}] must be an MPO, got {type(m).__name__}")
+    if isinstance(params, bool) or not isinstance(params, int) or params < 0:
+        raise ValueError(f"params must be an integer >= 0, got {params!r}")
+    if isinstance(min_bond, bool) or not isinstance(min_bond, int) or min_bond < 1:
+        raise ValueError(f"min_bond must be an integer >= 1, got {min_bond!r}")
+    caps = {name: list(m.bond_dims) for name, m in mpos.items()}
+    pairs = {name: [i * j for i, j in zip(m.in_shape, m.out_shape)] for name, m in mpos.items()}
+
+    def saving(name: object, k: int) -> int:
+        # One dimension less on bond k removes a slice of each neighbouring core.
+        b = [1, *caps[name], 1]
+        return b[k] * pairs[name][k] + pairs[name][k + 1] * b[k + 2]
+
+    result = dict(mpos)
+    total = sum(m.num_params for m in mpos.values())
+    while total > params:
+        best = None
+        for name, m in mpos.items():
+            for k in central_bonds(m):
+                d = caps[name][k]
+                if d > min_bond:
+                    cost = float(m.spectra[k][d - 1]) ** 2
+                    if best is None or cost < best[0]:
+                        best = (cost, name, k)
+        if best is None:
+            raise ValueError(
+                f"cut_central: the central bonds cannot shrink below {total} parameters "
+                f"(every one is at min_bond={min_bond}); asked for {params}"
+            )
+        _, name, k = best
+        total -= saving(name, k)
+        caps[name][k] -= 1
+        if total <= params:
+            # The estimate ignores bonds a cut leaves wider than their neighbours feed, which truncate
+            # shrinks too: the true count is at most the estimate. Count it exactly once it fits.
+            for key in caps:
+                if caps[key] != list(mpos[key].bond_dims):
+                    result[key] = mpos[key].truncate(max_bond=caps[key])
+            total = sum(m.num_params for m in result.values())
     return result

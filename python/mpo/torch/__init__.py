@@ -26,7 +26,8 @@ from ._compress import (
 )
 from ._fisher import fisher_information
 from ._layers import MODES, MPOEmbedding, MPOLayer, MPOLinear
-from ._squeeze import squeeze
+from ._adapter import AdapterInfo, base_fingerprint, load_adapter, save_adapter
+from ._squeeze import squeeze, squeeze_to
 from ._stacked import StackedBank, StackedLinear, compress_stacked
 
 __all__ = [
@@ -49,4 +50,9 @@ __all__ = [
     "parameter_report",
     "save",
     "squeeze",
+    "squeeze_to",
+    "AdapterInfo",
+    "base_fingerprint",
+    "load_adapter",
+    "save_adapter",
 ]

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._squeeze import SqueezeResult, squeeze as _squeeze
+from .._squeeze import SqueezeResult, cut_central, squeeze as _squeeze
 from ._compress import mpo_layers
 
-__all__ = ["squeeze"]
+__all__ = ["squeeze", "squeeze_to"]
 
 
 def squeeze(
@@ -94,3 +94,30 @@ def squeeze(
         raise
     write(committed["mpos"], committed["others"])
     return result
+
+
+def squeeze_to(model: nn.Module, params: int, *, layers=None, min_bond: int = 1) -> dict[str, tuple[int, ...]]:
+    """Cut the central bonds of ``model``'s MPO layers in Algorithm 2's order until their cores hold at
+    most ``params`` parameters, in place, without fine-tuning (:func:`mpo.cut_central`).
+
+    One call with the final size is direct truncation; calls with shrinking sizes and fine-tuning in
+    between are dimension squeezing in stages. Trained cores are re-canonicalised first, so the order
+    reads the spectra of the trained matrices. Each layer keeps which cores train. Returns the new bond
+    dimensions of the layers that were cut. The cores of a cut layer are new Parameters: build the
+    optimizer again.
+    """
+    found = mpo_layers(model)
+    if not found:
+        raise ValueError("squeeze_to: the model has no MPO layers; run mpo.torch.compress first")
+    names = list(found) if layers is None else list(layers)
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise ValueError(f"squeeze_to: {unknown} are not MPO layers; the model's MPO layers are: {', '.join(found)}")
+    mpos = {name: found[name].to_mpo() for name in names}
+    cut = cut_central(mpos, params, min_bond=min_bond)
+    changed = {}
+    for name, m in cut.items():
+        if m.bond_dims != found[name].bond_dims:
+            found[name].set_mpo(m)
+            changed[name] = m.bond_dims
+    return changed
