@@ -644,8 +644,10 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", type=Path, default=None, help="PNG path for the two plots")
     args = parser.parse_args(argv)
     import torch
+    import transformers
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    transformers.logging.set_verbosity_error()  # the unused pooler's load report, once per model built
     setup = QUICK if args.quick else Setup()
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     chosen = methods(setup) if args.methods is None else ["dense", *[m for m in args.methods if m != "dense"]]

@@ -15,7 +15,7 @@ This package knows files and arrays, not MPOs: an MPO goes in and out through it
 from ._archive import read_archive, write_archive
 from ._atomic import atomic_path
 from ._checkpoint import SEP, read_checkpoint, write_checkpoint
-from ._formats import CHECKPOINT, FORMAT_VERSION, FORMATS, MPO_ARCHIVE, TORCH_MODEL, Format, mpo_archive_version
+from ._formats import ADAPTER, CHECKPOINT, FORMAT_VERSION, FORMATS, MPO_ARCHIVE, TORCH_MODEL, Format, mpo_archive_version
 from ._tensors import read_tensors, write_tensors
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "MPO_ARCHIVE",
     "CHECKPOINT",
     "TORCH_MODEL",
+    "ADAPTER",
     "SEP",
     "atomic_path",
     "mpo_archive_version",

@@ -10,6 +10,8 @@ trusted; a version this mpo does not know is refused with both numbers named, ne
   names the format; every compressed matrix is stored as its MPO arrays under a prefix.
 - ``mpo.torch`` (``mpo.torch.save`` / ``load``): a ``torch.save`` payload whose "format" entry is
   ``mpo.torch/1``.
+- ``mpo.adapter`` (``mpo.torch.save_adapter`` / ``load_adapter``): a safetensors file of the tensors a
+  task trained, with a JSON manifest (format, version, base fingerprint) in its metadata.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Format", "FORMATS", "MPO_ARCHIVE", "CHECKPOINT", "TORCH_MODEL", "FORMAT_VERSION", "mpo_archive_version"]
+__all__ = [
+    "Format", "FORMATS", "MPO_ARCHIVE", "CHECKPOINT", "TORCH_MODEL", "ADAPTER", "FORMAT_VERSION", "mpo_archive_version"
+]
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,10 @@ class Format:
 MPO_ARCHIVE = Format("mpo.MPO", (1, 2), "MPO")
 CHECKPOINT = Format("mpo.checkpoint", (1,), "mpo checkpoint")
 TORCH_MODEL = Format("mpo.torch", (1,), "mpo.torch model")
+ADAPTER = Format("mpo.adapter", (1,), "adapter")
 
 #: Every format by its tag.
-FORMATS: dict[str, Format] = {f.kind: f for f in (MPO_ARCHIVE, CHECKPOINT, TORCH_MODEL)}
+FORMATS: dict[str, Format] = {f.kind: f for f in (MPO_ARCHIVE, CHECKPOINT, TORCH_MODEL, ADAPTER)}
 
 #: The version of a plain MPO's archive (``mpo.FORMAT_VERSION``).
 FORMAT_VERSION = MPO_ARCHIVE.versions[0]

@@ -22,12 +22,12 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from .._io import atomic_path
+from ..io import ADAPTER, atomic_path
 
 __all__ = ["ADAPTER_FORMAT", "ADAPTER_VERSION", "AdapterInfo", "base_fingerprint", "load_adapter", "save_adapter"]
 
-ADAPTER_FORMAT = "mpo.adapter"
-ADAPTER_VERSION = 1
+ADAPTER_FORMAT = ADAPTER.kind
+ADAPTER_VERSION = ADAPTER.versions[-1]
 # An adapter is a handful of small tensors; a header claiming more than this is not one we wrote.
 _MAX_HEADER = 64 * 1024 * 1024
 
@@ -153,10 +153,7 @@ def _read(path: str) -> tuple[AdapterInfo, Mapping[str, torch.Tensor]]:
         raise ValueError(f"{path!r} is not an mpo adapter (no 'mpo' manifest in its metadata)") from None
     if info.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{path!r} is not an mpo adapter (format {info.get('format')!r}, want {ADAPTER_FORMAT!r})")
-    if info.get("format_version") != ADAPTER_VERSION:
-        raise ValueError(
-            f"{path!r} has adapter format version {info.get('format_version')!r}; this mpo reads {ADAPTER_VERSION}"
-        )
+    ADAPTER.check_version(info.get("format_version"), repr(path))
     listed = info.get("tensors")
     if not isinstance(listed, dict) or set(listed) != set(tensors):
         raise ValueError(f"{path!r}: the manifest's tensor list does not match the tensors stored")
