@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from ._decompose import decompose
+from ._mpo import MPO
+from ._result import measured_relative_error
 from ._shape import full_bonds, plan_shape
 from ._validation import as_matrix, parse_ratio
 
@@ -43,6 +47,27 @@ class Result:
     error: float
     seconds: float
     detail: str
+    approximation: np.ndarray = field(repr=False, compare=False)
+    """The I x J approximation the error was measured on."""
+
+    # The interface every decomposition result shares (``mpo._result``).
+    @property
+    def num_params(self) -> int:
+        """``params``: the numbers the method stores."""
+        return self.params
+
+    @property
+    def compression_ratio(self) -> float:
+        """``ratio``: params / (I J)."""
+        return self.ratio
+
+    def to_dense(self) -> np.ndarray:
+        """The I x J approximation."""
+        return self.approximation
+
+    def relative_error(self, *, M: object = None) -> float:
+        """``error`` (measured when the result was made), or measured again against ``M`` when given."""
+        return self.error if M is None else measured_relative_error(M, self.approximation)
 
 
 def _relative_error(M: np.ndarray, approx: np.ndarray) -> float:
@@ -52,16 +77,20 @@ def _relative_error(M: np.ndarray, approx: np.ndarray) -> float:
     return diff / norm if norm > 0 else diff
 
 
-def _timed(fn):
+_T = TypeVar("_T")
+
+
+def _timed(fn: Callable[[], _T]) -> tuple[_T, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
 
 
-def _mpo_result(method: str, M: np.ndarray, rho: float, make) -> Result:
+def _mpo_result(method: str, M: np.ndarray, rho: float, make: Callable[[], MPO]) -> Result:
     m, seconds = _timed(make)
-    return Result(method, rho, m.num_params, m.compression_ratio, _relative_error(M, m.to_dense()), seconds,
-                  f"bonds {m.bond_dims}")
+    dense = m.to_dense()
+    return Result(method, rho, m.num_params, m.compression_ratio, _relative_error(M, dense), seconds,
+                  f"bonds {m.bond_dims}", dense)
 
 
 def svd(M: object, ratio: float) -> Result:
@@ -162,7 +191,7 @@ def cpd(M: object, ratio: float, n: int = 5, *, n_iter_max: int = 100, random_st
     approx = as_matrix_from_tensor(np.asarray(tl.cp_to_tensor(cp)), plan)
     params = rank * sum(T.shape)  # the weights fold into any one factor
     return Result(f"cpd n={n}", rho, params, params / (rows * cols), _relative_error(a, approx), seconds,
-                  f"rank {rank}")
+                  f"rank {rank}", np.ascontiguousarray(approx[:rows, :cols]))
 
 
 def tucker_ranks(dims, rows: int, cols: int, ratio: float) -> list[int]:
@@ -192,7 +221,7 @@ def tucker(M: object, ratio: float, n: int = 5) -> Result:
     approx = as_matrix_from_tensor(np.asarray(tl.tucker_to_tensor(tk)), plan)
     params = math.prod(ranks) + sum(d * r for d, r in zip(T.shape, ranks))
     return Result(f"tucker n={n}", rho, params, params / (rows * cols), _relative_error(a, approx), seconds,
-                  f"ranks {tuple(ranks)}")
+                  f"ranks {tuple(ranks)}", np.ascontiguousarray(approx[:rows, :cols]))
 
 
 METHODS = {
