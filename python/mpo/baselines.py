@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -29,7 +30,8 @@ from ._result import measured_relative_error
 from ._shape import full_bonds, plan_shape
 from ._validation import as_matrix, parse_ratio
 
-__all__ = ["Result", "METHODS", "run", "compare", "svd", "mpo_uniform", "mpo_budget", "cpd", "tucker"]
+__all__ = ["Result", "METHODS", "run", "compare", "svd", "mpo_uniform", "mpo_budget", "cpd", "tucker",
+           "uniform_max_bond"]
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,8 @@ def svd(M: object, ratio: float) -> Result:
     return _mpo_result("svd", a, rho, lambda: decompose(a, ((rows, 1), (1, cols)), ratio=rho))
 
 
-def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
-    """The largest cap c such that bonds min(full_k, c) keep <= ratio * rows * cols parameters.
+def uniform_max_bond(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
+    """The largest max_bond c such that bonds min(full_k, c) keep <= ratio * rows * cols parameters.
 
     Bonds min(full_k, c) are consistent (no bond exceeds what its neighbours feed), so the count is
     exact for a generic matrix. Raises ValueError when even c = 1 does not fit.
@@ -125,11 +127,17 @@ def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
     return lo
 
 
+def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
+    """Deprecated name of :func:`uniform_max_bond` (the project says max_bond, not cap)."""
+    warnings.warn("baselines.uniform_cap is deprecated: use uniform_max_bond", DeprecationWarning, stacklevel=2)
+    return uniform_max_bond(in_shape, out_shape, rows, cols, ratio)
+
+
 def mpo_uniform(M: object, ratio: float, n: int = 5) -> Result:
     """MPO with one cap on every bond: the largest that fits the budget (``decompose(max_bond=)``)."""
     a, rho = as_matrix(M), parse_ratio(ratio)
     plan = plan_shape(*a.shape, n)
-    cap = uniform_cap(plan.in_shape, plan.out_shape, *a.shape, rho)
+    cap = uniform_max_bond(plan.in_shape, plan.out_shape, *a.shape, rho)
     return _mpo_result(f"mpo-uniform n={n}", a, rho, lambda: decompose(a, n=n, max_bond=cap))
 
 
