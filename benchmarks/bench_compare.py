@@ -97,7 +97,7 @@ def speed(args, mpo) -> tuple[dict, list[str]]:
     tensors = load_file(str(checkpoint))
     pattern = re.compile(COMPRESS_INCLUDE)
     names = [k for k, v in tensors.items() if v.ndim == 2 and v.dtype.kind == "f" and pattern.search(k)]
-    from mpo.baselines import uniform_cap
+    from mpo.baselines import uniform_max_bond
 
     prepared, budget_caps = {}, {}
     for name in names:
@@ -107,7 +107,7 @@ def speed(args, mpo) -> tuple[dict, list[str]]:
         bonds = C.capped_bonds(C.full_bonds(plan.in_shape, plan.out_shape), args.cap)
         prepared[name] = (M, padded.reshape(tuple(plan.in_shape) + tuple(plan.out_shape)), bonds)
         # The uniform cap budget mode starts its search from (mpo.baselines' mpo-uniform at this ratio).
-        budget_caps[name] = uniform_cap(plan.in_shape, plan.out_shape, *M.shape, args.budget_ratio)
+        budget_caps[name] = uniform_max_bond(plan.in_shape, plan.out_shape, *M.shape, args.budget_ratio)
 
     def run_mpo():
         return {name: mpo.decompose(M, n=5, max_bond=args.cap) for name, (M, _, _) in prepared.items()}

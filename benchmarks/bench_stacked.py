@@ -68,17 +68,17 @@ def error_vs_budget(state, rhos):
         entry = {"rho": rho, "budget": budget}
         d2 = largest(lambda d: stacked.num_params("per_matrix", N, D, d), D, budget)
         s2 = stacked.decompose(cut.blocks, "per_matrix", rank=d2)
-        entry["II per_matrix"] = {"params": s2.num_params, "error": s2.relative_error, "rank": d2}
+        entry["II per_matrix"] = {"params": s2.num_params, "error": s2.relative_error(), "rank": d2}
         d3 = largest(lambda d: stacked.num_params("shared", N, D, d), D, budget)
         s3 = stacked.decompose(cut.blocks, "shared", rank=d3, max_iter=20)
-        entry["III shared"] = {"params": s3.num_params, "error": s3.relative_error, "rank": d3, "sweeps": s3.iterations}
+        entry["III shared"] = {"params": s3.num_params, "error": s3.relative_error(), "rank": d3, "sweeps": s3.iterations}
         best = None
         for bank in BANKS:
             d4 = largest(lambda d: stacked.num_params("tucker", N, D, d, bank), D, budget)
             if d4 == 0:
                 continue
             s4 = stacked.decompose(cut.blocks, "tucker", rank=d4, bank=bank, max_iter=20)
-            cand = {"params": s4.num_params, "error": s4.relative_error, "rank": d4, "bank": bank, "sweeps": s4.iterations}
+            cand = {"params": s4.num_params, "error": s4.relative_error(), "rank": d4, "bank": bank, "sweeps": s4.iterations}
             entry[f"IV tucker l={bank}"] = cand
             if best is None or cand["error"] < best["error"]:
                 best = cand
@@ -225,7 +225,7 @@ def model_race(repeats):
             "median_s": median,
             "speedup_vs_dense": base / median,
             "encoder_matrix_params": fit.num_params,
-            "relative_error": fit.relative_error,
+            "relative_error": fit.relative_error(),
         }
     return out
 

@@ -106,3 +106,20 @@ def test_bad_input():
         baselines.svd(np.eye(4), 1.5)
     with pytest.raises(ValueError, match=r"ratio must be >= 0\.5 for factors"):
         baselines.mpo_uniform(np.eye(4), 0.1, n=2)
+
+
+def test_deprecated_names_warn_and_agree():
+    """The old names of the max_bond vocabulary still work, with a DeprecationWarning."""
+    import numpy as np
+
+    import mpo
+    from mpo.baselines import uniform_cap, uniform_max_bond
+
+    with pytest.warns(DeprecationWarning, match="uniform_max_bond"):
+        old = uniform_cap((4, 4, 4), (4, 4, 4), 64, 64, 0.2)
+    assert old == uniform_max_bond((4, 4, 4), (4, 4, 4), 64, 64, 0.2)
+    m = mpo.decompose(np.random.default_rng(0).standard_normal((12, 12)), ((3, 4), (4, 3)), max_bond=3)
+    with pytest.warns(DeprecationWarning, match="cut_max_bonds"):
+        again = mpo.MPO(m.cores, shape=m.shape, spectra=m.spectra, truncation_errors=m.truncation_errors,
+                        norm=m.norm, limits=m.cut_max_bonds)
+    assert again.cut_max_bonds == m.cut_max_bonds == (3,)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import mpo
 from mpo import _budget
 from mpo._data import load_minilm
-from mpo.baselines import uniform_cap
+from mpo.baselines import uniform_max_bond
 from strategies import (
     cases,
     contract_cores,
@@ -73,7 +73,7 @@ def test_bound_monotone_in_ratio(case, values):
 
 
 @given(cases(), rhos)
-def test_never_worse_than_best_uniform_cap(case, rho):
+def test_never_worse_than_best_uniform_max_bond(case, rho):
     exact = mpo.decompose(case.M, case.shape)
     uniform = best_uniform(exact, rho)
     assume(uniform is not None)
@@ -125,7 +125,7 @@ def test_ratio_must_be_a_number(bad):
 
 def uniform_sweep(M, shape, rho):
     """The uniform-cap baseline of ``mpo.baselines``: the exact sweep with the largest cap that fits."""
-    cap = uniform_cap(shape[0], shape[1], *M.shape, rho)
+    cap = uniform_max_bond(shape[0], shape[1], *M.shape, rho)
     return mpo.decompose(M, shape, max_bond=cap, svd="exact")
 
 

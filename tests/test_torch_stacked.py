@@ -56,7 +56,7 @@ def test_full_rank_swap_keeps_the_outputs(form, kwargs):
     before = model(x).detach()
     bank = compress_stacked(model, form, rank=8, **kwargs)
     assert isinstance(model.encoder.layer[1].intermediate.dense, StackedLinear)
-    assert bank.fit.relative_error < 1e-10
+    assert bank.fit.relative_error() < 1e-10
     torch.testing.assert_close(model(x), before, rtol=1e-9, atol=1e-9)
     # The bank's parameters are registered once, under the encoder, and receive gradients.
     names = [n for n, _ in model.named_parameters()]

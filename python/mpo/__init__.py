@@ -9,11 +9,12 @@ docs/ and the shared ALGORITHMS notes for the exact conventions.
 """
 
 from ._decompose import decompose
+from ._result import Approximation
 from ._mpo import MPO, load
 from ._shape import ShapePlan, plan_shape
 from .io import FORMAT_VERSION
 
-__all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION"]
+__all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION", "Approximation"]
 
 # Fisher-weighted factorization and the stacked cross-layer bank (issue 6).
 from . import stacked  # noqa: E402

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import _apply, _core, _truncation, io
+from ._result import measured_relative_error
 from ._shape import full_bonds
 from ._validation import parse_max_bond, parse_ratio, parse_tol
 from ._weighted import plain_measures
@@ -380,6 +381,24 @@ class MPO:
             extra = _core.rows(self._base, True, ids, rows, dtype)
             energy -= float(np.sum(extra.astype(np.float64) ** 2))
         return math.sqrt(max(energy, 0.0))
+
+    def relative_error(self, *, M: object = None) -> float:
+        """||M - MPO||_F / ||M||_F (the interface every result shares, ``mpo._result``).
+
+        With ``M`` (the I x J matrix decomposed) it is measured on the rebuilt matrix. Without it, it
+        is what the sweep knows (:meth:`exact_error` / ``norm``); an MPO that does not know its error
+        (cut later, loaded, made from cores, or row-weighted) raises ValueError: pass ``M``, or read
+        :meth:`relative_error_bound`.
+        """
+        if M is not None:
+            return measured_relative_error(M, self.to_dense())
+        known = self.exact_error()
+        if known is None:
+            raise ValueError(
+                "this MPO does not know its true error (it was cut, loaded, made from cores or row-weighted): "
+                "pass the matrix, relative_error(M=M), or use relative_error_bound()"
+            )
+        return known / self.norm if self.norm > 0 else 0.0
 
     def relative_error_bound(self, weighted: bool = False) -> float:
         """error_bound(weighted) / ||M||_F, or / ||D M||_F when weighted (0 for the zero matrix)."""

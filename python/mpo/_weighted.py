@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from . import _core
+from ._result import measured_relative_error
 from ._shape import pad
 from ._validation import as_matrix
 
@@ -94,8 +95,17 @@ class LowRank:
         """num_params / (I J)."""
         return self.num_params / (self.shape[0] * self.shape[1])
 
-    def relative_error(self, weighted: bool = False) -> float:
-        """The error over the norm, plain (||W - W'|| / ||W||) or weighted (||D(W - W')|| / ||D W||)."""
+    def relative_error(self, weighted: bool = False, *, M: object = None) -> float:
+        """The error over the norm, plain (||W - W'|| / ||W||) or weighted (||D(W - W')|| / ||D W||).
+
+        Both are known from the fit. With ``M`` (W itself) the plain error is measured again on
+        ``to_dense()`` (the interface every result shares, ``mpo._result``); D is not kept, so
+        ``weighted=True`` with ``M`` is a ValueError.
+        """
+        if M is not None:
+            if weighted:
+                raise ValueError("relative_error: weighted=True is known from the fit only; do not pass M with it")
+            return measured_relative_error(M, self.to_dense())
         err, norm = (self.weighted_error, self.weighted_norm) if weighted else (self.error, self.norm)
         return err / norm if norm > 0 else 0.0
 

@@ -17,15 +17,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from ._decompose import decompose
+from ._mpo import MPO
+from ._result import measured_relative_error
 from ._shape import full_bonds, plan_shape
 from ._validation import as_matrix, parse_ratio
 
-__all__ = ["Result", "METHODS", "run", "compare", "svd", "mpo_uniform", "mpo_budget", "cpd", "tucker"]
+__all__ = ["Result", "METHODS", "run", "compare", "svd", "mpo_uniform", "mpo_budget", "cpd", "tucker",
+           "uniform_max_bond"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,27 @@ class Result:
     error: float
     seconds: float
     detail: str
+    approximation: np.ndarray = field(repr=False, compare=False)
+    """The I x J approximation the error was measured on."""
+
+    # The interface every decomposition result shares (``mpo._result``).
+    @property
+    def num_params(self) -> int:
+        """``params``: the numbers the method stores."""
+        return self.params
+
+    @property
+    def compression_ratio(self) -> float:
+        """``ratio``: params / (I J)."""
+        return self.ratio
+
+    def to_dense(self) -> np.ndarray:
+        """The I x J approximation."""
+        return self.approximation
+
+    def relative_error(self, *, M: object = None) -> float:
+        """``error`` (measured when the result was made), or measured again against ``M`` when given."""
+        return self.error if M is None else measured_relative_error(M, self.approximation)
 
 
 def _relative_error(M: np.ndarray, approx: np.ndarray) -> float:
@@ -52,16 +79,20 @@ def _relative_error(M: np.ndarray, approx: np.ndarray) -> float:
     return diff / norm if norm > 0 else diff
 
 
-def _timed(fn):
+_T = TypeVar("_T")
+
+
+def _timed(fn: Callable[[], _T]) -> tuple[_T, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
 
 
-def _mpo_result(method: str, M: np.ndarray, rho: float, make) -> Result:
+def _mpo_result(method: str, M: np.ndarray, rho: float, make: Callable[[], MPO]) -> Result:
     m, seconds = _timed(make)
-    return Result(method, rho, m.num_params, m.compression_ratio, _relative_error(M, m.to_dense()), seconds,
-                  f"bonds {m.bond_dims}")
+    dense = m.to_dense()
+    return Result(method, rho, m.num_params, m.compression_ratio, _relative_error(M, dense), seconds,
+                  f"bonds {m.bond_dims}", dense)
 
 
 def svd(M: object, ratio: float) -> Result:
@@ -71,8 +102,8 @@ def svd(M: object, ratio: float) -> Result:
     return _mpo_result("svd", a, rho, lambda: decompose(a, ((rows, 1), (1, cols)), ratio=rho))
 
 
-def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
-    """The largest cap c such that bonds min(full_k, c) keep <= ratio * rows * cols parameters.
+def uniform_max_bond(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
+    """The largest max_bond c such that bonds min(full_k, c) keep <= ratio * rows * cols parameters.
 
     Bonds min(full_k, c) are consistent (no bond exceeds what its neighbours feed), so the count is
     exact for a generic matrix. Raises ValueError when even c = 1 does not fit.
@@ -96,11 +127,17 @@ def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
     return lo
 
 
+def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
+    """Deprecated name of :func:`uniform_max_bond` (the project says max_bond, not cap)."""
+    warnings.warn("baselines.uniform_cap is deprecated: use uniform_max_bond", DeprecationWarning, stacklevel=2)
+    return uniform_max_bond(in_shape, out_shape, rows, cols, ratio)
+
+
 def mpo_uniform(M: object, ratio: float, n: int = 5) -> Result:
     """MPO with one cap on every bond: the largest that fits the budget (``decompose(max_bond=)``)."""
     a, rho = as_matrix(M), parse_ratio(ratio)
     plan = plan_shape(*a.shape, n)
-    cap = uniform_cap(plan.in_shape, plan.out_shape, *a.shape, rho)
+    cap = uniform_max_bond(plan.in_shape, plan.out_shape, *a.shape, rho)
     return _mpo_result(f"mpo-uniform n={n}", a, rho, lambda: decompose(a, n=n, max_bond=cap))
 
 
@@ -162,7 +199,7 @@ def cpd(M: object, ratio: float, n: int = 5, *, n_iter_max: int = 100, random_st
     approx = as_matrix_from_tensor(np.asarray(tl.cp_to_tensor(cp)), plan)
     params = rank * sum(T.shape)  # the weights fold into any one factor
     return Result(f"cpd n={n}", rho, params, params / (rows * cols), _relative_error(a, approx), seconds,
-                  f"rank {rank}")
+                  f"rank {rank}", np.ascontiguousarray(approx[:rows, :cols]))
 
 
 def tucker_ranks(dims, rows: int, cols: int, ratio: float) -> list[int]:
@@ -192,7 +229,7 @@ def tucker(M: object, ratio: float, n: int = 5) -> Result:
     approx = as_matrix_from_tensor(np.asarray(tl.tucker_to_tensor(tk)), plan)
     params = math.prod(ranks) + sum(d * r for d, r in zip(T.shape, ranks))
     return Result(f"tucker n={n}", rho, params, params / (rows * cols), _relative_error(a, approx), seconds,
-                  f"ranks {tuple(ranks)}")
+                  f"ranks {tuple(ranks)}", np.ascontiguousarray(approx[:rows, :cols]))
 
 
 METHODS = {

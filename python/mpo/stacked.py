@@ -30,6 +30,8 @@ from typing import NamedTuple, cast
 
 import numpy as np
 
+from ._result import measured_relative_error
+
 __all__ = [
     "FORMS",
     "Stacked",
@@ -136,9 +138,14 @@ class Stacked:
         """Total Frobenius error sqrt(sum_i ||W_i - Ŵ_i||²)."""
         return float(np.sqrt(np.sum(self.errors**2)))
 
-    @property
-    def relative_error(self) -> float:
-        """error / sqrt(sum_i ||W_i||²)."""
+    def relative_error(self, *, M: object = None) -> float:
+        """error / sqrt(sum_i ||W_i||²), as measured at the fit.
+
+        With ``M`` (the N blocks, a sequence of D x D arrays or an (N, D, D) array) it is measured again
+        against :meth:`to_dense` (the interface every result shares, ``mpo._result``).
+        """
+        if M is not None:
+            return measured_relative_error(_as_stack(M), self.to_dense())
         total = float(np.sqrt(np.sum(self.norms**2)))
         return self.error / total if total > 0 else 0.0
 
@@ -166,6 +173,16 @@ class Stacked:
         if self._mixed is None:
             self._mixed = np.einsum("nl,lde->nde", self.P, self.bank)
         return self._mixed
+
+    def to_dense(self) -> np.ndarray:
+        """Every block at once: the (N, D, D) array whose entry i is Ŵ_i = U Σ_i V (= ``block(i)``).
+
+        N D² numbers, the size of what was compressed: for checks and measures, not for inference
+        (:meth:`apply` never forms a block).
+        """
+        if self.shared:
+            return np.matmul(np.matmul(self.U, self.cores()), self.V)
+        return np.matmul(self.U * self.bank[:, None, :], self.V)
 
     def block(self, i: int) -> np.ndarray:
         """Ŵ_i = U Σ_i V as a dense D x D matrix (for checks; :meth:`apply` never forms it)."""
@@ -218,7 +235,7 @@ class Stacked:
         bank = "" if self.P is None else f", bank={self.bank_size}"
         return (
             f"Stacked(form={self.form!r}, n_blocks={self.n_blocks}, block_size={self.block_size}, "
-            f"rank={self.rank}{bank}, num_params={self.num_params}, relative_error={self.relative_error:.4g})"
+            f"rank={self.rank}{bank}, num_params={self.num_params}, relative_error={self.relative_error():.4g})"
         )
 
 
