@@ -1,4 +1,4 @@
-"""Fisher-weighted SVD and MPO on MiniLM-L6 with real sentences (issue 6, ALGORITHMS.md §6).
+"""Fisher-weighted SVD and MPO on MiniLM-L6 with real sentences (issue 6, docs/ALGORITHMS.md §10).
 
 For every encoder linear (6 layers x Q, K, V, O, FFN in, FFN out) in ``x @ W`` orientation
 (W = weight.T, rows = input features):

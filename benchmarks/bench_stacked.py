@@ -1,4 +1,4 @@
-"""Stacked cross-layer forms on MiniLM-L6 (issue 6, ALGORITHMS.md §5).
+"""Stacked cross-layer forms on MiniLM-L6 (issue 6, docs/ALGORITHMS.md §11).
 
 1. Error against parameters: the 72 blocks (384 x 384) of MiniLM's 36 encoder matrices in forms II
    (per_matrix), III (shared) and IV (tucker, the best of several bank sizes l) beside a per-matrix

@@ -1,7 +1,7 @@
 """Hypothesis strategies and dense reference helpers shared by the Python tests.
 
 The references here are written straight from the documented layout (docs/API.md,
-ALGORITHMS.md §1): M is reshaped row-major to (i1..in, j1..jn), permuted to
+docs/ALGORITHMS.md §1): M is reshaped row-major to (i1..in, j1..jn), permuted to
 (i1, j1, i2, j2, ..., in, jn), and bond k (k = 0..n-2, between core k and core k+1)
 is the unfolding (prod_{m<=k} i_m j_m) x (the rest).  They use plain NumPy only, so
 they are an oracle independent of the library.

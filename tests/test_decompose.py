@@ -1,5 +1,5 @@
 """decompose(): exactness, layout, spectra, bonds, parameter counts, the check values
-of ALGORITHMS.md §1-2, truncation, and the accepted input forms.
+of docs/ALGORITHMS.md §3 and §6, truncation, and the accepted input forms.
 
 Fixed examples here; the randomized versions of the same properties are in
 test_properties.py.
@@ -159,7 +159,7 @@ def bert768():
 
 def test_check_values_768_rebuild(bert768):
     M, _, m = bert768
-    assert rel_error(M, m.to_dense()) <= 1e-12  # ALGORITHMS.md: ~1e-14
+    assert rel_error(M, m.to_dense()) <= 1e-12  # docs/ALGORITHMS.md §6: ~1e-14
 
 
 def test_check_values_768_bonds_and_central(bert768):
@@ -190,7 +190,7 @@ def test_check_values_768_spectra(bert768):
 
 
 def test_check_values_3072x768_bonds():
-    """ALGORITHMS.md §1: 3072x768 [4,4,8,6,4]x[3,4,4,4,4]: bonds 12,192,384,16, central 92.7 %."""
+    """docs/ALGORITHMS.md §3: 3072x768 [4,4,8,6,4]x[3,4,4,4,4]: bonds 12,192,384,16, central 92.7 %."""
     rng = np.random.default_rng(7)
     M = rng.standard_normal((3072, 768))
     m = mpo.decompose(M, ((4, 4, 8, 6, 4), (3, 4, 4, 4, 4)))
@@ -452,7 +452,7 @@ def test_truncate_per_bond_caps():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_truncated_spectra_and_errors_come_from_the_unfoldings(dtype):
-    """ALGORITHMS.md §2: cutting an exact MPO keeps the lambda of M's bond-k unfoldings, and
+    """docs/ALGORITHMS.md §5: cutting an exact MPO keeps the lambda of M's bond-k unfoldings, and
     eps_k = sqrt(sum of the discarded lambda^2)."""
     M, shape = _truncation_case(dtype=dtype)
     ref = reference_spectra(M, *shape)

@@ -1,5 +1,5 @@
 """plan_shape(): the factors cover I and J, padding is reported, and the factor lists
-the MPOP authors used come out (ALGORITHMS.md §1)."""
+the MPOP authors used come out (docs/ALGORITHMS.md §7)."""
 
 import math
 import operator

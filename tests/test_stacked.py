@@ -1,4 +1,4 @@
-"""mpo.stacked: the stacked cross-layer forms II, III, IV (ALGORITHMS.md §5), their parameter
+"""mpo.stacked: the stacked cross-layer forms II, III, IV (docs/ALGORITHMS.md §11), their parameter
 arithmetic against the paper's BERT-base figures, the reconstruction-free apply and the BERT cutter."""
 
 import numpy as np

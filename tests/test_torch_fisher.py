@@ -1,4 +1,4 @@
-"""mpo.torch.fisher_information: squared mini-batch gradients, zeroed between batches (ALGORITHMS.md §6)."""
+"""mpo.torch.fisher_information: squared mini-batch gradients, zeroed between batches (docs/ALGORITHMS.md §10)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Row-weighted factorization (FWSVD, ALGORITHMS.md §6): weighted_svd and decompose(row_weights=).
+"""Row-weighted factorization (FWSVD, docs/ALGORITHMS.md §10): weighted_svd and decompose(row_weights=).
 
 The weighted problem min ||D (W - W')||_F is checked against plain NumPy: uniform weights give the plain
 truncated SVD, arbitrary weights give a weighted error no larger than the plain SVD's (the weighted

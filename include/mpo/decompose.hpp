@@ -1,7 +1,7 @@
 // MPO decomposition of a matrix (MPOP Algorithm 1) into mixed canonical form.
 //
 // M (I × J, I = i_1···i_n, J = j_1···j_n) is reshaped row-major to (i_1..i_n, j_1..j_n) and permuted to
-// (i_1, j_1, …, i_n, j_n) (ALGORITHMS.md §1). The sequential SVD then runs from both ends towards the
+// (i_1, j_1, …, i_n, j_n) (docs/ALGORITHMS.md §1). The sequential SVD then runs from both ends towards the
 // central tensor c = (n-1)/2: cores left of c are left-orthonormal, cores right of it right-orthonormal,
 // and core c holds the rest. This is the "normalisation" of Algorithm 1: every bond's index is ordered by
 // the singular values of M's unfolding at that bond, so slicing a bond is the optimal cut of that

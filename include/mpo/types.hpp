@@ -1,7 +1,7 @@
 // Shared vocabulary of the mpo core: matrices, cores and shapes.
 //
 // Everything is row-major, like the NumPy arrays that reach us, so that a reshape of a buffer is a
-// change of view and never a copy (ALGORITHMS.md §1 fixes the row-major layout).
+// change of view and never a copy (docs/ALGORITHMS.md §1 fixes the row-major layout).
 #pragma once
 
 #include <Eigen/Core>

@@ -5,7 +5,7 @@
     >>> m.bond_dims, round(m.compression_ratio, 3)  # doctest: +SKIP
 
 The decomposition, its error bound and entropy follow MPOP (Liu et al., ACL 2021); see
-docs/ and the shared ALGORITHMS notes for the exact conventions.
+docs/API.md and docs/ALGORITHMS.md for the exact conventions.
 """
 
 from ._decompose import decompose

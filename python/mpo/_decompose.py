@@ -119,7 +119,7 @@ def decompose(
         convergence is checked (falling back to the exact route); "exact" always takes the exact route.
         Budget mode's search (``ratio`` below what the full bonds need) always splits exactly.
     row_weights : array_like of I values >= 0, optional
-        Row importances (FWSVD, ALGORITHMS.md §6): D M is decomposed with D = diag(sqrt(w/max(w) +
+        Row importances (FWSVD, docs/ALGORITHMS.md §10): D M is decomposed with D = diag(sqrt(w/max(w) +
         1e-6)), so caps and tol act in the weighted norm, and the MPO keeps D^-1 as ``row_scale``
         (I more parameters). For column weights decompose M.T and use ``.T``.
 

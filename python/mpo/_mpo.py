@@ -289,7 +289,7 @@ class MPO:
 
     @property
     def truncation_errors(self) -> np.ndarray:
-        """Local truncation error per bond, eps_k = sqrt(sum of discarded lambda^2) (ALGORITHMS.md §2).
+        """Local truncation error per bond, eps_k = sqrt(sum of discarded lambda^2) (docs/ALGORITHMS.md §5).
 
         The squared-sum form is the one for which MPOP Eq. 4's bound is a theorem; Eq. 3 of the paper
         prints a plain sum.

@@ -2,7 +2,7 @@
 
 Start from a set of MPOs and the metric p they give. Each step cuts one dimension from one central
 bond (a bond of a central tensor): the one whose next dropped singular value raises the error bound
-least. That value is read from the stored spectra (Δε² = λ², ALGORITHMS.md §3), so choosing costs no
+least. That value is read from the stored spectra (Δε² = λ², docs/ALGORITHMS.md §12), so choosing costs no
 SVD. Then the caller fine-tunes, and evaluates p̃. The loop stops when |p − p̃| > Δ (and that step is
 rolled back: its MPOs are not kept) or after ``max_steps`` steps. Fine-tuning, evaluating and what
 the metric means are the caller's: they come in as callbacks.

@@ -1,4 +1,4 @@
-"""Row-weighted factorization (FWSVD, Hsu et al., ICLR 2022; ALGORITHMS.md §6).
+"""Row-weighted factorization (FWSVD, Hsu et al., ICLR 2022; docs/ALGORITHMS.md §10).
 
 The problem: find a rank-r W' minimising ||D (W - W')||_F for a diagonal D = diag(sqrt(I_row + eps)),
 where I_row is one importance per row (for FWSVD the row sum of the Fisher information). Because D is

@@ -4,7 +4,7 @@ Every method takes a matrix and a target compression ratio rho (MPOP Eq. 5: para
 returns a :class:`Result` with the parameters it keeps, the ratio it achieved (<= rho), its relative
 Frobenius error measured against the matrix, and the seconds the decomposition took.
 
-- ``svd``: truncated SVD, which is an MPO with n = 2 and factors ((I, 1), (1, J)) (ALGORITHMS.md §4).
+- ``svd``: truncated SVD, which is an MPO with n = 2 and factors ((I, 1), (1, J)) (docs/ALGORITHMS.md §13).
 - ``mpo-uniform``: an MPO with one cap on every bond, the largest that fits the budget.
 - ``mpo-budget``: an MPO with per-bond sizes chosen for the budget (``decompose(ratio=)``).
 - ``cpd`` and ``tucker``: CP (ALS) and Tucker (HOOI) of the matrix reshaped into the same n-way tensor

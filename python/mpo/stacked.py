@@ -1,4 +1,4 @@
-"""Stacked cross-layer decomposition of a Transformer's weight matrices (ALGORITHMS.md §5, seed 001).
+"""Stacked cross-layer decomposition of a Transformer's weight matrices (docs/ALGORITHMS.md §11).
 
 Every encoder matrix is cut into D x D blocks W_1..W_N (:func:`bert_blocks`) and the blocks are
 factorised together, in one of three forms of increasing sharing:

@@ -149,7 +149,7 @@ def compress(
     progress : bool
         Print one line per layer to stderr as it is decomposed.
     weights : None, "fisher", or dict
-        Data-aware compression (FWSVD's weighting, ALGORITHMS.md §6) of the chosen Linear layers:
+        Data-aware compression (FWSVD's weighting, docs/ALGORITHMS.md §10) of the chosen Linear layers:
         ``"fisher"`` measures per-input-feature Fisher importances with
         :func:`mpo.torch.fisher_information` over ``data`` and ``loss_fn`` before any layer is replaced;
         a dict maps qualified Linear names to precomputed importances (in_features values). Each such
@@ -340,7 +340,7 @@ def optimizer_groups(model: nn.Module, lr: float, mpo_lr: float) -> list[dict]:
     """Parameter groups for a torch optimizer: MPO cores at ``mpo_lr``, every other parameter at ``lr``.
 
     Frozen parameters (a lightweight layer's central tensor) are left out; empty groups are dropped.
-    The authors gave the MPO tensors their own learning rate (ALGORITHMS.md §3).
+    The authors gave the MPO tensors their own learning rate (docs/ALGORITHMS.md §12).
     """
     for what, value in (("lr", lr), ("mpo_lr", mpo_lr)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

@@ -1,4 +1,4 @@
-"""Fisher information of a model's weights from mini-batch gradients (FWSVD, ALGORITHMS.md §6).
+"""Fisher information of a model's weights from mini-batch gradients (FWSVD, docs/ALGORITHMS.md §10).
 
 Î_w = mean over mini-batches of (∂L/∂w)², with the gradients zeroed before every batch: summing the
 running gradients instead (a bug of one public re-implementation) squares sums of gradients, not

@@ -1,4 +1,4 @@
-"""MPO layers for PyTorch: ``MPOLinear`` and ``MPOEmbedding`` (MPOP §4, ALGORITHMS.md §3).
+"""MPO layers for PyTorch: ``MPOLinear`` and ``MPOEmbedding`` (MPOP §4, docs/ALGORITHMS.md §9 and §12).
 
 A layer holds the n cores T_k[d_{k-1}, i_k, j_k, d_k] of its weight matrix M as Parameters, the bias
 dense. M is laid out as the MPO of the library: for a Linear, M = W.T (in_features x out_features),
@@ -228,7 +228,7 @@ class MPOLayer(nn.Module):
             acc = (acc @ c.reshape(c.shape[0], -1)).reshape(-1, c.shape[3])  # rows: (..., i_k, j_k)
         n = len(cores)
         grid = acc.reshape(*(s for c in cores for s in (c.shape[1], c.shape[2])))
-        # (i_1, j_1, ..., i_n, j_n) -> (i_1..i_n, j_1..j_n), the row-major layout of ALGORITHMS.md §1.
+        # (i_1, j_1, ..., i_n, j_n) -> (i_1..i_n, j_1..j_n), the row-major layout of docs/ALGORITHMS.md §1.
         order = [2 * k for k in range(n)] + [2 * k + 1 for k in range(n)]
         dense = grid.permute(*order).reshape(self.padded_shape)
         rows, cols = self.matrix_shape
@@ -286,7 +286,7 @@ class MPOLinear(MPOLayer):
         The cores take the Linear's dtype and device; the bias is copied dense. With neither max_bond,
         tol nor ratio the bonds are full and the layer equals ``linear`` to rounding. ``row_weights``
         (one importance per input feature, e.g. from :func:`mpo.torch.fisher_information`) makes the
-        Fisher-weighted MPO (FWSVD's weighting, ALGORITHMS.md §6): cuts minimise the weighted error.
+        Fisher-weighted MPO (FWSVD's weighting, docs/ALGORITHMS.md §10): cuts minimise the weighted error.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear expects a torch.nn.Linear, got {type(linear).__name__}")

@@ -1,4 +1,4 @@
-"""A BERT encoder whose linears share one stacked factorization (ALGORITHMS.md §5).
+"""A BERT encoder whose linears share one stacked factorization (docs/ALGORITHMS.md §11).
 
 :func:`compress_stacked` cuts the encoder's Q, K, V, O and FFN weights into D x D blocks
 (:func:`mpo.stacked.bert_blocks`), fits one stacked form (:func:`mpo.stacked.decompose`) and swaps every
