@@ -199,3 +199,19 @@ def test_set_mpo_keeps_every_core_frozen_or_training():
     layer.lightweight(True)
     layer.set_mpo(layer.to_mpo().truncate(max_bond=1))
     assert [c.requires_grad for c in layer.cores] == [True, False, True]
+
+
+def test_multihead_attention_out_proj_stays_dense():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.MultiheadAttention(64, 4, batch_first=True))
+    x = torch.randn(2, 5, 64)
+
+    def run():
+        h = model[0](x)
+        return model[1](h, h, h)[0]
+
+    report = mt.compress(model, max_bond=4, progress=False)
+    assert [r.name for r in report.layers] == ["0"]
+    reason = {d.name: d.reason for d in report.kept_dense}["1.out_proj"]
+    assert "MultiheadAttention reads its weight directly" in reason
+    assert run().shape == (2, 5, 64)  # MultiheadAttention still reads a dense out_proj.weight

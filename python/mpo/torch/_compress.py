@@ -205,6 +205,8 @@ def _structural_reason(group: _Group) -> str | None:
                 f"{type(module).__name__} overrides forward(); an MPO layer would not run that code, "
                 "so the module keeps its dense weight"
             )
+        if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            return "nn.MultiheadAttention's out_proj: MultiheadAttention reads its weight directly, not through forward()"
         if kind == "embedding" and (module.max_norm is not None or module.sparse):
             return "max_norm and sparse embeddings rewrite rows of a dense table; MPO cores have none"
     owner, owner_kind, _ = group.owner
