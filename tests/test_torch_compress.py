@@ -215,3 +215,22 @@ def test_multihead_attention_out_proj_stays_dense():
     reason = {d.name: d.reason for d in report.kept_dense}["1.out_proj"]
     assert "MultiheadAttention reads its weight directly" in reason
     assert run().shape == (2, 5, 64)  # MultiheadAttention still reads a dense out_proj.weight
+
+
+def test_a_weight_also_held_outside_a_candidate_stays_dense():
+    class Head(nn.Module):  # reads a tied weight through its own code, not as a Linear
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, h):
+            return h @ self.weight.T
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(64, 32), nn.Linear(32, 32))
+    model.append(Head(model[0].weight))
+    report = mt.compress(model, max_bond=4, progress=False)
+    assert [r.name for r in report.layers] == ["1"]
+    reasons = {d.name: d.reason for d in report.kept_dense}
+    assert "its weight is also 2.weight, which compress cannot replace" in reasons["0"]
+    assert model[2].weight is model[0].weight

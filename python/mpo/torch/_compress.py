@@ -197,8 +197,16 @@ def _orientation(kind: str) -> bool:
     return kind == "linear"
 
 
-def _structural_reason(group: _Group) -> str | None:
-    """Why no MPO layer can stand in for this group whatever the setting, or None."""
+def _structural_reason(group: _Group, holders: dict[int, list[str]]) -> str | None:
+    """Why no MPO layer can stand in for this group whatever the setting, or None.
+
+    ``holders`` maps a Parameter's id to every qualified name it has in the model.
+    """
+    owner, owner_kind, _ = group.owner
+    ours = {f"{name}.weight" for name in group.names}
+    others = [name for name in holders.get(id(owner.weight), []) if name not in ours]
+    if others:
+        return f"its weight is also {', '.join(others)}, which compress cannot replace (the tie would break)"
     for module, kind, names in group.members:
         if type(module).forward is not _base_forward(module, kind):
             return (
@@ -209,7 +217,6 @@ def _structural_reason(group: _Group) -> str | None:
             return "nn.MultiheadAttention's out_proj: MultiheadAttention reads its weight directly, not through forward()"
         if kind == "embedding" and (module.max_norm is not None or module.sparse):
             return "max_norm and sparse embeddings rewrite rows of a dense table; MPO cores have none"
-    owner, owner_kind, _ = group.owner
     for module, kind, names in group.members:
         if module is owner:
             continue
@@ -342,7 +349,7 @@ def compress(
     unknown = sorted(set(shapes) - chosen)
     if unknown:
         raise ValueError(f"shape names modules that are not compressed: {unknown}; compressed are: {sorted(chosen)}")
-    todo, kept = _choose_groups(groups, chosen, force)
+    todo, kept = _choose_groups(model, groups, chosen, force)
     plain_linears = [g.names[0] for g in todo if len(g.names) == 1 and g.members[0][1] == "linear"]
     row_weights = _row_weights(model, plain_linears, weights, data, loss_fn, progress)
     layers, swaps = [], {}
@@ -398,8 +405,13 @@ def compress(
     return CompressionReport(layers, sorted(kept, key=lambda d: order[d.name]))
 
 
-def _choose_groups(groups: list[_Group], chosen: set[str], force: bool) -> tuple[list[_Group], list[KeptDense]]:
+def _choose_groups(
+    model: nn.Module, groups: list[_Group], chosen: set[str], force: bool
+) -> tuple[list[_Group], list[KeptDense]]:
     """The groups to decompose, and the chosen modules that stay dense whatever the setting, with why."""
+    holders: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(name)
     todo, kept = [], []
     for group in groups:
         picked = [name for name in group.names if name in chosen]
@@ -408,7 +420,7 @@ def _choose_groups(groups: list[_Group], chosen: set[str], force: bool) -> tuple
         module, kind, names = group.owner
         shape = _matrix_shape(module, kind)
         left_out = [name for name in group.names if name not in chosen]
-        reason = _structural_reason(group)
+        reason = _structural_reason(group, holders)
         if reason is None and left_out:
             reason = f"tied with {', '.join(left_out)}, which include/exclude leave out (choose all of a tie)"
         if reason is None and not force:
