@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _core
-from .._mpo import MPO, decompose
+from .._decompose import decompose
+from .._mpo import MPO
 
 __all__ = [
     "MODES",
