@@ -34,7 +34,7 @@ IDS = torch.tensor([[1, 7, 99, 3], [0, 119, 5, 5]])
 
 def test_compress_everything_at_full_bonds_keeps_outputs(toy, capsys):
     want = toy(IDS)
-    report = mt.compress(toy, n=3)
+    report = mt.compress(toy, n=3, force=True)
     assert [r.name for r in report.layers] == ["embed", "blocks.0.0", "blocks.0.2", "blocks.1.0", "blocks.1.2", "head"]
     assert isinstance(toy.embed, mt.MPOEmbedding) and isinstance(toy.blocks[0][2], mt.MPOLinear)
     assert torch.allclose(toy(IDS), want, atol=1e-5)
@@ -43,11 +43,11 @@ def test_compress_everything_at_full_bonds_keeps_outputs(toy, capsys):
 
 
 def test_include_exclude_and_bad_patterns(toy):
-    report = mt.compress(toy, include="blocks.*", exclude="*.2", n=3, progress=False)
+    report = mt.compress(toy, include="blocks.*", exclude="*.2", n=3, progress=False, force=True)
     assert [r.name for r in report.layers] == ["blocks.0.0", "blocks.1.0"]
     assert isinstance(toy.head, nn.Linear)
-    listed = r"the model has: embed, blocks\.0\.2, blocks\.1\.2, head"  # blocks.*.0 are MPO layers now
-    with pytest.raises(ValueError, match=r"include pattern 'encoder\.\*' matches no Linear or Embedding module; " + listed):
+    listed = r"matches none of: embed, blocks\.0\.2, blocks\.1\.2, head"  # blocks.*.0 are MPO layers now
+    with pytest.raises(ValueError, match=r"include pattern 'encoder\.\*' " + listed + r" \(the model's Linear, Conv1D"):
         mt.compress(toy, include="encoder.*", progress=False)
     with pytest.raises(ValueError, match="include/exclude leave no module to compress"):
         mt.compress(toy, include="head", exclude="head", progress=False)
@@ -55,13 +55,13 @@ def test_include_exclude_and_bad_patterns(toy):
 
 def test_an_unplannable_layer_is_named(toy):
     with pytest.raises(ValueError, match=r"cannot compress layer 'head' \(Linear\): .*"):
-        mt.compress(toy, include="head", shape={"head": ((2, 2), (2, 2))}, progress=False)
+        mt.compress(toy, include="head", shape={"head": ((2, 2), (2, 2))}, progress=False, force=True)
     with pytest.raises(ValueError, match=r"shape names modules that are not compressed: \['nope'\]"):
         mt.compress(toy, include="head", shape={"nope": 2}, progress=False)
 
 
 def test_lightweight_report_and_groups(toy):
-    mt.compress(toy, n=3, lightweight=True, progress=False)
+    mt.compress(toy, n=3, lightweight=True, progress=False, force=True)
     report = mt.parameter_report(toy)
     assert [r.name for r in report.rows][0] == "embed"
     head = report.rows[-1]
@@ -82,14 +82,14 @@ def test_lightweight_report_and_groups(toy):
 
 
 def test_state_dict_and_save_load_round_trip(toy, tmp_path):
-    mt.compress(toy, n=3, max_bond=4, progress=False)
+    mt.compress(toy, n=3, max_bond=4, progress=False, force=True)
     toy.head.set_mpo(toy.head.to_mpo().truncate(max_bond=2))  # a squeezed layer's smaller cores
     with torch.no_grad():
         toy.norm.weight.mul_(1.5)
     want = toy(IDS)
     torch.manual_seed(1)
     fresh = Toy()
-    mt.compress(fresh, n=3, max_bond=4, progress=False)
+    mt.compress(fresh, n=3, max_bond=4, progress=False, force=True)
     fresh.load_state_dict(toy.state_dict())
     assert torch.equal(fresh(IDS), want)
     mt.save(toy, tmp_path / "model.pt")
@@ -107,7 +107,7 @@ def test_state_dict_and_save_load_round_trip(toy, tmp_path):
 
 
 def _squeezable(toy):
-    mt.compress(toy, include="blocks.*", n=3, progress=False)
+    mt.compress(toy, include="blocks.*", n=3, progress=False, force=True)
     target = toy(IDS).detach()
 
     def evaluate(model):
@@ -167,7 +167,7 @@ def test_squeeze_callback_error_leaves_the_last_consistent_state(toy):
 def test_squeeze_bad_input(toy):
     with pytest.raises(ValueError, match="the model has no MPO layers"):
         mt.squeeze(toy, lambda m: None, lambda m: 0.0, delta=0.1, max_steps=1)
-    mt.compress(toy, include="head", n=3, progress=False)
+    mt.compress(toy, include="head", n=3, progress=False, force=True)
     with pytest.raises(ValueError, match=r"\['embed'\] are not MPO layers; the model's MPO layers are: head"):
         mt.squeeze(toy, lambda m: None, lambda m: 0.0, delta=0.1, max_steps=1, layers=["embed"])
 
@@ -175,13 +175,13 @@ def test_squeeze_bad_input(toy):
 def test_a_failing_layer_leaves_the_model_unchanged():
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2))
     with pytest.raises(ValueError, match=r"cannot compress layer '1' \(Linear\)"):
-        mt.compress(model, ratio=0.05, progress=False)
+        mt.compress(model, ratio=0.05, progress=False, force=True)
     assert [type(m) for m in model] == [nn.Linear, nn.Linear]
 
 
 def test_load_of_a_mismatched_state_leaves_the_model_as_it_was(tmp_path):
     small = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
-    mt.compress(small, n=2, progress=False)
+    mt.compress(small, n=2, progress=False, force=True)
     mt.save(small, tmp_path / "m.pt")
     other = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 5))
     before = [m.weight.detach().clone() for m in other]
@@ -199,3 +199,38 @@ def test_set_mpo_keeps_every_core_frozen_or_training():
     layer.lightweight(True)
     layer.set_mpo(layer.to_mpo().truncate(max_bond=1))
     assert [c.requires_grad for c in layer.cores] == [True, False, True]
+
+
+def test_multihead_attention_out_proj_stays_dense():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.MultiheadAttention(64, 4, batch_first=True))
+    x = torch.randn(2, 5, 64)
+
+    def run():
+        h = model[0](x)
+        return model[1](h, h, h)[0]
+
+    report = mt.compress(model, max_bond=4, progress=False)
+    assert [r.name for r in report.layers] == ["0"]
+    reason = {d.name: d.reason for d in report.kept_dense}["1.out_proj"]
+    assert "MultiheadAttention reads its weight directly" in reason
+    assert run().shape == (2, 5, 64)  # MultiheadAttention still reads a dense out_proj.weight
+
+
+def test_a_weight_also_held_outside_a_candidate_stays_dense():
+    class Head(nn.Module):  # reads a tied weight through its own code, not as a Linear
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, h):
+            return h @ self.weight.T
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(64, 32), nn.Linear(32, 32))
+    model.append(Head(model[0].weight))
+    report = mt.compress(model, max_bond=4, progress=False)
+    assert [r.name for r in report.layers] == ["1"]
+    reasons = {d.name: d.reason for d in report.kept_dense}
+    assert "its weight is also 2.weight, which compress cannot replace" in reasons["0"]
+    assert model[2].weight is model[0].weight

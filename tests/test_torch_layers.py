@@ -171,3 +171,88 @@ def test_every_mode_is_the_mpo_product(rows, cols, n, cap, batch, seed):
         assert torch.allclose(emb(ids, mode=mode), dense[ids], atol=1e-10)
         with torch.no_grad():
             assert torch.allclose(emb(ids, mode=mode), dense[ids], atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["contract", "rebuild"])
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_tied_linear_reads_the_source_cores(mode, grad, transposed):
+    from mpo.torch import MPOTiedLinear
+
+    torch.manual_seed(1)
+    table = nn.Embedding(50, 30)
+    source = MPOEmbedding.from_embedding(table, n=3, max_bond=6)
+    M = source.weight_matrix().detach()
+    bias = torch.randn(50 if transposed else 30)
+    head = MPOTiedLinear(source, nn.Parameter(bias), transposed=transposed, mode=mode)
+    x = torch.randn(4, 30 if transposed else 50)
+    with torch.set_grad_enabled(grad):
+        got = head(x)
+    want = x @ (M.T if transposed else M) + bias  # an oracle from the rebuilt matrix
+    assert torch.allclose(got, want, atol=1e-5)
+    assert list(head.parameters()) == [head.bias]  # the cores belong to the source, counted there
+    assert head.cores[0] is source.cores[0]
+
+
+def test_tied_linear_on_a_padded_source_and_its_gradient():
+    from mpo.torch import MPOTiedLinear
+
+    torch.manual_seed(2)
+    source = MPOEmbedding.from_embedding(nn.Embedding(51, 30), n=3, max_bond=4)
+    head = MPOTiedLinear(source, mode="contract")
+    x = torch.randn(3, 30, dtype=torch.float32)
+    assert torch.allclose(head(x), x @ source.weight_matrix().detach().T, atol=1e-5)
+    head(x).sum().backward()
+    assert all(c.grad is not None for c in source.cores)
+    with pytest.raises(TypeError, match="MPOTiedLinear needs an MPO layer as its source, got Linear"):
+        MPOTiedLinear(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match=r"bias must have shape \(51,\), got \(30,\)"):
+        MPOTiedLinear(source, torch.zeros(30))
+
+
+def test_weight_view_describes_every_layer_without_values():
+    from mpo.torch import WeightView
+
+    torch.manual_seed(3)
+    linear = MPOLinear.from_linear(nn.Linear(30, 42).double(), n=3, max_bond=4)
+    table = MPOEmbedding.from_embedding(nn.Embedding(50, 30), n=3, max_bond=4)
+    for layer, shape, dtype in ((linear, (42, 30), torch.float64), (table, (50, 30), torch.float32)):
+        view = layer.weight
+        assert isinstance(view, WeightView) and tuple(view.shape) == shape and view.dtype == dtype
+        assert view.device == layer.cores[0].device and not view.requires_grad
+        with pytest.raises(TypeError, match=f"{type(layer).__name__}.weight has no values"):
+            view.clone()
+    assert "weight" not in dict(linear.named_parameters()) and "weight" not in linear.state_dict()
+
+
+def test_conv1d_keeps_its_orientation():
+    transformers = pytest.importorskip("transformers")
+    from mpo.torch import MPOConv1D, layer_for
+
+    torch.manual_seed(4)
+    conv = transformers.pytorch_utils.Conv1D(42, 30)  # nf=42 outputs, nx=30 inputs: weight 30 x 42
+    with torch.no_grad():
+        conv.bias.normal_()
+    layer = MPOConv1D.from_conv1d(conv, n=3)
+    x = torch.randn(2, 5, 30)
+    assert torch.allclose(layer(x), conv(x), atol=1e-5)
+    assert torch.allclose(layer.weight_matrix(), conv.weight, atol=1e-6)  # M = W, not W.T
+    assert (layer.nx, layer.nf) == (30, 42) and tuple(layer.weight.shape) == (30, 42)
+    with pytest.raises(TypeError, match="from_conv1d expects a transformers Conv1D, got Linear"):
+        MPOConv1D.from_conv1d(nn.Linear(30, 42))
+    rebuilt = layer_for("conv1d", layer.to_mpo(), conv.bias)
+    assert isinstance(rebuilt, MPOConv1D) and torch.allclose(rebuilt(x), conv(x), atol=1e-5)
+
+
+def test_layer_for_builds_each_kind():
+    from mpo.torch import layer_for
+
+    m = mpo.decompose(np.arange(50 * 30, dtype=np.float64).reshape(50, 30) % 7, n=3)
+    assert type(layer_for("linear", m, torch.zeros(30))).__name__ == "MPOLinear"
+    table = layer_for("embedding", m, padding_idx=0)
+    assert isinstance(table, MPOEmbedding) and table.padding_idx == 0
+    np.testing.assert_allclose(table(torch.tensor([3])).detach().numpy()[0], m.to_dense()[3], atol=1e-5)
+    with pytest.raises(ValueError, match=r"kind must be one of \['conv1d', 'embedding', 'linear'\], got 'lstm'"):
+        layer_for("lstm", m)
+    with pytest.raises(ValueError, match="an embedding layer has no bias"):
+        layer_for("embedding", m, torch.zeros(30))

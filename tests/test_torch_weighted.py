@@ -75,7 +75,9 @@ def test_weighted_layer_lowers_the_weighted_error():
 def test_compress_with_fisher_weights_uses_fisher_information():
     net, reference = _net(), _net()
     importances = mt.fisher_information(reference, _batches(), _loss, ["0", "2"], axis="in")
-    report = mt.compress(net, n=3, max_bond=3, weights="fisher", data=_batches(), loss_fn=_loss, progress=False)
+    report = mt.compress(
+        net, n=3, max_bond=3, weights="fisher", data=_batches(), loss_fn=_loss, progress=False, force=True
+    )
     assert [r.name for r in report.layers] == ["0", "2"]
     for name, linear in (("0", reference[0]), ("2", reference[2])):
         layer = net.get_submodule(name)
@@ -89,17 +91,17 @@ def test_compress_with_fisher_weights_uses_fisher_information():
 
 def test_compress_with_a_dict_of_weights_weighs_only_those_layers():
     net = _net()
-    mt.compress(net, n=3, max_bond=3, weights={"0": _weights(24)}, progress=False)
+    mt.compress(net, n=3, max_bond=3, weights={"0": _weights(24)}, progress=False, force=True)
     assert net[0].row_scale is not None and net[2].row_scale is None
 
 
 def test_weighted_layers_survive_state_dict_save_load_and_squeeze(tmp_path):
     net = _net()
-    mt.compress(net, n=3, max_bond=4, weights={"0": _weights(24)}, progress=False)
+    mt.compress(net, n=3, max_bond=4, weights={"0": _weights(24)}, progress=False, force=True)
     x = torch.randn(4, 24, dtype=torch.float64)
     want = net(x)
     fresh = _net()
-    mt.compress(fresh, n=3, max_bond=4, progress=False)  # plain layers of the same core shapes
+    mt.compress(fresh, n=3, max_bond=4, progress=False, force=True)  # plain layers of the same core shapes
     fresh.load_state_dict(net.state_dict())
     assert torch.equal(fresh(x), want) and fresh[0].row_scale is not None
     mt.save(net, tmp_path / "model.pt")

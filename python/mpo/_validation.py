@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -13,7 +14,7 @@ from ._shape import ShapePlan, plan_shape
 if TYPE_CHECKING:  # typing.TypeGuard is new in Python 3.10; annotations are not evaluated at run time
     from typing import TypeGuard
 
-__all__ = ["as_matrix", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape"]
+__all__ = ["as_matrix", "match_names", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape"]
 
 
 def as_matrix(M: object) -> np.ndarray:
@@ -147,3 +148,41 @@ def parse_ratio(ratio: object) -> float | None:
             f"ratio must be in (0, 1] (the compression ratio of MPOP Eq. 5, parameters / (I*J)), got {ratio}"
         )
     return value
+
+
+def _patterns(value: object, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bytes) or not isinstance(value, (Sequence, set, frozenset)):
+        raise TypeError(f"{what} must be a string or a list of strings (fnmatch patterns), got {value!r}")
+    patterns = list(value)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{what} must be a string or a list of strings (fnmatch patterns), got {value!r}")
+    return patterns
+
+
+def match_names(names: Sequence[str], include: object, exclude: object) -> list[str]:
+    """The ``names`` that match an ``include`` pattern (every name when include is None) and no
+    ``exclude`` pattern, in their order.
+
+    Patterns are fnmatch globs matched case-sensitively against the whole name (``*`` also crosses
+    dots: ``"encoder.*.query"``); each of include and exclude is None, one string, or a list of
+    strings. A pattern that matches none of ``names`` is a ValueError listing the names, so a typo
+    never silently selects nothing.
+    """
+    names = list(names)
+    includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
+    for what, patterns in (("include", includes), ("exclude", excludes)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise ValueError(
+                    f"{what} pattern {pattern!r} matches none of: " + (", ".join(names) if names else "(no names)")
+                )
+    return [
+        name
+        for name in names
+        if (not includes or any(fnmatch.fnmatchcase(name, p) for p in includes))
+        and not any(fnmatch.fnmatchcase(name, p) for p in excludes)
+    ]

@@ -13,7 +13,9 @@ except ImportError as exc:  # exercised in a subprocess by tests/test_torch_opti
     ) from exc
 
 from ._compress import (
+    MIN_SIDE,
     CompressionReport,
+    KeptDense,
     LayerReport,
     ParameterReport,
     ParameterRow,
@@ -23,27 +25,34 @@ from ._compress import (
     optimizer_groups,
     parameter_report,
     save,
+    tied_modules,
 )
 from ._fisher import fisher_information
-from ._layers import MODES, MPOEmbedding, MPOLayer, MPOLinear
+from ._layers import MODES, MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, WeightView, layer_for
 from ._adapter import AdapterInfo, base_fingerprint, load_adapter, save_adapter
 from ._squeeze import squeeze, squeeze_to
 from ._stacked import StackedBank, StackedLinear, compress_stacked
 
 __all__ = [
+    "MIN_SIDE",
     "MODES",
     "CompressionReport",
+    "KeptDense",
     "LayerReport",
+    "MPOConv1D",
     "MPOEmbedding",
     "MPOLayer",
     "MPOLinear",
+    "MPOTiedLinear",
     "ParameterReport",
     "ParameterRow",
     "StackedBank",
     "StackedLinear",
+    "WeightView",
     "compress",
     "compress_stacked",
     "fisher_information",
+    "layer_for",
     "load",
     "mpo_layers",
     "optimizer_groups",
@@ -51,6 +60,7 @@ __all__ = [
     "save",
     "squeeze",
     "squeeze_to",
+    "tied_modules",
     "AdapterInfo",
     "base_fingerprint",
     "load_adapter",

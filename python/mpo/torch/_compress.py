@@ -1,13 +1,13 @@
 """Compressing a model in place, counting its parameters, optimizer groups, saving and loading.
 
-``compress`` swaps matching ``nn.Linear`` and ``nn.Embedding`` modules for MPO layers (MPOP §4: the
-authors decomposed the word embedding, attention Q/K/V/O, both FFN matrices and the pooler). With
+``compress`` swaps matching ``nn.Linear``, transformers ``Conv1D`` and ``nn.Embedding`` modules for MPO
+layers (MPOP §4: the authors decomposed the word embedding, attention Q/K/V/O, both FFN matrices and the
+pooler), decomposing a tied matrix once and never making a layer larger. With
 ``lightweight=True`` the central tensors are frozen and only the auxiliary tensors train (§4.1).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 import sys
@@ -18,17 +18,21 @@ import torch
 from torch import nn
 
 from .._mpo import MPO
+from .._validation import match_names
 from ..io import TORCH_MODEL, atomic_path
 from ._fisher import fisher_information
-from ._layers import MPOEmbedding, MPOLayer, MPOLinear
+from ._layers import MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, is_conv1d, layer_for
 
 __all__ = [
     "LayerReport",
+    "KeptDense",
     "CompressionReport",
+    "MIN_SIDE",
     "ParameterReport",
     "ParameterRow",
     "compress",
     "mpo_layers",
+    "tied_modules",
     "parameter_report",
     "optimizer_groups",
     "save",
@@ -44,17 +48,6 @@ def mpo_layers(model: nn.Module) -> dict[str, MPOLayer]:
     return {name: module for name, module in model.named_modules() if isinstance(module, MPOLayer)}
 
 
-def _patterns(value, what: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    patterns = list(value)
-    if not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"{what} must be a string or a list of strings (fnmatch patterns), got {value!r}")
-    return patterns
-
-
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -63,7 +56,11 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One compressed layer: its matrix, the MPO's bonds and size, and the decomposition's error bound."""
+    """One compressed matrix: its MPO's bonds and size, and the decomposition's error bound.
+
+    A matrix tied across modules (GPT-2's wte and lm_head) is one report: ``name`` holds the MPO
+    layer, ``tied`` the other module names that share it, and its parameters count once.
+    """
 
     name: str
     kind: str
@@ -73,6 +70,7 @@ class LayerReport:
     mpo_params: int
     relative_error_bound: float
     seconds: float
+    tied: tuple[str, ...] = ()
 
     @property
     def compression_ratio(self) -> float:
@@ -81,19 +79,30 @@ class LayerReport:
 
 
 @dataclass(frozen=True)
+class KeptDense:
+    """A module :func:`compress` could have replaced and left dense, and why."""
+
+    name: str
+    kind: str
+    matrix_shape: tuple[int, int]
+    reason: str
+
+
+@dataclass(frozen=True)
 class CompressionReport:
-    """What :func:`compress` did, layer by layer; ``str()`` is a table."""
+    """What :func:`compress` did, layer by layer, and what it left dense; ``str()`` is a table."""
 
     layers: list[LayerReport] = field(default_factory=list)
+    kept_dense: list[KeptDense] = field(default_factory=list)
 
     @property
     def dense_params(self) -> int:
-        """Parameters of the replaced matrices before compression."""
+        """Parameters of the replaced matrices before compression (a tied matrix once)."""
         return sum(r.dense_params for r in self.layers)
 
     @property
     def mpo_params(self) -> int:
-        """Parameters of their MPO cores."""
+        """Parameters of their MPO cores (a shared MPO once)."""
         return sum(r.mpo_params for r in self.layers)
 
     def __str__(self) -> str:
@@ -104,11 +113,153 @@ class CompressionReport:
                 f"{r.name:<48} {shape:>13} {str(r.bond_dims):<22} {r.compression_ratio:>7.4f} "
                 f"{r.relative_error_bound:>10.3g}"
             )
+            if r.tied:
+                lines.append(f"  shared with: {', '.join(r.tied)}")
         total = self.mpo_params / self.dense_params if self.dense_params else 0.0
         lines.append(
             f"{len(self.layers)} layers: {self.dense_params} -> {self.mpo_params} parameters (rho {total:.4f})"
         )
+        if self.kept_dense:
+            lines.append(f"{len(self.kept_dense)} modules kept dense:")
+            for d in self.kept_dense:
+                lines.append(f"  {d.name} ({d.kind}, {d.matrix_shape[0]}x{d.matrix_shape[1]}): {d.reason}")
         return "\n".join(lines)
+
+
+# A matrix whose smaller side is below this stays dense unless forced: its MPO saves next to nothing
+# and its factors are too short to carry bonds (T5's 32x4 relative_attention_bias came out at rho 1.69).
+MIN_SIDE = 16
+
+
+def _kind(module: nn.Module) -> str | None:
+    """"linear", "conv1d" or "embedding" for the modules compress can replace, else None."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if is_conv1d(module):
+        return "conv1d"
+    return None
+
+
+def _base_forward(module: nn.Module, kind: str):
+    if kind == "linear":
+        return nn.Linear.forward
+    if kind == "embedding":
+        return nn.Embedding.forward
+    base = next(c for c in type(module).__mro__ if c.__name__ == "Conv1D" and c.__module__.startswith("transformers."))
+    return base.forward
+
+
+def _matrix_shape(module: nn.Module, kind: str) -> tuple[int, int]:
+    """The shape of M, the matrix the MPO holds: W.T for a Linear, W for Conv1D and Embedding."""
+    rows, cols = module.weight.shape
+    return (cols, rows) if kind == "linear" else (rows, cols)
+
+
+@dataclass
+class _Group:
+    """Modules that share one weight Parameter (one module, or a tie), in module order.
+
+    ``members`` holds (module, kind, names): a module object can sit under several names.
+    The owner, whose MPO every member serves, is the first Embedding, else the first member.
+    """
+
+    members: list[tuple[nn.Module, str, list[str]]]
+
+    @property
+    def owner(self) -> tuple[nn.Module, str, list[str]]:
+        return next((m for m in self.members if m[1] == "embedding"), self.members[0])
+
+    @property
+    def names(self) -> list[str]:
+        return [name for _, _, names in self.members for name in names]
+
+
+def _groups(model: nn.Module) -> list[_Group]:
+    """Every Linear, Conv1D and Embedding (subclasses included) of ``model``, grouped by shared weight."""
+    names: dict[int, list[str]] = {}
+    modules: dict[int, tuple[nn.Module, str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        kind = _kind(module)
+        if kind is None or getattr(module, "weight", None) is None or module.weight.dim() != 2:
+            continue
+        modules.setdefault(id(module), (module, kind))
+        names.setdefault(id(module), []).append(name)
+    by_weight: dict[int, _Group] = {}
+    for key, (module, kind) in modules.items():
+        group = by_weight.setdefault(id(module.weight), _Group([]))
+        group.members.append((module, kind, names[key]))
+    return list(by_weight.values())
+
+
+def _orientation(kind: str) -> bool:
+    """Whether M is the transpose of the stored weight (a Linear) or the weight itself."""
+    return kind == "linear"
+
+
+def _structural_reason(group: _Group, holders: dict[int, list[str]]) -> str | None:
+    """Why no MPO layer can stand in for this group whatever the setting, or None.
+
+    ``holders`` maps a Parameter's id to every qualified name it has in the model.
+    """
+    owner, owner_kind, _ = group.owner
+    ours = {f"{name}.weight" for name in group.names}
+    others = [name for name in holders.get(id(owner.weight), []) if name not in ours]
+    if others:
+        return f"its weight is also {', '.join(others)}, which compress cannot replace (the tie would break)"
+    for module, kind, names in group.members:
+        if type(module).forward is not _base_forward(module, kind):
+            return (
+                f"{type(module).__name__} overrides forward(); an MPO layer would not run that code, "
+                "so the module keeps its dense weight"
+            )
+        if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            return "nn.MultiheadAttention's out_proj: MultiheadAttention reads its weight directly, not through forward()"
+        if kind == "embedding" and (module.max_norm is not None or module.sparse):
+            return "max_norm and sparse embeddings rewrite rows of a dense table; MPO cores have none"
+    for module, kind, names in group.members:
+        if module is owner:
+            continue
+        if kind == "embedding" and (owner_kind != "embedding" or module.padding_idx != owner.padding_idx):
+            return f"tied embeddings {names[0]} and {group.owner[2][0]} differ (padding_idx or kind)"
+    return None
+
+
+def _tiny_reason(shape: tuple[int, int]) -> str | None:
+    if min(shape) < MIN_SIDE:
+        return f"tiny: the smaller side is below {MIN_SIDE} (force=True compresses it)"
+    return None
+
+
+def _build(group: _Group, shape, n, max_bond, tol, ratio, mode, row_weights) -> MPOLayer:
+    """The MPO layer of the group's owner (row weights only for a plain, untied Linear)."""
+    module, kind, _ = group.owner
+    if kind == "linear":
+        return MPOLinear.from_linear(module, shape, n, max_bond, tol, ratio, mode=mode, row_weights=row_weights)
+    if kind == "conv1d":
+        return MPOConv1D.from_conv1d(module, shape, n, max_bond, tol, ratio, mode=mode)
+    return MPOEmbedding.from_embedding(module, shape, n, max_bond, tol, ratio, mode=mode)
+
+
+def _stand_ins(group: _Group, layer: MPOLayer, mode: str) -> dict[str, nn.Module]:
+    """Name -> the module that replaces it: the layer itself for the owner and for members that hold
+    the weight the same way with the same bias; a :class:`MPOTiedLinear` reading the layer's cores
+    (transposed where the member's M is the owner's transposed) for the others."""
+    owner, owner_kind, _ = group.owner
+    out: dict[str, nn.Module] = {}
+    for module, kind, names in group.members:
+        same = module is owner or (
+            kind == owner_kind and (kind == "embedding" or getattr(module, "bias", None) is getattr(owner, "bias", None))
+        )
+        if same:
+            stand_in = layer
+        else:
+            transposed = _orientation(kind) != _orientation(owner_kind)
+            stand_in = MPOTiedLinear(layer, getattr(module, "bias", None), transposed=transposed, mode=mode)
+        for name in names:
+            out[name] = stand_in
+    return out
 
 
 def compress(
@@ -124,20 +275,38 @@ def compress(
     lightweight: bool = True,
     mode: str = "auto",
     progress: bool = True,
+    force: bool = False,
     weights=None,
     data=None,
     loss_fn=None,
 ) -> CompressionReport:
-    """Replace matching Linear and Embedding modules of ``model`` by MPO layers, in place.
+    """Replace matching Linear, Conv1D and Embedding modules of ``model`` by MPO layers, in place.
+
+    What is replaced, and how (docs/GUIDE.md has the details):
+
+    - ``nn.Linear`` (M = W.T), transformers' ``Conv1D`` (GPT-2; M = W, which it stores in x out) and
+      ``nn.Embedding`` (M = W), subclasses included unless they override ``forward`` (OPT's
+      positional embedding adds an offset there): those stay dense, with the reason in the report.
+    - Tied weights (one Parameter in several modules: GPT-2's wte and lm_head, T5's shared, encoder
+      and decoder embeddings and lm_head) are decomposed once: one MPO layer serves every module of
+      the tie, a Linear tied to an Embedding reading its cores transposed (:class:`MPOTiedLinear`).
+      The report counts the matrix once and names the modules that share it. A tie is compressed
+      only when include/exclude choose all of its modules.
+    - A layer never grows: a matrix whose smaller side is below ``MIN_SIDE`` (16), or whose MPO at
+      this setting has at least as many parameters as the matrix, stays dense unless ``force``.
+
+    Every module left dense that include/exclude chose is listed in ``report.kept_dense`` with
+    the reason.
 
     Parameters
     ----------
     model : nn.Module
         Any module, a ``transformers`` model included.
     include, exclude : str or list of str, optional
-        fnmatch patterns on qualified module names (``"encoder.layer.*.attention.*"``). By default
-        every Linear and Embedding is compressed; ``exclude`` removes names from that set. A pattern
-        that matches no Linear or Embedding raises ValueError listing the names there are.
+        fnmatch globs on qualified module names (``"encoder.layer.*.attention.*"``), the syntax the
+        ``mpo`` command uses too (:func:`mpo._validation.match_names`). By default every candidate
+        is chosen; ``exclude`` removes names from that set. A pattern that matches no candidate
+        raises ValueError listing the names there are.
     n, max_bond, tol, ratio :
         As in :func:`mpo.decompose`, for every layer.
     shape : dict, optional
@@ -148,12 +317,15 @@ def compress(
         The new layers' forward mode.
     progress : bool
         Print one line per layer to stderr as it is decomposed.
+    force : bool
+        Compress tiny matrices and matrices whose MPO is not smaller than they are.
     weights : None, "fisher", or dict
-        Data-aware compression (FWSVD's weighting, docs/ALGORITHMS.md §10) of the chosen Linear layers:
-        ``"fisher"`` measures per-input-feature Fisher importances with
-        :func:`mpo.torch.fisher_information` over ``data`` and ``loss_fn`` before any layer is replaced;
-        a dict maps qualified Linear names to precomputed importances (in_features values). Each such
-        layer becomes a row-weighted MPO whose cuts minimise the weighted error. Embeddings stay plain.
+        Data-aware compression (FWSVD's weighting, docs/ALGORITHMS.md §10) of the chosen, untied
+        ``nn.Linear`` layers: ``"fisher"`` measures per-input-feature Fisher importances with
+        :func:`mpo.torch.fisher_information` over ``data`` and ``loss_fn`` before any layer is
+        replaced; a dict maps qualified Linear names to precomputed importances (in_features
+        values). Each such layer becomes a row-weighted MPO whose cuts minimise the weighted error.
+        Embeddings, Conv1D and tied layers stay plain.
     data, loss_fn :
         The mini-batches and ``loss_fn(model, batch) -> scalar`` of ``weights="fisher"``.
 
@@ -163,69 +335,105 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"compress expects a torch.nn.Module, got {type(model).__name__}")
-    candidates = [name for name, m in model.named_modules() if type(m) in (nn.Linear, nn.Embedding)]
-    includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
-    for what, pats in (("include", includes), ("exclude", excludes)):
-        for pattern in pats:
-            if not any(fnmatch.fnmatchcase(name, pattern) for name in candidates):
-                raise ValueError(
-                    f"{what} pattern {pattern!r} matches no Linear or Embedding module; the model has: "
-                    + (", ".join(candidates) if candidates else "none")
-                )
-    chosen = [
-        name
-        for name in candidates
-        if (not includes or any(fnmatch.fnmatchcase(name, p) for p in includes))
-        and not any(fnmatch.fnmatchcase(name, p) for p in excludes)
-    ]
+    groups = _groups(model)
+    candidates = [name for group in groups for name in group.names]
+    try:
+        chosen = set(match_names(candidates, include, exclude))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (the model's Linear, Conv1D and Embedding modules)") from None
     if not chosen:
         raise ValueError(
-            "include/exclude leave no module to compress; the model's Linear and Embedding modules are: "
+            "include/exclude leave no module to compress; the model's Linear, Conv1D and Embedding modules are: "
             + (", ".join(candidates) if candidates else "none")
         )
     shapes = dict(shape or {})
-    unknown = sorted(set(shapes) - set(chosen))
+    unknown = sorted(set(shapes) - chosen)
     if unknown:
-        raise ValueError(f"shape names modules that are not compressed: {unknown}; compressed are: {chosen}")
-    row_weights = _row_weights(model, chosen, weights, data, loss_fn, progress)
-    layers, built = [], []
-    for count, name in enumerate(chosen, 1):
-        module = model.get_submodule(name)
+        raise ValueError(f"shape names modules that are not compressed: {unknown}; compressed are: {sorted(chosen)}")
+    todo, kept = _choose_groups(model, groups, chosen, force)
+    plain_linears = [g.names[0] for g in todo if len(g.names) == 1 and g.members[0][1] == "linear"]
+    row_weights = _row_weights(model, plain_linears, weights, data, loss_fn, progress)
+    layers, swaps = [], {}
+    for count, group in enumerate(todo, 1):
+        module, kind, names = group.owner
+        name = names[0]
+        group_shape = next((shapes[k] for k in group.names if k in shapes), None)
         start = time.perf_counter()
         try:
-            if isinstance(module, nn.Linear):
-                layer = MPOLinear.from_linear(
-                    module, shapes.get(name), n, max_bond, tol, ratio, mode=mode, row_weights=row_weights.get(name)
-                )
-            else:
-                layer = MPOEmbedding.from_embedding(module, shapes.get(name), n, max_bond, tol, ratio, mode=mode)
+            layer = _build(group, group_shape, n, max_bond, tol, ratio, mode, row_weights.get(name))
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"cannot compress layer {name!r} ({type(module).__name__}): {exc}") from exc
+        dense = math.prod(layer.matrix_shape)
+        if layer.num_params >= dense and not force:
+            kept.append(
+                KeptDense(
+                    name,
+                    type(module).__name__,
+                    layer.matrix_shape,
+                    f"its MPO would have {layer.num_params} parameters, not fewer than the matrix's {dense} "
+                    f"(rho {layer.num_params / dense:.3f}) at this setting; force=True compresses it",
+                )
+            )
+            if progress:
+                print(f"[{count}/{len(todo)}] {name}: kept dense ({kept[-1].reason})", file=sys.stderr, flush=True)
+            continue
         layer.lightweight(lightweight)
-        built.append((name, layer))
+        swaps.update(_stand_ins(group, layer, mode))
         report = LayerReport(
             name=name,
             kind=type(module).__name__,
             matrix_shape=layer.matrix_shape,
             bond_dims=layer.bond_dims,
-            dense_params=math.prod(layer.matrix_shape),
+            dense_params=dense,
             mpo_params=layer.num_params,
             relative_error_bound=layer.decomposition_bound,
             seconds=time.perf_counter() - start,
+            tied=tuple(k for k in group.names if k != name),
         )
         layers.append(report)
         if progress:
             print(
-                f"[{count}/{len(chosen)}] {name}: {report.matrix_shape[0]}x{report.matrix_shape[1]} -> bonds "
+                f"[{count}/{len(todo)}] {name}: {report.matrix_shape[0]}x{report.matrix_shape[1]} -> bonds "
                 f"{report.bond_dims}, rho {report.compression_ratio:.4f}, relative bound "
                 f"{report.relative_error_bound:.3g} ({report.seconds:.2f} s)",
                 file=sys.stderr,
                 flush=True,
             )
     # Swapped in only once every layer is built: a layer that fails leaves the model as it was.
-    for name, layer in built:
-        _set_module(model, name, layer)
-    return CompressionReport(layers)
+    for name, stand_in in swaps.items():
+        _set_module(model, name, stand_in)
+    order = {name: k for k, name in enumerate(candidates)}
+    return CompressionReport(layers, sorted(kept, key=lambda d: order[d.name]))
+
+
+def _choose_groups(
+    model: nn.Module, groups: list[_Group], chosen: set[str], force: bool
+) -> tuple[list[_Group], list[KeptDense]]:
+    """The groups to decompose, and the chosen modules that stay dense whatever the setting, with why."""
+    holders: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(name)
+    todo, kept = [], []
+    for group in groups:
+        picked = [name for name in group.names if name in chosen]
+        if not picked:
+            continue
+        module, kind, names = group.owner
+        shape = _matrix_shape(module, kind)
+        left_out = [name for name in group.names if name not in chosen]
+        reason = _structural_reason(group, holders)
+        if reason is None and left_out:
+            reason = f"tied with {', '.join(left_out)}, which include/exclude leave out (choose all of a tie)"
+        if reason is None and not force:
+            reason = _tiny_reason(shape)
+        if reason is None:
+            todo.append(group)
+            continue
+        for member, member_kind, member_names in group.members:
+            for name in member_names:
+                if name in chosen:
+                    kept.append(KeptDense(name, type(member).__name__, _matrix_shape(member, member_kind), reason))
+    return todo, kept
 
 
 def _row_weights(model: nn.Module, chosen: list[str], weights, data, loss_fn, progress: bool) -> dict:
@@ -370,9 +578,32 @@ def save(model: nn.Module, path) -> None:
             "mode": layer.mode,
             "padding_idx": getattr(layer, "padding_idx", None),
         }
-    payload = {"format": SAVE_FORMAT, "layers": layers, "state_dict": model.state_dict()}
+    payload = {"format": SAVE_FORMAT, "layers": layers, "ties": tied_modules(model), "state_dict": model.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def tied_modules(model: nn.Module) -> dict[str, dict]:
+    """Where ``model`` shares an MPO layer: name -> {"source": the MPO layer's name, "transposed"}.
+
+    A name that holds the MPO layer itself under a second name (T5's ``encoder.embed_tokens`` and
+    ``shared``) has ``transposed`` None; an :class:`MPOTiedLinear` (GPT-2's ``lm_head``) has its
+    flag and ``bias`` (whether it has one). The MPO layers are named as in :func:`mpo_layers`.
+    """
+    first = {id(layer): name for name, layer in mpo_layers(model).items()}
+    ties = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, MPOLayer) and first.get(id(module)) != name:
+            ties[name] = {"source": first[id(module)], "transposed": None, "bias": None}
+        elif isinstance(module, MPOTiedLinear):
+            if id(module.source) not in first:
+                raise ValueError(f"{name!r} reads an MPO layer that is not part of this model")
+            ties[name] = {
+                "source": first[id(module.source)],
+                "transposed": module.transposed,
+                "bias": module.bias is not None,
+            }
+    return ties
 
 
 def load(model: nn.Module, path) -> nn.Module:
@@ -393,6 +624,18 @@ def load(model: nn.Module, path) -> nn.Module:
             raise ValueError(f"the saved MPO layer {name!r} has no module of that name in this model") from None
         originals[name] = module
         layers[name] = _empty_layer(spec, module, name)
+    for name, tie in payload.get("ties", {}).items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the saved tied module {name!r} has no module of that name in this model") from None
+        originals[name] = module
+        source = layers[tie["source"]]
+        if tie["transposed"] is None:
+            layers[name] = source
+        else:
+            bias = getattr(module, "bias", None) if tie["bias"] else None
+            layers[name] = MPOTiedLinear(source, bias, transposed=tie["transposed"], mode=source.mode)
     for name, layer in layers.items():
         _set_module(model, name, layer)
     try:
@@ -418,11 +661,12 @@ def _empty_layer(spec: dict, module: nn.Module, name: str) -> MPOLayer:
         truncation_errors=[0.0] * (len(shapes) - 1),
         norm=0.0,
     )
-    if spec["kind"] == "MPOLinear":
-        if not isinstance(module, (nn.Linear, MPOLinear)):
-            raise ValueError(f"the saved MPOLinear {name!r} is a {type(module).__name__} in this model")
+    if spec["kind"] in ("MPOLinear", "MPOConv1D"):
+        kind = "linear" if spec["kind"] == "MPOLinear" else "conv1d"
+        if _kind(module) != kind and type(module).__name__ != spec["kind"]:
+            raise ValueError(f"the saved {spec['kind']} {name!r} is a {type(module).__name__} in this model")
         bias = getattr(module, "bias", None)
-        layer = MPOLinear(placeholder, bias, mode=spec["mode"], dtype=dtype, device=device)
+        layer = layer_for(kind, placeholder, bias, mode=spec["mode"], dtype=dtype, device=device)
     else:
         if not isinstance(module, (nn.Embedding, MPOEmbedding)):
             raise ValueError(f"the saved MPOEmbedding {name!r} is a {type(module).__name__} in this model")

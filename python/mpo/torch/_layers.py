@@ -1,9 +1,13 @@
-"""MPO layers for PyTorch: ``MPOLinear`` and ``MPOEmbedding`` (MPOP §4, docs/ALGORITHMS.md §9 and §12).
+"""MPO layers for PyTorch: ``MPOLinear``, ``MPOConv1D``, ``MPOEmbedding`` and ``MPOTiedLinear``
+(MPOP §4, docs/ALGORITHMS.md §9 and §12).
 
 A layer holds the n cores T_k[d_{k-1}, i_k, j_k, d_k] of its weight matrix M as Parameters, the bias
-dense. M is laid out as the MPO of the library: for a Linear, M = W.T (in_features x out_features),
-so that y = x @ M + b; for an Embedding, M is the weight (num_embeddings x embedding_dim) and a lookup
-reads rows of M. Padding added by shape planning is invisible: inputs are zero-padded, outputs sliced.
+dense. M is laid out as the MPO of the library, always in x out for a product: for a Linear,
+M = W.T (in_features x out_features), so that y = x @ M + b; for transformers' Conv1D (GPT-2), which
+stores W as in x out and computes x @ W + b, M = W; for an Embedding, M is the weight
+(num_embeddings x embedding_dim) and a lookup reads rows of M. A Linear tied to an Embedding
+(``MPOTiedLinear``) reads the embedding's cores transposed, x @ M.T. Each layer's ``weight`` is a
+:class:`WeightView`: the dense weight's shape, dtype and device, without values. Padding added by shape planning is invisible: inputs are zero-padded, outputs sliced.
 
 Two ways to run the forward pass:
 
@@ -37,7 +41,17 @@ from .. import _core
 from .._decompose import decompose
 from .._mpo import MPO
 
-__all__ = ["MODES", "MPOLayer", "MPOLinear", "MPOEmbedding"]
+__all__ = [
+    "MODES",
+    "MPOConv1D",
+    "MPOEmbedding",
+    "MPOLayer",
+    "MPOLinear",
+    "MPOTiedLinear",
+    "WeightView",
+    "is_conv1d",
+    "layer_for",
+]
 
 MODES = ("auto", "contract", "rebuild")
 
@@ -64,6 +78,14 @@ def _kernel_ok(x: torch.Tensor, cores) -> bool:
     return x.device.type == "cpu" and all(
         c.device.type == "cpu" and c.dtype in (torch.float32, torch.float64) for c in cores
     )
+
+
+def _bias_parameter(bias: torch.Tensor, ref: torch.Tensor) -> nn.Parameter:
+    # A bias Parameter of the cores' dtype and device is kept as it is, not copied: a bias tied to
+    # another module (BERT's decoder.bias is cls.predictions.bias) stays tied and counts once.
+    if isinstance(bias, nn.Parameter) and bias.dtype == ref.dtype and bias.device == ref.device:
+        return bias
+    return nn.Parameter(bias.detach().clone().to(dtype=ref.dtype, device=ref.device))
 
 
 def _check_mode(mode: str) -> str:
@@ -101,6 +123,129 @@ def _sweep(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
         s = s.reshape(batch * done * rest, d * i) @ c.reshape(d * i, j * d_next)
         state = s.reshape(batch, done, rest, j, d_next).permute(0, 1, 3, 2, 4).reshape(batch, done * j, rest, d_next)
     return state.reshape(batch, -1)
+
+
+class WeightView(torch.Tensor):
+    """The ``weight`` of an MPO layer: a tensor with the dense weight's shape, dtype and device and
+    no values (no memory is allocated).
+
+    Model code reads a layer's ``weight`` for its metadata (T5: ``self.wo.weight.dtype`` decides a
+    cast; others read ``.device`` or ``.shape``). An MPO layer holds its matrix as cores, so it
+    answers those reads truthfully and refuses, with a TypeError naming the layer, any read of
+    values: a silent zero or stale matrix would be a wrong answer. The values are
+    ``layer.weight_matrix()`` (in the MPO's orientation, see the module docstring).
+    """
+
+    @staticmethod
+    def __new__(cls, shape: tuple[int, ...], like: torch.Tensor, owner: str) -> WeightView:
+        view = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=like.dtype, device=like.device)
+        view._owner = owner
+        return view
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return f"WeightView(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}, owner={self._owner})"
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        owner = next((a._owner for a in args if isinstance(a, WeightView)), "an MPO layer")
+        raise TypeError(
+            f"{owner}.weight has no values: the matrix is held as MPO cores (shape, dtype and device "
+            f"are real); use weight_matrix() to rebuild it (operation {func})"
+        )
+
+
+class _LinearProduct:
+    """``y = x @ M + b`` (or ``x @ M.T + b``) through MPO cores: what MPOLinear and MPOTiedLinear share.
+
+    A class using it provides in_features, out_features, mode, bias, row_scale and three hooks:
+    ``_product_cores()`` -> (cores, transposed), ``_product_matrix()`` -> the (in x out) matrix the
+    product uses, and ``_product_rebuild_flops()``.
+    """
+
+    def contract_plan(self, batch: int) -> tuple[str, tuple[int, ...], float]:
+        """The sweep "contract" runs for ``batch`` rows: ("left" or "right", core groups, FLOPs).
+
+        The library's planner (the one :meth:`mpo.MPO.matmul_flops` reports) chooses which runs of
+        neighbouring cores to multiply together first; of its orders the torch path runs the two
+        sweeps, left to right and right to left, and takes the one with fewer FLOPs.
+        """
+        cores, transposed = self._product_cores()
+        shapes = [list(c.shape) for c in cores]
+        best = None
+        for sweep in ("left", "right"):
+            _, _, flops, groups, _ = _core.apply_plan(shapes, int(batch), transposed, sweep)
+            if best is None or flops < best[2]:
+                best = (sweep, tuple(groups), float(flops))
+        return best
+
+    def forward_flops(self, batch: int, *, autograd: bool = True) -> dict:
+        """FLOPs of each mode for ``batch`` input rows and the mode "auto" picks.
+
+        ``autograd`` says which contraction runs: torch ops (True) or the C++ kernel (False), whose
+        plan may also start from the central core.
+        """
+        if autograd:
+            contract = self.contract_plan(batch)[2]
+        else:
+            cores, transposed = self._product_cores()
+            contract = float(_core.apply_plan([list(c.shape) for c in cores], int(batch), transposed, "auto")[2])
+        rebuild = self._product_rebuild_flops() + 2 * batch * self.in_features * self.out_features
+        pick = "contract" if contract * _overhead(batch, autograd) < rebuild else "rebuild"
+        return {"contract": contract, "rebuild": rebuild, "auto": pick}
+
+    def _contract(self, x: torch.Tensor, autograd: bool) -> torch.Tensor:
+        batch = x.shape[0]
+        cores, transposed = self._product_cores()
+        if not autograd and _kernel_ok(x, cores):
+            arrays = [c.detach().numpy() for c in cores]
+            flat = np.ascontiguousarray(x.detach().numpy(), dtype=arrays[0].dtype)
+            return torch.from_numpy(_core.apply(arrays, transposed, flat, False, self.out_features, "auto")).to(x.dtype)
+        if transposed:
+            # The MPO of M.T: each core's row and column factors swapped (a view, no copy).
+            cores = [c.permute(0, 2, 1, 3) for c in cores]
+        padded_in = math.prod(c.shape[1] for c in cores)
+        padded_out = math.prod(c.shape[2] for c in cores)
+        if padded_in != self.in_features:
+            x = F.pad(x, (0, padded_in - self.in_features))
+        sweep, groups, _ = self.contract_plan(batch)
+        merged, start = [], 0
+        for size in groups:
+            merged.append(_merge(cores[start : start + size]))
+            start += size
+        cores = merged
+        if sweep == "right":
+            # Right to left is left to right on the MPO with the factor order reversed: reverse the
+            # row digits of x, the cores (bonds swapped) and, at the end, the column digits.
+            digits = range(len(cores), 0, -1)
+            x = x.reshape(batch, *(c.shape[1] for c in cores)).permute(0, *digits).reshape(batch, -1)
+            out_digits = [c.shape[2] for c in reversed(cores)]
+            cores = [c.permute(3, 1, 2, 0) for c in reversed(cores)]
+        out = _sweep(x, cores)
+        if sweep == "right":
+            out = out.reshape(batch, *out_digits).permute(0, *range(len(cores), 0, -1)).reshape(batch, -1)
+        return out[:, : self.out_features] if padded_out != self.out_features else out
+
+    def forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        """``x @ M + b`` for x of shape (..., in_features); ``mode`` overrides the layer's mode."""
+        mode = _check_mode(mode or self.mode)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__}: input has {x.shape[-1]} features (last axis), the layer takes "
+                f"{self.in_features}"
+            )
+        lead = x.shape[:-1]
+        batch = math.prod(lead)
+        autograd = _needs_autograd(x, self._product_cores()[0])
+        if mode == "auto":
+            mode = self.forward_flops(max(batch, 1), autograd=autograd)["auto"]
+        if self.row_scale is not None:
+            x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
+        if mode == "rebuild" or batch == 0:
+            return F.linear(x, self._product_matrix().T, self.bias)
+        out = self._contract(x.reshape(batch, x.shape[-1]), autograd)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
 
 
 class MPOLayer(nn.Module):
@@ -249,7 +394,7 @@ class MPOLayer(nn.Module):
         )
 
 
-class MPOLinear(MPOLayer):
+class MPOLinear(_LinearProduct, MPOLayer):
     """``y = x @ M + b`` with M = W.T held as MPO cores: a drop-in for :class:`torch.nn.Linear`."""
 
     def __init__(self, m: MPO, bias: torch.Tensor | None = None, *, mode: str = "auto", dtype=None, device=None):
@@ -266,7 +411,7 @@ class MPOLinear(MPOLayer):
         else:
             if tuple(bias.shape) != (self.out_features,):
                 raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
-            self.bias = nn.Parameter(bias.detach().clone().to(dtype=self.cores[0].dtype, device=self.cores[0].device))
+            self.bias = _bias_parameter(bias, self.cores[0])
 
     @classmethod
     def from_linear(
@@ -332,81 +477,123 @@ class MPOLinear(MPOLayer):
             self.row_scale = torch.empty(state_dict[key].shape, dtype=ref.dtype, device=ref.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def contract_plan(self, batch: int) -> tuple[str, tuple[int, ...], float]:
-        """The sweep "contract" runs for ``batch`` rows: ("left" or "right", core groups, FLOPs).
+    def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
+        return list(self.cores), False
 
-        The library's planner (the one :meth:`mpo.MPO.matmul_flops` reports) chooses which runs of
-        neighbouring cores to multiply together first; of its orders the torch path runs the two
-        sweeps, left to right and right to left, and takes the one with fewer FLOPs.
-        """
-        shapes = [list(c.shape) for c in self.cores]
-        best = None
-        for sweep in ("left", "right"):
-            _, _, flops, groups, _ = _core.apply_plan(shapes, int(batch), False, sweep)
-            if best is None or flops < best[2]:
-                best = (sweep, tuple(groups), float(flops))
-        return best
+    def _product_matrix(self) -> torch.Tensor:
+        return MPOLayer.weight_matrix(self)  # without the row scale: forward scales x instead
 
-    def forward_flops(self, batch: int, *, autograd: bool = True) -> dict:
-        """FLOPs of each mode for ``batch`` input rows and the mode "auto" picks.
+    def _product_rebuild_flops(self) -> int:
+        return self.rebuild_flops()
 
-        ``autograd`` says which contraction runs: torch ops (True) or the C++ kernel (False), whose
-        plan may also start from the central core.
-        """
-        if autograd:
-            contract = self.contract_plan(batch)[2]
+    @property
+    def weight(self) -> WeightView:
+        """What a reader of ``nn.Linear.weight`` may ask: shape (out_features, in_features), dtype,
+        device; no values (see :class:`WeightView`; :meth:`weight_matrix` gives M = W.T)."""
+        return WeightView((self.out_features, self.in_features), self.cores[0], type(self).__name__)
+
+
+class MPOConv1D(MPOLinear):
+    """A drop-in for transformers' ``Conv1D`` (GPT-2, GPT): ``y = x @ W + b`` with W stored
+    in_features x out_features (nx x nf), so the MPO's M is W itself, not its transpose.
+
+    The layer computes exactly what :class:`MPOLinear` computes (x @ M + b); only what it reports as
+    ``weight`` (shape (nx, nf)) and its ``nx``/``nf`` attributes follow Conv1D.
+    """
+
+    def __init__(self, m: MPO, bias: torch.Tensor | None = None, *, mode: str = "auto", dtype=None, device=None):
+        """Wrap ``m`` (an MPO of the nx x nf weight W) with an optional bias of nf values."""
+        super().__init__(m, bias, mode=mode, dtype=dtype, device=device)
+        self.nx, self.nf = self.matrix_shape
+
+    @classmethod
+    def from_conv1d(
+        cls,
+        conv: nn.Module,
+        shape=None,
+        n: int = 5,
+        max_bond=None,
+        tol: float | None = None,
+        ratio: float | None = None,
+        *,
+        mode: str = "auto",
+    ) -> MPOConv1D:
+        """Decompose ``conv.weight`` (nx x nf) as it is: y = x @ W + b needs no transpose."""
+        if not is_conv1d(conv):
+            raise TypeError(f"from_conv1d expects a transformers Conv1D, got {type(conv).__name__}")
+        weight = conv.weight.detach()
+        m = _decompose(weight.to("cpu", torch.float64).numpy(), shape, n, max_bond, tol, ratio)
+        return cls(m, conv.bias, mode=mode, dtype=weight.dtype, device=weight.device)
+
+    @property
+    def weight(self) -> WeightView:
+        """What a reader of ``Conv1D.weight`` may ask: shape (nx, nf), dtype, device; no values."""
+        return WeightView((self.nx, self.nf), self.cores[0], type(self).__name__)
+
+
+class MPOTiedLinear(_LinearProduct, nn.Module):
+    """A Linear whose weight is tied to another module's, served by that module's MPO layer.
+
+    Transformers tie the output projection to the input embedding (GPT-2 wte/lm_head, OPT, T5,
+    Llama with ``tie_word_embeddings``): one parameter E (vocab x hidden) serves the lookup E[ids] and
+    the product x @ E.T. Compressed, E is one :class:`MPOEmbedding` and this layer reads its cores on
+    every call, transposed (``transposed=True``: y = x @ M.T + b, the cores' i and j swapped, no copy
+    of the matrix) or as they are (y = x @ M + b, for a Linear tied to a Linear). Training the shared
+    cores changes both uses, as training the tied parameter did.
+
+    The source is not registered as a child module: its cores appear once in ``parameters()`` and in
+    ``state_dict()`` (under the source's name); this layer owns only its bias.
+    """
+
+    def __init__(self, source: MPOLayer, bias: torch.Tensor | None = None, *, transposed: bool = True, mode: str = "auto"):
+        """Serve x @ M.T (``transposed``) or x @ M with M the cores' matrix of ``source``."""
+        super().__init__()
+        if not isinstance(source, MPOLayer):
+            raise TypeError(f"MPOTiedLinear needs an MPO layer as its source, got {type(source).__name__}")
+        object.__setattr__(self, "_source", source)  # outside _modules: the cores are counted and saved once
+        self.transposed = bool(transposed)
+        self.mode = _check_mode(mode)
+        if getattr(source, "row_scale", None) is not None:
+            raise ValueError("MPOTiedLinear: a row-weighted source (row_scale) cannot be shared")
+        rows, cols = source.matrix_shape
+        self.in_features, self.out_features = (cols, rows) if self.transposed else (rows, cols)
+        self.row_scale = None
+        ref = source.cores[0]
+        if bias is None:
+            self.register_parameter("bias", None)
         else:
-            contract = float(_core.apply_plan([list(c.shape) for c in self.cores], int(batch), False, "auto")[2])
-        rebuild = self.rebuild_flops() + 2 * batch * self.in_features * self.out_features
-        pick = "contract" if contract * _overhead(batch, autograd) < rebuild else "rebuild"
-        return {"contract": contract, "rebuild": rebuild, "auto": pick}
+            if tuple(bias.shape) != (self.out_features,):
+                raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+            self.bias = _bias_parameter(bias, ref)
 
-    def _contract(self, x: torch.Tensor, autograd: bool) -> torch.Tensor:
-        batch = x.shape[0]
-        if not autograd and _kernel_ok(x, self.cores):
-            cores = [c.detach().numpy() for c in self.cores]
-            flat = np.ascontiguousarray(x.detach().numpy(), dtype=cores[0].dtype)
-            return torch.from_numpy(_core.apply(cores, False, flat, False, self.out_features, "auto")).to(x.dtype)
-        padded_in, padded_out = self.padded_shape
-        if padded_in != self.in_features:
-            x = F.pad(x, (0, padded_in - self.in_features))
-        sweep, groups, _ = self.contract_plan(batch)
-        cores, start = [], 0
-        for size in groups:
-            cores.append(_merge(list(self.cores)[start : start + size]))
-            start += size
-        if sweep == "right":
-            # Right to left is left to right on the MPO with the factor order reversed: reverse the
-            # row digits of x, the cores (bonds swapped) and, at the end, the column digits.
-            digits = range(len(cores), 0, -1)
-            x = x.reshape(batch, *(c.shape[1] for c in cores)).permute(0, *digits).reshape(batch, -1)
-            out_digits = [c.shape[2] for c in reversed(cores)]
-            cores = [c.permute(3, 1, 2, 0) for c in reversed(cores)]
-        out = _sweep(x, cores)
-        if sweep == "right":
-            out = out.reshape(batch, *out_digits).permute(0, *range(len(cores), 0, -1)).reshape(batch, -1)
-        return out[:, : self.out_features] if padded_out != self.out_features else out
+    @property
+    def source(self) -> MPOLayer:
+        """The MPO layer whose cores this layer reads."""
+        return self._source
 
-    def forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
-        """``x @ M + b`` for x of shape (..., in_features); ``mode`` overrides the layer's mode."""
-        mode = _check_mode(mode or self.mode)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"MPOLinear: input has {x.shape[-1]} features (last axis), the layer takes {self.in_features}"
-            )
-        lead = x.shape[:-1]
-        batch = math.prod(lead)
-        autograd = _needs_autograd(x, self.cores)
-        if mode == "auto":
-            mode = self.forward_flops(max(batch, 1), autograd=autograd)["auto"]
-        if self.row_scale is not None:
-            x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
-        if mode == "rebuild" or batch == 0:
-            return F.linear(x, MPOLayer.weight_matrix(self).T, self.bias)
-        out = self._contract(x.reshape(batch, x.shape[-1]), autograd)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*lead, self.out_features)
+    @property
+    def cores(self):
+        """The source's cores (shared Parameters, not copies)."""
+        return self._source.cores
+
+    def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
+        return list(self._source.cores), self.transposed
+
+    def _product_matrix(self) -> torch.Tensor:
+        m = MPOLayer.weight_matrix(self._source)
+        return m.T if self.transposed else m
+
+    def _product_rebuild_flops(self) -> int:
+        return self._source.rebuild_flops()
+
+    @property
+    def weight(self) -> WeightView:
+        """What a reader of ``nn.Linear.weight`` may ask: shape (out_features, in_features), dtype,
+        device; no values (the source's :meth:`~MPOLayer.weight_matrix` has them)."""
+        return WeightView((self.out_features, self.in_features), self._source.cores[0], type(self).__name__)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, transposed={self.transposed}"
 
 
 class MPOEmbedding(MPOLayer):
@@ -445,6 +632,12 @@ class MPOEmbedding(MPOLayer):
         weight = embedding.weight.detach()
         m = _decompose(weight.to("cpu", torch.float64).numpy(), shape, n, max_bond, tol, ratio)
         return cls(m, padding_idx=embedding.padding_idx, mode=mode, dtype=weight.dtype, device=weight.device)
+
+    @property
+    def weight(self) -> WeightView:
+        """What a reader of ``nn.Embedding.weight`` may ask: shape (num_embeddings, embedding_dim),
+        dtype, device; no values (:meth:`weight_matrix` has them)."""
+        return WeightView(self.matrix_shape, self.cores[0], type(self).__name__)
 
     def rows_flops(self, count: int) -> int:
         """FLOPs of reading ``count`` distinct rows through the cores (what "contract" runs)."""
@@ -498,3 +691,27 @@ class MPOEmbedding(MPOLayer):
         else:
             table = self._rows(unique)
         return table[inverse].reshape(*ids.shape, self.embedding_dim)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is (a subclass of) transformers' ``Conv1D``, found without importing transformers."""
+    return any(c.__name__ == "Conv1D" and c.__module__.startswith("transformers.") for c in type(module).__mro__)
+
+
+LAYER_KINDS = {"linear": MPOLinear, "conv1d": MPOConv1D, "embedding": MPOEmbedding}
+
+
+def layer_for(kind: str, m: MPO, bias: torch.Tensor | None = None, **kw) -> MPOLayer:
+    """The MPO layer of ``kind`` holding ``m``: "linear" (M = W.T of an nn.Linear), "conv1d"
+    (M = W of a transformers Conv1D) or "embedding" (M = W of an nn.Embedding).
+
+    ``bias`` goes to linear and conv1d layers; ``kw`` (mode, dtype, device, and padding_idx for an
+    embedding) to the layer's constructor.
+    """
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"kind must be one of {sorted(LAYER_KINDS)}, got {kind!r}")
+    if kind == "embedding":
+        if bias is not None:
+            raise ValueError("an embedding layer has no bias")
+        return MPOEmbedding(m, **kw)
+    return LAYER_KINDS[kind](m, bias, **kw)
