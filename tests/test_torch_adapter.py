@@ -35,7 +35,7 @@ def base(max_bond=None):
     """The same compressed base every call: seeded weights, a deterministic decomposition."""
     torch.manual_seed(0)
     model = Toy()
-    mt.compress(model, include="blocks.*", n=3, max_bond=max_bond, progress=False)
+    mt.compress(model, include="blocks.*", n=3, max_bond=max_bond, progress=False, force=True)
     for p in model.parameters():
         p.requires_grad_(False)
     aux = [c for layer in mt.mpo_layers(model).values() for c in layer.auxiliary]
