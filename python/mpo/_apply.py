@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PLANS", "matmul", "rmatmul", "rows", "matmul_flops", "aslinearoperator"]
 
-PLANS = ("auto", "left", "right", "centre")
+PLANS = ("auto", "left", "right", "central")
 
 
 def _check_plan(plan: str) -> str:

@@ -441,7 +441,7 @@ class MPO:
 
     def matmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
         """M @ X as ``m @ X``, with the contraction order forced by ``plan`` ("auto", "left", "right",
-        "centre"); the result is the same for every plan up to rounding, only the time differs."""
+        "central"); the result is the same for every plan up to rounding, only the time differs."""
         return _apply.matmul(self, x, plan)
 
     def rmatmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
@@ -461,7 +461,7 @@ class MPO:
     def matmul_flops(self, batch: int, *, plan: str = "auto") -> dict:
         """FLOPs of ``X @ m`` for X with ``batch`` rows, next to the dense 2 * batch * I * J.
 
-        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "centre"), "groups" (sizes
+        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "central"), "groups" (sizes
         of the runs of neighbouring cores multiplied together first; all 1 when none are, one run of n
         is rebuild-then-multiply), "order" (the merged cores in contraction order), "merge_flops",
         "mpo" (all FLOPs of the plan, summed from the GEMMs it runs), "dense", "ratio" (mpo / dense:
