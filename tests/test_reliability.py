@@ -179,3 +179,69 @@ def test_rebuild_error_within_bound_and_entropy_unchanged_at_any_scale(dtype, sc
     slack = 1e-12 if dtype == np.float64 else 1e-5
     assert _true_error(M.astype(np.float64), m) <= m.error_bound() * (1 + 1e-6) + slack * m.norm
     assert m.norm == pytest.approx(base.norm * scale, rel=rtol)
+
+
+# ---------------------------------------------------------------- W7, U4: rows
+
+
+def test_w7_rows_range_checks_ids_in_their_own_dtype():
+    M = _gaussian(12, 10)
+    m = mpo.decompose(M)
+    for ids in (np.array([2**64 - 1], np.uint64), np.array([2**63], np.uint64), np.array([12], np.uint8)):
+        with pytest.raises(IndexError, match=str(int(ids[0]))):
+            m.rows(ids)
+    np.testing.assert_allclose(m.rows(np.array([11, 0], np.uint64)), M[[11, 0]], atol=1e-12)
+
+
+def test_u4_rows_of_an_empty_list_is_an_empty_array_like_numpy():
+    M = _gaussian(12, 10)
+    m = mpo.decompose(M)
+    assert m.rows([]).shape == M[[]].shape == (0, 10)
+    assert m.rows(np.array([], np.int64)).shape == (0, 10)
+    with pytest.raises(TypeError):
+        m.rows(np.array([1.0]))
+
+
+# ---------------------------------------------------------------- W8: row-weighted entropy
+
+
+def test_w8_row_weighted_mpo_with_max_bond_reports_the_entropy_of_the_mpo():
+    # docs/API.md: the plain entropy is that of the MPO's own plain matrix diag(row_scale) @ cores (M's
+    # only when exact). A capped sweep reported M's.
+    M = _gaussian(16, 16, seed=5)
+    w = np.random.default_rng(6).random(16) + 0.1
+    m = mpo.decompose(M, shape=((4, 4), (4, 4)), max_bond=3, row_weights=w)
+    own = mpo.decompose(m.to_dense(), shape=((4, 4), (4, 4)))  # the oracle: an exact decomposition of it
+    np.testing.assert_allclose(m.entropy(), own.entropy(), rtol=1e-9, atol=1e-12)
+    of_M = mpo.decompose(M, shape=((4, 4), (4, 4))).entropy()
+    assert abs(m.entropy()[0] - of_M[0]) > 1e-3
+    # The same MPO reached by a later cut agrees (MPO.truncate measured it so already).
+    later = mpo.decompose(M, shape=((4, 4), (4, 4)), row_weights=w).truncate(max_bond=3)
+    np.testing.assert_allclose(later.entropy(), m.entropy(), rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------- U1: tol and ratio at 1e160
+
+
+def _decaying(rows: int, cols: int, seed: int) -> np.ndarray:
+    """A matrix whose singular values fall off (so tol and ratio really cut)."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((rows, rows)))
+    v, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
+    k = min(rows, cols)
+    return (u[:, :k] * 0.7 ** np.arange(k)) @ v[:, :k].T
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e160])
+def test_u1_tol_and_ratio_work_at_extreme_scales(scale):
+    G = _decaying(32, 24, seed=7)
+    for kwargs in ({"tol": 0.1}, {"ratio": 0.3}):
+        base, big = mpo.decompose(G, **kwargs), mpo.decompose(G * scale, **kwargs)
+        assert big.bond_dims == base.bond_dims, kwargs
+        assert big.error_bound() == pytest.approx(base.error_bound() * scale, rel=1e-6), kwargs
+    m, ref = mpo.decompose(G * scale), mpo.decompose(G)
+    for kwargs in ({"tol": 0.1}, {"ratio": 0.3}, {"max_bond": 3}):
+        cut, want = m.truncate(**kwargs), ref.truncate(**kwargs)
+        assert cut.bond_dims == want.bond_dims, kwargs
+        assert cut.relative_error_bound() == pytest.approx(want.relative_error_bound(), rel=1e-6), kwargs
+        assert math.isfinite(cut.error_bound()) and cut.error_bound() > 0

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-__all__ = ["norm", "root_sum_squares"]
+__all__ = ["norm", "root_sum_squares", "unit"]
 
 
 def norm(a: object) -> float:
@@ -34,3 +34,15 @@ def norm(a: object) -> float:
 def root_sum_squares(values: object) -> float:
     """sqrt(sum v**2) over ``values`` (any shape), scaled like :func:`norm`."""
     return norm(values)
+
+
+def unit(*arrays: object) -> float:
+    """A power of two near the largest |value| in ``arrays`` (1.0 when all are zero or not finite).
+
+    Dividing by it is exact and brings every value to at most 1, so squares of the quotients neither
+    overflow (values near 1e160) nor underflow (near 1e-170) while they are compared or summed.
+    """
+    top = max((float(np.max(np.abs(np.asarray(a, dtype=np.float64)))) for a in arrays if np.size(a)), default=0.0)
+    if not (top > 0 and math.isfinite(top)):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1])
