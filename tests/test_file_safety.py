@@ -281,3 +281,48 @@ def test_readers_survive_random_and_mutated_files(valid_npz, compressed, tmp_pat
             assert "case" in str(e), (case, str(e))
         case += 1
     assert case > 10
+
+
+# ---------------------------------------------------------------- mpo.torch.load
+
+
+def test_torch_load_validates_the_payload_and_names_the_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    import mpo.torch as mt
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 8))
+
+    compressed = model()
+    mt.compress(compressed, max_bond=2, progress=False)
+    good = tmp_path / "good.pt"
+    mt.save(compressed, good)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(mt.load(model(), good)(x), compressed(x))
+
+    payload = torch.load(good, weights_only=True)
+    bad_payloads = {
+        "nan.pt": lambda p: p["state_dict"]["0.cores.1"].fill_(float("nan")),
+        "huge.pt": lambda p: p["layers"]["0"].__setitem__("core_shapes", [[1, 2**20, 2**20, 1]] * 5),
+        "kind.pt": lambda p: p["layers"]["0"].__setitem__("kind", "Evil"),
+        "frozen.pt": lambda p: p["layers"]["0"].__setitem__("frozen", "yes"),
+    }
+    for name, change in bad_payloads.items():
+        broken = torch.load(good, weights_only=True)
+        change(broken)
+        torch.save(broken, tmp_path / name)
+        with pytest.raises(ValueError, match=name):
+            mt.load(model(), tmp_path / name)
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    for case in range(30):
+        path = tmp_path / f"mutated{case}.pt"
+        path.write_bytes(_mutate(data, rng) if case else b"")
+        try:
+            mt.load(model(), path)
+        except ValueError as e:
+            assert f"mutated{case}.pt" in str(e) or "saved" in str(e), str(e)
+        except RuntimeError as e:  # load_state_dict's own message for a state that does not fit
+            assert "state_dict" in str(e) or "size mismatch" in str(e), str(e)
+    assert payload["format"].startswith("mpo.torch")
