@@ -42,7 +42,8 @@ def unit(*arrays: object) -> float:
     Dividing by it is exact and brings every value to at most 1, so squares of the quotients neither
     overflow (values near 1e160) nor underflow (near 1e-170) while they are compared or summed.
     """
-    top = max((float(np.max(np.abs(np.asarray(a, dtype=np.float64)))) for a in arrays if np.size(a)), default=0.0)
+    values = [np.asarray(a, dtype=np.float64) for a in arrays]
+    top = max((float(np.max(np.abs(v))) for v in values if v.size), default=0.0)
     if not (top > 0 and math.isfinite(top)):
         return 1.0
     return math.ldexp(1.0, math.frexp(top)[1])

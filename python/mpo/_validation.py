@@ -208,8 +208,8 @@ def check_mpo_arrays(
         )
     if not (np.isfinite(errors).all() and (errors >= 0).all()):
         raise ValueError("truncation_errors must be finite and >= 0")
-    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not (math.isfinite(norm) and norm >= 0):
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not (math.isfinite(norm) and float(norm) >= 0):
         raise ValueError(f"norm must be a finite number >= 0, got {norm!r}")
     for k, limit in enumerate(limits or ()):
-        if not _is_int(limit) or limit < 0:  # type: ignore[operator]
+        if not _is_int(limit) or int(limit) < 0:
             raise ValueError(f"limits[{k}] must be an integer >= 0, got {limit!r}")

@@ -442,7 +442,7 @@ def _check_payload(payload: dict, source: str) -> None:
         if [None if v is None else tuple(v.shape) for _, v in saved] != [tuple(c) for c in shapes]:
             raise ValueError(f"{where}: its core_shapes {shapes} are not the shapes of its saved cores")
         for key, core in saved:
-            if not core.is_floating_point() or not bool(torch.isfinite(core).all()):
+            if core is None or not core.is_floating_point() or not bool(torch.isfinite(core).all()):
                 raise ValueError(f"{where}: the saved core {key!r} must hold finite floating-point values")
 
 
