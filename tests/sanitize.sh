@@ -22,8 +22,13 @@ configure=(cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=None "-DCMAKE_CXX_COM
            "-DPython_EXECUTABLE=$(command -v "$PYTHON")"
            "-Dpybind11_DIR=$("$PYTHON" -m pybind11 --cmakedir)")
 if command -v ninja >/dev/null; then configure+=(-G Ninja); fi
-[ -f "$BUILD/CMakeCache.txt" ] || "${configure[@]}" >/dev/null
-cmake --build "$BUILD" --target test_core _core >/dev/null
+mkdir -p "$BUILD"
+if [ ! -f "$BUILD/CMakeCache.txt" ] && ! "${configure[@]}" >"$BUILD/configure.log" 2>&1; then
+  tail -n 40 "$BUILD/configure.log"; exit 1
+fi
+if ! cmake --build "$BUILD" --target test_core _core >"$BUILD/build.log" 2>&1; then
+  grep -v '^\[' "$BUILD/build.log" | tail -n 60; exit 1
+fi
 
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1"
