@@ -3,7 +3,8 @@ with AddressSanitizer + UndefinedBehaviorSanitizer and runs the core test, the _
 kernel fuzz pass (tests/fuzz_core.py) under them. A sanitizer report makes the script fail.
 
 The build is kept in build/sanitize (MPO_SANITIZE_BUILD_DIR overrides it), so after the first run only
-what changed recompiles. MPO_SANITIZE=0 skips this test (e.g. on a machine without libasan).
+what changed recompiles. Opt-in for now (MPO_SANITIZE=1): its first build has not yet been timed on an
+idle machine against CI's limit (on a machine shared by seven builds it took far longer than that).
 """
 
 import os
@@ -30,7 +31,7 @@ def _tools_missing() -> str | None:
     return None
 
 
-@pytest.mark.skipif(os.environ.get("MPO_SANITIZE") == "0", reason="MPO_SANITIZE=0")
+@pytest.mark.skipif(os.environ.get("MPO_SANITIZE") != "1", reason="opt-in: MPO_SANITIZE=1")
 def test_core_and_bindings_are_clean_under_asan_and_ubsan():
     missing = _tools_missing()
     if missing:
