@@ -1,5 +1,6 @@
 #include "mpo/apply.hpp"
 
+#include "mpo/checked.hpp"
 #include "mpo/contract.hpp"
 #include "mpo/parallel.hpp"
 
@@ -18,15 +19,15 @@ PlanKind parse_plan(const std::string& name) {
   if (name == "auto") return PlanKind::automatic;
   if (name == "left") return PlanKind::left;
   if (name == "right") return PlanKind::right;
-  if (name == "centre") return PlanKind::centre;
-  throw std::invalid_argument("mpo: plan must be 'auto', 'left', 'right' or 'centre', got '" + name + "'");
+  if (name == "central") return PlanKind::central;
+  throw std::invalid_argument("mpo: plan must be 'auto', 'left', 'right' or 'central', got '" + name + "'");
 }
 
 std::string plan_name(PlanKind kind) {
   switch (kind) {
     case PlanKind::left: return "left";
     case PlanKind::right: return "right";
-    case PlanKind::centre: return "centre";
+    case PlanKind::central: return "central";
     default: return "auto";
   }
 }
@@ -111,13 +112,13 @@ class Simulator {
       s.state_dims.push_back(axes_[a].dim);
       if (!shared_state[a]) {
         s.state_perm.push_back(a);
-        s.kept *= axes_[a].dim;
+        s.kept = checked_mul(s.kept, axes_[a].dim, "a state of the product");
         next.push_back(axes_[a]);
       }
     }
     for (std::size_t a : shared_from) {
       s.state_perm.push_back(a);
-      s.inner *= axes_[a].dim;
+      s.inner = checked_mul(s.inner, axes_[a].dim, "a state of the product");
     }
     for (std::size_t c = 0; c < core.size(); ++c)
       if (shared_core[c]) s.core_perm.push_back(c);
@@ -125,18 +126,19 @@ class Simulator {
     for (std::size_t c = 0; c < core.size(); ++c) {
       if (!shared_core[c]) {
         s.core_perm.push_back(c);
-        s.fresh *= core[c].dim;
+        s.fresh = checked_mul(s.fresh, core[c].dim, "a state of the product");
         next.push_back(core[c]);
       }
     }
     axes_ = std::move(next);
+    (void)checked_mul(s.kept, s.fresh, "a state of the product");  // the next state's size
     return s;
   }
 
   const std::vector<Axis>& axes() const { return axes_; }
   Index size() const {
     Index total = 1;
-    for (const Axis& a : axes_) total *= a.dim;
+    for (const Axis& a : axes_) total = checked_mul(total, a.dim, "a state of the product");
     return total;
   }
 
@@ -154,9 +156,9 @@ double plan_flops(const std::vector<CoreShape>& cores, Index batch, bool transpo
   return flops;
 }
 
-// Centre outward: start at the central core, then take whichever neighbour of the contracted run is
+// Central core outward: start at the central core, then take whichever neighbour of the contracted run is
 // cheaper to add next (its cost depends on the bonds left open, so a fixed side order can lose).
-std::vector<std::size_t> centre_order(const std::vector<CoreShape>& cores, Index batch, bool transposed) {
+std::vector<std::size_t> central_order(const std::vector<CoreShape>& cores, Index batch, bool transposed) {
   const std::size_t n = cores.size();
   const std::size_t c = central_index(n);
   Simulator sim(cores, batch, transposed, false);
@@ -265,7 +267,7 @@ void permute_merged(const T* source, const std::vector<Index>& dims, const std::
 
 Index product_of(const std::vector<CoreShape>& cores, bool rows_side) {
   Index p = 1;
-  for (const CoreShape& c : cores) p *= rows_side ? c.rows : c.cols;
+  for (const CoreShape& c : cores) p = checked_mul(p, rows_side ? c.rows : c.cols, "a padded side of the matrix");
   return p;
 }
 
@@ -281,8 +283,8 @@ template <class T>
 CoreShape run_shape(const std::vector<CoreView<T>>& cores, std::size_t a, std::size_t b) {
   CoreShape acc = cores[a].shape;
   for (std::size_t m = a + 1; m <= b; ++m) {
-    acc.rows *= cores[m].shape.rows;
-    acc.cols *= cores[m].shape.cols;
+    acc.rows = checked_mul(acc.rows, cores[m].shape.rows, "a merged run of cores");
+    acc.cols = checked_mul(acc.cols, cores[m].shape.cols, "a merged run of cores");
     acc.right_bond = cores[m].shape.right_bond;
   }
   return acc;
@@ -342,11 +344,12 @@ std::vector<CoreShape> merged_shapes(const std::vector<CoreShape>& cores, const 
   for (std::size_t g : groups) {
     CoreShape acc = cores[k];
     for (std::size_t m = k + 1; m < k + g; ++m) {
-      acc.rows *= cores[m].rows;
-      acc.cols *= cores[m].cols;
+      acc.rows = checked_mul(acc.rows, cores[m].rows, "a merged run of cores");
+      acc.cols = checked_mul(acc.cols, cores[m].cols, "a merged run of cores");
       acc.right_bond = cores[m].right_bond;
     }
     *flops += tree.cost[k][k + g - 1];
+    checked_product({acc.left_bond, acc.rows, acc.cols, acc.right_bond}, "a merged run of cores");
     out.push_back(acc);
     k += g;
   }
@@ -362,7 +365,7 @@ std::vector<std::size_t> sweep_order(const std::vector<CoreShape>& cores, Index 
   } else if (kind == PlanKind::right) {
     for (std::size_t i = 0; i < n; ++i) order[i] = n - 1 - i;
   } else {
-    order = centre_order(cores, batch, transposed);
+    order = central_order(cores, batch, transposed);
   }
   return order;
 }
@@ -406,7 +409,11 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
   const MergeTree tree = merge_tree(cores);
   ApplyPlan best;
   bool have = false;
+  std::string refused;  // why the last candidate that did not fit was skipped
   for (std::size_t joined = 0; joined < groupings; ++joined) {
+    // A candidate whose merged cores or states do not fit in 64-bit sizes is skipped, not taken: the
+    // checked arithmetic of merged_shapes and the Simulator refuses it.
+    try {
     std::vector<std::size_t> groups{1};
     for (std::size_t b = 0; b + 1 < n; ++b) {
       if (joined >> b & 1)
@@ -416,7 +423,7 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
     }
     double merge = 0;
     const std::vector<CoreShape> shapes = merged_shapes(cores, groups, tree, &merge);
-    for (PlanKind k : {PlanKind::left, PlanKind::right, PlanKind::centre}) {
+    for (PlanKind k : {PlanKind::left, PlanKind::right, PlanKind::central}) {
       if (kind != PlanKind::automatic && k != kind) continue;
       ApplyPlan p;
       p.kind = k;
@@ -428,7 +435,11 @@ ApplyPlan search_plan(const std::vector<CoreShape>& cores, Index batch, bool tra
       if (!have || p.flops < best.flops) best = p;
       have = true;
     }
+    } catch (const std::length_error& e) {
+      refused = e.what();
+    }
   }
+  if (!have) throw std::length_error(refused);
   return best;
 }
 }  // namespace
@@ -510,7 +521,8 @@ const T* multiply_run(const std::vector<CoreView<T>>& cores, const MergeTree& tr
   const T* left = multiply_run(cores, tree, a, s, &left_storage);
   const T* right = multiply_run(cores, tree, s + 1, b, &right_storage);
   const CoreShape l = run_shape(cores, a, s), r = run_shape(cores, s + 1, b);
-  *storage = uninitialised<T>(l.left_bond * l.rows * l.cols * r.rows * r.cols * r.right_bond);
+  *storage = uninitialised<T>(
+      checked_product({l.left_bond, l.rows, l.cols, r.rows, r.cols, r.right_bond}, "a merged run of cores"));
   merge_pair(left, l, right, r, storage->get());
   return storage->get();
 }
@@ -625,6 +637,10 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
     throw std::invalid_argument("mpo: the output width must be in [1, " + std::to_string(padded_out) +
                                 "], got " + std::to_string(out_width));
   if (batch < 1) return;
+  // The padded input and output: every state of the sweep is at most these times the bonds, and the
+  // Simulator checks those; these two bound the padding copies below.
+  (void)checked_mul(batch, padded_in, "the padded input");
+  (void)checked_mul(batch, padded_out, "the padded output");
 
   // Zero padding of the input side: rows/columns the cores have but the matrix does not.
   std::vector<T> padded_x;
@@ -666,7 +682,7 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
   auto sweep = [&](const T* x0, Index rows, T* dst, bool fork) {
     const T* current = x0;
     // Two buffers sized once for the largest state, used in turn: the permuted state and the product.
-    Index largest = rows * std::max(padded_in, padded_out);
+    Index largest = checked_mul(rows, std::max(padded_in, padded_out), "a state of the product");
     {
       Simulator sim(shapes, rows, transposed, batch_last);
       for (std::size_t k : plan.order) {
@@ -709,7 +725,7 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
       } else if (is_identity(swapped)) {
         gemm(result, left, ConstMatrixMap<T>(core, s.fresh, s.inner).transpose());
       } else {
-        if (packed_size < s.inner * s.fresh) {
+        if (packed_size < checked_mul(s.inner, s.fresh, "a packed core")) {
           packed_size = s.inner * s.fresh;
           packed = uninitialised<T>(packed_size);
         }
@@ -772,8 +788,10 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
   // Each chunk reads every core again, so a chunk must also carry several times the largest core's
   // size in state (no chunking at all for rebuild-then-multiply, whose one core is the whole matrix).
   Index largest_core = 1;
-  for (const CoreShape& c : shapes) largest_core = std::max(largest_core, c.left_bond * c.rows * c.cols * c.right_bond);
-  const Index chunk = std::min(batch, std::max<Index>({8, (Index{1} << 16) / per_row, 4 * largest_core / per_row}));
+  for (const CoreShape& c : shapes)
+    largest_core = std::max(largest_core, checked_product({c.left_bond, c.rows, c.cols, c.right_bond}, "a core"));
+  const Index chunk =
+      std::min(batch, std::max<Index>({8, (Index{1} << 16) / per_row, checked_mul(4, largest_core, "a core") / per_row}));
   const Index chunks = (batch + chunk - 1) / chunk;
   if (batch_last || chunks == 1) {
     sweep(current, batch, out, true);
@@ -855,7 +873,7 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
   }
   // Prefix k (cores 0..k-1 at fixed row factors) is a (c_0···c_{k-1}) × d_k matrix.
   std::vector<Index> prefix_rows(n + 1, 1);
-  for (std::size_t k = 0; k < n; ++k) prefix_rows[k + 1] = prefix_rows[k] * c[k];
+  for (std::size_t k = 0; k < n; ++k) prefix_rows[k + 1] = checked_mul(prefix_rows[k], c[k], "a row prefix");
 
   // Sorting the ids orders them by (r_1, r_2, …): neighbours share the longest common prefixes.
   std::vector<std::size_t> order(ids.size());
@@ -875,8 +893,8 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
   }
   std::vector<Index> suffix_cols(n + 1, 1), suffix_rows(n + 1, 1);  // Π_{m>=k} c_m, Π_{m>=k} r_m
   for (std::size_t k = n; k-- > 0;) {
-    suffix_cols[k] = suffix_cols[k + 1] * c[k];
-    suffix_rows[k] = suffix_rows[k + 1] * r[k];
+    suffix_cols[k] = checked_mul(suffix_cols[k + 1], c[k], "a row suffix");
+    suffix_rows[k] = checked_mul(suffix_rows[k + 1], r[k], "a row suffix");
   }
   std::size_t split = n;
   {
@@ -903,8 +921,8 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
   if (split < n) {
     std::vector<T> next, slice;
     for (std::size_t k = n; k-- > split;) {
-      const Index entry = left[k] * suffix_cols[k];  // values per entry at level k
-      std::vector<T> current(static_cast<std::size_t>(suffix_rows[k] * entry));
+      const Index entry = checked_mul(left[k], suffix_cols[k], "a row table");  // values per entry at level k
+      std::vector<T> current(static_cast<std::size_t>(checked_mul(suffix_rows[k], entry, "a row table")));
       slice.resize(static_cast<std::size_t>(left[k] * c[k] * right[k]));
       for (Index d = 0; d < r[k]; ++d) {
         // Slice T_k[:, d, :, :] made contiguous: (d_{k-1}·c_k) × d_k.
@@ -929,7 +947,8 @@ void rows(const std::vector<CoreView<T>>& cores, bool transposed, const std::vec
   auto work = [&](std::size_t begin, std::size_t end) {
     std::vector<std::vector<T>> prefix(n + 1);
     prefix[0].assign(1, T(1));
-    for (std::size_t k = 1; k <= split; ++k) prefix[k].resize(static_cast<std::size_t>(prefix_rows[k] * right[k - 1]));
+    for (std::size_t k = 1; k <= split; ++k)
+      prefix[k].resize(static_cast<std::size_t>(checked_mul(prefix_rows[k], right[k - 1], "a row prefix")));
     std::vector<T> row(split < n ? static_cast<std::size_t>(padded_out) : 0);
     std::vector<Index> digits(n), previous(n, -1);
     for (std::size_t t = begin; t < end; ++t) {

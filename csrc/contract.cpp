@@ -1,5 +1,6 @@
 #include "mpo/contract.hpp"
 
+#include "mpo/checked.hpp"
 #include "mpo/parallel.hpp"
 
 #include <stdexcept>
@@ -112,13 +113,15 @@ Matrix<T> rebuild(const std::vector<Core<T>>& cores) {
     factors.in_shape.push_back(c.rows);
     factors.out_shape.push_back(c.cols);
   }
+  // The dense size first: the partial products below would otherwise fail on their way to it.
+  (void)checked_mul(factors.rows(), factors.cols(), "the dense matrix");
   // Left to right: (i_1 j_1 … i_k j_k) × d_k times the right unfolding of core k+1.
   Matrix<T> partial = cores[0].data;
   for (std::size_t k = 1; k < cores.size(); ++k) {
     const Core<T>& c = cores[k];
     Matrix<T> next = multiply<T>(partial, c.right_unfolding());
     // Same coefficients, read as (… i_k j_k) × d_k: resize keeps the buffer when the size is unchanged.
-    next.resize(next.rows() * c.rows * c.cols, c.right_bond);
+    next.resize(checked_product({next.rows(), c.rows, c.cols}, "a partial product of the cores"), c.right_bond);
     partial.swap(next);
   }
   Matrix<T> dense(factors.rows(), factors.cols());

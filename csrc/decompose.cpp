@@ -35,7 +35,7 @@ Core<T> make_core(Index left, Index rows, Index cols, Index right, Matrix<T> dat
   return c;
 }
 
-// Core k as the identity between its two unfoldings' long sides: left of the centre (d_{k-1}·i_k·j_k)
+// Core k as the identity between its two unfoldings' long sides: left of the central core (d_{k-1}·i_k·j_k)
 // × d_k with d_k = d_{k-1}·i_k·j_k, right of it d_{k-1} × (i_k·j_k·d_k) with d_{k-1} = i_k·j_k·d_k.
 template <class T>
 Core<T> identity_core(Index left, Index rows, Index cols, Index right) {
@@ -71,19 +71,19 @@ Spectrum shift_left(std::vector<Core<T>>& cores, std::size_t k) {
 
 }  // namespace
 
-// The canonical form of a chain the sweep left in mixed canonical form: cores left of the centre
-// left-orthonormal, cores right of it right-orthonormal, the centre holding the rest. Each bond then
-// needs only a rotation, not a new orthogonalisation: for a bond left of the centre, everything to its
+// The canonical form of a chain the sweep left in mixed canonical form: cores left of the central core
+// left-orthonormal, cores right of it right-orthonormal, the central core holding the rest. Each bond then
+// needs only a rotation, not a new orthogonalisation: for a bond left of the central core, everything to its
 // right is (core k)·diag(σ_k)·(orthonormal rows) once bond k is ordered, so the split of the small
-// weighted core k alone gives the bond's singular vectors and values. Working outwards from the centre
+// weighted core k alone gives the bond's singular vectors and values. Working outwards from the central core
 // this is one split per bond on the cores themselves, where `canonicalize` makes three sweeps.
 template <class T>
-std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores, bool centre_right_ordered) {
+std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores, bool central_right_ordered) {
   validate_cores(cores);
   const std::size_t n = cores.size();
   const std::size_t c = central_index(n);
   std::vector<Spectrum> spectra(n - 1);
-  // Left bonds, centre outwards. The centre's own rows need no weights: the cores right of it are
+  // Left bonds, from the central core outwards. The central core's own rows need no weights: the cores right of it are
   // right-orthonormal.
   for (std::size_t k = c; k >= 1; --k) {
     Core<T>& core = cores[k];
@@ -101,12 +101,12 @@ std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores, bool centre_right
     previous = make_core<T>(previous.left_bond, previous.rows, previous.cols, rank, std::move(merged));
     spectra[k - 1] = std::move(s.spectrum);
   }
-  // Right bonds, centre outwards, the mirror image.
+  // Right bonds, from the central core outwards, the mirror image.
   for (std::size_t k = c; k + 1 < n; ++k) {
     Core<T>& core = cores[k];
     Core<T>& next = cores[k + 1];
-    if (k == c && centre_right_ordered) {
-      // The rotations of the left bonds act on the centre's left index only, which keeps its columns
+    if (k == c && central_right_ordered) {
+      // The rotations of the left bonds act on the central core's left index only, which keeps its columns
       // orthogonal with the same norms: bond c's spectrum is read off them.
       const auto unfolding = core.left_unfolding();
       spectra[k].resize(unfolding.cols());
@@ -144,12 +144,12 @@ std::vector<Spectrum> canonicalize(std::vector<Core<T>>& cores) {
   for (std::size_t k = n - 1; k >= 1; --k) shift_left(cores, k);
   // Left to right with ordered splits: at step k everything left of core k is left-orthonormal and
   // everything right of it right-orthonormal, so the split of core k is the SVD of the whole matrix's
-  // bond-k unfolding (its spectrum, its exact rank). Past the centre the sweep only orthogonalises.
+  // bond-k unfolding (its spectrum, its exact rank). Past the central core the sweep only orthogonalises.
   for (std::size_t k = 0; k + 1 < n; ++k) {
     Spectrum s = shift_right(cores, k);
     if (k < c) spectra[k] = std::move(s);
   }
-  // Right to left back to the centre, recording the right bonds' spectra.
+  // Right to left back to the central core, recording the right bonds' spectra.
   for (std::size_t k = n - 1; k > c; --k) spectra[k - 1] = shift_left(cores, k);
   return spectra;
 }
@@ -182,9 +182,19 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   out.spectra.resize(n - 1);
   out.truncation_errors.assign(n - 1, 0.0);
   out.cut.assign(n - 1, false);
-  out.norm = ConstMatrixMap<T>(data, rows, cols).template cast<double>().norm();
-  if (!std::isfinite(out.norm) || (out.norm > 0 && out.norm < 1e-100))  // squares over- or underflowed
-    out.norm = ConstMatrixMap<T>(data, rows, cols).template cast<double>().stableNorm();
+  const auto matrix = ConstMatrixMap<T>(data, rows, cols).template cast<double>();
+  out.norm = matrix.norm();
+  // The plain sum of squares over- or underflows outside ~1e±150: entries all below ~1e-162 summed to
+  // 0 and the matrix was taken for zero. Then the largest entry decides, and a scaled sum gives the norm.
+  if (!std::isfinite(out.norm) || out.norm < 1e-100) {
+    if (!matrix.allFinite()) throw std::invalid_argument("mpo: the matrix has NaN or infinite entries");
+    const double largest = matrix.cwiseAbs().maxCoeff();
+    out.norm = largest > 0 ? matrix.stableNorm() : 0.0;
+    if (!std::isfinite(out.norm))
+      throw std::overflow_error("mpo: the matrix's Frobenius norm does not fit in a double (largest |entry| " +
+                                std::to_string(largest) + ", " + std::to_string(rows) + "x" +
+                                std::to_string(cols) + " entries); scale the matrix down");
+  }
 
   // Gram matrices square the data: float32 entries of ~1e±19 (double: ~1e±150) overflow or underflow
   // there. Such a matrix is decomposed scaled by a power of two that brings its root mean square near
@@ -197,15 +207,20 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     Matrix<T> scaled = ConstMatrixMap<T>(data, rows, cols);
     for (Index i = 0; i < scaled.size(); ++i) scaled.data()[i] = std::ldexp(scaled.data()[i], shift);
     Decomposition<T> result = decompose<T>(scaled.data(), rows, cols, factors, options);
-    Core<T>& centre = result.cores[central_index(n)];
-    for (Index i = 0; i < centre.data.size(); ++i) centre.data.data()[i] = std::ldexp(centre.data.data()[i], -shift);
+    Core<T>& central = result.cores[central_index(n)];
+    for (Index i = 0; i < central.data.size(); ++i) central.data.data()[i] = std::ldexp(central.data.data()[i], -shift);
+    // The central core carries the scale: values of up to σ_max, which float32 cannot always hold.
+    if (!central.data.allFinite())
+      throw std::overflow_error(std::string("mpo: the central core would hold values beyond the largest ") +
+                                (std::is_same<T, float>::value ? "float32" : "float64") + " (the matrix's norm is " +
+                                std::to_string(out.norm) + "); decompose it in float64 or scale it down");
     for (Spectrum& spectrum : result.spectra) spectrum *= std::ldexp(1.0, -shift);
     for (double& e : result.truncation_errors) e = std::ldexp(e, -shift);
     result.norm = out.norm;
     return result;
   }
 
-  // Outer steps a cap leaves whole. A step whose unfolding has as many rows (left of the centre) or
+  // Outer steps a cap leaves whole. A step whose unfolding has as many rows (left of the central core) or
   // columns (right of it) as its full bond, and whose cap does not cut that bond, keeps everything: its
   // split is only a change of basis of the bond. When a cap cuts some other bond, order_bonds puts every
   // bond in order at the end anyway, from the small cores. So a run of such steps from either end takes
@@ -318,7 +333,7 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
   }
   Index right = 1;
   bool right_whole = options.allow_whole && cuts;
-  bool centre_right_ordered = true;  // bond c is split in order by the last right step (order_bonds)
+  bool central_right_ordered = true;  // bond c is split in order by the last right step (order_bonds)
   for (std::size_t k = n - 1; k > c; --k) {
     const Index pair = factors.in_shape[k] * factors.out_shape[k];
     const Index width = pair * right;
@@ -327,7 +342,7 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
       out.cores[k] = identity_core<T>(width, factors.in_shape[k], factors.out_shape[k], right);
       right = width;
       whole_steps = true;
-      centre_right_ordered = k > c + 1;
+      central_right_ordered = k > c + 1;
       continue;
     }
     split_options.max_rank = caps[k - 1];
@@ -347,9 +362,9 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     // longer exactly ordered by the singular values of the MPO's own unfoldings. One sweep over the
     // (now small) cores restores that, which keeps later truncation optimal and the bound valid. The
     // sweep left the cores in mixed canonical form, so rotating each bond suffices.
-    // The last step split bond c (right of the centre) on the final remainder: that bond is already
+    // The last step split bond c (right of the central core) on the final remainder: that bond is already
     // in order, and only the bonds split before it are rotated (unless that step was a whole one).
-    out.spectra = order_bonds(out.cores, centre_right_ordered);
+    out.spectra = order_bonds(out.cores, central_right_ordered);
   }
   return out;
 }

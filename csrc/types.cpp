@@ -1,5 +1,7 @@
 #include "mpo/types.hpp"
 
+#include "mpo/checked.hpp"
+
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -7,23 +9,23 @@
 namespace mpo {
 
 namespace {
-Index product(const std::vector<Index>& xs, std::size_t begin, std::size_t end) {
+Index product(const std::vector<Index>& xs, std::size_t begin, std::size_t end, const char* what) {
   Index p = 1;
-  for (std::size_t k = begin; k < end; ++k) p *= xs[k];
+  for (std::size_t k = begin; k < end; ++k) p = checked_mul(p, xs[k], what);
   return p;
 }
 }  // namespace
 
-Index Factors::rows() const { return product(in_shape, 0, in_shape.size()); }
-Index Factors::cols() const { return product(out_shape, 0, out_shape.size()); }
+Index Factors::rows() const { return product(in_shape, 0, in_shape.size(), "the product of the row factors"); }
+Index Factors::cols() const { return product(out_shape, 0, out_shape.size(), "the product of the column factors"); }
 
 std::vector<Index> Factors::full_bonds() const {
   const std::size_t count = n();
   std::vector<Index> pairs(count);
-  for (std::size_t k = 0; k < count; ++k) pairs[k] = in_shape[k] * out_shape[k];
+  for (std::size_t k = 0; k < count; ++k) pairs[k] = checked_mul(in_shape[k], out_shape[k], "a factor pair i_k j_k");
   std::vector<Index> bonds(count - 1);
   for (std::size_t k = 0; k + 1 < count; ++k)
-    bonds[k] = std::min(product(pairs, 0, k + 1), product(pairs, k + 1, count));
+    bonds[k] = std::min(product(pairs, 0, k + 1, "a full bond"), product(pairs, k + 1, count, "a full bond"));
   return bonds;
 }
 
@@ -41,15 +43,24 @@ void Factors::validate() const {
                                   " = " + std::to_string(in_shape[k]) + ", j_" +
                                   std::to_string(k + 1) + " = " + std::to_string(out_shape[k]));
   }
+  // Every later size is a product of these: refuse factors whose products do not fit.
+  (void)rows();
+  (void)cols();
+  (void)full_bonds();
 }
 
 void check_chain(const std::vector<CoreShape>& cores) {
+  Index padded_rows = 1, padded_cols = 1;
   if (cores.size() < 2)
     throw std::invalid_argument("mpo: an MPO needs n >= 2 cores, got " + std::to_string(cores.size()));
   for (std::size_t k = 0; k < cores.size(); ++k) {
     const CoreShape& c = cores[k];
     if (c.left_bond < 1 || c.rows < 1 || c.cols < 1 || c.right_bond < 1)
       throw std::invalid_argument("mpo: core " + std::to_string(k) + " has an empty dimension");
+    // The kernels size buffers by these products (a core, the padded sides): each must fit.
+    checked_product({c.left_bond, c.rows, c.cols, c.right_bond}, "a core's size");
+    padded_rows = checked_mul(padded_rows, c.rows, "the product of the cores' row factors");
+    padded_cols = checked_mul(padded_cols, c.cols, "the product of the cores' column factors");
     if (k == 0 && c.left_bond != 1)
       throw std::invalid_argument("mpo: the first core's left bond must be 1, got " +
                                   std::to_string(c.left_bond));

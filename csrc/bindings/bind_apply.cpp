@@ -102,7 +102,7 @@ void register_apply(py::module_& m) {
       py::arg("cores"), py::arg("transposed"), py::arg("x"), py::arg("batch_last"), py::arg("out_width"),
       py::arg("plan") = "auto", py::arg("merge") = true,
       "X @ M (X @ M.T when transposed) through the cores, X (batch, width) C-contiguous, or M @ X with\n"
-      "batch_last and X (width, batch). Cores are converted to X's dtype. plan: auto/left/right/centre;\n"
+      "batch_last and X (width, batch). Cores are converted to X's dtype. plan: auto/left/right/central;\n"
       "merge=False forbids merging neighbouring cores before the sweep.");
   m.def(
       "rows",

@@ -93,7 +93,7 @@ void register_decompose(py::module_& m) {
         });
       },
       py::arg("cores"), py::arg("dtype"),
-      "Canonical form of cores already in mixed canonical form (left of the centre left-orthonormal,\n"
+      "Canonical form of cores already in mixed canonical form (left of the central core left-orthonormal,\n"
       "right of it right-orthonormal; not checked): each bond rotated; returns (cores, spectra).");
   m.def(
       "symmetric_eigen",

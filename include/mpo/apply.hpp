@@ -25,9 +25,9 @@ struct CoreView {
   const T* data = nullptr;
 };
 
-enum class PlanKind { automatic, left, right, centre };
+enum class PlanKind { automatic, left, right, central };
 
-// Parse "auto", "left", "right", "centre"; throws std::invalid_argument naming the value.
+// Parse "auto", "left", "right", "central"; throws std::invalid_argument naming the value.
 PlanKind parse_plan(const std::string& name);
 std::string plan_name(PlanKind kind);
 

@@ -37,19 +37,19 @@ template <class T>
 Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors& factors,
                            const DecomposeOptions& options = {});
 
-// Bring any cores to the exact mixed canonical form (centre (n-1)/2) of the matrix they represent and
+// Bring any cores to the exact mixed canonical form (central index (n-1)/2) of the matrix they represent and
 // return that matrix's bond spectra. Zero singular values are dropped, so every bond ends at the exact
 // rank of its unfolding. Costs a few splits per core, never one of the dense matrix.
 template <class T>
 std::vector<Spectrum> canonicalize(std::vector<Core<T>>& cores);
 
 // The same canonical form for cores already in mixed canonical form around (n-1)/2 (cores left of the
-// centre left-orthonormal, right of it right-orthonormal), as a truncated sweep leaves them: each bond
+// central core left-orthonormal, right of it right-orthonormal), as a truncated sweep leaves them: each bond
 // is only rotated, by one split of its neighbour core weighted with the next bond's spectrum, working
-// outwards from the centre. That orthonormality is the caller's promise; it is not checked.
-// `centre_right_ordered` promises more: the centre's left unfolding already has orthogonal columns in
+// outwards from the central core. That orthonormality is the caller's promise; it is not checked.
+// `central_right_ordered` promises more: the central core's left unfolding already has orthogonal columns in
 // descending norm (the sweep's last split leaves it so), and bond c is left as it is.
 template <class T>
-std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores, bool centre_right_ordered = false);
+std::vector<Spectrum> order_bonds(std::vector<Core<T>>& cores, bool central_right_ordered = false);
 
 }  // namespace mpo

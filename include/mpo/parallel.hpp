@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -42,13 +43,33 @@ inline int block_count(double work, double pieces = std::numeric_limits<double>:
                                                 work / kParallelWork + 1})));
 }
 
+// body(0..blocks-1), block 0 on the calling thread and the others each on a thread of their own. An
+// exception escaping a std::thread calls std::terminate (an out-of-memory in a worker aborted the
+// interpreter), so every block catches its own, every thread is joined, and the first block's
+// exception in block order is rethrown here, on the caller's thread. A thread that cannot be started
+// runs its block on the calling thread instead.
 template <class F>
 void run_blocks(int blocks, F&& body) {
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(std::max(blocks, 1)));
+  auto guarded = [&body, &errors](int b) noexcept {
+    try {
+      body(b);
+    } catch (...) {
+      errors[static_cast<std::size_t>(b)] = std::current_exception();
+    }
+  };
   std::vector<std::thread> workers;
-  workers.reserve(static_cast<std::size_t>(blocks - 1));
-  for (int b = 1; b < blocks; ++b) workers.emplace_back([&body, b] { body(b); });
-  body(0);
+  int started = 1;
+  try {
+    workers.reserve(static_cast<std::size_t>(std::max(blocks - 1, 0)));
+    for (; started < blocks; ++started) workers.emplace_back(guarded, started);
+  } catch (...) {  // no memory or no thread: the rest run here
+  }
+  guarded(0);
+  for (int b = started; b < blocks; ++b) guarded(b);
   for (std::thread& w : workers) w.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 inline std::pair<Index, Index> block_range(Index size, int blocks, int b) {

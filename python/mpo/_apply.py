@@ -24,7 +24,7 @@ from . import _core
 
 __all__ = ["PLANS", "Operator", "matmul", "rmatmul", "rows", "matmul_flops", "aslinearoperator"]
 
-PLANS = ("auto", "left", "right", "centre")
+PLANS = ("auto", "left", "right", "central")
 
 
 class Operator(Protocol):
@@ -143,13 +143,18 @@ def matmul(m: Operator, x: object, plan: str = "auto") -> np.ndarray:
 def rows(m: Operator, ids: object) -> np.ndarray:
     """M[ids] for an integer array ``ids`` of any shape; result shape ids.shape + (J,)."""
     a = np.asarray(ids)
+    if a.size == 0 and a.dtype.kind == "f" and not isinstance(ids, np.ndarray):
+        a = a.astype(np.int64)  # M[[]] is an empty selection: a Python [] reaches NumPy as float64
     if a.dtype.kind not in "iu":
         raise TypeError(f"rows: ids must be integers, got dtype {a.dtype}")
     count = m.shape[0]
-    flat = a.reshape(-1).astype(np.int64, copy=False)
-    bad = np.flatnonzero((flat < -count) | (flat >= count))
+    # Range-checked in the ids' own dtype, before any cast: uint64 2**64 - 1 cast to int64 is -1 (the
+    # last row), and 2**63 a negative number.
+    flat_ids = a.reshape(-1)
+    bad = np.flatnonzero(flat_ids >= count if a.dtype.kind == "u" else (flat_ids < -count) | (flat_ids >= count))
     if bad.size:
-        raise IndexError(f"rows: id {int(flat[bad[0]])} is out of range for an MPO with {count} rows")
+        raise IndexError(f"rows: id {int(flat_ids[bad[0]])} is out of range for an MPO with {count} rows")
+    flat = flat_ids.astype(np.int64, copy=False)
     # Negative ids count from the end, as in M[ids]; padding rows are never reachable.
     flat = np.where(flat < 0, flat + count, flat)
     out = _core.rows(m.stored_cores, m.transposed, np.ascontiguousarray(flat), m.shape[1], m.dtype.name)

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _budget, _core
+from . import _budget, _core, _scaled
 from ._mpo import MPO
 from ._shape import ShapePlan, full_bonds, pad
 from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape, parse_tol
-from ._weighted import weigh_rows
+from ._weighted import plain_measures, weigh_rows
 
 __all__ = ["decompose"]
 
@@ -53,7 +53,11 @@ def _budget_decompose(
     if start is None:
         smallest = _budget.layout_params(pairs, [1] * len(limits)) + extra
         raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
-    tensor = _budget.interleaved(padded, plan.in_shape, plan.out_shape)
+    # The search squares values (Gram matrices, energies): it runs on the matrix in units of a power of
+    # two near its largest entry (exact), and the scale goes back on the central core, spectra, errors
+    # and norm at the end (at 1e160 an unscaled Gram matrix overflowed and eigh failed).
+    unit = _scaled.unit(padded)
+    tensor = _budget.interleaved(padded / unit if unit != 1.0 else padded, plan.in_shape, plan.out_shape)
     sweep = _budget.Sweep(tensor, plan.in_shape, plan.out_shape)
     best, _ = _budget.search(sweep, start, limits, allowed)
     cores, discarded = sweep.build(best)
@@ -61,14 +65,22 @@ def _budget_decompose(
     # Order every bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read):
     # the sweep left the cores in mixed canonical form, so the core's bond rotation applies.
     cores, spectra = _core.order_bonds([np.ascontiguousarray(c) for c in cores], "float64")
+    central = (len(cores) - 1) // 2
+    cores[central] = cores[central] * unit  # the cores around it are orthonormal
+    spectra = [s * unit for s in spectra]
     cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
+    if not np.isfinite(cores[central]).all():
+        raise OverflowError(f"the central core would hold values beyond the largest {np.dtype(dtype).name}; "
+                            "decompose in float64 or scale the matrix down")
     cut = [d > total * 1e-24 for d in discarded]
+    if row_scale is not None and plain is not None and any(cut):
+        plain = _own_plain(cores, spectra, shape, row_scale, plain[0])
     searched = MPO(
         cores,
         shape=shape,
         spectra=spectra,
-        truncation_errors=np.sqrt(discarded),
-        norm=math.sqrt(total),
+        truncation_errors=np.sqrt(discarded) * unit,
+        norm=math.sqrt(total) * unit,
         cut_max_bonds=[cap if was_cut else 0 for cap, was_cut in zip(best, cut)],
         spectra_of_matrix=False,
         row_scale=row_scale,
@@ -177,6 +189,8 @@ def _from_sweep(
     """The MPO of ``_core.decompose``'s result; ``sweep_exact``: it is what the caller returns, so its
     truncation errors are the sweep's true error (``MPO.exact_error``)."""
     cut = raw["cut"]
+    if row_scale is not None and plain is not None and any(cut):
+        plain = _own_plain(raw["cores"], raw["spectra"], shape, row_scale, plain[0])
     return MPO(
         raw["cores"],
         shape=shape,
@@ -190,3 +204,15 @@ def _from_sweep(
         plain=plain,
         sweep_exact=sweep_exact,
     )
+
+
+def _own_plain(
+    cores: Sequence[np.ndarray], spectra: Sequence[np.ndarray], shape: tuple[int, int], row_scale: np.ndarray,
+    norm: float,
+) -> tuple[float, list[np.ndarray]]:
+    """(||M||_F, the spectra of the cut MPO's own plain matrix diag(row_scale) @ cores): what a cut
+    row-weighted MPO reports as its plain entropy (0 <= S_k <= ln d_k, docs/API.md), not M's spectra,
+    whose entropy may exceed ln d_k. One exact sweep of the plain matrix, as ``MPO.truncate`` does."""
+    cut = MPO(cores, shape=shape, spectra=spectra, truncation_errors=np.zeros(len(spectra)), norm=1.0)
+    dense = cut.to_dense() * row_scale[:, None].astype(cut.dtype)
+    return norm, plain_measures(dense, cut)[1]

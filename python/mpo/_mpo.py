@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _apply, _core, _truncation, io
+from . import _apply, _core, _scaled, _truncation, io
 from ._result import measured_relative_error
 from ._shape import full_bonds
-from ._validation import parse_max_bond, parse_ratio, parse_tol
+from ._validation import check_mpo_arrays, parse_max_bond, parse_ratio, parse_tol
 from ._weighted import plain_measures
 
 __all__ = ["MPO", "load"]
@@ -92,7 +92,7 @@ class MPO:
             raise ValueError(f"an MPO needs n >= 2 cores, got {len(cores)}")
         dtype = cores[0].dtype
         if dtype not in (np.float32, np.float64):
-            raise TypeError(f"cores must be float32 or float64, got {dtype}")
+            raise TypeError(f"cores must have dtype float32 or float64, got {dtype}")
         for k, c in enumerate(cores):
             if c.ndim != 4:
                 raise ValueError(f"core {k} must be 4-way (d_(k-1), i_k, j_k, d_k), got shape {c.shape}")
@@ -108,6 +108,10 @@ class MPO:
         if cores[-1].shape[3] != 1:
             raise ValueError(f"the last core's right bond must be 1, got {cores[-1].shape[3]}")
         n = len(cores)
+        if len(spectra) != n - 1:
+            raise ValueError(f"need n-1 = {n - 1} spectra, got {len(spectra)}")
+        # Finite values, sizes the kernels can take, 1-D spectra and errors: arrays may come from any file.
+        check_mpo_arrays(cores, spectra, truncation_errors, norm, cut_max_bonds if cut_max_bonds is not None else limits)
         if len(spectra) != n - 1 or len(truncation_errors) != n - 1:
             raise ValueError(
                 f"need n-1 = {n - 1} spectra and truncation errors, got {len(spectra)} and {len(truncation_errors)}"
@@ -144,7 +148,10 @@ class MPO:
                 raise ValueError(
                     f"a row-weighted MPO needs plain = (norm, n-1 = {n - 1} spectra) of the unweighted matrix"
                 )
-            self._plain = (float(plain[0]), [_frozen(np.asarray(p, dtype=np.float64).copy()) for p in plain[1]])
+            plain_spectra = [_frozen(np.asarray(p, dtype=np.float64).copy()) for p in plain[1]]
+            if not (math.isfinite(float(plain[0])) and all(np.isfinite(p).all() and p.ndim == 1 for p in plain_spectra)):
+                raise ValueError("a row-weighted MPO's plain norm and spectra must be finite and 1-D")
+            self._plain = (float(plain[0]), plain_spectra)
 
     def _prod(self, axis: int) -> int:
         return math.prod(c.shape[axis] for c in self._cores)
@@ -367,7 +374,9 @@ class MPO:
         """
         if not self._sweep_exact or self._row_scale is not None:
             return None
-        energy = float(np.sum(self._errors**2))
+        # Energies in units of the largest error (squares of 1e160 overflow, of 1e-170 vanish).
+        unit = _scaled.unit(self._errors)
+        energy = float(np.sum((self._errors / unit) ** 2))
         # In the stored cores' orientation, which the row lookups below read.
         flip = slice(None, None, -1 if self._transposed else 1)
         (rows, cols), (padded_rows, padded_cols) = self._shape[flip], self.padded_shape[flip]
@@ -375,12 +384,12 @@ class MPO:
         if padded_rows > rows:  # whole padding rows, padding columns included
             ids = np.arange(rows, padded_rows, dtype=np.int64)
             extra = _core.rows(self._base, False, ids, padded_cols, dtype)
-            energy -= float(np.sum(extra.astype(np.float64) ** 2))
+            energy -= float(np.sum((extra.astype(np.float64) / unit) ** 2))
         if padded_cols > cols:  # padding columns of M's own rows
             ids = np.arange(cols, padded_cols, dtype=np.int64)
             extra = _core.rows(self._base, True, ids, rows, dtype)
-            energy -= float(np.sum(extra.astype(np.float64) ** 2))
-        return math.sqrt(max(energy, 0.0))
+            energy -= float(np.sum((extra.astype(np.float64) / unit) ** 2))
+        return math.sqrt(max(energy, 0.0)) * unit
 
     def relative_error(self, *, M: object = None) -> float:
         """||M - MPO||_F / ||M||_F (the interface every result shares, ``mpo._result``).
@@ -488,7 +497,7 @@ class MPO:
 
     def matmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
         """M @ X as ``m @ X``, with the contraction order forced by ``plan`` ("auto", "left", "right",
-        "centre"); the result is the same for every plan up to rounding, only the time differs."""
+        "central"); the result is the same for every plan up to rounding, only the time differs."""
         return _apply.matmul(self, x, plan)
 
     def rmatmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
@@ -508,7 +517,7 @@ class MPO:
     def matmul_flops(self, batch: int, *, plan: str = "auto") -> dict:
         """FLOPs of ``X @ m`` for X with ``batch`` rows, next to the dense 2 * batch * I * J.
 
-        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "centre"), "groups" (sizes
+        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "central"), "groups" (sizes
         of the runs of neighbouring cores multiplied together first; all 1 when none are, one run of n
         is rebuild-then-multiply), "order" (the merged cores in contraction order), "merge_flops",
         "mpo" (all FLOPs of the plan, summed from the GEMMs it runs), "dense", "ratio" (mpo / dense:
@@ -583,7 +592,7 @@ class MPO:
             left = 1 if k == 0 else keep[k - 1]
             right = 1 if k == self.n - 1 else keep[k]
             cores.append(np.ascontiguousarray(c[:left, :, :, :right]))
-        dropped = _truncation.dropped_energy(self._spectra, keep)
+        dropped = _truncation.dropped_norms(self._spectra, keep)
         cut_max_bonds = _truncation.cut_max_bonds_after(self._cut_max_bonds, keep, dropped, caps)
         spectra = [s[:r] for s, r in zip(self._spectra, keep)]
         spectra_of_matrix = self._spectra_of_matrix
@@ -699,3 +708,5 @@ def load(path: str | os.PathLike[str]) -> MPO:
         return MPO.from_arrays(arrays)
     except KeyError as exc:
         raise ValueError(f"{os.fspath(path)!r} is missing the entry {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # the constructor's checks, with the file named
+        raise ValueError(f"{os.fspath(path)!r} does not hold a valid MPO: {exc}") from None

@@ -17,11 +17,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import _scaled
 from ._budget import ratio_floor_message
 
 __all__ = [
     "consistent",
-    "dropped_energy",
+    "dropped_norms",
     "combined_errors",
     "bonds_for_max_bond",
     "bonds_for_tol",
@@ -40,23 +41,25 @@ def consistent(bonds: Sequence[int], in_shape: Sequence[int], out_shape: Sequenc
     )
 
 
-def dropped_energy(spectra: Sequence[np.ndarray], keep: Sequence[int]) -> np.ndarray:
-    """delta_k^2: the energy a cut to ``keep`` drops at each bond."""
-    return np.array([float(np.sum(s[r:] ** 2)) for s, r in zip(spectra, keep)])
+def dropped_norms(spectra: Sequence[np.ndarray], keep: Sequence[int]) -> np.ndarray:
+    """delta_k = ||spectra[k][keep[k]:]||: the Frobenius norm a cut to ``keep`` drops at each bond,
+    computed scaled (finite and nonzero whenever the true value is)."""
+    return np.array([_scaled.root_sum_squares(s[r:]) for s, r in zip(spectra, keep)])
 
 
 def combined_errors(errors: np.ndarray, dropped: np.ndarray, spectra_of_matrix: bool) -> np.ndarray:
     """Per-bond eps_k of an MPO with truncation errors ``errors`` followed by a cut dropping ``dropped``
-    (delta_k^2) per bond."""
-    old = errors**2
+    (delta_k, a norm) per bond. Computed in units of the largest value, so any finite scale works."""
+    unit = _scaled.unit(errors, dropped)
+    old, new = (np.asarray(errors, dtype=np.float64) / unit) ** 2, (np.asarray(dropped, dtype=np.float64) / unit) ** 2
     if spectra_of_matrix:
-        return np.sqrt(old + dropped)
+        return np.sqrt(old + new) * unit
     # Triangle inequality ||M - M''|| <= E + D with E^2 = sum eps^2, D^2 = sum delta^2, spread over
     # the bonds: eps'^2 = eps^2 (1 + D/E) + delta^2 (1 + E/D) sums to exactly (E + D)^2.
-    e, d = math.sqrt(float(old.sum())), math.sqrt(float(dropped.sum()))
+    e, d = math.sqrt(float(old.sum())), math.sqrt(float(new.sum()))
     if e == 0 or d == 0:
-        return np.sqrt(old + dropped)
-    return np.sqrt(old * (1 + d / e) + dropped * (1 + e / d))
+        return np.sqrt(old + new) * unit
+    return np.sqrt(old * (1 + d / e) + new * (1 + e / d)) * unit
 
 
 def bonds_for_max_bond(bonds: Sequence[int], max_bond: Sequence[int], cut_max_bonds: Sequence[int]) -> list[int]:
@@ -95,6 +98,9 @@ def bonds_for_tol(
     """The smallest bonds whose error bound stays <= tol * norm, dropping the globally smallest lambda^2 first."""
     # Most bond removed per unit of error budget. Each spectrum is descending, so the smallest values
     # always sit at the tails.
+    # In units of the largest value: the budget and the lambda^2 are compared as squares.
+    unit = _scaled.unit(norm, errors, *spectra)
+    spectra, errors, norm = [s / unit for s in spectra], np.asarray(errors, dtype=np.float64) / unit, norm / unit
     keep = [len(s) for s in spectra]
     allowed = tol * norm
     spent = float(np.sum(errors**2))
@@ -132,6 +138,8 @@ def bonds_for_ratio(
     monotonically as ``ratio`` falls, so the bound is monotone in ``ratio``.
     """
     rows, cols = shape
+    unit = _scaled.unit(*spectra)  # the scores compare lambda^2: in units of the largest lambda
+    spectra = [np.asarray(s, dtype=np.float64) / unit for s in spectra]
     allowed = ratio * rows * cols - extra_params
     pairs = [i * j for i, j in zip(in_shape, out_shape)]
 
@@ -186,7 +194,7 @@ def bonds_for_ratio(
         cap -= 1
     uniform = [min(b, cap) for b in bonds]
     choice = greedy
-    if float(dropped_energy(spectra, uniform).sum()) < float(dropped_energy(spectra, greedy).sum()):
+    if _scaled.root_sum_squares(dropped_norms(spectra, uniform)) < _scaled.root_sum_squares(dropped_norms(spectra, greedy)):
         choice = uniform
     # Bonds that only exceed what their neighbours feed (rounding-level singular values kept by
     # the sweep) would make the cut return the MPO unchanged, over budget: cut them to fit.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -14,7 +15,7 @@ from ._shape import ShapePlan, plan_shape
 if TYPE_CHECKING:  # typing.TypeGuard is new in Python 3.10; annotations are not evaluated at run time
     from typing import TypeGuard
 
-__all__ = ["as_matrix", "match_names", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape"]
+__all__ = ["as_matrix", "check_mpo_arrays", "match_names", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape"]
 
 
 def as_matrix(M: object) -> np.ndarray:
@@ -108,8 +109,7 @@ def parse_max_bond(max_bond: object, bonds: int) -> list[int] | None:
     if max_bond is None:
         return None
     if _is_int(max_bond):
-        if max_bond < 1:
-            raise ValueError(f"max_bond must be >= 1, got {max_bond}")
+        _check_cap(max_bond, "max_bond")
         return [int(max_bond)] * bonds
     if isinstance(max_bond, (str, bytes)) or not isinstance(max_bond, (Sequence, np.ndarray)):
         raise TypeError(f"max_bond must be an int or a sequence of n-1 = {bonds} ints, got {max_bond!r}")
@@ -119,9 +119,22 @@ def parse_max_bond(max_bond: object, bonds: int) -> list[int] | None:
     for k, cap in enumerate(caps):
         if not _is_int(cap):
             raise TypeError(f"max_bond[{k}] must be an integer, got {cap!r}")
-        if cap < 1:
-            raise ValueError(f"max_bond must be >= 1, got max_bond[{k}] = {cap}")
+        _check_cap(cap, f"max_bond[{k}]")
     return [int(c) for c in caps]
+
+
+# The kernel takes caps as 64-bit sizes; no bond of a matrix that fits in memory comes near 2**62.
+_LARGEST_CAP = 2**63 - 1
+
+
+def _check_cap(cap: object, name: str) -> None:
+    """ValueError unless 1 <= cap <= 2**63 - 1 (named ``name`` in the message)."""
+    if cap < 1:  # type: ignore[operator]
+        raise ValueError(f"max_bond must be >= 1, got {name} = {cap}")
+    if cap > _LARGEST_CAP:  # type: ignore[operator]
+        raise ValueError(
+            f"max_bond must be at most 2**63 - 1 (no bond comes near it; None means no cap), got {name} = {cap}"
+        )
 
 
 def parse_tol(tol: object) -> float | None:
@@ -186,3 +199,56 @@ def match_names(names: Sequence[str], include: object, exclude: object) -> list[
         if (not includes or any(fnmatch.fnmatchcase(name, p) for p in includes))
         and not any(fnmatch.fnmatchcase(name, p) for p in excludes)
     ]
+
+
+# Largest padded side or core the kernels take: their sizes are 64-bit, and products of a side with a
+# batch or a bond must still fit (the kernels check each product too; this names the rule early).
+_LARGEST_SIDE = 2**62
+
+
+def check_mpo_arrays(
+    cores: Sequence[np.ndarray],
+    spectra: Sequence[object],
+    truncation_errors: object,
+    norm: object,
+    cut_max_bonds: Sequence[object] | None,
+) -> None:
+    """ValueError naming the rule unless the arrays of an MPO are ones it can be made of.
+
+    Checked (before any kernel sees them, for arrays from any file): the padded sides Π i_k and Π j_k
+    are at most 2**62; every core is finite; spectrum k is 1-D with d_k finite values >= 0;
+    ``truncation_errors`` is 1-D with n-1 finite values >= 0; ``norm`` is a finite number >= 0; each
+    limit is an integer >= 0. The cores' ranks, dtypes and bonds are checked by the caller.
+    """
+    n = len(cores)
+    for axis, side in ((1, "row"), (2, "column")):
+        padded = 1
+        for c in cores:
+            padded *= int(c.shape[axis])
+        if padded > _LARGEST_SIDE:
+            raise ValueError(f"the cores' {side} factors multiply to {padded}, more than 2**62 (no matrix is that large)")
+    for k, c in enumerate(cores):
+        if not np.isfinite(c).all():
+            raise ValueError(f"core {k} must be finite, it holds NaN or inf")
+    for k, s in enumerate(spectra):
+        a = np.asarray(s)
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"spectrum {k} must hold real numbers, got dtype {a.dtype}")
+        bond = int(cores[k].shape[3]) if k < n else -1
+        if a.shape != (bond,):
+            raise ValueError(f"spectrum {k} must be 1-D with d_{k + 1} = {bond} values, got shape {a.shape}")
+        if not (np.isfinite(a).all() and (a >= 0).all()):
+            raise ValueError(f"spectrum {k} must hold finite singular values >= 0")
+    errors = np.asarray(truncation_errors)
+    if errors.dtype.kind not in "fiu" or errors.shape != (n - 1,):
+        raise ValueError(
+            f"truncation_errors must be 1-D with n-1 = {n - 1} real values, got shape {errors.shape} "
+            f"and dtype {errors.dtype}"
+        )
+    if not (np.isfinite(errors).all() and (errors >= 0).all()):
+        raise ValueError("truncation_errors must be finite and >= 0")
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or not (math.isfinite(norm) and float(norm) >= 0):
+        raise ValueError(f"norm must be a finite number >= 0, got {norm!r}")
+    for k, limit in enumerate(cut_max_bonds or ()):
+        if not _is_int(limit) or int(limit) < 0:
+            raise ValueError(f"cut_max_bonds[{k}] must be an integer >= 0, got {limit!r}")

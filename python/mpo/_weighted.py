@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from . import _core
+from . import _core, _scaled
 from ._result import measured_relative_error
 from ._shape import pad
 from ._validation import as_matrix
@@ -159,17 +159,18 @@ def weighted_svd(W: object, rank: int, row_weights: object, axis: int = 0, *, ep
     else:
         left = u[:, :r] * s[:r]
         right = vt[:r] / d[None, :]
-    error = float(np.linalg.norm(work - left @ right))
+    # Norms scaled (mpo._scaled): squares of 1e-170 entries are 0 and of 1e160 entries inf.
+    error = _scaled.norm(work - left @ right)
     dtype = a.dtype
     return LowRank(
         left=np.ascontiguousarray(left, dtype=dtype),
         right=np.ascontiguousarray(right, dtype=dtype),
         spectrum=s,
         plain_spectrum=np.linalg.svd(work, compute_uv=False),
-        weighted_error=float(np.sqrt(np.sum(s[r:] ** 2))),
+        weighted_error=_scaled.root_sum_squares(s[r:]),
         error=error,
-        weighted_norm=float(np.linalg.norm(s)),
-        norm=float(np.linalg.norm(work)),
+        weighted_norm=_scaled.root_sum_squares(s),
+        norm=_scaled.norm(work),
     )
 
 
@@ -209,4 +210,4 @@ def plain_measures(a: np.ndarray, layout: Layout) -> tuple[float, list[np.ndarra
     row-weighted MPO reports."""
     n = len(layout.in_shape)
     raw = _core.decompose(pad(a, layout.padded_shape), list(layout.in_shape), list(layout.out_shape), [0] * (n - 1), False)
-    return float(np.linalg.norm(a.astype(np.float64))), raw["spectra"]
+    return _scaled.norm(a), raw["spectra"]

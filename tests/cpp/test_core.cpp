@@ -1,15 +1,21 @@
 // The C++ core on its own, without Python: decompose, rebuild, bound, entropy, canonical form.
 #include "mpo/apply.hpp"
+#include "mpo/checked.hpp"
 #include "mpo/contract.hpp"
 #include "mpo/decompose.hpp"
 #include "mpo/measures.hpp"
+#include "mpo/parallel.hpp"
 #include "mpo/symmetric.hpp"
 
 #include <Eigen/SVD>
 
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <new>
 #include <random>
+#include <stdexcept>
+#include <string>
 
 namespace {
 
@@ -127,7 +133,7 @@ int main() {
     const mpo::Matrix<double> x = random_matrix(7, dense.rows(), 11);
     const mpo::Matrix<double> xt = random_matrix(5, dense.cols(), 12);
     double apply_worst = 0;
-    for (auto kind : {mpo::PlanKind::left, mpo::PlanKind::right, mpo::PlanKind::centre, mpo::PlanKind::automatic}) {
+    for (auto kind : {mpo::PlanKind::left, mpo::PlanKind::right, mpo::PlanKind::central, mpo::PlanKind::automatic}) {
       mpo::Matrix<double> y(7, dense.cols()), yt(5, dense.rows());
       mpo::apply<double>(views, false, x.data(), 7, x.cols(), false, y.data(), y.cols(), kind);
       mpo::apply<double>(views, true, xt.data(), 5, xt.cols(), false, yt.data(), yt.cols(), kind);
@@ -164,6 +170,77 @@ int main() {
     check(value_gap < 1e-12, "k-vector route: eigenvalues equal the full solver's", value_gap);
     check(orthogonality < 1e-13, "k-vector route: vectors orthonormal", orthogonality);
     check(residual < 1e-11, "k-vector route: A*V = V*diag(values)", residual);
+  }
+
+  // Sizes that wrap 64-bit products are refused before anything is allocated (issue 15, C1: row
+  // factors multiplying to 2**62 times a batch of 2 corrupted the heap).
+  {
+    bool refused = false;
+    try {
+      mpo::checked_mul(std::numeric_limits<mpo::Index>::max() / 2 + 1, 2, "a test size");
+    } catch (const std::length_error& e) {
+      refused = std::string(e.what()).find("a test size") != std::string::npos;
+    }
+    check(refused, "checked_mul refuses a wrapping product, naming it", 0);
+    const mpo::Index q[] = {10, 10, 10, 10, 11, 11};
+    std::vector<mpo::CoreView<float>> views;
+    std::vector<float> one(1 << 11, 1.0f);
+    for (mpo::Index e : q) views.push_back({{1, mpo::Index{1} << e, 1, 1}, one.data()});
+    std::vector<float> x(2 * 5, 1.0f), y(2, 0.0f);
+    bool apply_refused = false;
+    try {
+      mpo::apply<float>(views, false, x.data(), 2, 5, false, y.data(), 1, mpo::PlanKind::automatic, true);
+    } catch (const std::length_error&) {
+      apply_refused = true;
+    }
+    check(apply_refused, "apply refuses cores whose padded side times the batch wraps", 0);
+    bool chain_refused = false;
+    try {
+      mpo::check_chain({{1, mpo::Index{1} << 40, mpo::Index{1} << 30, 1}, {1, 1, 1, 1}});
+    } catch (const std::length_error&) {
+      chain_refused = true;
+    }
+    check(chain_refused, "check_chain refuses a core whose size wraps", 0);
+  }
+
+  // An exception in a worker thread reaches the caller (C2: std::bad_alloc in a std::thread called
+  // std::terminate); every block still runs and the threads are joined.
+  {
+    std::vector<int> ran(4, 0);
+    bool caught = false;
+    try {
+      mpo::detail::run_blocks(4, [&](int b) {
+        ran[b] = 1;
+        if (b == 2) throw std::bad_alloc();
+      });
+    } catch (const std::bad_alloc&) {
+      caught = true;
+    }
+    check(caught && ran[0] + ran[1] + ran[2] + ran[3] == 4, "run_blocks rethrows a worker's bad_alloc", 0);
+  }
+
+  // Entropy and the bound at any scale (W2): computed from λ/λmax and ε/εmax.
+  {
+    Eigen::VectorXd tiny(2), huge(3);
+    tiny << 1e-170, 1e-170;
+    huge << 3e300, 2e300, 1e300;
+    Eigen::VectorXd unit = huge / 1e300;
+    check(std::abs(mpo::entropy(tiny) - std::log(2.0)) < 1e-15, "entropy of (1e-170, 1e-170) is ln 2",
+          mpo::entropy(tiny));
+    check(std::abs(mpo::entropy(huge) - mpo::entropy(unit)) < 1e-14, "entropy unchanged at scale 1e300",
+          mpo::entropy(huge));
+    const double bound = mpo::error_bound({3e200, 4e200});
+    check(std::abs(bound / 5e200 - 1) < 1e-15, "error bound of (3e200, 4e200) is 5e200", bound);
+    check(std::abs(mpo::error_bound({3e-200, 4e-200}) / 5e-200 - 1) < 1e-15, "error bound at 1e-200", 0);
+  }
+
+  // W1: a matrix of entries below 1e-162 is not zero; its decomposition is the scaled one's.
+  {
+    const mpo::Matrix<double> small = m * 1e-170;
+    const auto d = mpo::decompose<double>(small.data(), small.rows(), small.cols(), factors);
+    const double err = relative_error(small, mpo::rebuild(d.cores));
+    check(std::abs(d.norm / (m.norm() * 1e-170) - 1) < 1e-12, "norm of a 1e-170 matrix", d.norm);
+    check(err < 1e-12, "exact rebuild of a 1e-170 matrix", err);
   }
 
   std::printf("%d failed\n", failures);

@@ -64,8 +64,11 @@ def read_compressed(path: str) -> tuple[dict[str, MPO], dict[str, np.ndarray], d
     for name, entries in arrays.items():
         try:
             mpos[name] = MPO.from_arrays(entries)
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:
             raise UsageError(f"{path!r}: the MPO of {name!r} is damaged: {exc}") from None
+    missing = [name for name in info if name not in mpos]
+    if missing:
+        raise UsageError(f"{path!r}: the metadata lists {missing[0]!r} but the file holds no MPO of it")
     return mpos, plain, info
 
 
@@ -140,6 +143,17 @@ def compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` in the checked metadata dtype (io.DENSE_DTYPES); bfloat16 through ml_dtypes."""
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise UsageError("writing bfloat16 weights needs ml_dtypes: python -m pip install ml_dtypes") from None
+        return a.astype(ml_dtypes.bfloat16)
+    return a.astype(dtype, copy=False)
+
+
 def inspect(args: argparse.Namespace) -> int:
     """Print the compress table of a compressed file."""
     mpos, plain, info = read_compressed(args.file)
@@ -154,7 +168,7 @@ def rebuild(args: argparse.Namespace) -> int:
     dense = dict(plain)
     for done, (name, m) in enumerate(mpos.items()):
         progress(done, len(mpos), name)
-        dense[name] = m.to_dense().astype(info[name].get("dtype", m.dtype.name), copy=False)
+        dense[name] = _as_dtype(m.to_dense(), info[name]["dtype"])
     progress(len(mpos), len(mpos), "done")
     write_tensors(args.output, dense)
     print(f"wrote {args.output}: {len(mpos)} matrices rebuilt, {len(plain)} tensors copied", file=sys.stderr)

@@ -8,6 +8,7 @@ and version and, as JSON under "matrices", one entry per compressed matrix (its 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,9 +19,26 @@ import numpy as np
 from ._formats import CHECKPOINT
 from ._tensors import write_tensors
 
-__all__ = ["SEP", "write_checkpoint", "read_checkpoint"]
+__all__ = ["SEP", "DENSE_DTYPES", "write_checkpoint", "read_checkpoint", "check_matrix_info"]
 
 SEP = "::mpo."
+
+#: The dtypes a rebuilt matrix may be written in (the metadata's "dtype"): the floating-point types a
+#: checkpoint is read in. Anything else (int8 would write zeros, complex64 complex weights) is refused.
+DENSE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_matrix_info(entry: object, where: str) -> None:
+    """ValueError naming ``where`` unless ``entry`` is one matrix's metadata as compress writes it: an
+    object with a finite number "error" >= 0, a finite number "seconds" >= 0 and a "dtype" of DENSE_DTYPES."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} is not a JSON object, got {type(entry).__name__}")
+    for field in ("error", "seconds"):
+        value = entry.get(field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{where}: the field {field!r} must be a finite number >= 0, got {value!r}")
+    if entry.get("dtype") not in DENSE_DTYPES:
+        raise ValueError(f"{where}: the field 'dtype' must be one of {', '.join(DENSE_DTYPES)}, got {entry.get('dtype')!r}")
 
 
 def write_checkpoint(
@@ -65,6 +83,8 @@ def read_checkpoint(
         raise ValueError(f"{name!r}: the 'matrices' entry of its metadata is missing or not JSON") from None
     if not isinstance(info, dict):
         raise ValueError(f"{name!r}: the 'matrices' entry of its metadata is not a JSON object")
+    for matrix, entry in info.items():
+        check_matrix_info(entry, f"{name!r}: the metadata of {matrix!r}")
     plain = {key: value for key, value in tensors.items() if SEP not in key}
     mpos: dict[str, dict[str, np.ndarray]] = {}
     for matrix in info:

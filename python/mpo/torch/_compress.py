@@ -611,11 +611,18 @@ def load(model: nn.Module, path) -> nn.Module:
     architecture (for instance ``BertModel(config)``): its named Linear/Embedding modules become MPO
     layers with the saved core shapes, then the saved state_dict is loaded. Returns ``model``.
     """
-    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    source = repr(os.fspath(path))
+    try:
+        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"cannot read a model from {source}: no such file") from None
+    except Exception as exc:  # any failure to unpickle untrusted bytes is the file's fault
+        raise ValueError(f"cannot read a model from {source}: {type(exc).__name__}: {exc}") from None
     tag = payload.get("format") if isinstance(payload, dict) else None
     if not (isinstance(tag, str) and tag.startswith(TORCH_MODEL.kind + "/")):
-        raise ValueError(f"{os.fspath(path)!r} is not a model written by mpo.torch.save (format {SAVE_FORMAT})")
-    TORCH_MODEL.check_version(tag.partition("/")[2], repr(os.fspath(path)))
+        raise ValueError(f"{source} is not a model written by mpo.torch.save (format {SAVE_FORMAT})")
+    TORCH_MODEL.check_version(tag.partition("/")[2], source)
+    _check_payload(payload, source)
     originals, layers = {}, {}
     for name, spec in payload["layers"].items():
         try:
@@ -646,6 +653,40 @@ def load(model: nn.Module, path) -> nn.Module:
             _set_module(model, name, module)
         raise
     return model
+
+
+def _check_payload(payload: dict, source: str) -> None:
+    """ValueError naming ``source`` and the rule unless the payload of :func:`save` is well formed: a
+    state_dict of tensors, layers with a known kind, a 2-int matrix shape and 4-int core shapes whose
+    sizes are those of the saved cores (so no placeholder is larger than the file), finite MPO cores."""
+    state = payload.get("state_dict")
+    layers = payload.get("layers")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source}: the entry 'state_dict' must map names to tensors")
+    if not isinstance(layers, dict):
+        raise ValueError(f"{source}: the entry 'layers' must map layer names to their specs")
+
+    def ints(value: object, count: int | None) -> bool:
+        return (isinstance(value, (list, tuple)) and (count is None or len(value) == count)
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value))
+
+    for name, spec in layers.items():
+        where = f"{source}: the layer {name!r}"
+        if not isinstance(spec, dict) or spec.get("kind") not in ("MPOLinear", "MPOEmbedding"):
+            raise ValueError(f"{where} must have kind 'MPOLinear' or 'MPOEmbedding'")
+        shapes = spec.get("core_shapes")
+        if not ints(spec.get("matrix_shape"), 2) or not (isinstance(shapes, list) and len(shapes) >= 2
+                                                         and all(ints(c, 4) for c in shapes)):
+            raise ValueError(f"{where} needs a matrix_shape of 2 ints and n >= 2 core_shapes of 4 ints >= 1")
+        frozen = spec.get("frozen")
+        if not (isinstance(frozen, list) and len(frozen) == len(shapes) and all(isinstance(f, bool) for f in frozen)):
+            raise ValueError(f"{where} needs one bool per core in 'frozen'")
+        saved = [(f"{name}.cores.{k}", state.get(f"{name}.cores.{k}")) for k in range(len(shapes))]
+        if [None if v is None else tuple(v.shape) for _, v in saved] != [tuple(c) for c in shapes]:
+            raise ValueError(f"{where}: its core_shapes {shapes} are not the shapes of its saved cores")
+        for key, core in saved:
+            if core is None or not core.is_floating_point() or not bool(torch.isfinite(core).all()):
+                raise ValueError(f"{where}: the saved core {key!r} must hold finite floating-point values")
 
 
 def _empty_layer(spec: dict, module: nn.Module, name: str) -> MPOLayer:
