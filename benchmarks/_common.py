@@ -174,23 +174,149 @@ def library_versions(mpo_module=None) -> Dict[str, str]:
     return versions
 
 
-def machine_info() -> Dict[str, object]:
-    """CPU count, platform and the BLAS thread environment variables that are set."""
-    env = {
-        k: os.environ[k]
-        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-        if k in os.environ
+#: Vector extensions worth telling two x86-64 machines apart by (from /proc/cpuinfo's flags), or
+#: the ARM ones; a hand-written kernel that beat OpenBLAS with AVX-512 lost to it with AVX2 only.
+VECTOR_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "neon", "asimd", "sve",
+)
+#: Thread variables that BLAS builds, OpenMP and the mpo kernel read.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MPO_NUM_THREADS")
+#: Set in a child process that re-ran a benchmark with the machine's OPENBLAS_CORETYPE and
+#: OPENBLAS_L2_SIZE removed: the values the parent saw, as JSON.
+UNSET_MARKER = "MPO_BENCH_OPENBLAS_UNSET"
+#: Set (to anything) to keep the machine's OPENBLAS_* as they are: tests and CI must not change them.
+KEEP_MARKER = "MPO_BENCH_KEEP_OPENBLAS"
+
+
+def _cpu() -> Dict[str, object]:
+    """CPU model and the vector extensions it reports (Linux's /proc/cpuinfo; platform elsewhere)."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "cpu model") and model is None:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    return {
+        "model": model or platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "vector_extensions": [f for f in VECTOR_FLAGS if f in flags],
     }
+
+
+def _blas() -> List[Dict[str, object]]:
+    """Every BLAS/OpenMP library loaded in this process, as threadpoolctl reports it."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"error": "threadpoolctl is not installed"}]
+    keep = ("user_api", "internal_api", "version", "architecture", "threading_layer", "num_threads", "prefix")
+    return [{k: lib.get(k) for k in keep if k in lib} for lib in threadpool_info()]
+
+
+def _mpo_threads() -> Optional[int]:
+    # The kernel's rule (include/mpo/parallel.hpp): MPO_NUM_THREADS when >= 1, else every core.
+    try:
+        value = int(os.environ.get("MPO_NUM_THREADS", ""))
+    except ValueError:
+        value = 0
+    return value if value >= 1 else os.cpu_count()
+
+
+def machine_info() -> Dict[str, object]:
+    """The machine a benchmark ran on, so that ratios from two machines can be told apart.
+
+    CPU model and vector extensions, the BLAS libraries loaded and the kernel each picked
+    (threadpoolctl's internal_api, version, architecture, num_threads), the thread variables and mpo's
+    own thread count, every OPENBLAS_* variable, and, in a child process that ran without the
+    machine's OPENBLAS_CORETYPE, what the parent had (see :func:`rerun_without_openblas_coretype`).
+    Call it after NumPy (and torch, if used) are imported, so their libraries are listed.
+    """
     try:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # pragma: no cover - not on every platform
         load = None
+    unset = os.environ.get(UNSET_MARKER)
     return {
         "platform": platform.platform(),
+        "cpu": _cpu(),
         "cpu_count": os.cpu_count(),
         "loadavg_1_5_15min": load,
-        "thread_env": env,
+        "blas": _blas(),
+        "thread_env": {k: os.environ[k] for k in THREAD_VARS if k in os.environ},
+        "mpo_threads": _mpo_threads(),
+        "openblas_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")},
+        "openblas_unset_from_machine": json.loads(unset) if unset else None,
     }
+
+
+def format_machine(info: Dict[str, object]) -> List[str]:
+    """The machine record as header lines (one fact a line)."""
+    cpu = info["cpu"]
+    lines = [
+        f"cpu: {cpu['model']} ({cpu['machine']}, {info['cpu_count']} cores); "
+        f"vector: {' '.join(cpu['vector_extensions']) or 'none listed'}",
+    ]
+    for lib in info["blas"]:
+        if "error" in lib:
+            lines.append(f"blas: unknown ({lib['error']})")
+            continue
+        lines.append(
+            f"blas: {lib.get('internal_api')} {lib.get('version')} kernel {lib.get('architecture')}, "
+            f"{lib.get('num_threads')} thread(s) ({lib.get('user_api')}, {lib.get('prefix')})"
+        )
+    env = info["thread_env"] or {}
+    lines.append(
+        "threads: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "no thread variables set")
+        + f"; mpo kernel {info['mpo_threads']}"
+    )
+    openblas = info["openblas_env"] or {}
+    lines.append("OPENBLAS_*: " + (", ".join(f"{k}={v}" for k, v in openblas.items()) or "none set"))
+    unset = info.get("openblas_unset_from_machine")
+    if unset:
+        lines.append(
+            "note: the machine sets " + ", ".join(f"{k}={v}" for k, v in unset.items())
+            + "; this run unset them (NumPy's BLAS then picks its own kernel, shown above)"
+        )
+    load = info.get("loadavg_1_5_15min")
+    if load:
+        lines.append(f"load average (1, 5, 15 min): {load}")
+    return lines
+
+
+def print_machine(info: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Print the machine record (measured now unless given) and return it."""
+    info = machine_info() if info is None else info
+    for line in format_machine(info):
+        print(line)
+    return info
+
+
+def rerun_without_openblas_coretype() -> None:
+    """Where the machine sets OPENBLAS_CORETYPE, run this script again without it, and exit with it.
+
+    Some machines pin OpenBLAS to an old kernel (OPENBLAS_CORETYPE, with OPENBLAS_L2_SIZE) because old
+    OpenBLAS builds miscompute on their processors; a current NumPy is then slower than it can be, and a
+    ratio against it flatters its rival. The child process runs with both removed (together: one
+    without the other describes no real processor) and records what was removed, which
+    :func:`machine_info` reports and the header prints. Call it before NumPy is imported, in the
+    benchmark's own process only: tests and CI set MPO_BENCH_KEEP_OPENBLAS, which turns it off.
+    """
+    if "OPENBLAS_CORETYPE" not in os.environ or os.environ.get(UNSET_MARKER) or os.environ.get(KEEP_MARKER):
+        return
+    import subprocess
+
+    removed = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    env = {k: v for k, v in os.environ.items() if k not in removed}
+    env[UNSET_MARKER] = json.dumps(removed)
+    print(f"the machine sets {removed}: running this benchmark again without them", flush=True)
+    raise SystemExit(subprocess.call([sys.executable, *sys.argv], env=env))
 
 
 def command_line() -> str:
@@ -203,9 +329,7 @@ def print_header(mpo_module) -> Tuple[Dict[str, str], Dict[str, object]]:
     versions = library_versions(mpo_module)
     print(f"command: {command_line()}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    machine = machine_info()
-    print(f"machine: {machine}")
-    return versions, machine
+    return versions, print_machine()
 
 
 def write_json(path: Path, payload: dict) -> None:

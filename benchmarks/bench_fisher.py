@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from _common import RESULTS_DIR, command_line, format_table, library_versions, machine_info, write_json  # noqa: E402
+from _common import RESULTS_DIR, command_line, format_table, library_versions, print_machine, write_json  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "sentences.txt"
 RHOS = (0.5, 0.25, 0.1)
@@ -130,6 +130,8 @@ def main() -> None:
     import mpo
     from mpo.torch import fisher_information
 
+    print(f"command: {command_line()}")
+    machine = print_machine()
     sentences = [s for s in DATA.read_text(encoding="utf-8").splitlines() if s.strip()]
     model, tokenizer = load_model()
 
@@ -215,7 +217,7 @@ def main() -> None:
             "benchmark": "fisher",
             "command": command_line(),
             "versions": library_versions(mpo),
-            "machine": machine_info(),
+            "machine": machine,
             "fisher_sentences": FISHER_SENTENCES,
             "held_out_tokens": int(tokens),
             "fisher_seconds": fisher_seconds,

@@ -30,7 +30,7 @@ from _common import (  # noqa: E402
     command_line,
     format_table,
     library_versions,
-    machine_info,
+    print_machine,
     time_interleaved,
     write_json,
 )
@@ -243,6 +243,8 @@ def main() -> None:
     from mpo import stacked
     from mpo._data import load_minilm
 
+    print(f"command: {command_line()}")
+    machine = print_machine()
     state = load_minilm()
     cut = stacked.bert_blocks(state)
     rng = np.random.default_rng(0)
@@ -282,7 +284,7 @@ def main() -> None:
             "benchmark": "stacked",
             "command": command_line(),
             "versions": library_versions(mpo),
-            "machine": machine_info(),
+            "machine": machine,
             "errors": errors,
             "hooi": hooi,
             "forward": speed,

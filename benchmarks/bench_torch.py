@@ -1,42 +1,56 @@
 """Benchmark: an MPOLinear forward pass against nn.Linear at >= 4096 tokens a batch, rho <= 0.1.
 
 For each matrix (the real MiniLM-L6 FFN 1536x384 input projection, seen by torch as Linear(384, 1536),
-and Gaussian 768x3072 and 4096x4096) and each bond cap with rho <= 0.1, in one run and on one thread:
-  * linear    ``nn.Linear`` with the MPO's own dense matrix (so both compute the same product);
-  * auto      ``MPOLinear`` in inference (no grad), mode "auto" (FLOP rule: kernel contraction or rebuild);
-  * contract  ``MPOLinear`` forced to contract (the C++ kernel: no autograd is needed);
+and Gaussian 768x3072 and 4096x4096), each bond cap with rho <= 0.1, float32 and bfloat16 (where
+torch runs it on CPU), without autograd (inference) and with it (forward plus the backward pass to the
+parameters), in one run:
+  * linear    ``F.linear`` through ``nn.Linear`` with the MPO's own dense matrix (the same product);
+  * auto      ``MPOLinear`` in mode "auto" (timed on this machine once per kind of pass);
+  * contract  ``MPOLinear`` forced to contract (the C++ kernel without autograd, torch ops with it);
   * rebuild   ``MPOLinear`` forced to rebuild the weight, then ``F.linear``.
 Times are medians of interleaved rounds; ratios are to ``linear`` in the same run. Every output is
-asserted against ``linear``'s. Writes benchmarks/results/bench_torch.json.
+asserted against ``linear``'s. Two checks per row: auto against the faster of its own modes (time of
+the faster / time of auto >= 0.97), and, where the contraction needs at most 60 % of the dense FLOPs,
+auto against linear (linear's time / auto's >= 0.97). Writes benchmarks/results/bench_torch.json.
 
-    python benchmarks/bench_torch.py [--tokens 4096] [--repeats 5] [--quick]
+    python benchmarks/bench_torch.py [--tokens 4096] [--repeats 5] [--quick] [--threads 1]
+                                     [--caps 4 8 ...] [--dtypes float32 bfloat16] [--grad both|no|yes]
 """
 
 from __future__ import annotations
 
-import os
-
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPO_NUM_THREADS"):
-    os.environ[_var] = "1"  # single-threaded contenders, fixed before torch and NumPy load
-
-import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _threads import apply_threads_flag  # noqa: E402  (benchmarks/ is not a package)
+
+# Thread counts are fixed before torch and NumPy load (one thread unless --threads says otherwise).
+apply_threads_flag(sys.argv, default="1", extra=("MPO_NUM_THREADS",))
+
+import _common as C  # noqa: E402
+
+if __name__ == "__main__":
+    C.rerun_without_openblas_coretype()
+
+import argparse  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, format_table, machine_info, time_interleaved, write_json  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 import mpo  # noqa: E402
 from mpo.torch import MPOLinear  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_torch.json"
+RESULTS = C.RESULTS_DIR / "bench_torch.json"
 CAPS = (4, 8, 16, 32, 64)
+#: auto must run at least this fast relative to the faster mode, and to linear where it applies.
+TOLERANCE = 0.97
+#: Contractions needing at most this share of the dense FLOPs must not be slower than linear.
+FLOP_SHARE = 0.6
 HEADERS = [
-    "matrix", "cap", "rho", "linear ms", "auto/linear", "contract/linear", "rebuild/linear", "auto picks",
-    "contract FLOPs/dense",
+    "matrix", "dtype", "grad", "cap", "rho", "linear ms", "auto/linear", "contract/linear", "rebuild/linear",
+    "auto picks", "FLOPs/dense", "auto>=modes", "auto>=linear",
 ]
 
 
@@ -55,63 +69,139 @@ def matrices(quick: bool):
         yield "gauss 4096x4096", rng.standard_normal((4096, 4096)).astype(np.float32)
 
 
+def cpu_supports(dtype: torch.dtype) -> bool:
+    """Whether torch runs F.linear, forward and backward, in ``dtype`` on this CPU."""
+    try:
+        w = torch.randn(4, 4, dtype=dtype, requires_grad=True)
+        F.linear(torch.randn(2, 4, dtype=dtype), w).sum().backward()
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def pass_fn(module, x: torch.Tensor, grad: bool, **kwargs):
+    """One timed pass: the forward, and with ``grad`` the backward to the module's parameters."""
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def run():
+        if not grad:
+            with torch.no_grad():
+                return module(x, **kwargs)
+        with torch.enable_grad():
+            out = module(x, **kwargs)
+            torch.autograd.grad(out, params, grad_outputs=torch.ones_like(out))
+            return out.detach()
+
+    return run
+
+
+def checks(record: dict) -> dict:
+    """The two targets of a row: None where one does not apply."""
+    t = record["median_s"]
+    faster_mode = min(t["contract"], t["rebuild"])
+    out = {"auto_vs_modes": faster_mode / t["auto"] >= TOLERANCE, "auto_vs_linear": None}
+    if record["flops_ratio_contract"] <= FLOP_SHARE:
+        out["auto_vs_linear"] = t["linear"] / t["auto"] >= TOLERANCE
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="skip the 4096x4096 matrix")
+    parser.add_argument("--quick", action="store_true", help="skip the 4096x4096 matrix; caps 4 and 16")
+    parser.add_argument("--threads", type=int, default=1, help="torch, BLAS and mpo threads (default 1)")
+    parser.add_argument("--caps", type=int, nargs="+", default=None)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--grad", default="both", choices=["both", "no", "yes"],
+                        help="time inference (no), training passes (yes) or both")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    caps = args.caps or ((4, 16) if args.quick else CAPS)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    print(f"command: {C.command_line()}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in C.library_versions(mpo).items()) + f", torch {torch.__version__}")
+    machine = C.print_machine()
+    dtypes = []
+    for name in args.dtypes:
+        if cpu_supports(getattr(torch, name)):
+            dtypes.append(name)
+        else:
+            print(f"skipping {name}: torch does not run it on this CPU")
+    grads = {"both": (False, True), "no": (False,), "yes": (True,)}[args.grad]
+    print(f"{args.tokens} tokens, {args.threads} thread(s); checks: auto >= {TOLERANCE}x the faster of its modes, "
+          f"and >= {TOLERANCE}x linear where the contraction needs <= {FLOP_SHARE:.0%} of the dense FLOPs")
     rows, records = [], []
-    with torch.no_grad():
-        full_cache = {}
-        for label, M in matrices(args.quick):
-            full = full_cache.setdefault(label, mpo.decompose(M.astype(np.float64)))
-            x = torch.randn(args.tokens, M.shape[0])
-            for cap in CAPS:
-                m = full.truncate(max_bond=cap)
-                if m.compression_ratio > 0.1:
-                    break
-                layer = MPOLinear(m, mode="auto", dtype=torch.float32)
-                linear = torch.nn.Linear(*m.shape, bias=False)
-                linear.weight.copy_(layer.weight_matrix().T)
-                fns = {
-                    "linear": lambda: linear(x),
-                    "auto": lambda: layer(x),
-                    "contract": lambda: layer(x, mode="contract"),
-                    "rebuild": lambda: layer(x, mode="rebuild"),
-                }
-                timed = time_interleaved(fns, repeats=args.repeats, warmup=1)
-                want = timed["linear"][2]
-                scale = float(want.abs().max())
-                for key in ("auto", "contract", "rebuild"):
-                    err = float((timed[key][2] - want).abs().max()) / scale
-                    assert err < 1e-4, f"{label} cap {cap}: {key} differs from nn.Linear by {err:.2e} (relative)"
-                base = timed["linear"][0]
-                flops = layer.forward_flops(args.tokens, autograd=False)
-                record = {
-                    "matrix": label,
-                    "cap": cap,
-                    "bond_dims": list(m.bond_dims),
-                    "rho": m.compression_ratio,
-                    "tokens": args.tokens,
-                    "auto_picks": flops["auto"],
-                    "flops_ratio_contract": flops["contract"] / (2.0 * args.tokens * m.shape[0] * m.shape[1]),
-                    "median_s": {k: v[0] for k, v in timed.items()},
-                    "ratio_to_linear": {k: timed[k][0] / base for k in ("auto", "contract", "rebuild")},
-                }
-                records.append(record)
-                rows.append(
-                    [label, str(cap), f"{m.compression_ratio:.4f}", f"{base * 1e3:.1f}"]
-                    + [f"{record['ratio_to_linear'][k]:.2f}" for k in ("auto", "contract", "rebuild")]
-                    + [flops["auto"], f"{record['flops_ratio_contract']:.3f}"]
-                )
-                print(format_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
+    for label, M in matrices(args.quick):
+        full = mpo.decompose(M.astype(np.float64))
+        for cap in caps:
+            m = full.truncate(max_bond=cap)
+            if m.compression_ratio > 0.1:
+                break
+            for dtype_name in dtypes:
+                dtype = getattr(torch, dtype_name)
+                x = torch.randn(args.tokens, M.shape[0]).to(dtype)
+                for grad in grads:
+                    layer = MPOLinear(m, mode="auto", dtype=dtype)
+                    linear = torch.nn.Linear(*m.shape, bias=False, dtype=dtype)
+                    with torch.no_grad():
+                        linear.weight.copy_(layer.weight_matrix().T)
+                    fns = {
+                        "linear": pass_fn(linear, x, grad),
+                        "auto": pass_fn(layer, x, grad),
+                        "contract": pass_fn(layer, x, grad, mode="contract"),
+                        "rebuild": pass_fn(layer, x, grad, mode="rebuild"),
+                    }
+                    timed = C.time_interleaved(fns, repeats=args.repeats, warmup=1)
+                    want = timed["linear"][2].float()
+                    scale = float(want.abs().max())
+                    tol = 1e-4 if dtype == torch.float32 else 5e-2
+                    for key in ("auto", "contract", "rebuild"):
+                        err = float((timed[key][2].float() - want).abs().max()) / scale
+                        assert err < tol, f"{label} cap {cap} {dtype_name}: {key} differs from nn.Linear by {err:.2e}"
+                    flops = layer.forward_flops(args.tokens, autograd=grad)
+                    record = {
+                        "matrix": label,
+                        "dtype": dtype_name,
+                        "autograd": grad,
+                        "cap": cap,
+                        "bond_dims": list(m.bond_dims),
+                        "rho": m.compression_ratio,
+                        "tokens": args.tokens,
+                        "auto_picks": flops["auto"],
+                        "flops_ratio_contract": flops["contract"] / (2.0 * args.tokens * m.shape[0] * m.shape[1]),
+                        "median_s": {k: v[0] for k, v in timed.items()},
+                    }
+                    base = record["median_s"]["linear"]
+                    record["ratio_to_linear"] = {k: record["median_s"][k] / base for k in ("auto", "contract", "rebuild")}
+                    record["checks"] = checks(record)
+                    records.append(record)
+                    verdict = {True: "ok", False: "FAIL", None: "-"}
+                    rows.append(
+                        [label, dtype_name, "yes" if grad else "no", str(cap), f"{m.compression_ratio:.4f}", f"{base * 1e3:.1f}"]
+                        + [f"{record['ratio_to_linear'][k]:.2f}" for k in ("auto", "contract", "rebuild")]
+                        + [str(flops["auto"]), f"{record['flops_ratio_contract']:.3f}"]
+                        + [verdict[record["checks"]["auto_vs_modes"]], verdict[record["checks"]["auto_vs_linear"]]]
+                    )
+                    print(C.format_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
     print()
-    print(format_table(HEADERS, rows))
-    payload = {"command": command_line(), "machine": machine_info(), "torch": torch.__version__, "results": records}
-    write_json(RESULTS, payload)
+    print(C.format_table(HEADERS, rows))
+    failed = sum(1 for r in records for v in r["checks"].values() if v is False)
+    held = sum(1 for r in records for v in r["checks"].values() if v is True)
+    print(f"checks: {held} hold, {failed} fail")
+    payload = {
+        "benchmark": "bench_torch",
+        "command": C.command_line(),
+        "machine": machine,
+        "torch": torch.__version__,
+        "tolerance": TOLERANCE,
+        "flop_share": FLOP_SHARE,
+        "summary": {"held": held, "failed": failed},
+        "results": records,
+    }
+    C.write_json(Path(args.out), payload)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -754,7 +754,7 @@ def test_rank_four_kronecker_sum_that_stalled_eigens_qr_decomposes(max_bond):
 WHOLE_CASES = [
     # MiniLM's 384 x 384 at cap 100: bonds 0 and 1 (4, 64) and 3 (9) whole, bond 2 cut (144 -> 100).
     (((2, 4, 4, 4, 3), (2, 4, 4, 4, 3)), [100] * 4),
-    # Bond 0 cut (16 -> 8), bond 1 whole: the whole right steps reach the centre.
+    # Bond 0 cut (16 -> 8), bond 1 whole: the whole right steps reach the central core.
     (((4, 4, 2), (4, 4, 2)), [8, 8]),
     # Bonds 0 and 2 whole, bond 1 cut (36 -> 5): both ends at once (the C++ test's shape).
     (((2, 3, 4, 2), (3, 2, 4, 3)), [6, 5, 6]),
@@ -762,7 +762,7 @@ WHOLE_CASES = [
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("shape, caps", WHOLE_CASES, ids=["384", "centre", "both-ends"])
+@pytest.mark.parametrize("shape, caps", WHOLE_CASES, ids=["384", "central", "both-ends"])
 @pytest.mark.parametrize("rank", [None, 3], ids=["gaussian", "rank3"])
 def test_whole_outer_steps_equal_the_split_ones(shape, caps, dtype, rank):
     """An outer step whose cap keeps its whole unfolding takes the identity as its core when a cap cuts

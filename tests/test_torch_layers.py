@@ -64,14 +64,15 @@ def test_gradients_reach_every_core(linear):
     assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in layer.cores)
 
 
-def test_auto_picks_from_flops():
+def test_auto_picks_from_flops_or_times_the_modes():
+    # FLOPs settle the clear cases; the others are timed at the first pass (tests/test_torch_autotune.py).
     torch.manual_seed(3)
     layer = MPOLinear.from_linear(nn.Linear(768, 768), max_bond=4)
     small = layer.forward_flops(1, autograd=True)
-    assert small["contract"] < small["rebuild"] and small["auto"] == "contract"
-    full = MPOLinear.from_linear(nn.Linear(64, 64))
-    big = full.forward_flops(100000, autograd=True)
-    assert big["auto"] == "rebuild"
+    assert small["contract"] < small["rebuild"]
+    x = torch.randn(1, 768)
+    layer(x)
+    assert layer.forward_flops(1, autograd=True)["auto"] == layer.auto_mode(x) in ("contract", "rebuild")
 
 
 def test_mode_and_input_checks(linear):

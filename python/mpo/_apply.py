@@ -6,9 +6,13 @@ fewest FLOPs for the bonds and batch size at hand. Where bonds are wide and the 
 neighbouring cores are first multiplied together (independently of X: merging all of them is
 rebuild-then-multiply) when that costs fewer FLOPs in total. This module only checks and reshapes.
 
-The products stay in the kernel even when the plan multiplies out every core: handing the last GEMM to
-NumPy's BLAS was faster alone, but OpenBLAS's worker threads spin after each call and stalled the
-kernel's own threads (and theirs) by 10-20x when the two alternated on a 2-core machine.
+Where the batch is large (``_apply_route.BLAS_MIN_BATCH`` rows and more) the product may instead
+multiply out the cores in the kernel and hand the one large GEMM to the BLAS NumPy links, whose speed
+against the kernel's own GEMM depends on the machine: ``plan="auto"`` times both routes the first time
+it meets a kind of product and keeps the faster (``_apply_route``). ``plan="kernel"`` is the plain
+route, the kernel's FLOP-cheapest plan always; ``plan="blas"`` forces the other. (OpenBLAS's worker
+threads spin for a while after each call and slow the kernel's threads that follow on a small machine:
+the timing sees that too, which is why it times the routes interleaved.)
 
 A transposed MPO (``m.T``) shares its cores with ``m``; the kernel reads them with i_k and j_k swapped.
 """
@@ -20,11 +24,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import _core
+from . import _apply_route, _core
 
-__all__ = ["PLANS", "Operator", "matmul", "rmatmul", "rows", "matmul_flops", "aslinearoperator"]
+__all__ = ["ORDERS", "PLANS", "Operator", "matmul", "rmatmul", "rows", "matmul_flops", "aslinearoperator"]
 
-PLANS = ("auto", "left", "right", "central")
+#: "auto": the faster of the kernel's FLOP-cheapest plan and the BLAS route (timed, see _apply_route);
+#: "left", "right", "central": the kernel with that sweep order; "kernel": the kernel's FLOP-cheapest plan
+#: (the plain route); "blas": the cores multiplied out by the kernel, then NumPy's matmul.
+PLANS = ("auto", "left", "right", "central", "kernel", "blas")
+#: The sweep orders the kernel itself knows.
+ORDERS = ("left", "right", "central")
 
 
 class Operator(Protocol):
@@ -53,6 +62,63 @@ def _check_plan(plan: str) -> str:
     if plan not in PLANS:
         raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
     return plan
+
+
+def _kernel_plan(plan: str) -> str:
+    # The kernel's own name for its FLOP-cheapest plan is "auto".
+    return plan if plan in ORDERS else "auto"
+
+
+def _blas_product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_last: bool, out_width: int) -> np.ndarray:
+    """What ``_core.apply`` computes, with the cores multiplied out and the product left to NumPy's BLAS.
+
+    P is the padded matrix of the cores; the kernel computes X P (X Pᵀ when transposed), or with
+    batch_last Pᵀ X (P X). Padding rows of P that X does not reach and padding columns of the result
+    are sliced off P before the product, so the GEMM never touches them.
+    """
+    dense = _core.multiply_out(cores, x.dtype.name)
+    width = x.shape[0] if batch_last else x.shape[1]
+    if transposed:
+        factor = dense[:out_width, :width]  # P[:out, :in], used transposed
+        return factor @ x if batch_last else x @ factor.T
+    factor = dense[:width, :out_width]
+    return factor.T @ x if batch_last else x @ factor
+
+
+def _product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_last: bool, out_width: int, plan: str) -> np.ndarray:
+    """``_core.apply`` with the routing of ``plan`` (see PLANS)."""
+    if plan == "blas":
+        return _blas_product(cores, transposed, x, batch_last, out_width)
+    batch = x.shape[1] if batch_last else x.shape[0]
+
+    def kernel() -> np.ndarray:
+        return _core.apply(cores, transposed, x, batch_last, out_width, _kernel_plan(plan))
+
+    if plan != "auto" or batch < _apply_route.BLAS_MIN_BATCH:
+        return kernel()
+    shapes = [c.shape for c in cores]
+    key = _apply_route.route_key(shapes, transposed, batch_last, batch, x.dtype)
+    if _apply_route.chosen(key) is None:
+        kernel_flops = float(_core.apply_plan([list(s) for s in shapes], batch, transposed, "auto")[2])
+        route, result = _apply_route.choose(
+            key,
+            kernel_flops,
+            _blas_flops(shapes, batch),
+            kernel,
+            lambda: _blas_product(cores, transposed, x, batch_last, out_width),
+        )
+        if result is not None:
+            return result
+    else:
+        route = _apply_route.chosen(key)
+    return _blas_product(cores, transposed, x, batch_last, out_width) if route == "blas" else kernel()
+
+
+def _blas_flops(shapes, batch: int) -> float:
+    # Multiplying out (the kernel's tree) plus the one GEMM over the padded matrix.
+    padded_in = math.prod(s[1] for s in shapes)
+    padded_out = math.prod(s[2] for s in shapes)
+    return _apply_route.multiply_out_flops(shapes) + 2.0 * batch * padded_in * padded_out
 
 
 def _as_input(x: object, what: str) -> np.ndarray:
@@ -104,7 +170,7 @@ def rmatmul(m: Operator, x: object, plan: str = "auto") -> np.ndarray:
     scale = _row_scale(m, dtype)
     if scale is not None and not m.transposed:
         flat = flat * scale
-    out = _core.apply(_kernel_cores(m, dtype), m.transposed, flat, False, cols, plan)
+    out = _product(_kernel_cores(m, dtype), m.transposed, flat, False, cols, plan)
     if scale is not None and m.transposed:
         out *= scale
     return out.reshape(*lead, cols)
@@ -134,7 +200,7 @@ def matmul(m: Operator, x: object, plan: str = "auto") -> np.ndarray:
         col = col * scale[:, None]
     # (M X)ᵀ = Xᵀ Mᵀ: the kernel's batch-last layout reads X and writes M X in place, with the roles of
     # i_k and j_k swapped, so neither X nor the result is transposed in memory.
-    out = _core.apply(_kernel_cores(m, dtype), not m.transposed, col, True, rows, plan)
+    out = _product(_kernel_cores(m, dtype), not m.transposed, col, True, rows, plan)
     if scale is not None and not m.transposed:
         out *= scale[:, None]
     return out.reshape(rows) if a.ndim == 1 else out
@@ -165,18 +231,35 @@ def rows(m: Operator, ids: object) -> np.ndarray:
 
 
 def matmul_flops(m: Operator, batch: int, plan: str = "auto") -> dict[str, Any]:
-    """FLOPs of X @ M for X with ``batch`` rows: the kernel's plan, every order, and the dense count."""
+    """FLOPs of X @ M for X with ``batch`` rows: the plan's, every order's, the BLAS route's, the dense count.
+
+    "route" says which way ``X @ m`` runs for this batch: "kernel" or "blas", or None while "auto" has
+    not yet timed the two for this kind of product. Where the route is "blas", "plan" is "blas" and
+    "mpo" counts multiplying out plus the one GEMM.
+    """
     _check_plan(plan)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"matmul_flops: batch must be an integer >= 1, got {batch!r}")
     shapes = [list(c.shape) for c in m.stored_cores]
     b = int(batch)
-    name, order, flops, groups, merge_flops = _core.apply_plan(shapes, b, m.transposed, plan)
-    every = {p: _core.apply_plan(shapes, b, m.transposed, p)[2] for p in PLANS[1:]}
-    unmerged = _core.apply_plan(shapes, b, m.transposed, plan, False)[2]
+    kernel = _kernel_plan(plan)
+    name, order, flops, groups, merge_flops = _core.apply_plan(shapes, b, m.transposed, kernel)
+    every = {p: _core.apply_plan(shapes, b, m.transposed, p)[2] for p in ORDERS}
+    unmerged = _core.apply_plan(shapes, b, m.transposed, kernel, False)[2]
+    blas = _blas_flops(shapes, b)
     dense = 2.0 * b * m.shape[0] * m.shape[1]
+    if plan == "blas":
+        route: str | None = "blas"
+    elif plan != "auto" or b < _apply_route.BLAS_MIN_BATCH:
+        route = "kernel"
+    else:
+        route = _apply_route.chosen(_apply_route.route_key(shapes, m.transposed, False, b, m.dtype))
+    if route == "blas":
+        name, order, groups = "blas", [0], [len(shapes)]
+        merge_flops, flops = _apply_route.multiply_out_flops(shapes), blas
     return {
         "plan": name,
+        "route": route,
         "groups": tuple(groups),
         "order": tuple(order),
         "merge_flops": merge_flops,
@@ -184,6 +267,7 @@ def matmul_flops(m: Operator, batch: int, plan: str = "auto") -> dict[str, Any]:
         "dense": dense,
         "ratio": flops / dense,
         "plans": every,
+        "blas": blas,
         "unmerged": unmerged,
     }
 

@@ -496,8 +496,10 @@ class MPO:
         return _apply.rmatmul(self, x)
 
     def matmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
-        """M @ X as ``m @ X``, with the contraction order forced by ``plan`` ("auto", "left", "right",
-        "central"); the result is the same for every plan up to rounding, only the time differs."""
+        """M @ X as ``m @ X``, with the route forced by ``plan``: "left", "right", "central" (the kernel's
+        sweep order), "kernel" (its FLOP-cheapest plan), "blas" (cores multiplied out, then NumPy's
+        BLAS), or "auto" (the faster of "kernel" and "blas", timed once per kind of product); the
+        result is the same for every plan up to rounding, only the time differs."""
         return _apply.matmul(self, x, plan)
 
     def rmatmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
@@ -517,7 +519,9 @@ class MPO:
     def matmul_flops(self, batch: int, *, plan: str = "auto") -> dict:
         """FLOPs of ``X @ m`` for X with ``batch`` rows, next to the dense 2 * batch * I * J.
 
-        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "central"), "groups" (sizes
+        Returns a dict: "plan" (the order the kernel uses: "left", "right" or "central"; "blas" when the
+        product runs through NumPy's BLAS), "route" ("kernel", "blas", or None while "auto" has not yet
+        timed the two for this batch), "blas" (FLOPs of the BLAS route), "groups" (sizes
         of the runs of neighbouring cores multiplied together first; all 1 when none are, one run of n
         is rebuild-then-multiply), "order" (the merged cores in contraction order), "merge_flops",
         "mpo" (all FLOPs of the plan, summed from the GEMMs it runs), "dense", "ratio" (mpo / dense:

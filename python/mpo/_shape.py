@@ -61,8 +61,8 @@ def _balanced_factorisations(size: int, n: int) -> list[tuple[int, ...]]:
 
 
 def _spread(factors: tuple[int, ...], size: int) -> float:
-    centre = math.log(size) / len(factors)
-    return sum((math.log(f) - centre) ** 2 for f in factors)
+    middle = math.log(size) / len(factors)
+    return sum((math.log(f) - middle) ** 2 for f in factors)
 
 
 def _best(size: int, n: int) -> tuple[int, ...] | None:
@@ -82,8 +82,8 @@ def _is_5_smooth(size: int) -> bool:
 def _arrange(factors: tuple[int, ...]) -> tuple[int, ...]:
     """Place the largest factors in the middle: the central tensor takes the biggest share."""
     n = len(factors)
-    centre = (n - 1) // 2
-    positions = sorted(range(n), key=lambda p: (abs(p - centre), p < centre))
+    central = (n - 1) // 2
+    positions = sorted(range(n), key=lambda p: (abs(p - central), p < central))
     out = [0] * n
     for position, factor in zip(positions, sorted(factors, reverse=True)):
         out[position] = factor

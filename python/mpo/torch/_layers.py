@@ -19,12 +19,13 @@ input require gradients and grad mode is on). Otherwise, on CPU, "contract" runs
 kernel (``mpo._core.apply`` and ``rows``, the code behind ``X @ m`` and ``m.rows``), which does the
 same contraction without the copies of torch's permutes.
 
-``mode="auto"`` picks per call from FLOP counts (``forward_flops``): contraction is chosen when its
-FLOPs times an overhead factor are below rebuild-then-dense. The factors were measured on one thread
-(benchmarks/bench_torch.py, docs/RESULTS.md): the C++ kernel runs near GEMM speed per FLOP
-(``KERNEL_OVERHEAD``); torch ops do too for small batches, but their permutes copy the whole state
-at every core, which makes a contraction FLOP several times dearer for large batches
-(``AUTOGRAD_OVERHEAD`` above ``AUTOGRAD_SMALL_BATCH`` rows).
+For ``MPOLinear``, ``MPOConv1D`` and ``MPOTiedLinear``, ``mode="auto"`` takes the faster of the two as timed on this machine the first
+time it meets a kind of forward pass (``_autotune``: shapes, dtype, autograd or not, rows rounded up
+to a power of two), unless FLOPs alone settle it (``forward_flops``). ``MPOEmbedding`` still picks
+from FLOP counts times an overhead factor measured on one thread (benchmarks/bench_torch.py): the
+C++ kernel near GEMM speed per FLOP (``KERNEL_OVERHEAD``); torch ops too for small batches, but their
+permutes copy the whole state at every core, which makes a contraction FLOP several times dearer for
+large batches (``AUTOGRAD_OVERHEAD`` above ``AUTOGRAD_SMALL_BATCH`` rows).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from torch import nn
 from .. import _core
 from .._decompose import decompose
 from .._mpo import MPO
+from . import _autotune
 
 __all__ = [
     "MODES",
@@ -55,7 +57,8 @@ __all__ = [
 
 MODES = ("auto", "contract", "rebuild")
 
-# What a contraction FLOP costs in dense-GEMM FLOPs, measured on one thread (see the module docstring).
+# What a contraction FLOP costs in dense-GEMM FLOPs, measured on one thread (see the module docstring);
+# MPOEmbedding's "auto" only: the Linear layers' is timed on the machine that runs it.
 # The kernel measured 0.72-0.84x nn.Linear's time at equal FLOPs (4096 tokens), so 1 is conservative.
 KERNEL_OVERHEAD = 1.0
 # Torch ops: about 1x for 16 rows, 11-15x at 4096 rows (time ratio over FLOP ratio to rebuild).
@@ -182,16 +185,47 @@ class _LinearProduct:
         """FLOPs of each mode for ``batch`` input rows and the mode "auto" picks.
 
         ``autograd`` says which contraction runs: torch ops (True) or the C++ kernel (False), whose
-        plan may also start from the central core.
+        plan may also start from the central core. "auto" is the mode FLOPs alone settle, else the one
+        timed for this kind of pass in the layer's dtype (see :meth:`auto_mode`), else None (not yet
+        timed: the first such forward pass times both).
         """
+        contract, rebuild = self._mode_flops(batch, autograd)
+        pick = _autotune.settled(contract, rebuild) or _autotune.chosen(self._mode_key(batch, autograd))
+        return {"contract": contract, "rebuild": rebuild, "auto": pick}
+
+    # ----------------------------------------------------------------- mode="auto", timed
+    def _mode_flops(self, batch: int, autograd: bool) -> tuple[float, float]:
         if autograd:
             contract = self.contract_plan(batch)[2]
         else:
             cores, transposed = self._product_cores()
             contract = float(_core.apply_plan([list(c.shape) for c in cores], int(batch), transposed, "auto")[2])
-        rebuild = self._product_rebuild_flops() + 2 * batch * self.in_features * self.out_features
-        pick = "contract" if contract * _overhead(batch, autograd) < rebuild else "rebuild"
-        return {"contract": contract, "rebuild": rebuild, "auto": pick}
+        return contract, float(self._product_rebuild_flops() + 2 * batch * self.in_features * self.out_features)
+
+    def _mode_key(self, batch: int, autograd: bool) -> tuple:
+        cores, transposed = self._product_cores()
+        extras = (self.bias is not None, self.row_scale is not None, transposed)
+        return _autotune.mode_key("linear", list(cores), (self.in_features, self.out_features), batch, autograd, extras)
+
+    def auto_mode(self, x: torch.Tensor, *, autograd: bool | None = None) -> str:
+        """The mode ``mode="auto"`` runs for input ``x`` (..., in_features): "contract" or "rebuild".
+
+        The faster of the two on this machine for this kind of pass, timed on a random input like
+        ``x`` the first time (with the backward pass when autograd is on) and remembered for the
+        process, unless FLOPs alone settle it. ``autograd`` defaults to whether this pass needs it.
+        """
+        cores, _ = self._product_cores()
+        if autograd is None:
+            autograd = _needs_autograd(x, cores)
+        batch = max(1, math.prod(x.shape[:-1]))
+        key = self._mode_key(batch, autograd)
+        known = _autotune.chosen(key)
+        if known is not None:  # the common case: no FLOP count, no probe
+            return known
+        contract, rebuild = self._mode_flops(batch, autograd)
+        like = x.reshape(-1, x.shape[-1]) if x.numel() else x.new_zeros(batch, self.in_features)
+        run = _autotune.probe_runner(lambda inp, mode: self(inp, mode=mode), like, list(self.parameters()), autograd)
+        return _autotune.choose(key, contract, rebuild, run)
 
     def _contract(self, x: torch.Tensor, autograd: bool) -> torch.Tensor:
         batch = x.shape[0]
@@ -237,7 +271,7 @@ class _LinearProduct:
         batch = math.prod(lead)
         autograd = _needs_autograd(x, self._product_cores()[0])
         if mode == "auto":
-            mode = self.forward_flops(max(batch, 1), autograd=autograd)["auto"]
+            mode = self.auto_mode(x, autograd=autograd) if batch else "rebuild"
         if self.row_scale is not None:
             x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
         if mode == "rebuild" or batch == 0:

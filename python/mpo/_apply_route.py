@@ -1,0 +1,102 @@
+"""Which way a large product runs: the kernel's sweep, or the cores multiplied out then NumPy's BLAS.
+
+The kernel (``_core.apply``) picks its plan by FLOPs, and where the plan multiplies out every core (large
+batches), its last step is one large GEMM in Eigen's code, fixed when the module was built. How that
+GEMM compares with the BLAS NumPy links depends on the machine: on one with AVX-512 Eigen's beat
+OpenBLAS, on an AVX2 machine it ran at 64-84 % of OpenBLAS's speed. FLOPs cannot tell the two apart,
+so where the BLAS route is close enough in FLOPs to win, the first product of each kind (core shapes,
+direction, dtype, batch rounded up to a power of two, thread settings) times both routes a few times,
+interleaved, and every later product of that kind takes the faster one. The choice lives for the
+process: it is a property of this machine, this load and these libraries, none of which a file on disk
+could vouch for later.
+
+Below ``BLAS_MIN_BATCH`` rows the kernel always runs: there the product is small next to multiplying out
+the cores, which both routes pay, and the kernel's sweep (or its fused rebuild) wins by construction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ._timed_choice import Choices, fastest
+
+__all__ = ["BLAS_MIN_BATCH", "FLOP_SLACK", "ROUNDS", "choose", "chosen", "clear", "multiply_out_flops", "route_key"]
+
+#: Fewest rows of X for which the BLAS route is considered at all.
+BLAS_MIN_BATCH = 32
+#: The BLAS route is timed only when its FLOPs are at most this many times the kernel plan's: no GEMM
+#: of one library runs three times faster than another's on the same machine.
+FLOP_SLACK = 3.0
+#: Timed calls of each route when a kind of product is first seen (the fastest call counts).
+ROUNDS = 3
+
+_THREAD_VARS = ("MPO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_choices = Choices()
+
+
+def multiply_out_flops(shapes: Sequence[Sequence[int]]) -> float:
+    """FLOPs of multiplying out cores of these shapes (d_{k-1}, i_k, j_k, d_k) along the cheapest tree.
+
+    The kernel's ``multiply_out`` takes the same tree (an interval DP over where to split each run of
+    cores): run [a, b] split after s costs both halves plus one GEMM of
+    (d_{a-1} * prod_{a..s} i j) x d_s x (prod_{s+1..b} i j * d_b).
+    """
+    n = len(shapes)
+    pairs = [1.0]
+    for s in shapes:
+        pairs.append(pairs[-1] * s[1] * s[2])
+    cost = [[0.0] * n for _ in range(n)]
+    for length in range(2, n + 1):
+        for a in range(n - length + 1):
+            b = a + length - 1
+            cost[a][b] = min(
+                cost[a][s] + cost[s + 1][b]
+                + 2.0 * shapes[a][0] * (pairs[s + 1] / pairs[a]) * shapes[s][3] * (pairs[b + 1] / pairs[s + 1]) * shapes[b][3]
+                for s in range(a, b)
+            )
+    return cost[0][n - 1]
+
+
+def route_key(shapes: Sequence[Sequence[int]], transposed: bool, batch_last: bool, batch: int, dtype: np.dtype) -> tuple:
+    """The kind of a product, as the route cache files it."""
+    bucket = 1 << max(0, int(batch) - 1).bit_length()  # batch rounded up to a power of two
+    threads = tuple(os.environ.get(v) for v in _THREAD_VARS)
+    cores = tuple(tuple(int(d) for d in s) for s in shapes)
+    return (cores, bool(transposed), bool(batch_last), bucket, np.dtype(dtype).name, threads)
+
+
+def chosen(key: tuple) -> str | None:
+    """The route already chosen for this kind of product ("kernel" or "blas"), or None."""
+    return _choices.get(key)
+
+
+def clear() -> None:
+    """Forget every choice (the next product of each kind is timed again)."""
+    _choices.clear()
+
+
+def choose(
+    key: tuple,
+    kernel_flops: float,
+    blas_flops: float,
+    run_kernel: Callable[[], np.ndarray],
+    run_blas: Callable[[], np.ndarray],
+) -> tuple[str, np.ndarray | None]:
+    """(route, its result or None): the cached route, or one chosen now by timing both.
+
+    When the routes are timed, the result of the faster one's last call is returned, so the caller
+    need not compute the product again.
+    """
+    known = chosen(key)
+    if known is not None:
+        return known, None
+    if not math.isfinite(blas_flops) or blas_flops > FLOP_SLACK * kernel_flops:
+        _choices.set(key, "kernel")
+        return "kernel", None
+    route, last = fastest({"kernel": run_kernel, "blas": run_blas}, ROUNDS)
+    _choices.set(key, route)
+    return route, last[route]  # type: ignore[return-value]

@@ -1,0 +1,171 @@
+"""The routes of a large product (kernel, or rebuild then NumPy's BLAS) and the timed choice between them.
+
+Each route is compared with the dense oracle (the cores contracted with NumPy in float64), at batches
+large enough for "auto" to consider the BLAS route, in every layout the kernel serves: X @ m, m @ X,
+transposed MPOs, padded shapes, row-weighted MPOs, float32 and float64.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+import mpo
+from mpo import _apply_route, _core
+from strategies import contract_cores
+
+ROUTES = ("kernel", "blas", "auto")
+
+
+def oracle(m: mpo.MPO) -> np.ndarray:
+    dense = contract_cores([c.astype(np.float64) for c in m.cores], m.in_shape, m.out_shape)
+    rows, cols = m.shape
+    return dense[:rows, :cols]
+
+
+def weighted_or_plain(rng, dtype, padded: bool, weighted: bool) -> mpo.MPO:
+    """A 48 x 36 (or, padded, 41 x 29) MPO of three cores in ``dtype``, row-weighted or plain."""
+    M = rng.standard_normal((41, 29) if padded else (48, 36)).astype(dtype)
+    weights = rng.uniform(0.5, 2.0, M.shape[0]) if weighted else None
+    shape = None if padded else ((4, 4, 3), (3, 4, 3))
+    m = mpo.decompose(M, shape, n=3, max_bond=5, row_weights=weights)
+    assert m.dtype == dtype and (m.padded_shape != m.shape) == padded
+    return m
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices():
+    _apply_route.clear()
+    yield
+    _apply_route.clear()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_every_route_equals_the_dense_oracle(dtype, padded, weighted, transposed):
+    rng = np.random.default_rng(hash((dtype == np.float32, padded, weighted, transposed)) % 2**32)
+    m = weighted_or_plain(rng, dtype, padded, weighted)
+    D = oracle(m)  # the cores contracted independently, then diag(row_scale) for a weighted MPO
+    if weighted:
+        D = D * np.asarray(m.row_scale, dtype=np.float64)[:, None]
+    if transposed:
+        m, D = m.T, D.T
+    rtol = 1e-10 if dtype == np.float64 else 1e-4
+    X = rng.standard_normal((70, m.shape[0])).astype(dtype)  # >= BLAS_MIN_BATCH rows
+    Y = rng.standard_normal((m.shape[1], 40)).astype(dtype)
+    for route in ROUTES:
+        for _ in range(2):  # "auto": the first call times the routes, the second takes the choice
+            got = m.rmatmul(X, plan=route)
+            assert got.dtype == dtype and got.shape == (70, m.shape[1])
+            want = X.astype(np.float64) @ D
+            assert np.linalg.norm(got - want) <= rtol * np.linalg.norm(D) * np.linalg.norm(X)
+            got = m.matmul(Y, plan=route)
+            want = D @ Y.astype(np.float64)
+            assert got.shape == (m.shape[0], 40)
+            assert np.linalg.norm(got - want) <= rtol * np.linalg.norm(D) * np.linalg.norm(Y)
+
+
+def test_blas_route_matches_the_kernel_on_the_issue_shape():
+    # The shape of issue 20 (3072 x 768 at max_bond 48), smaller bonds to keep the test short.
+    rng = np.random.default_rng(20)
+    shape = ((4, 4, 8, 6, 4), (3, 4, 4, 4, 4))
+    cores, bonds = [], [1, 6, 8, 8, 6, 1]
+    for k in range(5):
+        cores.append(rng.standard_normal((bonds[k], shape[0][k], shape[1][k], bonds[k + 1])))
+    m = mpo.MPO.from_cores(cores)
+    X = rng.standard_normal((64, 3072))
+    want = X @ oracle(m)
+    scale = np.linalg.norm(want)
+    for route in ("kernel", "blas", "auto", "left", "right", "central"):
+        assert np.linalg.norm(m.rmatmul(X, plan=route) - want) <= 1e-10 * scale
+
+
+def test_multiply_out_flops_is_the_kernels_merge_count():
+    # Where the kernel's plan multiplies out every core, its merge FLOPs are the tree's.
+    rng = np.random.default_rng(3)
+    i1, i2, j1, j2, d = 3, 5, 4, 2, 6
+    cores = [rng.standard_normal((1, i1, j1, d)), rng.standard_normal((d, i2, j2, 1))]
+    shapes = [list(c.shape) for c in cores]
+    assert _apply_route.multiply_out_flops(shapes) == 2 * i1 * j1 * d * i2 * j2
+    # Five cores with full bonds: at a huge batch the kernel merges all of them.
+    m = mpo.decompose(rng.standard_normal((48, 48)), ((2, 2, 3, 2, 2), (2, 3, 2, 2, 2)))
+    shapes = [list(c.shape) for c in m.cores]
+    name, order, flops, groups, merge = _core.apply_plan(shapes, 10**7, False, "auto")
+    assert groups == [5]
+    assert merge == pytest.approx(_apply_route.multiply_out_flops(shapes), rel=1e-12)
+    assert _apply_route.multiply_out_flops(shapes[:1]) == 0
+
+
+def slow(seconds: float, value):
+    def run():
+        time.sleep(seconds)
+        return np.full(2, value)
+    return run
+
+
+def test_choose_times_both_routes_once_and_keeps_the_faster():
+    key = ("test", 1)
+    calls = {"kernel": 0, "blas": 0}
+
+    def counted(name, seconds):
+        def run():
+            calls[name] += 1
+            time.sleep(seconds)
+            return np.full(2, 1.0 if name == "kernel" else 2.0)
+        return run
+
+    route, result = _apply_route.choose(key, 1e6, 1e6, counted("kernel", 0.02), counted("blas", 0.001))
+    assert route == "blas" and np.all(result == 2.0)
+    assert calls == {"kernel": _apply_route.ROUNDS, "blas": _apply_route.ROUNDS}
+    # Later products of this kind take the choice without timing: nothing runs inside choose.
+    assert _apply_route.choose(key, 1e6, 1e6, counted("kernel", 0), counted("blas", 0)) == ("blas", None)
+    assert calls == {"kernel": _apply_route.ROUNDS, "blas": _apply_route.ROUNDS}
+    assert _apply_route.chosen(key) == "blas"
+    route, _ = _apply_route.choose(("test", 2), 1e6, 1e6, slow(0.001, 1.0), slow(0.02, 2.0))
+    assert route == "kernel"
+
+
+def test_choose_skips_timing_where_flops_settle_it():
+    def never():
+        raise AssertionError("a route was timed although FLOPs settle the choice")
+
+    ratio = _apply_route.FLOP_SLACK * 1.01
+    assert _apply_route.choose(("test", 3), 1e6, ratio * 1e6, never, never) == ("kernel", None)
+    assert _apply_route.choose(("test", 4), 1e6, math.inf, never, never) == ("kernel", None)
+
+
+def test_route_key_rounds_the_batch_and_tells_dtypes_apart():
+    shapes = [(1, 2, 2, 3), (3, 2, 2, 1)]
+    key = _apply_route.route_key
+    assert key(shapes, False, False, 33, np.float32) == key(shapes, False, False, 64, np.float32)
+    assert key(shapes, False, False, 64, np.float32) != key(shapes, False, False, 65, np.float32)
+    assert key(shapes, False, False, 64, np.float32) != key(shapes, False, False, 64, np.float64)
+    assert key(shapes, False, False, 64, np.float32) != key(shapes, True, False, 64, np.float32)
+
+
+def test_matmul_flops_reports_the_route_taken():
+    rng = np.random.default_rng(8)
+    m = mpo.decompose(rng.standard_normal((48, 36)), ((4, 4, 3), (3, 4, 3)))
+    assert m.matmul_flops(8)["route"] == "kernel"  # below BLAS_MIN_BATCH
+    assert m.matmul_flops(64)["route"] is None  # not yet timed
+    assert m.matmul_flops(64, plan="kernel")["route"] == "kernel"
+    blas = m.matmul_flops(64, plan="blas")
+    assert blas["route"] == "blas" and blas["plan"] == "blas" and blas["groups"] == (3,)
+    assert blas["mpo"] == blas["blas"] == blas["merge_flops"] + 2.0 * 64 * 48 * 36
+    m.rmatmul(rng.standard_normal((64, 48)))
+    info = m.matmul_flops(64)
+    assert info["route"] in ("kernel", "blas")
+    assert info["route"] == _apply_route.chosen(_apply_route.route_key(
+        [c.shape for c in m.cores], False, False, 64, m.dtype))
+    assert (info["plan"] == "blas") == (info["route"] == "blas")
+
+
+def test_unknown_plan_names_every_plan():
+    m = mpo.decompose(np.eye(12), ((3, 4), (4, 3)))
+    with pytest.raises(ValueError, match=r"plan must be one of \('auto', 'left', 'right', 'central', 'kernel', 'blas'\), got 'fast'"):
+        m.rmatmul(np.ones((2, 12)), plan="fast")

@@ -1,0 +1,95 @@
+"""bench_apply and bench_torch in --quick mode write JSON of the documented shape (timings not judged).
+
+They run as the user runs them, as scripts in a child process, on the smallest grids the flags allow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script: str, out: Path, *flags: str) -> dict:
+    # The machine's OPENBLAS_CORETYPE (where set) stays: tests never change it (the env notes).
+    env = {**os.environ, "MPO_BENCH_KEEP_OPENBLAS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--out", str(out), *flags],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "blas:" in done.stdout and "cpu:" in done.stdout and "OPENBLAS_*:" in done.stdout
+    return json.loads(out.read_text())
+
+
+def check_machine(machine: dict) -> None:
+    assert {"cpu", "blas", "thread_env", "mpo_threads", "openblas_env", "openblas_unset_from_machine"} <= set(machine)
+    assert isinstance(machine["cpu"]["vector_extensions"], list) and machine["cpu"]["model"]
+    assert isinstance(machine["blas"], list)
+
+
+def test_bench_apply_quick_json(tmp_path):
+    pytest.importorskip("opt_einsum")
+    data = run("bench_apply.py", tmp_path / "apply.json", "--threads", "1", "--batches", "1", "32", "--no-rows")
+    assert data["benchmark"] == "bench_apply" and data["quick"] is True
+    check_machine(data["machine"])
+    assert [t["name"] for t in data["targets"]] == ["einsum>=1.5x", "einsum>=1x", "rebuild>=0.95x"]
+    (child,) = data["runs"]
+    assert child["threads"] == 1
+    check_machine(child["machine"])
+    assert child["machine"]["thread_env"]["OPENBLAS_NUM_THREADS"] == "1"
+    cells = [r for r in child["results"] if r["kind"] == "grid"]
+    assert sorted((r["dtype"], r["batch"]) for r in cells) == [
+        ("float32", 1), ("float32", 32), ("float64", 1), ("float64", 32)]
+    for r in cells:
+        assert r["shape"] == [3072, 768] and max(r["bond_dims"]) == 48
+        assert set(r["ratios"]) == {"dense", "einsum", "rebuild"}
+        assert set(r["targets"]) == {"einsum>=1.5x", "einsum>=1x", "rebuild>=0.95x"}
+        assert all(isinstance(v, bool) for v in r["targets"].values())
+        assert r["route"] in ("kernel", "blas")
+    assert data["summary"]["cells"] == 4
+
+
+def test_bench_torch_quick_json(tmp_path):
+    pytest.importorskip("torch")
+    data = run("bench_torch.py", tmp_path / "torch.json", "--tokens", "64", "--repeats", "1", "--caps", "4")
+    assert data["benchmark"] == "bench_torch"
+    check_machine(data["machine"])
+    assert data["results"]
+    kinds = {(r["dtype"], r["autograd"]) for r in data["results"]}
+    assert ("float32", False) in kinds and ("float32", True) in kinds
+    for r in data["results"]:
+        assert set(r["median_s"]) == {"linear", "auto", "contract", "rebuild"}
+        assert r["auto_picks"] in ("contract", "rebuild")
+        assert set(r["checks"]) == {"auto_vs_modes", "auto_vs_linear"}
+        assert isinstance(r["checks"]["auto_vs_modes"], bool)
+        assert (r["checks"]["auto_vs_linear"] is None) == (r["flops_ratio_contract"] > data["flop_share"])
+
+
+def test_machine_record_and_its_header():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _common as C
+    finally:
+        sys.path.remove(str(BENCH))
+    info = C.machine_info()
+    check_machine(info)
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo to compare with")
+    with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    assert info["cpu"]["vector_extensions"] == [f for f in C.VECTOR_FLAGS if f in flags]
+    assert any(lib.get("user_api") == "blas" for lib in info["blas"])  # NumPy's, loaded by _common
+    lines = C.format_machine(info)
+    assert any(line.startswith("blas: ") and "kernel" in line for line in lines)
+    assert not any(line.startswith("note: ") for line in lines)
+    # A child run without the machine's OPENBLAS_CORETYPE says so in its header.
+    info["openblas_unset_from_machine"] = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "524288"}
+    note = [line for line in C.format_machine(info) if line.startswith("note: ")]
+    assert note and "OPENBLAS_CORETYPE=Haswell" in note[0] and "unset" in note[0]
