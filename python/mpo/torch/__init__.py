@@ -12,6 +12,7 @@ except ImportError as exc:  # exercised in a subprocess by tests/test_torch_opti
         "python -m pip install torch==2.13.0"
     ) from exc
 
+from ._calibrate import SensitivityReport, SensitivityRow, calibrate, sensitivity
 from ._compress import (
     CompressionReport,
     LayerReport,
@@ -39,7 +40,10 @@ __all__ = [
     "ParameterReport",
     "ParameterRow",
     "StackedBank",
+    "SensitivityReport",
+    "SensitivityRow",
     "StackedLinear",
+    "calibrate",
     "compress",
     "compress_stacked",
     "fisher_information",
@@ -48,5 +52,6 @@ __all__ = [
     "optimizer_groups",
     "parameter_report",
     "save",
+    "sensitivity",
     "squeeze",
 ]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_path
+from ._calibrate import activation_layer, activation_settings
 from ._fisher import fisher_information
 from ._layers import MPOEmbedding, MPOLayer, MPOLinear
 
@@ -126,6 +127,9 @@ def compress(
     weights=None,
     data=None,
     loss_fn=None,
+    calibration=None,
+    allocate: str | None = None,
+    scaling: str = "auto",
 ) -> CompressionReport:
     """Replace matching Linear and Embedding modules of ``model`` by MPO layers, in place.
 
@@ -155,6 +159,17 @@ def compress(
         layer becomes a row-weighted MPO whose cuts minimise the weighted error. Embeddings stay plain.
     data, loss_fn :
         The mini-batches and ``loss_fn(model, batch) -> scalar`` of ``weights="fisher"``.
+        ``weights="activations"`` fits every chosen Linear to its inputs instead
+        (:func:`mpo.decompose_activations` with ``scaling``, ``n``, ``max_bond``, ``tol``, ``ratio``;
+        ``n=2`` is the whitened SVD of SVD-LLM), from ``calibration`` (:func:`mpo.torch.calibrate`).
+    calibration : mpo.Calibration, optional
+        Input statistics per layer, for ``weights="activations"`` and ``allocate="model"``.
+    allocate : None or "model"
+        "model" spends one budget, ``ratio`` times the chosen Linears' parameters, over all of them: each
+        gets the whitened-SVD rank (or stays dense) that minimises the summed squared activation error
+        (:func:`mpo.allocate`, read from one spectrum per layer); the allocation is printed with progress.
+    scaling : str
+        :data:`mpo.SCALINGS` member or "auto" (whitening for n = 2, diagonal for n > 2).
 
     Returns
     -------
@@ -186,13 +201,21 @@ def compress(
     unknown = sorted(set(shapes) - set(chosen))
     if unknown:
         raise ValueError(f"shape names modules that are not compressed: {unknown}; compressed are: {chosen}")
-    row_weights = _row_weights(model, chosen, weights, data, loss_fn, progress)
+    fitted = activation_settings(
+        model, chosen, calibration, weights=weights, allocate=allocate, n=n, max_bond=max_bond, ratio=ratio,
+        tol=tol, scaling=scaling, progress=progress,
+    )
+    row_weights = {} if fitted else _row_weights(model, chosen, weights, data, loss_fn, progress)
     layers, built = [], []
     for count, name in enumerate(chosen, 1):
         module = model.get_submodule(name)
         start = time.perf_counter()
+        if name in fitted and fitted[name] is None:
+            continue  # the model-wide allocation keeps this layer dense
         try:
-            if isinstance(module, nn.Linear):
+            if name in fitted:
+                layer, _ = activation_layer(module, calibration[name], shape=shapes.get(name), mode=mode, **fitted[name])
+            elif isinstance(module, nn.Linear):
                 layer = MPOLinear.from_linear(
                     module, shapes.get(name), n, max_bond, tol, ratio, mode=mode, row_weights=row_weights.get(name)
                 )
