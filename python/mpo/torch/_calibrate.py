@@ -14,7 +14,7 @@ import fnmatch
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +99,7 @@ def calibrate(
     model : nn.Module
         Run in eval mode (dropout off) under ``torch.no_grad``; its training flag is restored after.
     batches : iterable of model inputs
-        A dict is passed as ``model(**batch)``, anything else as ``model(batch)``.
+        A dict (any Mapping, such as a tokenizer's BatchEncoding) is passed as ``model(**batch)``, anything else as ``model(batch)``.
     include, exclude : str or list of str, optional
         fnmatch patterns on qualified module names, as in :func:`mpo.torch.compress`.
     progress : bool or callable(batch_index, total or None, tokens_so_far)
@@ -140,7 +140,7 @@ def calibrate(
     try:
         with torch.no_grad():
             for seen, batch in enumerate(batches, 1):
-                if isinstance(batch, dict):
+                if isinstance(batch, Mapping):  # a dict, or transformers' BatchEncoding
                     mask = batch.get("attention_mask")
                     state["mask"] = mask.bool() if isinstance(mask, torch.Tensor) else None
                     model(**batch)
