@@ -14,7 +14,8 @@ Methods: svd (plain truncated SVD), wsvd (whitened SVD, SVD-LLM), mpo (n = 5 bud
 (n = 5 with ASVD's diagonal scaling as row weights), mpo_kron (n = 5 with the Kronecker-factored
 whitening folded into the cores), mpo_diag_kron (both), fisher_mpo (n = 5 Fisher-weighted, Fisher from
 the SimCSE loss on the calibration sentences) and alloc (whitened SVD ranks chosen model-wide by
-``mpo.allocate``).
+``mpo.allocate``), alloc_sens (the same with each layer's squared error weighted by its measured
+sensitivity: ``mpo.torch.sensitivity`` at share 0.5 on the calibration sentences, cosine to the original).
 
 Targets (issue 17): every activation-aware method beats its plain form at every share; the best
 configuration beats wsvd by >= 0.1 mean cosine at 0.7 and 0.5; calibration plus the decomposition of the
@@ -48,10 +49,14 @@ SHARES = (0.7, 0.5, 0.3)
 BATCH = 8
 BBC_PER_CATEGORY = 18
 ENCODER = "encoder.layer.*"
-METHODS = ("svd", "wsvd", "mpo", "mpo_diag", "mpo_kron", "mpo_diag_kron", "fisher_mpo", "alloc")
+METHODS = ("svd", "wsvd", "mpo", "mpo_diag", "mpo_kron", "mpo_diag_kron", "fisher_mpo", "alloc", "alloc_sens")
 QUICK_METHODS = ("svd", "wsvd", "mpo", "mpo_diag", "alloc")
 # Activation-aware method -> its plain form, for the first target.
-PLAIN = {"wsvd": "svd", "mpo_diag": "mpo", "mpo_kron": "mpo", "mpo_diag_kron": "mpo", "fisher_mpo": "mpo", "alloc": "svd"}
+PLAIN = {
+    "wsvd": "svd", "mpo_diag": "mpo", "mpo_kron": "mpo", "mpo_diag_kron": "mpo", "fisher_mpo": "mpo", "alloc": "svd",
+    "alloc_sens": "svd",
+}
+SENSITIVITY_SHARE = 0.5
 
 
 def bbc_sentences(per_category: int) -> list[str]:
@@ -147,6 +152,23 @@ def main() -> None:
         model.eval()
         fisher_seconds = time.perf_counter() - t0
 
+    sensitivity_seconds = None
+    layer_weights = None
+    if "alloc_sens" in methods:
+        cal_reference = embed(model, cal_batches)
+
+        def calibration_cosine(m):
+            got = embed(m, cal_batches)
+            return float(torch.nn.functional.cosine_similarity(got, cal_reference, dim=-1).mean())
+
+        t0 = time.perf_counter()
+        report = mt.sensitivity(
+            model, calibration, calibration_cosine, include=include, n=2, ratio=SENSITIVITY_SHARE, progress=False
+        )
+        sensitivity_seconds = time.perf_counter() - t0
+        layer_weights = report.layer_weights()
+        print(report)
+
     def build(method: str, share: float):
         m = copy.deepcopy(model)
         common = {"include": include, "progress": False, "lightweight": False}
@@ -168,6 +190,9 @@ def main() -> None:
             mt.compress(m, n=5, ratio=share, weights=fisher, **common)
         elif method == "alloc":
             mt.compress(m, ratio=share, allocate="model", calibration=calibration, **common)
+        elif method == "alloc_sens":
+            plan = mt.allocation(model, calibration, share, include=include, layer_weights=layer_weights)
+            mt.compress(m, ratio=share, allocate=plan, calibration=calibration, **common)
         return m
 
     records, summary = [], []
@@ -269,6 +294,8 @@ def main() -> None:
         "layers": names,
         "calibration_seconds": calibration_seconds,
         "fisher_seconds": fisher_seconds,
+        "sensitivity_seconds": sensitivity_seconds,
+        "layer_weights": layer_weights,
         "epoch_seconds": epoch_seconds,
         "decomposition_seconds": decomposition_seconds,
         "summary": summary,

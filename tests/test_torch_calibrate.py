@@ -144,3 +144,18 @@ def test_calibration_round_trips_through_safetensors(tmp_path):
     back = mpo.Calibration.load(tmp_path / "cal.safetensors")
     for name in cal:
         assert np.array_equal(back[name].gram, cal[name].gram) and back[name].tokens == cal[name].tokens
+
+
+def test_a_precomputed_allocation_is_used_as_given():
+    model, batches = _model(), _batches(6)
+    cal = mt.calibrate(model, batches, progress=False)
+    plan = mt.allocation(model, cal, 0.4, layer_weights={"a": 10.0, "b": 0.1})
+    mt.compress(model, ratio=0.4, allocate=plan, calibration=cal, progress=False)
+    for name, setting in plan.settings.items():
+        layer = getattr(model, name)
+        if setting[0] == "dense":
+            assert isinstance(layer, nn.Linear)
+        else:
+            assert isinstance(layer, mt.MPOLinear) and layer.num_params == plan.params[name]
+    with pytest.raises(ValueError, match="covers"):
+        mt.compress(_model(), include="a", ratio=0.4, allocate=plan, calibration=cal, progress=False)

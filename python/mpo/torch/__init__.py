@@ -12,7 +12,7 @@ except ImportError as exc:  # exercised in a subprocess by tests/test_torch_opti
         "python -m pip install torch==2.13.0"
     ) from exc
 
-from ._calibrate import SensitivityReport, SensitivityRow, calibrate, sensitivity
+from ._calibrate import SensitivityReport, SensitivityRow, allocation, calibrate, sensitivity
 from ._compress import (
     CompressionReport,
     LayerReport,
@@ -43,6 +43,7 @@ __all__ = [
     "SensitivityReport",
     "SensitivityRow",
     "StackedLinear",
+    "allocation",
     "calibrate",
     "compress",
     "compress_stacked",

@@ -33,7 +33,7 @@ from .._activation import (
 )
 from ._layers import MPOLinear
 
-__all__ = ["calibrate", "SensitivityReport", "SensitivityRow", "sensitivity", "activation_layer", "activation_settings", "model_allocation"]
+__all__ = ["allocation", "calibrate", "SensitivityReport", "SensitivityRow", "sensitivity", "activation_layer", "activation_settings", "model_allocation"]
 
 
 def _conv1d_type():
@@ -198,6 +198,23 @@ def activation_layer(
     return MPOLinear(fit.mpo, module.bias, mode=mode, dtype=weight.dtype, device=weight.device), fit
 
 
+def allocation(
+    model: nn.Module,
+    calibration: Calibration,
+    ratio: float,
+    include=None,
+    exclude=None,
+    *,
+    layer_weights=None,
+) -> Allocation:
+    """The model-wide budget :func:`compress` spends with ``allocate="model"``, to inspect or to pass as
+    ``allocate=``: whitened-SVD ranks (or dense) for the chosen Linears within ``ratio`` times their
+    parameters, minimising the summed (``layer_weights``-weighted) squared activation errors.
+    ``SensitivityReport.layer_weights()`` gives weights measured on the model's output."""
+    names = [n for n, m in _select(model, include, exclude, "allocation").items() if isinstance(m, nn.Linear)]
+    return model_allocation(model, names, calibration, ratio, layer_weights=layer_weights)
+
+
 def model_allocation(
     model: nn.Module,
     names: Sequence[str],
@@ -235,8 +252,10 @@ def activation_settings(
     ``scaling="auto"`` is the whitening for n = 2 (SVD-LLM) and the diagonal scaling for n > 2, the
     better of the two on MiniLM (docs/RESULTS.md, bench_function).
     """
-    if allocate not in (None, "model"):
-        raise ValueError(f"allocate must be None or 'model' (one budget over all chosen layers), got {allocate!r}")
+    if not (allocate is None or allocate == "model" or isinstance(allocate, Allocation)):
+        raise ValueError(
+            f"allocate must be None, 'model' (one budget over all chosen layers) or an mpo.Allocation, got {allocate!r}"
+        )
     if weights != "activations" and allocate is None:
         if calibration is not None:
             raise ValueError("calibration is used only with weights='activations' or allocate='model'")
@@ -251,11 +270,18 @@ def activation_settings(
     if missing:
         raise ValueError(f"the calibration has no statistics for the chosen layers {missing}")
     if scaling == "auto":
-        scaling = "whiten" if n == 2 or allocate == "model" else "diagonal"
-    if allocate == "model":
+        scaling = "whiten" if n == 2 or allocate is not None else "diagonal"
+    if isinstance(allocate, Allocation):
+        if sorted(allocate.settings) != sorted(linears):
+            raise ValueError(
+                f"the allocation covers {sorted(allocate.settings)}, the chosen Linear layers are {sorted(linears)}"
+            )
+        plan = allocate
+    elif allocate == "model":
         if ratio is None or max_bond is not None or tol is not None:
             raise ValueError("allocate='model' spends ratio over all chosen layers: give ratio, and neither max_bond nor tol")
         plan = model_allocation(model, linears, calibration, ratio)
+    if allocate is not None:
         if progress:
             print(plan, file=sys.stderr, flush=True)
         return {

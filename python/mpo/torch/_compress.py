@@ -164,10 +164,11 @@ def compress(
         ``n=2`` is the whitened SVD of SVD-LLM), from ``calibration`` (:func:`mpo.torch.calibrate`).
     calibration : mpo.Calibration, optional
         Input statistics per layer, for ``weights="activations"`` and ``allocate="model"``.
-    allocate : None or "model"
+    allocate : None, "model" or mpo.Allocation
         "model" spends one budget, ``ratio`` times the chosen Linears' parameters, over all of them: each
         gets the whitened-SVD rank (or stays dense) that minimises the summed squared activation error
         (:func:`mpo.allocate`, read from one spectrum per layer); the allocation is printed with progress.
+        An Allocation (:func:`mpo.torch.allocation`, for instance with sensitivity weights) is used as given.
     scaling : str
         :data:`mpo.SCALINGS` member or "auto" (whitening for n = 2, diagonal for n > 2).
 
