@@ -245,3 +245,10 @@ def test_allocate_is_optimal_for_what_it_spends_and_beats_a_uniform_share():
         mpo.allocate(curves)
     with pytest.raises(ValueError, match="below the smallest"):
         mpo.allocate(curves, budget=3)
+
+
+@pytest.mark.parametrize("scaling", ["none", "diagonal", "whiten", "diagonal+whiten"])
+def test_budget_mode_counts_every_parameter(scaling):
+    M, X = _data(rows=24, cols=18)
+    fit = mpo.decompose_activations(M, mpo.ActivationStats.from_inputs(X), n=3, ratio=0.4, scaling=scaling)
+    assert fit.num_params <= 0.4 * M.size

@@ -543,6 +543,11 @@ def decompose_activations(
             factors.append(w.factor)
             alphas.append(w.alpha)
         alpha = max(alphas) if alphas else None
+        if scale is not None and ratio is not None:
+            # The row scale kept beside the cores costs I parameters: the cores get what is left.
+            kwargs["ratio"] = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
+            if not kwargs["ratio"] > 0:
+                raise ValueError(f"ratio {ratio} leaves no parameter for the cores beside the {rows} row scales")
         inner = decompose(_along_rows(work, factors, transpose=True), (plan.in_shape, plan.out_shape), **kwargs)
         bound = inner.relative_error_bound()
         folded = _fold(inner.cores, factors)
