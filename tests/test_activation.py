@@ -252,3 +252,16 @@ def test_budget_mode_counts_every_parameter(scaling):
     M, X = _data(rows=24, cols=18)
     fit = mpo.decompose_activations(M, mpo.ActivationStats.from_inputs(X), n=3, ratio=0.4, scaling=scaling)
     assert fit.num_params <= 0.4 * M.size
+
+
+def test_svd_layout_budget_is_the_largest_rank_that_fits():
+    M, X = _data(rows=24, cols=18)
+    stats = mpo.ActivationStats.from_inputs(X)
+    for ratio in (0.2, 0.5):
+        rank = int(ratio * 24 * 18 // 42)
+        fit = mpo.decompose_activations(M, stats, n=2, ratio=ratio)
+        np.testing.assert_allclose(fit.mpo.to_dense(), mpo.whitened_svd(M, rank, stats).to_dense(), atol=1e-9)
+        plain = mpo.decompose_activations(M, stats, n=2, ratio=ratio, scaling="none")
+        assert plain.mpo.bond_dims == (rank,) and plain.num_params <= ratio * M.size
+    with pytest.raises(ValueError, match="rank-1"):
+        mpo.decompose_activations(M, stats, n=2, ratio=0.01)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._mpo import MPO, decompose
-from ._validation import as_matrix, parse_shape
+from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape
 from ._weighted import LowRank, row_scales
 
 __all__ = [
@@ -499,6 +499,14 @@ def decompose_activations(
     if svd_layout:
         shape = ((rows, 1), (1, cols))
     plan = parse_shape(shape, n, rows, cols)
+    if svd_layout and ratio is not None:
+        # One bond: the budget is the largest rank r with r (I + J) <= ratio I J (any scaling folds into
+        # the left factor here), so no budget search is needed.
+        rank = int(parse_ratio(ratio) * rows * cols // (rows + cols))
+        if rank < 1:
+            raise ValueError(f"ratio {ratio} is below a rank-1 SVD's share {(rows + cols) / (rows * cols):.4g}")
+        parse_max_bond(max_bond, 1)
+        max_bond, ratio = (rank if max_bond is None else min(rank, int(max_bond))), None
     kwargs = {"max_bond": max_bond, "ratio": ratio, "tol": tol}
     weights = {"diagonal": None if activations is None else activations.diagonal, "fisher": row_weights}.get(scaling)
     alpha = None
