@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._mpo import MPO, decompose
+from ._decompose import decompose
+from ._mpo import MPO
 from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape
 from ._weighted import LowRank, row_scales
 
@@ -199,7 +200,7 @@ class Calibration(Mapping):
         """Write every layer's statistics to ``path`` (safetensors), atomically."""
         from safetensors.numpy import save_file
 
-        from ._io import atomic_path
+        from .io import atomic_path
 
         tensors = {f"{name}.gram": np.ascontiguousarray(s.gram) for name, s in self._layers.items()}
         meta = {

@@ -1,0 +1,70 @@
+"""What the ``mpo`` command prints: the progress bar (stderr) and the tables (stdout)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._mpo import MPO
+
+__all__ = ["progress", "table", "print_report"]
+
+
+def progress(done: int, total: int, label: str) -> None:
+    """A progress bar on stderr: redrawn in place on a terminal, one line per step otherwise."""
+    width = 30
+    filled = width * done // max(total, 1)
+    line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}"
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line[:119].ljust(119) + ("\n" if done == total else ""))
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    """``rows`` under ``header`` as left-aligned text columns."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+_HEADER = ["name", "shape", "factors", "bonds", "rho", "rel_error", "rel_bound", "S_central", "seconds"]
+
+
+def _row(name: str, m: MPO, error: float, seconds: float) -> list[str]:
+    factors = "x".join(map(str, m.in_shape)) + " | " + "x".join(map(str, m.out_shape))
+    entropy = m.entropy()
+    central = entropy[min(m.central_index, len(entropy) - 1)]
+    return [
+        name,
+        f"{m.shape[0]}x{m.shape[1]}",
+        factors,
+        ",".join(map(str, m.bond_dims)),
+        f"{m.compression_ratio:.4f}",
+        f"{error:.4f}",
+        f"{m.relative_error_bound():.4f}",
+        f"{central:.3f}",
+        f"{seconds:.3f}",
+    ]
+
+
+def print_report(mpos: Mapping[str, MPO], info: Mapping[str, Any], plain: Mapping[str, np.ndarray]) -> None:
+    """The per-matrix table and the totals, to stdout."""
+    rows = [_row(name, mpos[name], info[name]["error"], info[name]["seconds"]) for name in info]
+    print(table(rows, _HEADER))
+    dense = sum(m.shape[0] * m.shape[1] for m in mpos.values())
+    kept = sum(m.num_params for m in mpos.values())
+    others = sum(int(np.asarray(t).size) for t in plain.values())
+    seconds = sum(info[name]["seconds"] for name in info)
+    print(
+        f"\n{len(mpos)} matrices: {dense:,} -> {kept:,} parameters (rho {kept / max(dense, 1):.4f}), "
+        f"{seconds:.2f} s decomposing; {len(plain)} other tensors ({others:,} values) kept as they were; "
+        f"whole checkpoint {dense + others:,} -> {kept + others:,} values "
+        f"({(kept + others) / max(dense + others, 1):.4f})"
+    )
