@@ -25,3 +25,35 @@ from ._squeeze import SqueezeResult, SqueezeStep, central_bonds, cut_central, sq
 
 __all__ += ["LowRank", "weighted_svd", "stacked", "SqueezeResult", "SqueezeStep", "central_bonds", "cut_central", "squeeze"]
 __version__ = "0.1.0"
+
+# Activation-aware compression (issue 17, docs/ALGORITHMS.md §14): calibration statistics, whitened SVD,
+# scaled and Kronecker-whitened MPOs, and the model-wide budget.
+from ._activation import (  # noqa: E402
+    ActivationFit,
+    ActivationStats,
+    Allocation,
+    Calibration,
+    LayerCurve,
+    activation_error,
+    allocate,
+    decompose_activations,
+    kronecker_factors,
+    svd_curve,
+    whitened_svd,
+    whitening,
+)
+
+__all__ += [
+    "ActivationFit",
+    "ActivationStats",
+    "Allocation",
+    "Calibration",
+    "LayerCurve",
+    "activation_error",
+    "allocate",
+    "decompose_activations",
+    "kronecker_factors",
+    "svd_curve",
+    "whitened_svd",
+    "whitening",
+]

@@ -12,6 +12,7 @@ except ImportError as exc:  # exercised in a subprocess by tests/test_torch_opti
         "python -m pip install torch==2.13.0"
     ) from exc
 
+from ._calibrate import SensitivityReport, SensitivityRow, allocation, calibrate, sensitivity
 from ._compress import (
     MIN_SIDE,
     CompressionReport,
@@ -47,8 +48,12 @@ __all__ = [
     "ParameterReport",
     "ParameterRow",
     "StackedBank",
+    "SensitivityReport",
+    "SensitivityRow",
     "StackedLinear",
     "WeightView",
+    "allocation",
+    "calibrate",
     "compress",
     "compress_stacked",
     "fisher_information",
@@ -58,6 +63,7 @@ __all__ = [
     "optimizer_groups",
     "parameter_report",
     "save",
+    "sensitivity",
     "squeeze",
     "squeeze_to",
     "tied_modules",

@@ -20,6 +20,7 @@ from torch import nn
 from .._mpo import MPO
 from .._validation import match_names
 from ..io import TORCH_MODEL, atomic_path
+from ._calibrate import activation_layer, activation_settings
 from ._fisher import fisher_information
 from ._layers import MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, is_conv1d, layer_for
 
@@ -279,6 +280,9 @@ def compress(
     weights=None,
     data=None,
     loss_fn=None,
+    calibration=None,
+    allocate: str | None = None,
+    scaling: str = "auto",
 ) -> CompressionReport:
     """Replace matching Linear, Conv1D and Embedding modules of ``model`` by MPO layers, in place.
 
@@ -328,6 +332,18 @@ def compress(
         Embeddings, Conv1D and tied layers stay plain.
     data, loss_fn :
         The mini-batches and ``loss_fn(model, batch) -> scalar`` of ``weights="fisher"``.
+        ``weights="activations"`` fits every chosen Linear to its inputs instead
+        (:func:`mpo.decompose_activations` with ``scaling``, ``n``, ``max_bond``, ``tol``, ``ratio``;
+        ``n=2`` is the whitened SVD of SVD-LLM), from ``calibration`` (:func:`mpo.torch.calibrate`).
+    calibration : mpo.Calibration, optional
+        Input statistics per layer, for ``weights="activations"`` and ``allocate="model"``.
+    allocate : None, "model" or mpo.Allocation
+        "model" spends one budget, ``ratio`` times the chosen Linears' parameters, over all of them: each
+        gets the whitened-SVD rank (or stays dense) that minimises the summed squared activation error
+        (:func:`mpo.allocate`, read from one spectrum per layer); the allocation is printed with progress.
+        An Allocation (:func:`mpo.torch.allocation`, for instance with sensitivity weights) is used as given.
+    scaling : str
+        :data:`mpo.SCALINGS` member or "auto" (whitening for n = 2, diagonal for n > 2).
 
     Returns
     -------
@@ -351,16 +367,28 @@ def compress(
     if unknown:
         raise ValueError(f"shape names modules that are not compressed: {unknown}; compressed are: {sorted(chosen)}")
     todo, kept = _choose_groups(model, groups, chosen, force)
+    # Data-aware fits (Fisher rows, activation statistics) serve plain, untied Linear layers only.
     plain_linears = [g.names[0] for g in todo if len(g.names) == 1 and g.members[0][1] == "linear"]
-    row_weights = _row_weights(model, plain_linears, weights, data, loss_fn, progress)
+    fitted = activation_settings(
+        model, plain_linears, calibration, weights=weights, allocate=allocate, n=n, max_bond=max_bond,
+        ratio=ratio, tol=tol, scaling=scaling, progress=progress,
+    )
+    row_weights = {} if fitted else _row_weights(model, plain_linears, weights, data, loss_fn, progress)
     layers, swaps = [], {}
     for count, group in enumerate(todo, 1):
         module, kind, names = group.owner
         name = names[0]
         group_shape = next((shapes[k] for k in group.names if k in shapes), None)
         start = time.perf_counter()
+        if name in fitted and fitted[name] is None:
+            reason = "the model-wide allocation keeps it dense (its parameters buy more elsewhere)"
+            kept.append(KeptDense(name, type(module).__name__, _matrix_shape(module, kind), reason))
+            continue
         try:
-            layer = _build(group, group_shape, n, max_bond, tol, ratio, mode, row_weights.get(name))
+            if name in fitted:
+                layer, _ = activation_layer(module, calibration[name], shape=group_shape, mode=mode, **fitted[name])
+            else:
+                layer = _build(group, group_shape, n, max_bond, tol, ratio, mode, row_weights.get(name))
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"cannot compress layer {name!r} ({type(module).__name__}): {exc}") from exc
         dense = math.prod(layer.matrix_shape)

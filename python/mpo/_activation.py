@@ -1,0 +1,760 @@
+"""Activation-aware compression: calibration statistics, whitened SVD, scaled MPOs, model-wide budgets
+(docs/ALGORITHMS.md §14).
+
+A layer computes y = x M (M = W.T for ``nn.Linear``, in x out). What the model loses is ||X (M - M')||_F
+over the activations X it meets, not ||M - M'||_F. Everything here needs only C = X^T X (accumulated in
+float64 over calibration tokens): with C = L L^T, ||X E||_F^2 = tr(E^T C E) = ||L^T E||_F^2.
+
+- Whitened SVD (SVD-LLM): truncate L^T M to rank r and fold L^-T back into the left factor. This is the
+  exact minimiser of ||L^T (M - M')||_F over rank r (Eckart-Young in the whitened space).
+- Diagonal scaling (ASVD's idea): D = diag(sqrt(C_ii)), the root-mean-square of each input feature,
+  decomposed as the row weights of ``mpo.decompose(M, row_weights=diag C)`` (D^-1 kept as ``row_scale``).
+- Kronecker whitening: C ~ C_1 (x) ... (x) C_n along the MPO's row factors (i_1..i_n), the nearest
+  Kronecker product by a rank-one fit of the rearranged C (Van Loan-Pitsianis, alternating over the
+  factors). L = L_1 (x) ... (x) L_n then folds into the cores at no parameter cost: core k's i_k index
+  is multiplied by L_k^-T. For n = 2 in the SVD layout ((I, 1) x (1, J)) the product is C itself and
+  this is the whitened SVD. Whether it beats the diagonal form for n > 2 is measured, not assumed
+  (benchmarks/bench_function.py, docs/RESULTS.md).
+
+The damping rule, for a C that is singular (fewer tokens than features, dead features) or indefinite by
+rounding: factor C + lam I with lam = alpha * mean(diag C), alpha = ``damping`` (default 1e-4); when the
+Cholesky factorisation fails alpha is multiplied by 10 (from 1e-12 when it was 0) until it succeeds, up
+to alpha = 1. lam is relative to C's own scale, so rescaling C (more tokens, a scaled input) changes
+nothing, and C = c I gives L = sqrt(c (1 + alpha)) I: the plain method.
+
+Errors are reported with the undamped C: the damping only chooses the factor, the activation error is
+that of the statistics themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._decompose import decompose
+from ._mpo import MPO
+from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape
+from ._weighted import LowRank, row_scales
+
+__all__ = [
+    "ACTIVATIONS_FORMAT",
+    "ACTIVATIONS_VERSION",
+    "DAMPING",
+    "SCALINGS",
+    "ActivationFit",
+    "ActivationStats",
+    "Allocation",
+    "Calibration",
+    "LayerCurve",
+    "Whitening",
+    "activation_error",
+    "allocate",
+    "decompose_activations",
+    "kronecker_factors",
+    "svd_curve",
+    "whitened_svd",
+    "whitening",
+]
+
+#: alpha of the damping rule: C + alpha * mean(diag C) * I is factored (see the module docstring).
+DAMPING = 1e-4
+_DAMPING_STEP = 10.0
+_DAMPING_FLOOR = 1e-12
+ACTIVATIONS_FORMAT = "mpo.activations"
+ACTIVATIONS_VERSION = 1
+#: How ``decompose_activations`` uses the statistics.
+SCALINGS = ("none", "diagonal", "whiten", "diagonal+whiten", "fisher")
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+# --------------------------------------------------------------------------------------------- statistics
+class ActivationStats:
+    """The input statistics of one layer: C = X^T X (float64), its diagonal and the token count.
+
+    Made by :meth:`from_inputs`, :meth:`merge`, ``mpo.torch.calibrate`` or :meth:`Calibration.load`.
+    The Gram matrix is read-only; two statistics of the same layer merge by adding (more tokens).
+    """
+
+    def __init__(self, gram: object, tokens: int) -> None:
+        """Wrap C = X^T X of ``tokens`` rows of X; checked square, finite, symmetric, diagonal >= 0."""
+        g = np.asarray(gram)
+        if g.dtype.kind not in "fiu":
+            raise TypeError(f"gram must hold real numbers, got dtype {g.dtype}")
+        g = np.array(g, dtype=np.float64)
+        if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] == 0:
+            raise ValueError(f"gram must be a square, non-empty matrix (features x features), got shape {g.shape}")
+        if not np.isfinite(g).all():
+            raise ValueError(f"gram must be finite, got {int((~np.isfinite(g)).sum())} NaN or inf values")
+        scale = float(np.abs(g).max())
+        if float(np.abs(g - g.T).max()) > 1e-8 * max(scale, 1e-300):
+            raise ValueError("gram must be symmetric (X^T X): its largest asymmetry is above 1e-8 of its largest entry")
+        if (np.diag(g) < 0).any():
+            i = int(np.flatnonzero(np.diag(g) < 0)[0])
+            raise ValueError(f"gram's diagonal holds sums of squares and must be >= 0, got gram[{i}, {i}] = {g[i, i]}")
+        if isinstance(tokens, bool) or not isinstance(tokens, numbers.Integral) or tokens < 1:
+            raise ValueError(f"tokens must be an integer >= 1 (rows of X summed into gram), got {tokens!r}")
+        self._gram = _frozen((g + g.T) / 2)
+        self._tokens = int(tokens)
+
+    @classmethod
+    def from_inputs(cls, X: object) -> ActivationStats:
+        """The statistics of the rows of ``X`` (tokens x features): C = X^T X in float64."""
+        x = as_matrix(X).astype(np.float64)
+        return cls(x.T @ x, x.shape[0])
+
+    @property
+    def gram(self) -> np.ndarray:
+        """C = X^T X, features x features, float64, read-only."""
+        return self._gram
+
+    @property
+    def diagonal(self) -> np.ndarray:
+        """diag(C): each input feature's sum of squares over the tokens."""
+        return _frozen(np.diag(self._gram).copy())
+
+    @property
+    def tokens(self) -> int:
+        """How many rows of X were summed into C."""
+        return self._tokens
+
+    @property
+    def features(self) -> int:
+        """The layer's input width (C is features x features)."""
+        return self._gram.shape[0]
+
+    def merge(self, other: ActivationStats) -> ActivationStats:
+        """The statistics of both token sets: grams and counts add."""
+        if not isinstance(other, ActivationStats):
+            raise TypeError(f"merge expects ActivationStats, got {type(other).__name__}")
+        if other.features != self.features:
+            raise ValueError(f"cannot merge statistics of {self.features} and {other.features} features")
+        return ActivationStats(self._gram + other.gram, self._tokens + other.tokens)
+
+    __add__ = merge
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write these statistics alone to ``path`` (a one-layer :class:`Calibration` named "layer")."""
+        Calibration({"layer": self}).save(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ActivationStats:
+        """Read statistics written by :meth:`save` (a file with exactly one layer)."""
+        calibration = Calibration.load(path)
+        if len(calibration) != 1:
+            raise ValueError(f"{os.fspath(path)!r} holds {len(calibration)} layers; use Calibration.load")
+        return next(iter(calibration.values()))
+
+    def __repr__(self) -> str:
+        return f"ActivationStats(features={self.features}, tokens={self._tokens})"
+
+
+class Calibration(Mapping):
+    """Per-layer :class:`ActivationStats` by layer name: what ``mpo.torch.calibrate`` returns.
+
+    Saves to and loads from one safetensors file (``save``/``load``): one float64 tensor
+    ``<name>.gram`` per layer, and the format, version and token counts in the header's metadata.
+    """
+
+    def __init__(self, layers: Mapping[str, ActivationStats]) -> None:
+        """Wrap a mapping name -> ActivationStats (names are non-empty strings)."""
+        items = dict(layers)
+        for name, stats in items.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"layer names must be non-empty strings, got {name!r}")
+            if not isinstance(stats, ActivationStats):
+                raise TypeError(f"layer {name!r}: expected ActivationStats, got {type(stats).__name__}")
+        self._layers = items
+
+    def __getitem__(self, name: str) -> ActivationStats:
+        try:
+            return self._layers[name]
+        except KeyError:
+            raise KeyError(f"no statistics for layer {name!r}; there are: {', '.join(self._layers) or 'none'}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def merge(self, other: Calibration) -> Calibration:
+        """Both calibrations' tokens: layers in both are merged, layers in one are kept."""
+        if not isinstance(other, Calibration):
+            raise TypeError(f"merge expects a Calibration, got {type(other).__name__}")
+        out = dict(self._layers)
+        for name, stats in other.items():
+            out[name] = out[name].merge(stats) if name in out else stats
+        return Calibration(out)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every layer's statistics to ``path`` (safetensors), atomically."""
+        from safetensors.numpy import save_file
+
+        from .io import atomic_path
+
+        tensors = {f"{name}.gram": np.ascontiguousarray(s.gram) for name, s in self._layers.items()}
+        meta = {
+            "format": ACTIVATIONS_FORMAT,
+            "version": str(ACTIVATIONS_VERSION),
+            "tokens": json.dumps({name: s.tokens for name, s in self._layers.items()}),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Calibration:
+        """Read a file written by :meth:`save`, validating its header and every tensor before use."""
+        from safetensors import safe_open
+
+        where = os.fspath(path)
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"no activation statistics file at {where!r}")
+        try:
+            handle = safe_open(where, framework="np")
+        except Exception as exc:  # safetensors raises its own error type for a malformed header
+            raise ValueError(f"{where!r} is not a readable safetensors file: {exc}") from None
+        with handle as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != ACTIVATIONS_FORMAT:
+                raise ValueError(f"{where!r} is not an activation statistics file (format {ACTIVATIONS_FORMAT!r})")
+            if meta.get("version") != str(ACTIVATIONS_VERSION):
+                raise ValueError(
+                    f"{where!r} has activation statistics version {meta.get('version')!r}; "
+                    f"this mpo reads version {ACTIVATIONS_VERSION}"
+                )
+            try:
+                tokens = json.loads(meta.get("tokens", ""))
+            except json.JSONDecodeError:
+                raise ValueError(f"{where!r}: the token counts in the header are not JSON") from None
+            if not isinstance(tokens, dict):
+                raise ValueError(f"{where!r}: the token counts must map layer names to integers")
+            keys = set(f.keys())
+            wanted = {f"{name}.gram" for name in tokens}
+            if keys != wanted:
+                raise ValueError(f"{where!r}: tensors {sorted(keys ^ wanted)} do not match the layers in the header")
+            layers = {}
+            for name, count in tokens.items():
+                try:
+                    gram = f.get_tensor(f"{name}.gram")
+                    if gram.dtype != np.float64:
+                        raise ValueError(f"gram must be float64, got {gram.dtype}")
+                    layers[name] = ActivationStats(gram, count)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{where!r}: layer {name!r}: {exc}") from None
+        return cls(layers)
+
+    def __repr__(self) -> str:
+        return f"Calibration({len(self._layers)} layers)"
+
+
+# ---------------------------------------------------------------------------------------------- whitening
+@dataclass(frozen=True)
+class Whitening:
+    """C + lam I = factor @ factor.T (``factor`` lower triangular) and the alpha the damping rule settled on."""
+
+    factor: np.ndarray
+    alpha: float
+    lam: float
+
+
+def _damping_ladder(alpha: float) -> Iterator[float]:
+    yield alpha
+    step = max(alpha, _DAMPING_FLOOR)
+    if alpha == 0:
+        yield step
+    while step * _DAMPING_STEP <= 1.0 * (1 + 1e-9):
+        step *= _DAMPING_STEP
+        yield step
+
+
+def whitening(gram: object, damping: float = DAMPING) -> Whitening:
+    """The lower Cholesky factor L of C + lam I by the damping rule of this module's docstring.
+
+    lam = alpha * mean(diag C), alpha starting at ``damping`` and multiplied by 10 while Cholesky fails
+    (from 1e-12 when ``damping`` is 0), up to 1. Raises ValueError for a C whose diagonal is all zero
+    (no activation was seen), a ``damping`` outside [0, 1], or a C that is not a Gram matrix.
+    """
+    if isinstance(damping, bool) or not isinstance(damping, numbers.Real) or not 0 <= damping <= 1:
+        raise ValueError(f"damping must be a number in [0, 1] (alpha of lam = alpha * mean(diag C)), got {damping!r}")
+    c = np.asarray(gram, dtype=np.float64)
+    mean = float(np.mean(np.diag(c)))
+    if not mean > 0:
+        raise ValueError("the statistics are all zero (mean(diag C) = 0): there is no activation to whiten by")
+    eye = np.eye(c.shape[0])
+    for alpha in _damping_ladder(float(damping)):
+        lam = alpha * mean
+        try:
+            return Whitening(np.linalg.cholesky(c + lam * eye), alpha, lam)
+        except np.linalg.LinAlgError:
+            continue
+    raise ValueError("C + mean(diag C) I is not positive definite: the statistics are not a Gram matrix X^T X")
+
+
+def activation_error(M: object, approx: object, stats: ActivationStats) -> float:
+    """||X (M - approx)||_F / ||X M||_F from C alone: sqrt(tr(E^T C E) / tr(M^T C M)), C undamped."""
+    m = np.asarray(M, dtype=np.float64)
+    e = m - np.asarray(approx, dtype=np.float64)
+    c = stats.gram
+    num = float(np.sum((c @ e) * e))
+    den = float(np.sum((c @ m) * m))
+    return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+
+
+def _solve_upper(U: np.ndarray, B: np.ndarray) -> np.ndarray:
+    try:
+        from scipy.linalg import solve_triangular
+    except ImportError:  # scipy is optional: a general solve gives the same answer, slower
+        return np.linalg.solve(U, B)
+    return solve_triangular(U, B, lower=False)
+
+
+def _check_features(stats: object, rows: int, what: str = "activations") -> None:
+    if not isinstance(stats, ActivationStats):
+        raise TypeError(f"{what} must be ActivationStats, got {type(stats).__name__}")
+    if stats.features != rows:
+        raise ValueError(f"{what} are for {stats.features} input features, M has {rows} rows (M is in x out: W.T)")
+
+
+def _check_rank(rank: object, a: np.ndarray) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        raise TypeError(f"rank must be an integer, got {rank!r}")
+    if not 1 <= rank <= min(a.shape):
+        raise ValueError(f"rank must be in [1, min(I, J)] = [1, {min(a.shape)}], got {rank}")
+    return int(rank)
+
+
+def whitened_svd(M: object, rank: int, stats: ActivationStats, *, damping: float = DAMPING) -> LowRank:
+    """SVD-LLM: the rank-``rank`` M' minimising ||L^T (M - M')||_F, with C + lam I = L L^T.
+
+    L^T M = U S V^T is truncated and L^-T folded into the left factor: ``left`` = L^-T U_r S_r (I x r),
+    ``right`` = V_r^T, so the result has the plain SVD's r (I + J) parameters. In the returned
+    :class:`mpo.LowRank` "weighted" means whitened: ``spectrum`` is that of L^T M and
+    ``weighted_error`` = ||L^T (M - M')||_F exactly (the dropped singular values); ``error`` is the
+    plain ||M - M'||_F. :func:`activation_error` gives ||X (M - M')|| / ||X M|| with the undamped C.
+    """
+    a = as_matrix(M)
+    r = _check_rank(rank, a)
+    _check_features(stats, a.shape[0])
+    work = a.astype(np.float64)
+    L = whitening(stats.gram, damping).factor
+    u, s, vt = np.linalg.svd(L.T @ work, full_matrices=False)
+    left = _solve_upper(L.T, u[:, :r] * s[:r])  # L^-T (U_r S_r): a triangular solve, no inverse formed
+    right = vt[:r]
+    return LowRank(
+        left=np.ascontiguousarray(left, dtype=a.dtype),
+        right=np.ascontiguousarray(right, dtype=a.dtype),
+        spectrum=s,
+        plain_spectrum=np.linalg.svd(work, compute_uv=False),
+        weighted_error=float(np.sqrt(np.sum(s[r:] ** 2))),
+        error=float(np.linalg.norm(work - left @ right)),
+        weighted_norm=float(np.linalg.norm(s)),
+        norm=float(np.linalg.norm(work)),
+    )
+
+
+# ------------------------------------------------------------------------------------ Kronecker whitening
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def kronecker_factors(gram: object, factors: Sequence[int], *, sweeps: int = 8) -> list[np.ndarray]:
+    """C ~ c C_1 (x) ... (x) C_n (row-major index order) for the row factors ``factors``, each C_k PSD.
+
+    The nearest Kronecker product in Frobenius norm is a rank-one fit of C rearranged as a tensor with
+    one (i_k, i_k') index pair per factor (Van Loan-Pitsianis); it is found by alternating updates
+    started from identities (the first update of each factor is then its partial trace). Each update
+    contracts C with PSD factors, which keeps every C_k positive semi-definite. Each C_k is returned
+    with unit Frobenius norm: the scale c is dropped, as whitening does not depend on it.
+    """
+    c = np.asarray(gram, dtype=np.float64)
+    sizes = [int(f) for f in factors]
+    n = len(sizes)
+    if math.prod(sizes) != c.shape[0]:
+        raise ValueError(f"factors {tuple(sizes)} multiply to {math.prod(sizes)}, C has {c.shape[0]} rows")
+    if 2 * n > len(_LETTERS):
+        raise ValueError(f"at most {len(_LETTERS) // 2} factors are supported, got {n}")
+    # (i_1..i_n, i_1'..i_n') -> (i_1, i_1', i_2, i_2', ...)
+    t = c.reshape(sizes + sizes).transpose([p for k in range(n) for p in (k, n + k)])
+    pairs = [_LETTERS[2 * k : 2 * k + 2] for k in range(n)]
+    out = [np.eye(s) / math.sqrt(s) for s in sizes]
+    for _ in range(max(1, int(sweeps))):
+        for k in range(n):
+            rest = [m for m in range(n) if m != k]
+            spec = "".join(pairs) + "".join("," + pairs[m] for m in rest) + "->" + pairs[k]
+            f = np.einsum(spec, t, *(out[m] for m in rest), optimize=True)
+            f = (f + f.T) / 2
+            norm = float(np.linalg.norm(f))
+            out[k] = f / norm if norm > 0 else np.eye(sizes[k]) / math.sqrt(sizes[k])
+    return out
+
+
+def _along_rows(matrix: np.ndarray, mats: Sequence[np.ndarray], transpose: bool) -> np.ndarray:
+    """(A_1 (x) ... (x) A_n) X (or with every A_k^T) for X of shape (i_1..i_n, J), row-major."""
+    sizes = [m.shape[0] for m in mats]
+    x = matrix.reshape(sizes + [matrix.shape[1]])
+    for k, a in enumerate(mats):
+        op = a.T if transpose else a
+        x = np.moveaxis(np.tensordot(op, x, axes=([1], [k])), 0, k)
+    return x.reshape(matrix.shape)
+
+
+def _fold(cores: Sequence[np.ndarray], factors: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Core k's i_k index multiplied by L_k^-T: the MPO of (L_1 (x) ... (x) L_n)^-T (the cores' matrix)."""
+    out = []
+    for core, L in zip(cores, factors):
+        inv_t = _solve_upper(L.T, np.eye(L.shape[0]))
+        out.append(np.einsum("ab,dbjc->dajc", inv_t, np.asarray(core, dtype=np.float64)))
+    return out
+
+
+# ------------------------------------------------------------------------------------ one call for every form
+@dataclass(frozen=True)
+class ActivationFit:
+    """What :func:`decompose_activations` made and how well it does, in the weights and the activations.
+
+    ``mpo`` is the approximation (for ``n=2`` an MPO with factors (I, 1) x (1, J): a truncated SVD).
+    ``activation_error`` is ||X (M - M')||_F / ||X M||_F on the statistics it was fitted to (None
+    without statistics), ``held_out_error`` the same on ``held_out`` statistics (None without them),
+    ``weight_error`` ||M - M'||_F / ||M||_F, and ``bound`` the decomposition's relative error bound in
+    the norm it minimised (whitened, scaled or plain: MPOP Eq. 4 there). ``alpha`` is the damping the
+    rule settled on (None when nothing was factored).
+    """
+
+    mpo: MPO
+    scaling: str
+    activation_error: float | None
+    held_out_error: float | None
+    weight_error: float
+    bound: float
+    alpha: float | None
+
+    @property
+    def num_params(self) -> int:
+        """Parameters of the MPO (a row scale included)."""
+        return self.mpo.num_params
+
+
+def decompose_activations(
+    M: object,
+    activations: ActivationStats | None,
+    *,
+    n: int = 5,
+    shape: object = None,
+    max_bond: int | Sequence[int] | None = None,
+    ratio: float | None = None,
+    tol: float | None = None,
+    scaling: str = "whiten",
+    row_weights: object = None,
+    damping: float = DAMPING,
+    held_out: ActivationStats | None = None,
+) -> ActivationFit:
+    """Decompose M (in x out: ``W.T`` of a Linear) for the activations it meets: one call for every form.
+
+    Parameters
+    ----------
+    M : array_like, I x J
+    activations : ActivationStats of I features, or None (only with scaling "none" or "fisher")
+    n : int
+        2 is the truncated SVD (the MPO with factors (I, 1) x (1, J), rank = ``max_bond``); n > 2 an MPO
+        whose factors :func:`mpo.plan_shape` chooses. ``shape`` gives factors explicitly.
+    max_bond, ratio, tol :
+        As in :func:`mpo.decompose`, acting in the norm the scaling sets (budget mode counts a row scale).
+    scaling : one of ``SCALINGS``
+        "none": plain. "diagonal": ASVD's D = diag(sqrt(diag C)); kept as the row scale for n > 2 (I more
+        parameters), folded into the left factor for n = 2. "whiten": whitening along the row factors by
+        the nearest Kronecker product of C, folded into the cores at no parameter cost (for n = 2
+        exactly SVD-LLM's whitened SVD). "diagonal+whiten": the diagonal first, then the Kronecker
+        whitening of D^-1 C D^-1. "fisher": ``row_weights`` (Fisher importances per input feature,
+        FWSVD) as the diagonal.
+    damping : float
+        alpha of the damping rule (module docstring).
+    held_out : ActivationStats, optional
+        Statistics of tokens the fit did not see, for ``held_out_error``.
+
+    Returns
+    -------
+    ActivationFit
+    """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+    a = as_matrix(M).astype(np.float64)
+    rows, cols = a.shape
+    if activations is not None:
+        _check_features(activations, rows)
+    elif scaling not in ("none", "fisher"):
+        raise ValueError(f"scaling {scaling!r} needs activation statistics, got activations=None")
+    if held_out is not None:
+        _check_features(held_out, rows, "held_out")
+    if (scaling == "fisher") != (row_weights is not None):
+        raise ValueError("row_weights (Fisher importances per input feature) go with scaling='fisher' and only with it")
+    svd_layout = n == 2 and shape is None
+    if svd_layout:
+        shape = ((rows, 1), (1, cols))
+    plan = parse_shape(shape, n, rows, cols)
+    if svd_layout and ratio is not None:
+        # One bond: the budget is the largest rank r with r (I + J) <= ratio I J (any scaling folds into
+        # the left factor here), so no budget search is needed.
+        rank = int(parse_ratio(ratio) * rows * cols // (rows + cols))
+        if rank < 1:
+            raise ValueError(f"ratio {ratio} is below a rank-1 SVD's share {(rows + cols) / (rows * cols):.4g}")
+        parse_max_bond(max_bond, 1)
+        max_bond, ratio = (rank if max_bond is None else min(rank, int(max_bond))), None
+    kwargs = {"max_bond": max_bond, "ratio": ratio, "tol": tol}
+    weights = {"diagonal": None if activations is None else activations.diagonal, "fisher": row_weights}.get(scaling)
+    alpha = None
+    if scaling == "none" or (weights is not None and not svd_layout):
+        # A diagonal over the multi-index (i_1..i_n) does not fold into one core: decompose's row weights.
+        m = decompose(a, shape, n=n, row_weights=weights, **kwargs)
+        bound = m.relative_error_bound(weighted=m.row_scale is not None)
+    else:
+        gram = activations.gram if activations is not None else None
+        scale = None
+        work = a
+        if weights is not None:  # the SVD layout: the diagonal is the first factor, folded exactly
+            gram = np.diag(row_scales(weights, rows) ** 2)
+        elif scaling == "diagonal+whiten":
+            d = row_scales(activations.diagonal, rows)
+            scale = 1.0 / d
+            gram = gram * scale[:, None] * scale[None, :]
+            work = a * d[:, None]
+        padded_rows = plan.padded_shape[0]
+        if padded_rows != rows:
+            # The padding rows of M are zero: give them the mean variance so that C stays invertible.
+            big = np.eye(padded_rows) * float(np.mean(np.diag(gram)))
+            big[:rows, :rows] = gram
+            gram = big
+        if plan.padded_shape != work.shape:
+            padded = np.zeros(plan.padded_shape)
+            padded[:rows, :cols] = work
+            work = padded
+        sizes = list(plan.in_shape)
+        wide = [k for k, s in enumerate(sizes) if s > 1]
+        if len(wide) == 1:
+            # One nontrivial row factor (the SVD layout): the Kronecker product is C itself.
+            pieces = {wide[0]: gram}
+        else:
+            pieces = dict(enumerate(kronecker_factors(gram, sizes)))
+        factors, alphas = [], []
+        for k, s in enumerate(sizes):
+            if s == 1:
+                factors.append(np.ones((1, 1)))
+                continue
+            w = whitening(pieces[k], damping)
+            factors.append(w.factor)
+            alphas.append(w.alpha)
+        alpha = max(alphas) if alphas else None
+        if scale is not None and ratio is not None:
+            # The row scale kept beside the cores costs I parameters: the cores get what is left.
+            kwargs["ratio"] = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
+            if not kwargs["ratio"] > 0:
+                raise ValueError(f"ratio {ratio} leaves no parameter for the cores beside the {rows} row scales")
+        inner = decompose(_along_rows(work, factors, transpose=True), (plan.in_shape, plan.out_shape), **kwargs)
+        bound = inner.relative_error_bound()
+        folded = _fold(inner.cores, factors)
+        m = MPO.from_cores(folded, shape=(rows, cols), row_scale=scale)
+    approx = m.to_dense()
+    return ActivationFit(
+        mpo=m,
+        scaling=scaling,
+        activation_error=None if activations is None else activation_error(a, approx, activations),
+        held_out_error=None if held_out is None else activation_error(a, approx, held_out),
+        weight_error=float(np.linalg.norm(a - approx) / np.linalg.norm(a)),
+        bound=bound,
+        alpha=alpha,
+    )
+
+
+# ------------------------------------------------------------------------------------ model-wide budgets
+@dataclass(frozen=True)
+class LayerCurve:
+    """The settings one layer may take: parameters and relative squared activation error of each.
+
+    ``settings[p]`` names point p (``("svd", r)``, ``("dense",)``, or what the caller chose);
+    ``errors[p]`` is ||X (M - M'_p)||^2 / ||X M||^2. The dense layer (``dense_params``, error 0) is
+    always a choice: :func:`allocate` adds it.
+    """
+
+    name: str
+    dense_params: int
+    params: tuple[int, ...]
+    errors: tuple[float, ...]
+    settings: tuple[tuple, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.params) == len(self.errors) == len(self.settings)):
+            raise ValueError(
+                f"layer {self.name!r}: params, errors and settings must have one entry per point, got "
+                f"{len(self.params)}, {len(self.errors)} and {len(self.settings)}"
+            )
+        if any(p < 0 for p in self.params) or any(not (e >= 0) for e in self.errors):
+            raise ValueError(f"layer {self.name!r}: parameters and errors must be >= 0")
+
+
+def svd_curve(name: str, M: object, stats: ActivationStats, *, damping: float = DAMPING) -> LayerCurve:
+    """Every rank of the whitened SVD of M, read from one spectrum: rank r costs r (I + J) parameters
+    and leaves sum_{k > r} s_k^2 / sum s_k^2 of the (whitened) activation energy, s the spectrum of L^T M.
+    Ranks whose size reaches the dense matrix's are left out (the dense layer is cheaper)."""
+    a = as_matrix(M).astype(np.float64)
+    rows, cols = a.shape
+    _check_features(stats, rows)
+    L = whitening(stats.gram, damping).factor
+    s = np.linalg.svd(L.T @ a, compute_uv=False)
+    energy = s**2
+    total = float(energy.sum())
+    tail = np.concatenate([np.cumsum(energy[::-1])[::-1][1:], [0.0]])  # tail[r-1] = sum_{k >= r} s_k^2
+    ranks = [r for r in range(1, len(s) + 1) if r * (rows + cols) < rows * cols]
+    return LayerCurve(
+        name=name,
+        dense_params=rows * cols,
+        params=tuple(r * (rows + cols) for r in ranks),
+        errors=tuple(float(tail[r - 1] / total) if total > 0 else 0.0 for r in ranks),
+        settings=tuple(("svd", r) for r in ranks),
+    )
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """One setting per layer from :func:`allocate`; ``settings``, ``params``, ``errors`` (relative squared
+    activation errors) and ``dense`` (the dense layers' parameters) by layer name."""
+
+    settings: dict
+    params: dict
+    errors: dict
+    dense: dict
+    budget: int
+
+    @property
+    def total_params(self) -> int:
+        """Parameters of all chosen settings."""
+        return int(sum(self.params.values()))
+
+    @property
+    def dense_params(self) -> int:
+        """Parameters of all the layers left dense."""
+        return int(sum(self.dense.values()))
+
+    @property
+    def summed_error(self) -> float:
+        """The objective (unweighted): the sum over layers of the relative squared activation errors."""
+        return float(sum(self.errors.values()))
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<48} {'setting':<12} {'params':>10} {'share':>7} {'act. error':>10}"]
+        for name, setting in self.settings.items():
+            label = " ".join(str(x) for x in setting)
+            lines.append(
+                f"{name:<48} {label:<12} {self.params[name]:>10} "
+                f"{self.params[name] / self.dense[name]:>7.3f} {math.sqrt(self.errors[name]):>10.4f}"
+            )
+        lines.append(
+            f"{len(self.settings)} layers: {self.dense_params} -> {self.total_params} parameters "
+            f"(share {self.total_params / self.dense_params:.4f}, budget {self.budget}); "
+            f"summed squared activation error {self.summed_error:.4g}"
+        )
+        return "\n".join(lines)
+
+
+def _hull(points: list[tuple[int, float, int]]) -> list[tuple[int, float, int]]:
+    """The lower convex hull of (params, error, index) points, params ascending, error descending."""
+    pts = sorted(points, key=lambda p: (p[0], p[1]))
+    # Drop dominated points: more parameters must buy a smaller error.
+    kept: list[tuple[int, float, int]] = []
+    for p in pts:
+        if kept and p[0] == kept[-1][0]:
+            continue
+        if kept and p[1] >= kept[-1][1]:
+            continue
+        kept.append(p)
+    hull: list[tuple[int, float, int]] = []
+    for p in kept:
+        while len(hull) >= 2:
+            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            # Remove the middle point when it lies on or above the chord from hull[-2] to p.
+            if (y2 - y1) * (p[0] - x1) >= (p[1] - y1) * (x2 - x1):
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def allocate(
+    curves: Sequence[LayerCurve],
+    *,
+    budget: int | None = None,
+    ratio: float | None = None,
+    layer_weights: Mapping[str, float] | None = None,
+) -> Allocation:
+    """Choose one setting per layer minimising sum_l w_l e_l^2 within one parameter budget.
+
+    e_l^2 is a layer's relative squared activation error (``LayerCurve.errors``), w_l its weight (1, or
+    ``layer_weights[name]``: a measured sensitivity, for instance). ``budget`` counts parameters;
+    ``ratio`` sets it to ratio times the layers' dense parameters. Every layer starts dense and the
+    greedy step that saves parameters at the smallest error per parameter is taken until the budget is
+    met, along each layer's lower convex hull: read from the stored curves, no decomposition per step.
+    On convex curves (a whitened SVD's) this is optimal up to the last step.
+    """
+    curves = list(curves)
+    if not curves:
+        raise ValueError("allocate needs at least one layer curve")
+    names = [c.name for c in curves]
+    if len(set(names)) != len(names):
+        raise ValueError("layer curves must have distinct names")
+    dense = sum(c.dense_params for c in curves)
+    if (budget is None) == (ratio is None):
+        raise ValueError("give exactly one of budget (parameters) and ratio (share of the dense parameters)")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+        budget = int(ratio * dense)
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 1:
+        raise ValueError(f"budget must be a positive integer (parameters), got {budget!r}")
+    weights = dict(layer_weights or {})
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"layer_weights names layers without curves: {unknown}")
+    hulls, position = {}, {}
+    for c in curves:
+        w = float(weights.get(c.name, 1.0))
+        if not (w >= 0 and math.isfinite(w)):
+            raise ValueError(f"layer weight of {c.name!r} must be finite and >= 0, got {w}")
+        points = [(int(p), w * float(e), k) for k, (p, e) in enumerate(zip(c.params, c.errors)) if p < c.dense_params]
+        points.append((c.dense_params, 0.0, -1))  # the layer left dense
+        hulls[c.name] = _hull(points)
+        position[c.name] = len(hulls[c.name]) - 1
+    smallest = sum(h[0][0] for h in hulls.values())
+    if smallest > budget:
+        raise ValueError(
+            f"the budget {budget} is below the smallest setting of every layer ({smallest} parameters)"
+        )
+    total = sum(hulls[n][position[n]][0] for n in names)
+    while total > budget:
+        best, best_rate = None, math.inf
+        for n in names:
+            k = position[n]
+            if k == 0:
+                continue
+            (p0, e0, _), (p1, e1, _) = hulls[n][k - 1], hulls[n][k]
+            rate = (e0 - e1) / (p1 - p0)
+            if rate < best_rate:
+                best, best_rate = n, rate
+        assert best is not None  # smallest <= budget < total: some layer can still step down
+        position[best] -= 1
+        total = sum(hulls[n][position[n]][0] for n in names)
+    by_name = {c.name: c for c in curves}
+    settings, params, errors = {}, {}, {}
+    for n in names:
+        p, _, k = hulls[n][position[n]]
+        settings[n] = ("dense",) if k < 0 else tuple(by_name[n].settings[k])
+        params[n] = int(p)
+        errors[n] = 0.0 if k < 0 else float(by_name[n].errors[k])
+    return Allocation(settings, params, errors, {c.name: c.dense_params for c in curves}, int(budget))

@@ -1,0 +1,378 @@
+"""Calibration: the input statistics of a model's layers on real inputs, and what they are used for
+(docs/ALGORITHMS.md §14): activation-aware layers, the model-wide budget and per-layer sensitivity.
+
+``calibrate`` runs the model on the caller's batches with forward hooks on the compressible layers
+(``nn.Linear`` and, when transformers is installed, its ``Conv1D``: both compute x @ M with M in x out)
+and streams C = X^T X in float64 per layer, so memory does not grow with the number of tokens. When a
+batch is a dict with an ``attention_mask`` whose shape matches a layer input's leading axes, padding
+tokens are left out: they are not text the model meets.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._activation import (
+    DAMPING,
+    ActivationStats,
+    Allocation,
+    Calibration,
+    allocate,
+    decompose_activations,
+    svd_curve,
+)
+from ._layers import MPOLinear
+
+__all__ = ["allocation", "calibrate", "SensitivityReport", "SensitivityRow", "sensitivity", "activation_layer", "activation_settings", "model_allocation"]
+
+
+def _conv1d_type():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional: without it only nn.Linear is calibrated
+        return None
+    return Conv1D
+
+
+def _compressible(model: nn.Module) -> dict[str, nn.Module]:
+    kinds = tuple(t for t in (nn.Linear, _conv1d_type()) if t is not None)
+    return {name: m for name, m in model.named_modules() if type(m) in kinds}
+
+
+def _select(model: nn.Module, include, exclude, what: str = "calibrate") -> dict[str, nn.Module]:
+    """The compressible layers matching include/exclude (fnmatch patterns on qualified names)."""
+    found = _compressible(model)
+    names = list(found)
+    pats = {}
+    for key, value in (("include", include), ("exclude", exclude)):
+        if value is None:
+            pats[key] = []
+        elif isinstance(value, str):
+            pats[key] = [value]
+        else:
+            pats[key] = list(value)
+            if not all(isinstance(p, str) for p in pats[key]):
+                raise TypeError(f"{key} must be a string or a list of strings (fnmatch patterns), got {value!r}")
+        for p in pats[key]:
+            if not any(fnmatch.fnmatchcase(n, p) for n in names):
+                raise ValueError(
+                    f"{key} pattern {p!r} matches no Linear (or Conv1D) layer; the model has: {', '.join(names) or 'none'}"
+                )
+    chosen = {
+        n: m
+        for n, m in found.items()
+        if (not pats["include"] or any(fnmatch.fnmatchcase(n, p) for p in pats["include"]))
+        and not any(fnmatch.fnmatchcase(n, p) for p in pats["exclude"])
+    }
+    if not chosen:
+        raise ValueError(f"{what}: include/exclude leave no layer; the model's layers are: {', '.join(names) or 'none'}")
+    return chosen
+
+
+def _in_features(module: nn.Module) -> int:
+    # nn.Linear's weight is (out, in); transformers' Conv1D stores (in, out).
+    return module.in_features if isinstance(module, nn.Linear) else module.weight.shape[0]
+
+
+def calibrate(
+    model: nn.Module,
+    batches: Iterable[Any],
+    include=None,
+    exclude=None,
+    *,
+    progress: bool | Callable[[int, int | None, int], None] = True,
+) -> Calibration:
+    """Run ``model`` on ``batches`` and collect each chosen layer's input statistics C = X^T X.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Run in eval mode (dropout off) under ``torch.no_grad``; its training flag is restored after.
+    batches : iterable of model inputs
+        A dict (any Mapping, such as a tokenizer's BatchEncoding) is passed as ``model(**batch)``, anything else as ``model(batch)``.
+    include, exclude : str or list of str, optional
+        fnmatch patterns on qualified module names, as in :func:`mpo.torch.compress`.
+    progress : bool or callable(batch_index, total or None, tokens_so_far)
+        True prints one line per batch to stderr.
+
+    Returns
+    -------
+    mpo.Calibration
+        name -> :class:`mpo.ActivationStats` (float64 C, its diagonal, the token count); ``save``/``load``
+        write it to safetensors.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"calibrate expects a torch.nn.Module, got {type(model).__name__}")
+    chosen = _select(model, include, exclude)
+    grams = {n: torch.zeros(_in_features(m), _in_features(m), dtype=torch.float64) for n, m in chosen.items()}
+    counts = {n: 0 for n in chosen}
+    state: dict = {"mask": None}
+
+    def hook(name: str):
+        def record(_module, inputs, _output):
+            x = inputs[0].detach()
+            mask = state["mask"]
+            flat = x.reshape(-1, x.shape[-1])
+            if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+                flat = flat[mask.reshape(-1).to(flat.device)]
+            flat = flat.to("cpu", torch.float64)
+            grams[name].addmm_(flat.T, flat)
+            counts[name] += flat.shape[0]
+
+        return record
+
+    total = len(batches) if hasattr(batches, "__len__") else None
+    handles = [m.register_forward_hook(hook(n)) for n, m in chosen.items()]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for seen, batch in enumerate(batches, 1):
+                if isinstance(batch, Mapping):  # a dict, or transformers' BatchEncoding
+                    mask = batch.get("attention_mask")
+                    state["mask"] = mask.bool() if isinstance(mask, torch.Tensor) else None
+                    model(**batch)
+                else:
+                    state["mask"] = None
+                    model(batch)
+                tokens = max(counts.values())
+                if callable(progress):
+                    progress(seen, total, tokens)
+                elif progress:
+                    print(
+                        f"calibrate: batch {seen}/{total if total is not None else '?'}, {tokens} tokens, "
+                        f"{time.perf_counter() - start:.1f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("batches gave no batch: calibration needs at least one")
+    missing = [n for n, c in counts.items() if c == 0]
+    if missing:
+        raise ValueError(f"these layers saw no input during calibration (not used by the forward pass?): {missing}")
+    # The Gram is symmetric in exact arithmetic; addmm's rounding may differ by an ulp across the diagonal.
+    return Calibration({n: ActivationStats(((g + g.T) / 2).numpy(), counts[n]) for n, g in grams.items()})
+
+
+def _matrix(module: nn.Module) -> np.ndarray:
+    """M = W.T (in x out) of a Linear, or the stored (in, out) weight of a Conv1D, in float64."""
+    w = module.weight.detach().to("cpu", torch.float64).numpy()
+    return w.T.copy() if isinstance(module, nn.Linear) else w.copy()
+
+
+def activation_layer(
+    module: nn.Module,
+    stats: ActivationStats,
+    *,
+    n: int = 2,
+    shape=None,
+    max_bond=None,
+    ratio: float | None = None,
+    tol: float | None = None,
+    scaling: str = "whiten",
+    mode: str = "auto",
+) -> tuple[MPOLinear, Any]:
+    """An MPOLinear for ``module`` fitted to its activations (:func:`mpo.decompose_activations`), and the fit."""
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"activation-aware layers replace nn.Linear, got {type(module).__name__}")
+    fit = decompose_activations(
+        _matrix(module), stats, n=n, shape=shape, max_bond=max_bond, ratio=ratio, tol=tol, scaling=scaling
+    )
+    weight = module.weight
+    return MPOLinear(fit.mpo, module.bias, mode=mode, dtype=weight.dtype, device=weight.device), fit
+
+
+def allocation(
+    model: nn.Module,
+    calibration: Calibration,
+    ratio: float,
+    include=None,
+    exclude=None,
+    *,
+    layer_weights=None,
+) -> Allocation:
+    """The model-wide budget :func:`compress` spends with ``allocate="model"``, to inspect or to pass as
+    ``allocate=``: whitened-SVD ranks (or dense) for the chosen Linears within ``ratio`` times their
+    parameters, minimising the summed (``layer_weights``-weighted) squared activation errors.
+    ``SensitivityReport.layer_weights()`` gives weights measured on the model's output."""
+    names = [n for n, m in _select(model, include, exclude, "allocation").items() if isinstance(m, nn.Linear)]
+    return model_allocation(model, names, calibration, ratio, layer_weights=layer_weights)
+
+
+def model_allocation(
+    model: nn.Module,
+    names: Sequence[str],
+    calibration: Calibration,
+    ratio: float,
+    *,
+    layer_weights=None,
+    damping: float = DAMPING,
+) -> Allocation:
+    """Whitened-SVD ranks (or dense) for the named Linears within ratio times their dense parameters."""
+    missing = [n for n in names if n not in calibration]
+    if missing:
+        raise ValueError(f"the calibration has no statistics for {missing}")
+    curves = [svd_curve(n, _matrix(model.get_submodule(n)), calibration[n], damping=damping) for n in names]
+    return allocate(curves, ratio=ratio, layer_weights=layer_weights)
+
+
+def activation_settings(
+    model: nn.Module,
+    chosen: Sequence[str],
+    calibration: Calibration | None,
+    *,
+    weights,
+    allocate: str | None,
+    n: int,
+    max_bond,
+    ratio: float | None,
+    tol: float | None,
+    scaling: str,
+    progress: bool,
+) -> dict:
+    """For ``compress(weights="activations")`` and ``compress(allocate="model")``: the keyword arguments
+    of :func:`activation_layer` per chosen Linear, or None for a Linear the allocation keeps dense.
+
+    ``scaling="auto"`` is the whitening for n = 2 (SVD-LLM) and the diagonal scaling for n > 2, the
+    better of the two on MiniLM (docs/RESULTS.md, bench_function).
+    """
+    if not (allocate is None or allocate == "model" or isinstance(allocate, Allocation)):
+        raise ValueError(
+            f"allocate must be None, 'model' (one budget over all chosen layers) or an mpo.Allocation, got {allocate!r}"
+        )
+    if weights != "activations" and allocate is None:
+        if calibration is not None:
+            raise ValueError("calibration is used only with weights='activations' or allocate='model'")
+        return {}
+    if not isinstance(calibration, Calibration):
+        raise ValueError(
+            "weights='activations' and allocate='model' need calibration=mpo.torch.calibrate(model, batches), "
+            f"got {type(calibration).__name__}"
+        )
+    linears = [name for name in chosen if isinstance(model.get_submodule(name), nn.Linear)]
+    missing = [name for name in linears if name not in calibration]
+    if missing:
+        raise ValueError(f"the calibration has no statistics for the chosen layers {missing}")
+    if scaling == "auto":
+        scaling = "whiten" if n == 2 or allocate is not None else "diagonal"
+    if isinstance(allocate, Allocation):
+        if sorted(allocate.settings) != sorted(linears):
+            raise ValueError(
+                f"the allocation covers {sorted(allocate.settings)}, the chosen Linear layers are {sorted(linears)}"
+            )
+        plan = allocate
+    elif allocate == "model":
+        if ratio is None or max_bond is not None or tol is not None:
+            raise ValueError("allocate='model' spends ratio over all chosen layers: give ratio, and neither max_bond nor tol")
+        plan = model_allocation(model, linears, calibration, ratio)
+    if allocate is not None:
+        if progress:
+            print(plan, file=sys.stderr, flush=True)
+        return {
+            name: None if setting[0] == "dense" else {"n": 2, "max_bond": setting[1], "scaling": scaling}
+            for name, setting in plan.settings.items()
+        }
+    return {name: {"n": n, "max_bond": max_bond, "ratio": ratio, "tol": tol, "scaling": scaling} for name in linears}
+
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    """One layer compressed alone: its size, activation error and the model's score then."""
+
+    name: str
+    params: int
+    dense_params: int
+    activation_error: float
+    score: float
+    loss: float
+
+
+@dataclass(frozen=True)
+class SensitivityReport:
+    """:func:`sensitivity`'s answer: ``baseline`` (the untouched model's score) and one row per layer."""
+
+    baseline: float
+    rows: list
+
+    def layer_weights(self, floor: float = 1e-6) -> dict:
+        """Each layer's loss per unit of its squared activation error: weights for :func:`mpo.allocate`."""
+        out = {}
+        for r in self.rows:
+            err2 = r.activation_error**2
+            out[r.name] = max(r.loss, 0.0) / err2 + floor if err2 > 0 else floor
+        return out
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<48} {'share':>7} {'act. error':>10} {'score':>9} {'loss':>9}"]
+        for r in sorted(self.rows, key=lambda r: -r.loss):
+            lines.append(
+                f"{r.name:<48} {r.params / r.dense_params:>7.3f} {r.activation_error:>10.4f} {r.score:>9.4f} {r.loss:>9.4f}"
+            )
+        lines.append(f"baseline score {self.baseline:.4f}; rows sorted by loss (spare the top layers)")
+        return "\n".join(lines)
+
+
+def sensitivity(
+    model: nn.Module,
+    calibration: Calibration,
+    evaluate: Callable[[nn.Module], float],
+    include=None,
+    exclude=None,
+    *,
+    n: int = 2,
+    max_bond=None,
+    ratio: float | None = 0.5,
+    scaling: str = "whiten",
+    progress: bool = True,
+) -> SensitivityReport:
+    """Per layer, what ``evaluate(model)`` (higher is better) loses when only that layer is compressed.
+
+    Each chosen Linear is replaced in turn by its activation-aware MPO layer (:func:`activation_layer`
+    with ``n``, ``max_bond``, ``ratio``, ``scaling``), the model scored, and the layer put back: the
+    model is unchanged afterwards. ``loss`` = baseline - score.
+    """
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be callable(model) -> float, got {evaluate!r}")
+    chosen = _select(model, include, exclude, "sensitivity")
+    chosen = {k: v for k, v in chosen.items() if isinstance(v, nn.Linear)}
+    baseline = float(evaluate(model))
+    rows = []
+    for count, (name, module) in enumerate(chosen.items(), 1):
+        if name not in calibration:
+            raise ValueError(f"the calibration has no statistics for layer {name!r}")
+        layer, fit = activation_layer(
+            module, calibration[name], n=n, max_bond=max_bond, ratio=ratio, scaling=scaling
+        )
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer)
+        try:
+            score = float(evaluate(model))
+        finally:
+            setattr(parent, child, module)
+        row = SensitivityRow(name, layer.num_params, math.prod(layer.matrix_shape), float(fit.activation_error), score, baseline - score)
+        rows.append(row)
+        if progress:
+            print(
+                f"sensitivity [{count}/{len(chosen)}] {name}: activation error {row.activation_error:.4f}, "
+                f"score {score:.4f} (loss {row.loss:.4f})",
+                file=sys.stderr,
+                flush=True,
+            )
+    return SensitivityReport(baseline, rows)

@@ -1,0 +1,161 @@
+"""mpo.torch.calibrate, compress(weights="activations" / allocate="model") and sensitivity on small
+models, each checked against a direct computation."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import mpo  # noqa: E402
+import mpo.torch as mt  # noqa: E402
+
+
+class Tiny(nn.Module):
+    """Two Linears; a dict batch passes ``x`` and an ``attention_mask`` (B, T)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(12, 20)
+        self.b = nn.Linear(20, 8)
+
+    def forward(self, x, attention_mask=None):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _model():
+    torch.manual_seed(0)
+    return Tiny().double()
+
+
+def _batches(count=3):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(count):
+        x = torch.randn(4, 5, 12, generator=g, dtype=torch.float64) * torch.exp(torch.randn(12, generator=g, dtype=torch.float64))
+        mask = torch.ones(4, 5, dtype=torch.long)
+        mask[1, 3:] = 0
+        mask[3, 1:] = 0
+        out.append({"x": x, "attention_mask": mask})
+    return out
+
+
+def _captured(model, batches):
+    """Inputs of every Linear recorded directly, padding rows dropped."""
+    seen = {"a": [], "b": []}
+    handles = [
+        getattr(model, n).register_forward_hook(lambda m, i, o, n=n: seen[n].append(i[0].detach().clone()))
+        for n in seen
+    ]
+    with torch.no_grad():
+        masks = []
+        for b in batches:
+            model(**b)
+            masks.append(b["attention_mask"].bool())
+    for h in handles:
+        h.remove()
+    return {n: torch.cat([x[m] for x, m in zip(xs, masks)]).numpy() for n, xs in seen.items()}
+
+
+def test_calibrate_streams_x_transpose_x_of_the_real_tokens():
+    model, batches = _model(), _batches()
+    cal = mt.calibrate(model, batches, progress=False)
+    X = _captured(model, batches)
+    assert list(cal) == ["a", "b"]
+    for name in ("a", "b"):
+        np.testing.assert_allclose(cal[name].gram, X[name].T @ X[name], rtol=1e-12, atol=1e-12)
+        assert cal[name].tokens == len(X[name]) == 3 * (20 - 2 - 4)  # padding tokens left out
+    # A plain tensor batch: every row counts.
+    plain = mt.calibrate(model, [b["x"] for b in batches], include="a", progress=False)
+    x = torch.cat([b["x"].reshape(-1, 12) for b in batches]).numpy()
+    np.testing.assert_allclose(plain["a"].gram, x.T @ x, rtol=1e-12)
+    assert list(plain) == ["a"]
+    with pytest.raises(ValueError, match="matches no Linear"):
+        mt.calibrate(model, batches, include="nothing*", progress=False)
+    with pytest.raises(ValueError, match="no batch"):
+        mt.calibrate(model, [], progress=False)
+
+
+def test_compress_with_activations_is_the_whitened_svd():
+    model, batches = _model(), _batches()
+    cal = mt.calibrate(model, batches, progress=False)
+    W = model.a.weight.detach().numpy().T.copy()
+    mt.compress(model, include="a", n=2, max_bond=3, weights="activations", calibration=cal, progress=False)
+    assert isinstance(model.a, mt.MPOLinear) and isinstance(model.b, nn.Linear)
+    want = mpo.whitened_svd(W, 3, cal["a"]).to_dense()
+    np.testing.assert_allclose(model.a.weight_matrix().detach().numpy(), want, atol=1e-10)
+    assert model.a.num_params == 3 * (12 + 20)
+    with pytest.raises(ValueError, match="calibration"):
+        mt.compress(_model(), weights="activations", n=2, max_bond=3, progress=False)
+
+
+def test_model_allocation_spends_one_budget_and_beats_the_uniform_share(capsys):
+    model, batches = _model(), _batches(6)
+    cal = mt.calibrate(model, batches, progress=False)
+    originals = {n: getattr(model, n).weight.detach().numpy().T.copy() for n in ("a", "b")}
+    uniform = _model()
+    mt.compress(uniform, n=2, ratio=0.4, weights="activations", calibration=cal, progress=False)
+    mt.compress(model, ratio=0.4, allocate="model", calibration=cal, progress=True)
+    assert "summed squared activation error" in capsys.readouterr().err  # the allocation is printed
+    dense = sum(w.size for w in originals.values())
+
+    def summed(m):
+        total, params = 0.0, 0
+        for n, W in originals.items():
+            layer = getattr(m, n)
+            approx = layer.weight_matrix().detach().numpy() if isinstance(layer, mt.MPOLinear) else W
+            params += layer.num_params if isinstance(layer, mt.MPOLinear) else W.size
+            total += mpo.activation_error(W, approx, cal[n]) ** 2
+        return total, params
+
+    got, params = summed(model)
+    base, base_params = summed(uniform)
+    assert params <= 0.4 * dense and base_params <= 0.4 * dense
+    assert got <= base * (1 + 1e-9)
+
+
+def test_sensitivity_scores_one_layer_at_a_time_and_restores_the_model():
+    model, batches = _model(), _batches()
+    cal = mt.calibrate(model, batches, progress=False)
+    x = batches[0]["x"]
+    with torch.no_grad():
+        want = model(x)
+
+    def evaluate(m):
+        with torch.no_grad():
+            return float(torch.nn.functional.cosine_similarity(m(x).reshape(-1), want.reshape(-1), dim=0))
+
+    report = mt.sensitivity(model, cal, evaluate, n=2, max_bond=2, ratio=None, progress=False)
+    assert isinstance(model.a, nn.Linear) and isinstance(model.b, nn.Linear)  # put back
+    assert report.baseline == pytest.approx(1.0)
+    for row in report.rows:
+        other = _model()
+        mt.compress(other, include=row.name, n=2, max_bond=2, weights="activations", calibration=cal, progress=False)
+        assert row.score == pytest.approx(evaluate(other), rel=1e-9)
+        assert row.loss == pytest.approx(report.baseline - row.score)
+    assert "baseline score" in str(report)
+    assert set(report.layer_weights()) == {"a", "b"}
+
+
+def test_calibration_round_trips_through_safetensors(tmp_path):
+    model, batches = _model(), _batches()
+    cal = mt.calibrate(model, batches, progress=False)
+    cal.save(tmp_path / "cal.safetensors")
+    back = mpo.Calibration.load(tmp_path / "cal.safetensors")
+    for name in cal:
+        assert np.array_equal(back[name].gram, cal[name].gram) and back[name].tokens == cal[name].tokens
+
+
+def test_a_precomputed_allocation_is_used_as_given():
+    model, batches = _model(), _batches(6)
+    cal = mt.calibrate(model, batches, progress=False)
+    plan = mt.allocation(model, cal, 0.4, layer_weights={"a": 10.0, "b": 0.1})
+    mt.compress(model, ratio=0.4, allocate=plan, calibration=cal, progress=False)
+    for name, setting in plan.settings.items():
+        layer = getattr(model, name)
+        if setting[0] == "dense":
+            assert isinstance(layer, nn.Linear)
+        else:
+            assert isinstance(layer, mt.MPOLinear) and layer.num_params == plan.params[name]
+    with pytest.raises(ValueError, match="covers"):
+        mt.compress(_model(), include="a", ratio=0.4, allocate=plan, calibration=cal, progress=False)
