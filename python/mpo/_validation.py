@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import numbers
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_matrix", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape"]
+__all__ = ["as_matrix", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape", "match_names"]
 
 
 def as_matrix(M: object) -> np.ndarray:
@@ -142,3 +143,41 @@ def parse_ratio(ratio: object) -> float | None:
             f"ratio must be in (0, 1] (the compression ratio of MPOP Eq. 5, parameters / (I*J)), got {ratio}"
         )
     return value
+
+
+def match_names(names: Sequence[str], include: object = None, exclude: object = None) -> list[str]:
+    """The ``names`` (in their order) matched by an ``include`` glob and by no ``exclude`` glob.
+
+    ``include`` and ``exclude`` are None, one fnmatch glob or a list of them, matched case-sensitively
+    against the whole name (``"encoder.layer.*.attention.*"``, ``"*.mlp.*"``); no include means every
+    name. The one pattern syntax of ``mpo compress --include/--exclude`` and ``mpo.torch.compress``.
+    A pattern that matches no name, or a selection left empty, raises ValueError listing the names.
+    """
+    names = list(names)
+    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "") if names else "none"
+    lists = []
+    for what, value in (("include", include), ("exclude", exclude)):
+        if value is None:
+            patterns: list[str] = []
+        elif isinstance(value, str):
+            patterns = [value]
+        else:
+            try:
+                patterns = list(value)  # type: ignore[call-overload]
+            except TypeError:
+                patterns = [value]  # type: ignore[list-item]
+            if not all(isinstance(p, str) for p in patterns):
+                raise TypeError(f"{what} must be a glob string or a list of them, got {value!r}")
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise ValueError(f"{what} pattern {pattern!r} matches no name; the names are: {shown}")
+        lists.append(patterns)
+    includes, excludes = lists
+    chosen = [
+        name for name in names
+        if (not includes or any(fnmatch.fnmatchcase(name, p) for p in includes))
+        and not any(fnmatch.fnmatchcase(name, p) for p in excludes)
+    ]
+    if not chosen:
+        raise ValueError(f"include/exclude leave no name selected; the names are: {shown}")
+    return chosen

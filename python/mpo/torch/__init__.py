@@ -26,6 +26,7 @@ from ._compress import (
 )
 from ._fisher import fisher_information
 from ._layers import MODES, MPOEmbedding, MPOLayer, MPOLinear
+from ._pretrained import from_pretrained, save_pretrained
 from ._squeeze import squeeze
 from ._stacked import StackedBank, StackedLinear, compress_stacked
 
@@ -43,10 +44,12 @@ __all__ = [
     "compress",
     "compress_stacked",
     "fisher_information",
+    "from_pretrained",
     "load",
     "mpo_layers",
     "optimizer_groups",
     "parameter_report",
     "save",
+    "save_pretrained",
     "squeeze",
 ]
