@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["as_matrix", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape", "match_names"]
+__all__ = ["as_matrix", "match_names", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape"]
 
 
 def as_matrix(M: object) -> np.ndarray:
@@ -145,39 +145,39 @@ def parse_ratio(ratio: object) -> float | None:
     return value
 
 
-def match_names(names: Sequence[str], include: object = None, exclude: object = None) -> list[str]:
-    """The ``names`` (in their order) matched by an ``include`` glob and by no ``exclude`` glob.
+def _patterns(value: object, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bytes) or not isinstance(value, (Sequence, set, frozenset)):
+        raise TypeError(f"{what} must be a string or a list of strings (fnmatch patterns), got {value!r}")
+    patterns = list(value)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{what} must be a string or a list of strings (fnmatch patterns), got {value!r}")
+    return patterns
 
-    ``include`` and ``exclude`` are None, one fnmatch glob or a list of them, matched case-sensitively
-    against the whole name (``"encoder.layer.*.attention.*"``, ``"*.mlp.*"``); no include means every
-    name. The one pattern syntax of ``mpo compress --include/--exclude`` and ``mpo.torch.compress``.
-    A pattern that matches no name, or a selection left empty, raises ValueError listing the names.
+
+def match_names(names: Sequence[str], include: object, exclude: object) -> list[str]:
+    """The ``names`` that match an ``include`` pattern (every name when include is None) and no
+    ``exclude`` pattern, in their order.
+
+    Patterns are fnmatch globs matched case-sensitively against the whole name (``*`` also crosses
+    dots: ``"encoder.*.query"``); each of include and exclude is None, one string, or a list of
+    strings. A pattern that matches none of ``names`` is a ValueError listing the names, so a typo
+    never silently selects nothing.
     """
     names = list(names)
-    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "") if names else "none"
-    lists = []
-    for what, value in (("include", include), ("exclude", exclude)):
-        if value is None:
-            patterns: list[str] = []
-        elif isinstance(value, str):
-            patterns = [value]
-        else:
-            try:
-                patterns = list(value)  # type: ignore[call-overload]
-            except TypeError:
-                patterns = [value]  # type: ignore[list-item]
-            if not all(isinstance(p, str) for p in patterns):
-                raise TypeError(f"{what} must be a glob string or a list of them, got {value!r}")
+    includes, excludes = _patterns(include, "include"), _patterns(exclude, "exclude")
+    for what, patterns in (("include", includes), ("exclude", excludes)):
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-                raise ValueError(f"{what} pattern {pattern!r} matches no name; the names are: {shown}")
-        lists.append(patterns)
-    includes, excludes = lists
-    chosen = [
-        name for name in names
+                raise ValueError(
+                    f"{what} pattern {pattern!r} matches none of: " + (", ".join(names) if names else "(no names)")
+                )
+    return [
+        name
+        for name in names
         if (not includes or any(fnmatch.fnmatchcase(name, p) for p in includes))
         and not any(fnmatch.fnmatchcase(name, p) for p in excludes)
     ]
-    if not chosen:
-        raise ValueError(f"include/exclude leave no name selected; the names are: {shown}")
-    return chosen

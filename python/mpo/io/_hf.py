@@ -511,6 +511,9 @@ def compress_checkpoint(
     with open_checkpoint(source) as ckpt, new_folder(out) as tmp:
         paths = candidate_matrices(ckpt)
         chosen = select(paths) if select is not None else match_names(paths, include, exclude)
+        if not chosen:
+            raise ValueError(f"include/exclude leave no weight matrix of {source!r} to compress; its matrices are: "
+                             + ", ".join(paths[:20]) + (" ..." if len(paths) > 20 else ""))
         chosen_set = set(chosen)
         manifest = manifest_template(os.path.abspath(source))
         result = CompressResult()

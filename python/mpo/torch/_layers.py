@@ -36,7 +36,7 @@ from torch import nn
 from .. import _core
 from .._mpo import MPO, decompose
 
-__all__ = ["MODES", "MPOLayer", "MPOLinear", "MPOEmbedding", "LAYER_KINDS", "layer_for", "layer_orientation", "layer_kind", "placeholder_mpo"]
+__all__ = ["MODES", "MPOLayer", "MPOLinear", "MPOEmbedding", "layer_for"]
 
 MODES = ("auto", "contract", "rebuild")
 
@@ -499,51 +499,21 @@ class MPOEmbedding(MPOLayer):
         return table[inverse].reshape(*ids.shape, self.embedding_dim)
 
 
-# ----------------------------------------------------------------------------- layers by kind
 
-#: The MPO layer of each module kind, and how its matrix M relates to the module's stored ``weight``:
-#: "transposed" (M = weight.T: a Linear stores out x in, the layer computes x @ M) or "weight" (M = weight).
-#: The kinds are those of the compressed-folder manifest (mpo.io._hf.KINDS).
-LAYER_KINDS: dict[str, tuple[type, str]] = {
-    "linear": (MPOLinear, "transposed"),
-    "embedding": (MPOEmbedding, "weight"),
-}
+LAYER_KINDS = {"linear": MPOLinear, "embedding": MPOEmbedding}
 
 
-def layer_for(kind: str, m: MPO, *, bias: torch.Tensor | None = None, padding_idx: int | None = None,
-              mode: str = "auto", dtype=None, device=None) -> MPOLayer:
-    """The MPO layer of a module of ``kind`` ("linear", "embedding", ...) holding ``m``, whose matrix is
-    in the layer's orientation (``layer_orientation(kind)``)."""
+def layer_for(kind: str, m: MPO, bias: torch.Tensor | None = None, **kw) -> MPOLayer:
+    """The MPO layer of ``kind`` holding ``m``: "linear" (M = W.T of an nn.Linear) or "embedding"
+    (M = W of an nn.Embedding).
+
+    ``bias`` goes to linear layers; ``kw`` (mode, dtype, device, and padding_idx for an embedding) to
+    the layer's constructor.
+    """
     if kind not in LAYER_KINDS:
-        raise ValueError(f"no MPO layer for module kind {kind!r}; this mpo.torch has layers for {sorted(LAYER_KINDS)}")
-    cls = LAYER_KINDS[kind][0]
+        raise ValueError(f"kind must be one of {sorted(LAYER_KINDS)}, got {kind!r}")
     if kind == "embedding":
-        return cls(m, padding_idx=padding_idx, mode=mode, dtype=dtype, device=device)
-    return cls(m, bias, mode=mode, dtype=dtype, device=device)
-
-
-def layer_orientation(kind: str) -> str:
-    """"weight" or "transposed": the matrix a layer of ``kind`` holds, relative to the module's weight."""
-    if kind not in LAYER_KINDS:
-        raise ValueError(f"no MPO layer for module kind {kind!r}; this mpo.torch has layers for {sorted(LAYER_KINDS)}")
-    return LAYER_KINDS[kind][1]
-
-
-def layer_kind(layer: nn.Module) -> str:
-    """The kind of an MPO layer (its exact class: a subclass may compute something else)."""
-    for kind, (cls, _) in LAYER_KINDS.items():
-        if type(layer) is cls:
-            return kind
-    raise ValueError(f"{type(layer).__name__} is not an MPO layer of a known kind ({sorted(LAYER_KINDS)})")
-
-
-def placeholder_mpo(core_shapes: Sequence[Sequence[int]], shape: tuple[int, int]) -> MPO:
-    """An MPO of zero cores with the given shapes: a layer's skeleton, whose values a state_dict fills."""
-    shapes = [tuple(int(x) for x in s) for s in core_shapes]
-    return MPO(
-        [np.zeros(s) for s in shapes],
-        shape=tuple(shape),
-        spectra=[np.ones(s[3]) for s in shapes[:-1]],
-        truncation_errors=[0.0] * (len(shapes) - 1),
-        norm=0.0,
-    )
+        if bias is not None:
+            raise ValueError("an embedding layer has no bias")
+        return MPOEmbedding(m, **kw)
+    return LAYER_KINDS[kind](m, bias, **kw)

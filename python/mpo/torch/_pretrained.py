@@ -18,7 +18,8 @@ from torch import nn
 from ..io import _hf
 from ..io._safetensors import numpy_dtype
 from ._compress import mpo_layers
-from ._layers import layer_for, layer_kind, layer_orientation, placeholder_mpo
+from .._mpo import MPO
+from ._layers import LAYER_KINDS, layer_for
 
 __all__ = ["from_pretrained", "save_pretrained"]
 
@@ -42,6 +43,27 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
         code, view = _VIEWS[t.dtype]
         return t.view(view).numpy().view(numpy_dtype(code))
     return t.numpy()
+
+
+# The matrix M each kind's layer holds, relative to the module's stored weight: a Linear stores W as
+# out x in and its layer computes x @ M with M = W.T; an Embedding and a transformers Conv1D (stored
+# in x out) hold M = W.
+_ORIENTATION = {"linear": "transposed", "embedding": "weight", "conv1d": "weight"}
+
+
+def _layer_kind(layer: nn.Module) -> str:
+    # The exact class: a subclass of a layer may compute something else.
+    for kind, cls in LAYER_KINDS.items():
+        if type(layer) is cls:
+            return kind
+    raise ValueError(f"{type(layer).__name__} is not an MPO layer of a known kind ({sorted(LAYER_KINDS)})")
+
+
+def _placeholder(core_shapes, shape) -> MPO:
+    """An MPO of zero cores of the given shapes: a layer's skeleton, whose values the state_dict fills."""
+    return MPO([np.zeros(s) for s in core_shapes], shape=tuple(shape),
+               spectra=[np.ones(s[3]) for s in core_shapes[:-1]], truncation_errors=[0.0] * (len(core_shapes) - 1),
+               norm=0.0)
 
 
 def _module_kind(module: nn.Module) -> str | None:
@@ -140,17 +162,22 @@ def _install(model, path, entry, ckpt, dtype, mode, tied) -> dict:
     if kind is None or (entry["kind"] is not None and entry["kind"] != kind):
         raise ValueError(f"the compressed module {path!r} has kind {entry['kind']!r} in the manifest but is a "
                          f"{type(module).__name__} in {type(model).__name__}")
-    transpose = entry["orientation"] != layer_orientation(kind)
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"the compressed module {path!r} is a {kind} ({type(module).__name__}), for which this "
+                         f"mpo.torch has no MPO layer (it has {sorted(LAYER_KINDS)})")
+    transpose = entry["orientation"] != _ORIENTATION[kind]
     ins, outs = entry["in_factors"], entry["out_factors"]
     shape = tuple(entry["shape"])
     if transpose:
         ins, outs, shape = outs, ins, shape[::-1]
     bonds = [1, *entry["bonds"], 1]
     core_shapes = [(bonds[k], ins[k], outs[k], bonds[k + 1]) for k in range(len(ins))]
-    bias = getattr(module, "bias", None) if kind != "embedding" else None
-    layer = layer_for(kind, placeholder_mpo(core_shapes, shape), bias=bias,
-                      padding_idx=entry.get("padding_idx", getattr(module, "padding_idx", None)),
-                      mode=mode, dtype=dtype, device=None)
+    placeholder = _placeholder(core_shapes, shape)
+    if kind == "embedding":
+        layer = layer_for(kind, placeholder, padding_idx=entry.get("padding_idx", module.padding_idx), mode=mode,
+                          dtype=dtype)
+    else:
+        layer = layer_for(kind, placeholder, getattr(module, "bias", None), mode=mode, dtype=dtype)
     state = {}
     for k, name in enumerate(_hf.core_names(path, len(ins))):
         core = _to_torch(ckpt.read(name))
@@ -196,12 +223,12 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *,
     manifest = _hf.manifest_template(None)
     skip_prefixes = []
     for path, layer in layers.items():
-        kind = layer_kind(layer)
+        kind = _layer_kind(layer)
         aliases = [p for p in paths[id(layer)] if p != path]
         skip_prefixes += [a + "." for a in aliases]
         cores = list(layer.cores)
         manifest["modules"][path] = _hf.module_entry(
-            kind=kind, orientation=layer_orientation(kind), shape=layer.matrix_shape,
+            kind=kind, orientation=_ORIENTATION[kind], shape=layer.matrix_shape,
             in_factors=layer.in_shape, out_factors=layer.out_shape, bonds=layer.bond_dims,
             dtype=str(cores[0].dtype).replace("torch.", ""), aliases=aliases,
             bias=f"{path}.bias" if getattr(layer, "bias", None) is not None else None,
