@@ -42,7 +42,7 @@ from ._safetensors import FLOAT_CODES, SafetensorsReader, SafetensorsWriter, Ten
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST", "INDEX", "Checkpoint", "open_checkpoint", "ShardedWriter",
     "read_manifest", "open_compressed", "new_folder", "parse_size", "copy_side_files", "compress_checkpoint",
-    "CompressResult", "KINDS", "ORIENTATIONS",
+    "CompressResult", "KINDS", "ORIENTATIONS", "dense_reason", "same_location",
 ]
 
 FORMAT = "mpo.hf-checkpoint"
@@ -563,11 +563,26 @@ def _named_dtype(name: str):
     return numpy_dtype("BF16") if name == "bfloat16" else np.dtype(name)
 
 
+def dense_reason(shape: Sequence[int], m=None, force: bool = False, min_side: int = MIN_SIDE) -> str | None:
+    """Why a matrix of ``shape`` stays dense (None when it is compressed): a side below ``min_side``,
+    or (given its MPO ``m``) an MPO not smaller than the matrix; ``force`` overrides both."""
+    rows, cols = shape
+    if force:
+        return None
+    if min(rows, cols) < min_side:
+        return f"tiny: {rows}x{cols} has a side below {min_side} (use --force to compress it)"
+    if m is not None and m.num_params >= rows * cols:
+        return (f"an MPO is not smaller at this setting: {m.num_params:,} parameters >= {rows * cols:,} "
+                f"(rho {m.compression_ratio:.3f}; use --force to compress it)")
+    return None
+
+
 def _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side, writer, manifest):
     """Decompose one matrix and write its cores; (reason it stays dense, None) or (None, table row)."""
     rows, cols = raw.shape
-    if min(rows, cols) < min_side and not force:
-        return f"tiny: {rows}x{cols} has a side below {min_side} (use --force to compress it)", None
+    reason = dense_reason(raw.shape, None, force, min_side)
+    if reason is not None:
+        return reason, None
     start = time.perf_counter()
     matrix = _as_float(raw)
     try:
@@ -575,9 +590,9 @@ def _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side
     except ValueError as exc:  # a ratio the matrix cannot meet, say
         return f"cannot meet the setting: {exc}", None
     seconds = time.perf_counter() - start
-    if m.num_params >= rows * cols and not force:
-        return (f"an MPO is not smaller at this setting: {m.num_params:,} parameters >= {rows * cols:,} "
-                f"(rho {m.compression_ratio:.3f}; use --force to compress it)"), None
+    reason = dense_reason(raw.shape, m, force, min_side)
+    if reason is not None:
+        return reason, None
     known = m.exact_error()
     norm = m.norm
     error = (known / norm if norm > 0 else 0.0) if known is not None else \
