@@ -107,7 +107,7 @@ def check_output(source: str, out: str) -> int:
     manifest, ckpt = _hf.open_compressed(out)
     with ckpt, _hf.open_checkpoint(source) as src:
         for name in src.names:
-            path = name[: -len(".weight")]
+            path = _hf.module_path(name)
             if path in manifest["modules"]:
                 assert f"{path}.cores.0" in ckpt.names, name
             else:

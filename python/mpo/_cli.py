@@ -1,6 +1,7 @@
 """The ``mpo`` command: compress a checkpoint, inspect and rebuild the result, compare with SVD/CP/Tucker.
 
-    mpo compress CHECKPOINT -o OUT [--n 5] [--max-bond B | --ratio R | --tol T] [--include RE] [--exclude RE]
+    mpo compress CHECKPOINT -o OUT [--n 5] (--max-bond B | --ratio R | --tol T | --exact) [--force] [--dtype D]
+                 [--include GLOB]... [--exclude GLOB]...
     mpo inspect OUT
     mpo rebuild OUT -o DENSE
     mpo compare CHECKPOINT [--matrix NAME]... [--ratios R ...] [--plot FILE.png]
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -28,7 +28,8 @@ import numpy as np
 from . import __version__
 from ._io import atomic_path, from_arrays, to_arrays
 from ._mpo import MPO, decompose
-from ._validation import parse_ratio, parse_tol
+from ._validation import match_names, parse_ratio, parse_tol
+from .io._hf import compress_checkpoint, dense_reason, same_location
 
 __all__ = ["main"]
 
@@ -197,10 +198,11 @@ def _row(name: str, m: MPO, error: float, seconds: float) -> list[str]:
     ]
 
 
-def print_report(mpos: dict, info: dict, plain: dict) -> None:
-    """The per-matrix table and the totals, to stdout."""
+def print_report(mpos: dict, info: dict, plain: dict, dense: dict | None = None) -> None:
+    """The per-matrix table, the matrices left dense with the reason, and the totals, to stdout."""
     rows = [_row(name, mpos[name], info[name]["error"], info[name]["seconds"]) for name in info]
     print(_table(rows, _HEADER))
+    print_dense(dense or {})
     dense = sum(m.shape[0] * m.shape[1] for m in mpos.values())
     kept = sum(m.num_params for m in mpos.values())
     others = sum(int(np.asarray(t).size) for t in plain.values())
@@ -213,31 +215,91 @@ def print_report(mpos: dict, info: dict, plain: dict) -> None:
     )
 
 
+_FOLDER_HEADER = ["module", "shape", "factors", "bonds", "rho", "rel_error", "rel_bound", "S_central", "seconds"]
+
+
+def print_folder_report(result) -> None:
+    """The table of a compressed model folder (mpo.io._hf.CompressResult): one row per compressed module,
+    then every candidate matrix left dense with the reason, then the totals."""
+    rows = []
+    for r in result.rows:
+        entropy = r["entropy"]
+        central = entropy[min((len(r["in_factors"]) - 1) // 2, len(entropy) - 1)]
+        rows.append([
+            r["name"], f"{r['shape'][0]}x{r['shape'][1]}",
+            "x".join(map(str, r["in_factors"])) + " | " + "x".join(map(str, r["out_factors"])),
+            ",".join(map(str, r["bonds"])), f"{r['rho']:.4f}", f"{r['error']:.4f}", f"{r['bound']:.4f}",
+            f"{central:.3f}", f"{r['seconds']:.3f}",
+        ])
+    print(_table(rows, _FOLDER_HEADER))
+    print_dense(result.dense)
+    dense = sum(r["dense_params"] for r in result.rows)
+    kept = sum(r["params"] for r in result.rows)
+    print(
+        f"\n{len(result.rows)} matrices: {dense:,} -> {kept:,} parameters (rho {kept / max(dense, 1):.4f}); "
+        f"{len(result.dense)} left dense; {result.copied_tensors} tensors ({result.copied_values:,} values) "
+        f"copied as they were; whole checkpoint {dense + result.copied_values:,} -> "
+        f"{kept + result.copied_values:,} values ({(kept + result.copied_values) / max(dense + result.copied_values, 1):.4f})"
+    )
+
+
+def print_dense(dense: Mapping[str, str]) -> None:
+    """The candidate matrices left dense, each with its reason (nothing when there are none)."""
+    if dense:
+        print("\n" + _table([[name, reason] for name, reason in dense.items()], ["left dense", "reason"]))
+
+
 # ----------------------------------------------------------------------------- commands
 
 
-def _select(tensors: dict, include: str | None, exclude: str | None, source: str) -> list[str]:
-    """Names of the 2-D floating-point tensors that match ``include`` and not ``exclude``."""
-    patterns = []
-    for flag, text in (("--include", include), ("--exclude", exclude)):
-        try:
-            patterns.append(re.compile(text) if text is not None else None)
-        except re.error as exc:
-            raise UsageError(f"{flag} {text!r} is not a valid regular expression: {exc}") from None
-    inc, exc_ = patterns
-    names = [
-        name
-        for name, t in tensors.items()
-        if np.asarray(t).ndim == 2
-        and np.asarray(t).dtype.kind == "f"
-        and (inc is None or inc.search(name))
-        and not (exc_ is not None and exc_.search(name))
-    ]
-    if not names:
+def _select(tensors: dict, include, exclude, source: str) -> list[str]:
+    """Names of the 2-D floating-point tensors matched by an ``include`` glob and no ``exclude`` glob
+    (:func:`mpo._validation.match_names`, the syntax of mpo.torch.compress)."""
+    names = [name for name, t in tensors.items() if np.asarray(t).ndim == 2 and np.asarray(t).dtype.kind == "f"]
+    try:
+        chosen = match_names(names, include, exclude)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not chosen:
         what = f" matching --include {include!r}" if include else ""
         what += f" and not --exclude {exclude!r}" if exclude else ""
         raise UsageError(f"no 2-D floating-point weight of {source!r}{what}")
-    return names
+    return chosen
+
+
+def check_compress_args(args: argparse.Namespace) -> None:
+    """What every compress run checks before reading a byte: a cut is chosen, the input exists, and
+    the output is not the input under any name (nor inside it)."""
+    cuts = [flag for flag, value in (("--max-bond", args.max_bond), ("--ratio", args.ratio), ("--tol", args.tol))
+            if value is not None]
+    if args.exact and cuts:
+        raise UsageError(f"--exact keeps every bond whole and cannot be combined with {', '.join(cuts)}")
+    if not args.exact and not cuts:
+        raise UsageError("choose how much to cut: one of --max-bond, --ratio, --tol or --exact (full bonds, "
+                         "usually larger than the matrix)")
+    source, out = str(args.checkpoint), str(args.output)
+    if not os.path.exists(source):
+        raise UsageError(f"checkpoint {source!r} does not exist")
+    if same_location(source, out):
+        raise UsageError(f"-o {out!r} is the input {source!r} (or lies inside it, or contains it); "
+                         "choose an output elsewhere")
+
+
+def compress_folder(args: argparse.Namespace) -> int:
+    """mpo compress into a compressed model folder (mpo.io._hf), streamed tensor by tensor."""
+    try:
+        result = compress_checkpoint(
+            args.checkpoint, args.output, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio,
+            dtype=args.dtype, include=args.include, exclude=args.exclude, force=args.force,
+            max_shard_size=args.max_shard_size, progress=_progress,
+        )
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as exc:
+        raise UsageError(str(exc).strip().splitlines()[0]) from None
+    except OSError as exc:  # a full disk, no permission
+        raise UsageError(f"cannot write {str(args.output)!r}: {exc.strerror or exc}") from None
+    print_folder_report(result)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
 
 
 def _relative_error(M: np.ndarray, m: MPO) -> float:
@@ -250,7 +312,11 @@ def _relative_error(M: np.ndarray, m: MPO) -> float:
 
 
 def compress(args) -> int:
-    """Decompose every selected matrix of a checkpoint and write the cores (and the rest) to OUT."""
+    """Decompose every selected matrix of a checkpoint and write the cores (and the rest) to OUT: a
+    compressed model folder, or (a file in, ``-o`` ending in .safetensors) the single-file format."""
+    check_compress_args(args)
+    if os.path.isdir(str(args.checkpoint)) or not str(args.output).lower().endswith((".safetensors", ".npz")):
+        return compress_folder(args)
     if str(args.output).lower().endswith(".npz"):
         # The compressed checkpoint carries its metadata in the safetensors header; an .npz has none,
         # so inspect and rebuild could not read it back.
@@ -260,16 +326,23 @@ def compress(args) -> int:
     names = _select(tensors, args.include, args.exclude, args.checkpoint)
     out_tensors, info = {}, {}
     mpos = {}
+    dense: dict = {}
     for done, name in enumerate(names):
         _progress(done, len(names), name)
         M = tensors[name]
         start = time.perf_counter()
-        try:
-            m = decompose(M, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio)
-        except ValueError as exc:
-            # One matrix that cannot meet the constraint (a 2 x 384 table at a small ratio) is kept as
-            # it was rather than stopping the whole checkpoint.
-            print(f"mpo: keeping {name} {M.shape} dense: {exc}", file=sys.stderr)
+        # A matrix that is tiny, whose MPO would not be smaller, or that cannot meet the setting (a
+        # 2 x 384 table at a small ratio) is kept as it was rather than stopping the whole checkpoint.
+        reason = dense_reason(M.shape, None, args.force)
+        if reason is None:
+            try:
+                m = decompose(M, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio)
+            except ValueError as exc:
+                reason = f"cannot meet the setting: {exc}"
+            else:
+                reason = dense_reason(M.shape, m, args.force)
+        if reason is not None:
+            dense[name] = reason
             continue
         seconds = time.perf_counter() - start
         error = _relative_error(M, m)
@@ -282,7 +355,7 @@ def compress(args) -> int:
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "matrices": json.dumps(info),
                 "mpo_version": __version__}
     write_tensors(args.output, out_tensors, metadata)
-    print_report(mpos, info, plain)
+    print_report(mpos, info, plain, dense)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -495,7 +568,8 @@ def demo(args) -> int:
           "and the word embedding)")
     compress(argparse.Namespace(
         checkpoint=str(checkpoint), output=str(out / "minilm-mpo.safetensors"), n=5, max_bond=None, tol=None,
-        ratio=args.ratio, include=r"word_embeddings|encoder\.layer\.\d+\..*\.weight$", exclude=None,
+        ratio=args.ratio, include=["*word_embeddings.weight", "encoder.layer.*.weight"], exclude=None,
+        exact=False, force=False, dtype=None, max_shard_size="1GB",
     ))
     print("\n== mpo compare: one matrix of each type, MPO vs SVD, CP and Tucker")
     has_plot = True
@@ -567,15 +641,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("compress", help="decompose every matching 2-D weight of a checkpoint")
-    p.add_argument("checkpoint", help=".safetensors, .npz, or .bin/.pt (needs torch)")
-    p.add_argument("-o", "--output", required=True, help="the compressed file (safetensors)")
+    p.add_argument("checkpoint", help="a Hugging Face model folder, .safetensors, .npz, or .bin/.pt (needs torch)")
+    p.add_argument("-o", "--output", required=True,
+                   help="a folder (the compressed model, loaded by mpo.torch.from_pretrained), or a .safetensors "
+                        "file for a single-file checkpoint (read by mpo inspect / rebuild)")
     p.add_argument("--n", type=_n, default=5, help="number of cores (default 5)")
-    cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--max-bond", type=_positive, help="cap on every bond")
-    cut.add_argument("--ratio", type=_ratio, help="compression ratio in (0, 1] per matrix (budget mode)")
-    cut.add_argument("--tol", type=_tol, help="relative error target in [0, 1) per matrix")
-    p.add_argument("--include", help="only weights whose name matches this regular expression")
-    p.add_argument("--exclude", help="not the weights whose name matches this regular expression")
+    p.add_argument("--max-bond", type=_positive, help="cap on every bond")
+    p.add_argument("--ratio", type=_ratio,
+                   help="compression ratio in (0, 1] per matrix (budget mode; with --max-bond no bond exceeds it, "
+                        "as mpo.decompose does)")
+    p.add_argument("--tol", type=_tol, help="relative error target in [0, 1) per matrix")
+    p.add_argument("--exact", action="store_true", help="full bonds (no cut; usually larger than the matrix)")
+    p.add_argument("--force", action="store_true",
+                   help="compress tiny matrices and those whose MPO is not smaller too (else they stay dense)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32", "float64"],
+                   help="dtype of the cores (default: each matrix's own)")
+    p.add_argument("--max-shard-size", default="1GB", help="largest output shard of a folder (default 1GB)")
+    p.add_argument("--include", action="append",
+                   help="only the weights matching this fnmatch glob (repeatable): module names in a model folder "
+                        "(e.g. '*.mlp.*', as mpo.torch.compress), tensor names in a single file")
+    p.add_argument("--exclude", action="append", help="not the weights matching this glob (repeatable)")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("inspect", help="print the table of a compressed file")

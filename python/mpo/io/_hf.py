@@ -183,7 +183,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = os.fspath(path)
     if os.path.isfile(path):
         if not path.lower().endswith(".safetensors"):
-            raise ValueError(f"{path!r} is not a .safetensors file")
+            raise ValueError(f"{path!r} is not a .safetensors file (a compressed folder is made from a model folder "
+                             "or a .safetensors file; .npz and .bin/.pt go to a single file: -o NAME.safetensors)")
         return Checkpoint([path], None)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path!r} does not exist")
@@ -333,10 +334,11 @@ class new_folder:
     ends normally, and is removed when it raises: a compressed folder is never left half-written."""
 
     def __init__(self, out: str | os.PathLike) -> None:
-        self.out = os.path.abspath(os.fspath(out))
+        self.given = os.fspath(out)  # as the user spelled it, for messages
+        self.out = os.path.abspath(self.given)
 
     def __enter__(self) -> str:
-        check_output_folder(self.out)
+        check_output_folder(self.given)
         self.tmp = tempfile.mkdtemp(prefix=".mpo-", dir=os.path.dirname(self.out))
         os.chmod(self.tmp, _umask_mode(0o777))  # mkdtemp makes it private; give the usual mode
         return self.tmp
@@ -464,13 +466,18 @@ class CompressResult:
     copied_tensors: int = 0
 
 
-def candidate_matrices(ckpt: Checkpoint) -> list[str]:
-    """Module paths of the 2-D floating-point ``.weight`` tensors: what compress may decompose."""
-    out = []
+def module_path(name: str) -> str:
+    """The module a weight tensor belongs to: ``"a.b.weight"`` -> ``"a.b"``; any other name is its own."""
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def candidate_matrices(ckpt: Checkpoint) -> dict[str, str]:
+    """Module path -> tensor name of every 2-D floating-point tensor: what compress may decompose."""
+    out = {}
     for name in ckpt.names:
         t = ckpt.info(name)
-        if name.endswith(".weight") and len(t.shape) == 2 and t.dtype in FLOAT_CODES and min(t.shape) >= 1:
-            out.append(name[: -len(".weight")])
+        if len(t.shape) == 2 and t.dtype in FLOAT_CODES and min(t.shape) >= 1:
+            out[module_path(name)] = name
     return out
 
 
@@ -509,7 +516,8 @@ def compress_checkpoint(
     source, out = os.fspath(source), os.fspath(out)
     out_dtype = None if dtype is None else numpy_dtype(dtype_code(_named_dtype(dtype)))
     with open_checkpoint(source) as ckpt, new_folder(out) as tmp:
-        paths = candidate_matrices(ckpt)
+        candidates = candidate_matrices(ckpt)
+        paths = list(candidates)
         chosen = select(paths) if select is not None else match_names(paths, include, exclude)
         if not chosen:
             raise ValueError(f"include/exclude leave no weight matrix of {source!r} to compress; its matrices are: "
@@ -522,8 +530,8 @@ def compress_checkpoint(
         try:
             copy_side_files(ckpt.folder, tmp)
             for done, name in enumerate(ckpt.names):
-                path = name[: -len(".weight")] if name.endswith(".weight") else None
-                if path not in chosen_set:
+                path = module_path(name)
+                if path not in chosen_set or candidates[path] != name:
                     writer.add(name, ckpt.read(name))
                     result.copied_tensors += 1
                     result.copied_values += ckpt.info(name).size
