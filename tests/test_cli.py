@@ -280,3 +280,23 @@ def test_write_failure_is_a_usage_error(tmp_path):
     with pytest.raises(_cli.UsageError, match=r"cannot write '.*OUT': "):
         _cli.write_tensors(str(tmp_path / "OUT"), {"a": np.zeros(3)})
     assert [p.name for p in tmp_path.iterdir()] == ["OUT"] and not any((tmp_path / "OUT").iterdir())
+
+
+def test_bf16_safetensors_file_to_a_single_file_and_to_a_folder(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from mpo.io import _hf
+    from mpo.io._safetensors import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((64, 48)).astype(ml_dtypes.bfloat16)
+    save_file(tmp_path / "bf16.safetensors", {"lin.weight": weight, "lin.bias": np.ones(64, ml_dtypes.bfloat16)})
+    mpo("compress", "bf16.safetensors", "-o", "one.safetensors", "--max-bond", "4", cwd=tmp_path, check=True)
+    mpo("rebuild", "one.safetensors", "-o", "dense.safetensors", cwd=tmp_path, check=True)
+    dense = load_file(tmp_path / "dense.safetensors")
+    assert dense["lin.bias"].dtype == np.float32 and np.all(dense["lin.bias"] == 1)  # bf16 widened exactly
+    mpo("compress", "bf16.safetensors", "-o", "folder", "--max-bond", "4", cwd=tmp_path, check=True)
+    manifest, ckpt = _hf.open_compressed(tmp_path / "folder")
+    with ckpt:
+        assert manifest["modules"]["lin"]["dtype"] == "bfloat16"
+        assert ckpt.read("lin.cores.0").dtype == ml_dtypes.bfloat16
+        assert ckpt.read("lin.bias").tobytes() == np.ones(64, ml_dtypes.bfloat16).tobytes()
