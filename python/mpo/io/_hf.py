@@ -36,7 +36,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import __version__
+from .._io import atomic_path
 from .._mpo import decompose
+from .._validation import match_names
 from ._safetensors import FLOAT_CODES, SafetensorsReader, SafetensorsWriter, TensorInfo, dtype_code, numpy_dtype
 
 __all__ = [
@@ -278,8 +281,6 @@ class ShardedWriter:
 
 
 def _write_json(path: str, data) -> None:
-    from .._io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
@@ -361,8 +362,6 @@ class new_folder:
 
 def manifest_template(source: str | None = None) -> dict:
     """An empty manifest of this format and version."""
-    from .. import __version__
-
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "mpo_version": __version__, "source": source,
             "modules": {}, "dense": {}}
 
@@ -511,8 +510,6 @@ def compress_checkpoint(
     matrix with a side below ``min_side``, or whose MPO would not be smaller than it, stays dense unless
     ``force``. ``select(paths) -> paths`` picks the module paths (include/exclude globs by default).
     """
-    from .._validation import match_names
-
     source, out = os.fspath(source), os.fspath(out)
     out_dtype = None if dtype is None else numpy_dtype(dtype_code(_named_dtype(dtype)))
     with open_checkpoint(source) as ckpt, new_folder(out) as tmp:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._mpo import MPO
 from ..io import _hf
 from ..io._safetensors import numpy_dtype
 from ._compress import mpo_layers
-from .._mpo import MPO
 from ._layers import LAYER_KINDS, layer_for
 
 __all__ = ["from_pretrained", "save_pretrained"]
