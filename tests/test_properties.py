@@ -56,10 +56,14 @@ def check_invariants(m, case):
 
     assert m.central_index == (n - 1) // 2
     assert np.array_equal(m.central, m.cores[m.central_index])
-    assert m.num_params == sum(c.size for c in m.cores)
-    assert m.central_params == m.central.size
-    assert m.central_params + m.auxiliary_params == m.num_params
-    assert math.isclose(m.compression_ratio, m.num_params / M.size, rel_tol=1e-12)
+    # Counted from the factors and the bonds by the paper's formula, independently of the arrays.
+    d = (1, *bonds, 1)
+    per_core = [d[k] * in_shape[k] * out_shape[k] * d[k + 1] for k in range(n)]
+    c = (n - 1) // 2
+    assert m.num_params == sum(per_core)
+    assert m.central_params == per_core[c]
+    assert m.auxiliary_params == sum(per_core) - per_core[c]
+    assert math.isclose(m.compression_ratio, sum(per_core) / (M.shape[0] * M.shape[1]), rel_tol=1e-12)
 
     assert len(m.spectra) == n - 1
     for k, s in enumerate(m.spectra):

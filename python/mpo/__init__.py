@@ -8,9 +8,10 @@ The decomposition, its error bound and entropy follow MPOP (Liu et al., ACL 2021
 docs/ and the shared ALGORITHMS notes for the exact conventions.
 """
 
-from ._io import FORMAT_VERSION, load
-from ._mpo import MPO, decompose
+from ._decompose import decompose
+from ._mpo import MPO, load
 from ._shape import ShapePlan, plan_shape
+from .io import FORMAT_VERSION
 
 __all__ = ["MPO", "ShapePlan", "decompose", "plan_shape", "load", "FORMAT_VERSION"]
 

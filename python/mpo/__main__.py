@@ -1,5 +1,5 @@
-"""``python -m mpo``: the same command as the ``mpo`` console script (see mpo._cli)."""
+"""``python -m mpo``: the same command as the ``mpo`` console script (see mpo.cli)."""
 
-from ._cli import main
+from .cli import main
 
 raise SystemExit(main())

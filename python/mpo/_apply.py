@@ -16,18 +16,37 @@ A transposed MPO (``m.T``) shares its cores with ``m``; the kernel reads them wi
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import _core
 
-if TYPE_CHECKING:
-    from ._mpo import MPO
-
-__all__ = ["PLANS", "matmul", "rmatmul", "rows", "matmul_flops", "aslinearoperator"]
+__all__ = ["PLANS", "Operator", "matmul", "rmatmul", "rows", "matmul_flops", "aslinearoperator"]
 
 PLANS = ("auto", "left", "right", "centre")
+
+
+class Operator(Protocol):
+    """What the products read from an MPO: its public views (``mpo.MPO`` has them all)."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def stored_cores(self) -> list[np.ndarray]: ...
+
+    @property
+    def transposed(self) -> bool: ...
+
+    @property
+    def row_scale(self) -> np.ndarray | None: ...
+
+    @property
+    def T(self) -> Operator: ...
 
 
 def _check_plan(plan: str) -> str:
@@ -46,26 +65,26 @@ def _as_input(x: object, what: str) -> np.ndarray:
     return a
 
 
-def _work_dtype(m: MPO, x: np.ndarray) -> np.dtype:
+def _work_dtype(m: Operator, x: np.ndarray) -> np.dtype:
     # NumPy's rule for M @ X: float32 only when both are float32 (ints promote to float64).
     return np.dtype(np.float32) if (m.dtype == np.float32 and x.dtype == np.float32) else np.dtype(np.float64)
 
 
-def _kernel_cores(m: MPO, dtype: np.dtype) -> list[np.ndarray]:
+def _kernel_cores(m: Operator, dtype: np.dtype) -> list[np.ndarray]:
     # The stored (untransposed) cores, so the kernel gets contiguous buffers; a dtype other than the
     # MPO's costs one cast of the cores per call.
-    base = m._base
+    base = m.stored_cores
     return base if base[0].dtype == dtype else [c.astype(dtype) for c in base]
 
 
-def _row_scale(m: MPO, dtype: np.dtype) -> np.ndarray | None:
+def _row_scale(m: Operator, dtype: np.dtype) -> np.ndarray | None:
     # A row-weighted MPO is diag(s) @ (cores' matrix): s scales the stored rows, which are the
     # columns of a transposed MPO.
-    s = m._row_scale
+    s = m.row_scale
     return None if s is None else s.astype(dtype, copy=False)
 
 
-def rmatmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
+def rmatmul(m: Operator, x: object, plan: str = "auto") -> np.ndarray:
     """X @ M for X of shape (I,), (B, I) or (..., I); the result has shape (..., J)."""
     _check_plan(plan)
     a = _as_input(x, "X @ mpo")
@@ -83,15 +102,15 @@ def rmatmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
         return np.zeros((*lead, cols), dtype=dtype)
     flat = np.ascontiguousarray(a.reshape(batch, rows), dtype=dtype)
     scale = _row_scale(m, dtype)
-    if scale is not None and not m._transposed:
+    if scale is not None and not m.transposed:
         flat = flat * scale
-    out = _core.apply(_kernel_cores(m, dtype), m._transposed, flat, False, cols, plan)
-    if scale is not None and m._transposed:
+    out = _core.apply(_kernel_cores(m, dtype), m.transposed, flat, False, cols, plan)
+    if scale is not None and m.transposed:
         out *= scale
     return out.reshape(*lead, cols)
 
 
-def matmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
+def matmul(m: Operator, x: object, plan: str = "auto") -> np.ndarray:
     """M @ X for X of shape (J,) or (J, B); the result has shape (I,) or (I, B)."""
     _check_plan(plan)
     a = _as_input(x, "mpo @ X")
@@ -111,17 +130,17 @@ def matmul(m: MPO, x: object, plan: str = "auto") -> np.ndarray:
         return np.zeros((rows, 0), dtype=dtype)
     col = np.ascontiguousarray(col, dtype=dtype)
     scale = _row_scale(m, dtype)
-    if scale is not None and m._transposed:
+    if scale is not None and m.transposed:
         col = col * scale[:, None]
     # (M X)ᵀ = Xᵀ Mᵀ: the kernel's batch-last layout reads X and writes M X in place, with the roles of
     # i_k and j_k swapped, so neither X nor the result is transposed in memory.
-    out = _core.apply(_kernel_cores(m, dtype), not m._transposed, col, True, rows, plan)
-    if scale is not None and not m._transposed:
+    out = _core.apply(_kernel_cores(m, dtype), not m.transposed, col, True, rows, plan)
+    if scale is not None and not m.transposed:
         out *= scale[:, None]
     return out.reshape(rows) if a.ndim == 1 else out
 
 
-def rows(m: MPO, ids: object) -> np.ndarray:
+def rows(m: Operator, ids: object) -> np.ndarray:
     """M[ids] for an integer array ``ids`` of any shape; result shape ids.shape + (J,)."""
     a = np.asarray(ids)
     if a.dtype.kind not in "iu":
@@ -133,23 +152,23 @@ def rows(m: MPO, ids: object) -> np.ndarray:
         raise IndexError(f"rows: id {int(flat[bad[0]])} is out of range for an MPO with {count} rows")
     # Negative ids count from the end, as in M[ids]; padding rows are never reachable.
     flat = np.where(flat < 0, flat + count, flat)
-    out = _core.rows(m._base, m._transposed, np.ascontiguousarray(flat), m.shape[1], m.dtype.name)
+    out = _core.rows(m.stored_cores, m.transposed, np.ascontiguousarray(flat), m.shape[1], m.dtype.name)
     scale = _row_scale(m, out.dtype)
     if scale is not None:
-        out *= scale[None, :] if m._transposed else scale[flat][:, None]
+        out *= scale[None, :] if m.transposed else scale[flat][:, None]
     return out.reshape(*a.shape, m.shape[1])
 
 
-def matmul_flops(m: MPO, batch: int, plan: str = "auto") -> dict[str, Any]:
+def matmul_flops(m: Operator, batch: int, plan: str = "auto") -> dict[str, Any]:
     """FLOPs of X @ M for X with ``batch`` rows: the kernel's plan, every order, and the dense count."""
     _check_plan(plan)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"matmul_flops: batch must be an integer >= 1, got {batch!r}")
-    shapes = [list(c.shape) for c in m._base]
+    shapes = [list(c.shape) for c in m.stored_cores]
     b = int(batch)
-    name, order, flops, groups, merge_flops = _core.apply_plan(shapes, b, m._transposed, plan)
-    every = {p: _core.apply_plan(shapes, b, m._transposed, p)[2] for p in PLANS[1:]}
-    unmerged = _core.apply_plan(shapes, b, m._transposed, plan, False)[2]
+    name, order, flops, groups, merge_flops = _core.apply_plan(shapes, b, m.transposed, plan)
+    every = {p: _core.apply_plan(shapes, b, m.transposed, p)[2] for p in PLANS[1:]}
+    unmerged = _core.apply_plan(shapes, b, m.transposed, plan, False)[2]
     dense = 2.0 * b * m.shape[0] * m.shape[1]
     return {
         "plan": name,
@@ -164,7 +183,7 @@ def matmul_flops(m: MPO, batch: int, plan: str = "auto") -> dict[str, Any]:
     }
 
 
-def aslinearoperator(m: MPO) -> Any:
+def aslinearoperator(m: Operator) -> Any:
     """A scipy.sparse.linalg.LinearOperator of M (matvec, rmatvec, matmat, rmatmat through the cores)."""
     try:
         from scipy.sparse.linalg import LinearOperator

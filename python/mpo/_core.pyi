@@ -1,9 +1,20 @@
 """Typed primitives of the C++ core. Private: use the mpo package."""
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+
+class DecomposeResult(TypedDict):
+    """What ``decompose`` returns: the sweep's cores, every bond's spectrum, eps_k per bond, which bonds
+    the max_bond cut, ||M||_F, and whether a randomized range finder was used."""
+
+    cores: list[npt.NDArray[np.floating[Any]]]
+    spectra: list[npt.NDArray[np.float64]]
+    truncation_errors: npt.NDArray[np.float64]
+    cut: list[bool]
+    norm: float
+    randomized: bool
 
 def decompose(
     matrix: npt.NDArray[np.floating[Any]],
@@ -13,7 +24,7 @@ def decompose(
     allow_randomized: bool = True,
     allow_block: bool = True,
     allow_whole: bool = True,
-) -> dict[str, Any]: ...
+) -> DecomposeResult: ...
 def canonicalize(
     cores: list[npt.NDArray[np.floating[Any]]], dtype: str
 ) -> tuple[list[npt.NDArray[np.floating[Any]]], list[npt.NDArray[np.float64]]]: ...

@@ -1,41 +1,32 @@
-"""The MPO object and ``decompose`` (MPOP §3, Algorithm 1).
+"""The MPO value: a matrix as a Matrix Product Operator (MPOP §3), its structure and its measures.
 
-An ``MPO`` is a thin holder of arrays produced by the C++ core (``mpo._core``): the cores in mixed
-canonical form around the central tensor, every bond's spectrum, and the local truncation errors. All
-measures (bound, entropy, compression ratio) are read from those arrays; none densifies the matrix.
+An ``MPO`` is a thin, immutable holder of arrays produced by the C++ core (``mpo._core``): the cores in
+mixed canonical form around the central tensor, every bond's spectrum, and the local truncation errors.
+All measures (bound, entropy, compression ratio) are read from those arrays; none densifies the matrix.
+Other modules read an MPO only through its public read-only views (``stored_cores``, ``transposed``,
+``row_scale``, ``cut_max_bonds``, ``spectra_of_matrix``, ``plain_spectra``) and its array form
+(:meth:`MPO.to_arrays` / :meth:`MPO.from_arrays`).
+
+Who does what: ``_truncation`` chooses the bonds a cut keeps, ``_apply`` runs products through the
+kernel, ``io`` writes and reads files, ``_decompose`` makes MPOs from matrices.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from . import _apply, _budget, _core, _weighted
-from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape, parse_tol
+from . import _apply, _core, _truncation, io
+from ._shape import full_bonds
+from ._validation import parse_max_bond, parse_ratio, parse_tol
+from ._weighted import plain_measures
 
-__all__ = ["MPO", "decompose"]
-
-_SVD_METHODS = ("auto", "exact")
-
-
-def _full_bonds(in_shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:
-    """Full bond dimensions of MPOP Eq. 2: d_k = min(prod_{m<=k} i_m j_m, prod_{m>k} i_m j_m)."""
-    pairs = [i * j for i, j in zip(in_shape, out_shape)]
-    return tuple(
-        min(math.prod(pairs[: k + 1]), math.prod(pairs[k + 1 :])) for k in range(len(pairs) - 1)
-    )
-
-
-def _consistent(bonds: Sequence[int], in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
-    """No bond exceeds what its neighbours can feed: d_k <= d_(k-1) i_k j_k and d_k <= i_(k+1) j_(k+1) d_(k+1)."""
-    pairs = [i * j for i, j in zip(in_shape, out_shape)]
-    padded = [1, *bonds, 1]
-    return all(
-        padded[k + 1] <= padded[k] * pairs[k] and padded[k + 1] <= pairs[k + 1] * padded[k + 2]
-        for k in range(len(bonds))
-    )
+__all__ = ["MPO", "load"]
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -61,25 +52,40 @@ class MPO:
         *,
         shape: tuple[int, int],
         spectra: Sequence[np.ndarray],
-        truncation_errors: Sequence[float],
+        truncation_errors: Sequence[float] | np.ndarray,
         norm: float,
-        limits: Sequence[int] | None = None,
+        cut_max_bonds: Sequence[int] | None = None,
         spectra_of_matrix: bool = True,
         row_scale: np.ndarray | None = None,
         plain: tuple[float, Sequence[np.ndarray]] | None = None,
+        sweep_exact: bool = False,
+        transposed: bool = False,
+        limits: Sequence[int] | None = None,
     ) -> None:
         """Assemble an MPO from canonical-form arrays; most users want :func:`mpo.decompose`.
 
-        ``limits[k]`` is 0 when bond k still holds every nonzero singular value, else the largest bond
-        :meth:`truncate` may be asked for there (the cap it was cut at). ``spectra_of_matrix`` says the
-        spectra are those of the decomposed matrix's own unfoldings (an exact decomposition and its
-        cuts), so that further cuts add to the bound in quadrature. Consistency of shapes is checked;
-        canonical form is the caller's promise (use :meth:`from_cores` for arbitrary cores).
+        ``cut_max_bonds[k]`` is 0 when bond k still holds every nonzero singular value, else the
+        largest bond :meth:`truncate` may be asked for there (the max_bond it was cut at).
+        ``spectra_of_matrix`` says the spectra are those of the decomposed matrix's own unfoldings (an
+        exact decomposition and its cuts), so that further cuts add to the bound in quadrature.
+        Consistency of shapes is checked; canonical form is the caller's promise (use
+        :meth:`from_cores` for arbitrary cores).
 
         A row-weighted MPO (``decompose(..., row_weights=w)``) passes ``row_scale`` (D^-1, one value per
         row of the unpadded matrix): the cores then hold D M and the MPO is diag(row_scale) @ cores.
         ``plain`` is (||M||_F, spectra of M's unfoldings), kept for the plain-norm measures.
+        ``sweep_exact`` says the cores are straight from Algorithm 1's sweep of the matrix, whose true
+        error the truncation errors then give (:meth:`exact_error`).
+
+        ``transposed=True`` makes the MPO of the transpose of the matrix these arrays describe: the
+        cores, ``shape`` and ``row_scale`` are given in their stored orientation and read transposed
+        (no copy; see :attr:`T`). ``limits`` is the deprecated name of ``cut_max_bonds``.
         """
+        if limits is not None:
+            warnings.warn("MPO(limits=) is deprecated: use cut_max_bonds=", DeprecationWarning, stacklevel=2)
+            if cut_max_bonds is not None:
+                raise TypeError("give cut_max_bonds or its deprecated name limits, not both")
+            cut_max_bonds = limits
         cores = [np.asarray(c) for c in cores]
         if len(cores) < 2:
             raise ValueError(f"an MPO needs n >= 2 cores, got {len(cores)}")
@@ -105,30 +111,29 @@ class MPO:
             raise ValueError(
                 f"need n-1 = {n - 1} spectra and truncation errors, got {len(spectra)} and {len(truncation_errors)}"
             )
-        self._cores = [_frozen(np.ascontiguousarray(c)) for c in cores]
-        # The stored cores and whether this MPO reads them transposed (see ``T``): products hand the
-        # stored, contiguous cores to the kernel with a flag instead of copying transposed ones.
-        self._base = self._cores
-        self._transposed = False
+        # The stored, contiguous cores; a transposed MPO hands them to the kernel with a flag instead
+        # of copying transposed ones, and shows the views ``c.transpose(0, 2, 1, 3)`` as its cores.
+        self._base = [_frozen(np.ascontiguousarray(c)) for c in cores]
+        self._transposed = bool(transposed)
+        self._cores = [c.transpose(0, 2, 1, 3) for c in self._base] if self._transposed else list(self._base)
         self._spectra = [_frozen(np.asarray(s, dtype=np.float64).copy()) for s in spectra]
         for k, s in enumerate(self._spectra):
-            if s.shape != (self._cores[k].shape[3],):
-                raise ValueError(f"spectrum {k} has {s.shape} values for a bond of {self._cores[k].shape[3]}")
+            if s.shape != (self._base[k].shape[3],):
+                raise ValueError(f"spectrum {k} has {s.shape} values for a bond of {self._base[k].shape[3]}")
         self._errors = _frozen(np.asarray(truncation_errors, dtype=np.float64).copy())
-        self._limits = tuple(int(x) for x in (limits if limits is not None else [0] * (n - 1)))
-        if len(self._limits) != n - 1:
-            raise ValueError(f"need n-1 = {n - 1} bond limits, got {len(self._limits)}")
+        self._cut_max_bonds = tuple(int(x) for x in (cut_max_bonds if cut_max_bonds is not None else [0] * (n - 1)))
+        if len(self._cut_max_bonds) != n - 1:
+            raise ValueError(f"need n-1 = {n - 1} cut_max_bonds, got {len(self._cut_max_bonds)}")
         self._spectra_of_matrix = bool(spectra_of_matrix)
-        padded = (self._prod(1), self._prod(2))
+        padded = (math.prod(c.shape[1] for c in self._base), math.prod(c.shape[2] for c in self._base))
         rows, cols = (int(x) for x in shape)
         if not (1 <= rows <= padded[0] and 1 <= cols <= padded[1]):
             raise ValueError(f"shape {shape} does not fit the cores' padded shape {padded}")
-        self._shape = (rows, cols)
+        self._shape = (cols, rows) if self._transposed else (rows, cols)
         self._norm = float(norm)
-        # Set by decompose for an MPO straight from its sweep, whose true error it knows (exact_error).
-        self._sweep_exact = False
-        self._row_scale = None
-        self._plain = None
+        self._sweep_exact = bool(sweep_exact)
+        self._row_scale: np.ndarray | None = None
+        self._plain: tuple[float, list[np.ndarray]] | None = None
         if row_scale is not None:
             scale = np.asarray(row_scale, dtype=np.float64)
             if scale.shape != (rows,) or not (np.isfinite(scale).all() and (scale > 0).all()):
@@ -144,24 +149,6 @@ class MPO:
         return math.prod(c.shape[axis] for c in self._cores)
 
     # ----------------------------------------------------------------- construction
-    @classmethod
-    def _from_core_result(
-        cls, raw: dict, shape: tuple[int, int], caps: Sequence[int] | None, row_scale=None, plain=None
-    ) -> MPO:
-        cut = raw["cut"]
-        return cls(
-            raw["cores"],
-            shape=shape,
-            spectra=raw["spectra"],
-            truncation_errors=raw["truncation_errors"],
-            norm=raw["norm"],
-            limits=[cap if was_cut else 0 for cap, was_cut in zip(caps or [0] * len(cut), cut)],
-            # A capped sweep cuts remainders, not M: its spectra are those of the MPO's own matrix.
-            spectra_of_matrix=not any(cut),
-            row_scale=row_scale,
-            plain=plain,
-        )
-
     @classmethod
     def from_cores(
         cls, cores: Sequence[np.ndarray], shape: tuple[int, int] | None = None, *, row_scale: object = None
@@ -181,13 +168,13 @@ class MPO:
             if scale.shape != (rows,):
                 raise ValueError(f"row_scale must hold {rows} values (one per row), got shape {scale.shape}")
             return cls(
-                base._cores,
+                base._base,
                 shape=base.shape,
                 spectra=base._spectra,
                 truncation_errors=base._errors,
                 norm=base._norm,
                 row_scale=scale,
-                plain=_weighted.plain_measures(base.to_dense() * scale[:, None].astype(base.dtype), base),
+                plain=plain_measures(base.to_dense() * scale[:, None].astype(base.dtype), base),
             )
         cores = [np.asarray(c) for c in cores]
         if not cores:
@@ -257,7 +244,7 @@ class MPO:
     @property
     def full_bond_dims(self) -> tuple[int, ...]:
         """The full bonds of MPOP Eq. 2 for these factors (an exact MPO of a generic matrix has them)."""
-        return _full_bonds(self.in_shape, self.out_shape)
+        return full_bonds(self.in_shape, self.out_shape)
 
     @property
     def central_index(self) -> int:
@@ -274,6 +261,18 @@ class MPO:
         """The auxiliary tensors: every core but the central one, in order."""
         c = self.central_index
         return [core for k, core in enumerate(self._cores) if k != c]
+
+    @property
+    def stored_cores(self) -> list[np.ndarray]:
+        """The cores as stored, C-contiguous and read-only: ``cores`` itself, or for a transposed MPO
+        (``m.T``, see :attr:`transposed`) the cores of the matrix it is the transpose of. The kernel
+        reads these with a flag instead of copying transposed cores."""
+        return list(self._base)
+
+    @property
+    def transposed(self) -> bool:
+        """True when this MPO reads :attr:`stored_cores` (and ``row_scale``) transposed: made by ``.T``."""
+        return self._transposed
 
     # ----------------------------------------------------------------- spectra and errors
     @property
@@ -316,6 +315,27 @@ class MPO:
         For ``m.T`` it scales the columns.
         """
         return self._row_scale
+
+    @property
+    def plain_spectra(self) -> list[np.ndarray]:
+        """The spectra of the plain matrix M's unfoldings: those kept from the decomposition of a
+        row-weighted MPO (whose :attr:`spectra` are D M's), else :attr:`spectra`."""
+        return list(self._spectra if self._plain is None else self._plain[1])
+
+    @property
+    def spectra_of_matrix(self) -> bool:
+        """True when :attr:`spectra` are those of the decomposed matrix's own unfoldings (an exact
+        decomposition and its cuts): a further cut's error then adds to the bound in quadrature.
+        False when they are the MPO's own matrix's (a sweep that cut remainders)."""
+        return self._spectra_of_matrix
+
+    @property
+    def cut_max_bonds(self) -> tuple[int, ...]:
+        """Per bond, the max_bond it was cut at (0: it still holds every nonzero singular value).
+
+        :meth:`truncate` cannot grow a bond beyond it: the discarded singular values are gone.
+        """
+        return self._cut_max_bonds
 
     def error_bound(self, weighted: bool = False) -> float:
         """sqrt(sum_k eps_k^2) >= ||M - MPO(M)||_F (MPOP Eq. 4, the TT-SVD theorem).
@@ -424,12 +444,20 @@ class MPO:
         Its cores are the views ``c.transpose(0, 2, 1, 3)`` (shape (d_{k-1}, j_k, i_k, d_k)); the
         spectra, errors and bonds are those of M, which M.T shares. ``m.T.T`` reads the cores as ``m``.
         """
-        t = object.__new__(MPO)
-        t.__dict__.update(self.__dict__)
-        t._transposed = not self._transposed
-        t._cores = [c.transpose(0, 2, 1, 3) for c in self._base] if t._transposed else list(self._base)
-        t._shape = (self._shape[1], self._shape[0])
-        return t
+        stored = self._shape[::-1] if self._transposed else self._shape
+        return MPO(
+            self._base,
+            shape=(stored[0], stored[1]),
+            spectra=self._spectra,
+            truncation_errors=self._errors,
+            norm=self._norm,
+            cut_max_bonds=self._cut_max_bonds,
+            spectra_of_matrix=self._spectra_of_matrix,
+            row_scale=self._row_scale,
+            plain=self._plain,
+            sweep_exact=self._sweep_exact,
+            transposed=not self._transposed,
+        )
 
     def __matmul__(self, x: object) -> np.ndarray:
         """``m @ X`` = M @ X for X of shape (J,) or (J, B), contracted through the cores."""
@@ -490,7 +518,7 @@ class MPO:
         ``max_bond`` caps every bond (an int) or each bond (n-1 ints); ``tol`` keeps the smallest bonds
         whose bound stays <= tol * ||M||_F, dropping the globally smallest singular values first.
         ``ratio`` (budget mode, in (0, 1]) chooses per-bond sizes with ``compression_ratio <= ratio``
-        that minimise the error bound (see :meth:`_bonds_for_ratio`); without the matrix, only cuts of
+        that minimise the error bound (see ``mpo._truncation.bonds_for_ratio``); without the matrix, only cuts of
         the stored form are possible (``decompose(M, ratio=)`` searches by true error instead). They
         combine as "the tightest wins": the caps are applied first, then ``ratio`` cuts further if the
         budget needs it, then ``tol`` cuts further while the bound allows; a constraint never grows a bond
@@ -510,130 +538,24 @@ class MPO:
         budget = parse_ratio(ratio)
         keep = list(self.bond_dims)
         if caps is not None:
-            for k, cap in enumerate(caps):
-                if cap > keep[k] and self._limits[k] and cap > self._limits[k]:
-                    raise ValueError(
-                        f"truncate cannot grow bond {k} from {keep[k]} to max_bond {cap}: it was cut at "
-                        f"{self._limits[k]} and the discarded singular values are gone; decompose the "
-                        "matrix again for larger bonds"
-                    )
-            keep = [min(r, cap) for r, cap in zip(keep, caps)]
+            keep = _truncation.bonds_for_max_bond(keep, caps, self._cut_max_bonds)
         result = self._sliced(keep, caps)
         if budget is not None:
-            result = result._sliced(result._bonds_for_ratio(budget))
+            # A row-weighted MPO's I row scales are parameters too: the cores get what is left.
+            extra = 0 if result._row_scale is None else result._row_scale.size
+            result = result._sliced(
+                _truncation.bonds_for_ratio(result._spectra, result.in_shape, result.out_shape, result.shape,
+                                            budget, extra)
+            )
         if target is not None:
-            result = result._sliced(result._bonds_for_tol(target))
+            result = result._sliced(
+                _truncation.bonds_for_tol(result._spectra, result._errors, result._norm, result._spectra_of_matrix,
+                                          target)
+            )
         return result
 
-    def _new_cut_errors(self, keep: Sequence[int]) -> np.ndarray:
-        """delta_k^2: the energy a cut to ``keep`` drops at each bond."""
-        return np.array([float(np.sum(s[r:] ** 2)) for s, r in zip(self._spectra, keep)])
-
-    def _combined_errors(self, dropped: np.ndarray) -> np.ndarray:
-        """Per-bond eps_k of this MPO followed by a cut dropping ``dropped`` (delta_k^2) per bond."""
-        old = self._errors**2
-        if self._spectra_of_matrix:
-            return np.sqrt(old + dropped)
-        # Triangle inequality ||M - M''|| <= E + D with E^2 = sum eps^2, D^2 = sum delta^2, spread over
-        # the bonds: eps'^2 = eps^2 (1 + D/E) + delta^2 (1 + E/D) sums to exactly (E + D)^2.
-        e, d = math.sqrt(float(old.sum())), math.sqrt(float(dropped.sum()))
-        if e == 0 or d == 0:
-            return np.sqrt(old + dropped)
-        return np.sqrt(old * (1 + d / e) + dropped * (1 + e / d))
-
-    def _bonds_for_tol(self, tol: float) -> list[int]:
-        # Drop the globally smallest lambda^2 first: most bond removed per unit of error budget. Each
-        # spectrum is descending, so the smallest values always sit at the tails.
-        keep = list(self.bond_dims)
-        allowed = tol * self._norm
-        spent = float(np.sum(self._errors**2))
-        if self._spectra_of_matrix:
-            budget = allowed**2 - spent
-        else:
-            budget = max(allowed - math.sqrt(spent), 0.0) ** 2
-        if budget <= 0:
-            return keep
-        values = np.concatenate([s[1:] ** 2 for s in self._spectra])
-        owners = np.concatenate([np.full(len(s) - 1, k) for k, s in enumerate(self._spectra)])
-        order = np.argsort(values, kind="stable")
-        within = np.cumsum(values[order]) <= budget
-        drop = np.bincount(owners[order[within]].astype(np.intp), minlength=len(keep))
-        return [r - int(d) for r, d in zip(keep, drop)]
-
-    def _bonds_for_ratio(self, ratio: float) -> list[int]:
-        """Per-bond sizes with at most ratio * I * J parameters and the least dropped lambda^2.
-
-        Greedy on the stored spectra: drop next the singular value with the smallest lambda^2 per
-        parameter saved. Shrinking bond k by one saves d_(k-1) i_k j_k + i_(k+1) j_(k+1) d_(k+1)
-        parameters (more when a neighbour then exceeds what it can be fed), which depends on the
-        neighbours' current sizes, so the scores are recomputed after every drop. Greedy is not
-        optimal in general; the best uniform cap that fits the budget is also evaluated and kept when
-        it drops less, so budget mode's bound is never above a uniform cap's. Both candidates shrink
-        monotonically as ``ratio`` falls, so the bound is monotone in ``ratio``.
-        """
-        rows, cols = self._shape
-        # A row-weighted MPO's I row scales are parameters too: the cores get what is left.
-        scale = 0 if self._row_scale is None else self._row_scale.size
-        allowed = ratio * rows * cols - scale
-        pairs = [i * j for i, j in zip(self.in_shape, self.out_shape)]
-
-        def fed(bonds: Sequence[int]) -> list[int]:
-            # A bond wider than its neighbours can feed (d_k > d_(k-1) i_k j_k or > i_(k+1) j_(k+1)
-            # d_(k+1)) shrinks to what they feed when ``_sliced`` re-canonicalises the cut.
-            b = [1, *bonds, 1]
-            changed = True
-            while changed:
-                changed = False
-                for k in range(1, len(b) - 1):
-                    fit = min(b[k], b[k - 1] * pairs[k - 1], pairs[k] * b[k + 1])
-                    changed, b[k] = changed or fit != b[k], fit
-            return b[1:-1]
-
-        def params(bonds: Sequence[int]) -> int:
-            b = [1, *fed(bonds), 1]
-            return sum(b[k] * p * b[k + 1] for k, p in enumerate(pairs))
-
-        bonds = list(self.bond_dims)
-        if self.num_params - scale <= allowed:
-            return bonds
-        smallest = params([1] * len(bonds)) + scale
-        if smallest > allowed + scale:
-            raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
-        greedy = list(bonds)
-        total = params(greedy)
-        while total > allowed:
-            best, best_score = -1, math.inf
-            for k, r in enumerate(greedy):
-                if r <= 1:
-                    continue
-                greedy[k] = r - 1
-                after = params(greedy)
-                greedy[k] = r
-                if after < total:  # a drop that saves nothing only adds to the bound
-                    score = float(self._spectra[k][r - 1]) ** 2 / (total - after)
-                    if score < best_score:
-                        best, best_score = k, score
-            if best < 0:
-                # No single drop saves a parameter: two neighbours each feed the other's excess. Drop
-                # the smallest tail value; a later drop then frees the parameters.
-                best = min(
-                    (k for k, r in enumerate(greedy) if r > 1), key=lambda k: self._spectra[k][greedy[k] - 1]
-                )
-            greedy[best] -= 1
-            total = params(greedy)
-        # The largest uniform cap within budget (parameters grow with the cap, dropped energy shrinks).
-        cap = max(bonds)
-        while params([min(b, cap) for b in bonds]) > allowed:
-            cap -= 1
-        uniform = [min(b, cap) for b in bonds]
-        choice = greedy
-        if float(self._new_cut_errors(uniform).sum()) < float(self._new_cut_errors(greedy).sum()):
-            choice = uniform
-        # Bonds that only exceed what their neighbours feed (rounding-level singular values kept by
-        # the sweep) would make ``_sliced`` return this MPO unchanged, over budget: cut them to fit.
-        return fed(choice) if choice == bonds else choice
-
     def _sliced(self, keep: Sequence[int], caps: Sequence[int] | None = None) -> MPO:
+        """This MPO cut to the bonds ``keep`` (``caps``: the max_bond asked for, recorded per bond)."""
         bonds = self.bond_dims
         if tuple(keep) == bonds:
             return self
@@ -642,45 +564,100 @@ class MPO:
             left = 1 if k == 0 else keep[k - 1]
             right = 1 if k == self.n - 1 else keep[k]
             cores.append(np.ascontiguousarray(c[:left, :, :, :right]))
-        dropped = self._new_cut_errors(keep)
-        limits = []
-        for k, (old, r) in enumerate(zip(self._limits, keep)):
-            if dropped[k] > 0:
-                asked = caps[k] if caps is not None and caps[k] <= r else r
-                old = min(old, asked) if old else asked
-            limits.append(old)
+        dropped = _truncation.dropped_energy(self._spectra, keep)
+        cut_max_bonds = _truncation.cut_max_bonds_after(self._cut_max_bonds, keep, dropped, caps)
         spectra = [s[:r] for s, r in zip(self._spectra, keep)]
         spectra_of_matrix = self._spectra_of_matrix
-        if not _consistent(keep, self.in_shape, self.out_shape):
+        if not _truncation.consistent(keep, self.in_shape, self.out_shape):
             # A bond wider than its neighbours can feed (d_k > d_(k-1) i_k j_k, or the mirror image)
             # carries redundant directions. An exact re-canonicalisation removes them without changing
             # the matrix; its spectra are then those of the cut matrix, not M's.
             cores, spectra = _core.canonicalize(cores, self.dtype.name)
             spectra_of_matrix = False
         plain = self._plain
-        if self._row_scale is not None:
+        if self._row_scale is not None and self._plain is not None:
             # The plain spectra are those of the MPO's own plain matrix diag(row_scale) @ cores, as for
             # a plain MPO after a cut: measured again (one exact sweep), while norm stays ||M||.
             cut = MPO(cores, shape=self._shape, spectra=spectra, truncation_errors=np.zeros(len(spectra)), norm=1.0)
             dense = cut.to_dense() * self._row_scale[:, None].astype(cut.dtype)
-            plain = (self._plain[0], _weighted.plain_measures(dense, cut)[1])
+            plain = (self._plain[0], plain_measures(dense, cut)[1])
         return MPO(
             cores,
             shape=self._shape,
             spectra=spectra,
-            truncation_errors=self._combined_errors(dropped),
+            truncation_errors=_truncation.combined_errors(self._errors, dropped, self._spectra_of_matrix),
             norm=self._norm,
-            limits=limits,
+            cut_max_bonds=cut_max_bonds,
             spectra_of_matrix=spectra_of_matrix,
             row_scale=self._row_scale,
             plain=plain,
         )
 
-    def save(self, path) -> None:
-        """Write the MPO to ``path`` (an .npz archive with a format version), atomically."""
-        from ._io import save
+    # ----------------------------------------------------------------- array form and files
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every array this MPO is rebuilt from (:meth:`from_arrays`), numbers only, by name.
 
-        save(self, path)
+        The names are ``shape``, ``norm``, ``truncation_errors``, ``limits`` (the cut_max_bonds),
+        ``spectra_of_matrix``, ``core_k``, ``spectrum_k`` and, for a row-weighted MPO, ``row_scale``,
+        ``plain_norm``, ``plain_spectrum_k`` (and ``transposed`` for its transpose). They are what the
+        ``mpo.MPO`` archive and the compressed checkpoint store (``mpo.io``).
+        """
+        if self._row_scale is not None and self._transposed:
+            # The scale of m.T acts on the columns, which only the transposed view of the stored MPO
+            # expresses: write that MPO and a flag that reads it back transposed.
+            return {**self.T.to_arrays(), "transposed": np.array(True)}
+        arrays = {
+            "shape": np.array(self._shape, dtype=np.int64),
+            # The norm the spectra and errors refer to: ||D M|| for a row-weighted MPO, else ||M||.
+            "norm": np.array(self._norm, dtype=np.float64),
+            "truncation_errors": self._errors,
+            "limits": np.array(self._cut_max_bonds, dtype=np.int64),
+            "spectra_of_matrix": np.array(self._spectra_of_matrix),
+        }
+        for k, core in enumerate(self._cores):
+            arrays[f"core_{k}"] = core
+        for k, s in enumerate(self._spectra):
+            arrays[f"spectrum_{k}"] = s
+        if self._row_scale is not None and self._plain is not None:
+            arrays["row_scale"] = self._row_scale
+            arrays["plain_norm"] = np.array(self._plain[0], dtype=np.float64)
+            for k, s in enumerate(self._plain[1]):
+                arrays[f"plain_spectrum_{k}"] = s
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> MPO:
+        """The MPO written by :meth:`to_arrays`; a missing entry raises KeyError naming it, arrays that do
+        not fit together raise ValueError or TypeError (the constructor's checks)."""
+        n = sum(1 for key in arrays if key.startswith("core_"))
+        cores = [arrays[f"core_{k}"] for k in range(n)]
+        spectra = [arrays[f"spectrum_{k}"] for k in range(n - 1)]
+        weighted: dict[str, Any] = {}
+        if "row_scale" in arrays:
+            plain = [arrays[f"plain_spectrum_{k}"] for k in range(n - 1)]
+            weighted = {"row_scale": arrays["row_scale"],
+                        "plain": (float(np.reshape(arrays["plain_norm"], ())), plain)}
+        shape = tuple(int(x) for x in arrays["shape"])
+        if len(shape) != 2:
+            raise ValueError(f"the entry 'shape' must hold 2 values (I, J), got {len(shape)}")
+        m = cls(
+            cores,
+            shape=(shape[0], shape[1]),
+            spectra=spectra,
+            truncation_errors=arrays["truncation_errors"],
+            # Scalars as shape () or (1,): safetensors' safe_open hands 0-d tensors back with shape (1,).
+            norm=float(np.reshape(arrays["norm"], ())),
+            cut_max_bonds=[int(x) for x in arrays["limits"]],
+            spectra_of_matrix=bool(np.reshape(arrays["spectra_of_matrix"], ())),
+            **weighted,
+        )
+        if "transposed" in arrays and bool(np.reshape(arrays["transposed"], ())):
+            return m.T
+        return m
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the MPO to ``path`` (an .npz archive with a format version, see ``mpo.io``), atomically."""
+        io.write_archive(path, self.to_arrays())
 
     def __repr__(self) -> str:
         padded = "" if self.padded_shape == self._shape else f", padded_shape={self.padded_shape}"
@@ -692,145 +669,14 @@ class MPO:
         )
 
 
-def _padded(a: np.ndarray, plan) -> np.ndarray:
-    """``a`` zero-padded to the plan's padded shape, C-contiguous."""
-    if plan.padded_shape == a.shape:
-        return np.ascontiguousarray(a)
-    padded = np.zeros(plan.padded_shape, dtype=a.dtype)
-    padded[: a.shape[0], : a.shape[1]] = a
-    return padded
+def load(path: str | os.PathLike[str]) -> MPO:
+    """Read an MPO written by :meth:`MPO.save`; arrays come back bit-exact.
 
-
-def _budget_decompose(padded, plan, caps, ratio, shape, row_scale, plain, dtype) -> MPO | None:
-    """Budget mode on the matrix itself: the sweep's per-bond caps searched by true error (``_budget``).
-
-    None when the full bonds (within ``caps``) already fit the budget: the ordinary decomposition then
-    meets it, and ``truncate(ratio=)`` only trims bonds wider than their neighbours feed.
+    The file's tag and format version are checked first (``mpo.io``); a file that is not an MPO
+    archive, has an unknown version or misses an entry raises ValueError naming the path.
     """
-    rows, cols = shape
-    pairs = [i * j for i, j in zip(plan.in_shape, plan.out_shape)]
-    limits = list(_full_bonds(plan.in_shape, plan.out_shape))
-    if caps is not None:
-        limits = [min(f, c) for f, c in zip(limits, caps)]
-    # A row-weighted MPO's I row scales are parameters too: the cores get what is left.
-    extra = 0 if row_scale is None else rows
-    allowed = ratio * rows * cols - extra
-    if _budget.layout_params(pairs, limits) <= allowed:
-        return None
-    start = _budget.uniform_start(pairs, limits, allowed)
-    if start is None:
-        smallest = _budget.layout_params(pairs, [1] * len(limits)) + extra
-        raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
-    tensor = _budget.interleaved(padded, plan.in_shape, plan.out_shape)
-    sweep = _budget.Sweep(tensor, plan.in_shape, plan.out_shape)
-    best, _ = _budget.search(sweep, start, limits, allowed)
-    cores, discarded = sweep.build(best)
-    total = sweep.energy
-    # Order every bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read):
-    # the sweep left the cores in mixed canonical form, so the core's bond rotation applies.
-    cores, spectra = _core.order_bonds([np.ascontiguousarray(c) for c in cores], "float64")
-    cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
-    cut = [d > total * 1e-24 for d in discarded]
-    searched = MPO(
-        cores,
-        shape=shape,
-        spectra=spectra,
-        truncation_errors=np.sqrt(discarded),
-        norm=math.sqrt(total),
-        limits=[cap if was_cut else 0 for cap, was_cut in zip(best, cut)],
-        spectra_of_matrix=False,
-        row_scale=row_scale,
-        plain=plain,
-    )
-    searched._sweep_exact = True
-    return searched
-
-
-def decompose(
-    M: object,
-    shape: object = None,
-    *,
-    n: int = 5,
-    max_bond: int | Sequence[int] | None = None,
-    tol: float | None = None,
-    ratio: float | None = None,
-    svd: str = "auto",
-    row_weights: object = None,
-) -> MPO:
-    """Decompose a matrix into a Matrix Product Operator (MPOP Algorithm 1).
-
-    Parameters
-    ----------
-    M : array_like, 2-D
-        Real matrix (float32 and float64 are kept; integers become float64; any memory order).
-    shape : None, int, or ((i_1, ..., i_n), (j_1, ..., j_n))
-        None plans balanced factors with :func:`mpo.plan_shape` (zero-padding a side that has none);
-        an int is n; explicit factors must multiply to M's sides.
-    n : int
-        Number of cores when ``shape`` is None (default 5, as in MPOP).
-    max_bond : int or sequence of n-1 ints, optional
-        Cap on every bond, or on each bond.
-    tol : float in [0, 1), optional
-        Relative Frobenius error target: the smallest bonds with sqrt(sum eps_k^2)/||M||_F <= tol.
-        With ``max_bond`` too, the caps are applied first and tol cuts further while the bound allows
-        (the result meets both). With neither, the MPO is exact with full bonds (Eq. 2).
-    ratio : float in (0, 1], optional
-        Budget mode: per-bond caps with ``compression_ratio <= ratio`` (MPOP Eq. 5) chosen to make the
-        true error ||M - MPO||_F small. The sweep's error is exactly sqrt(sum eps_k^2) of the remainders
-        it cuts, so caps are scored exactly: the search starts at the largest uniform cap that fits and
-        moves parameters between bonds while the error falls (``mpo._budget``). The result is never
-        worse than that uniform cap's sweep, and ``error_bound()`` equals its true error. A row-weighted
-        decomposition scores the weighted error ||D (M - MPO)||_F and counts its I row scales. With
-        ``max_bond`` too, no bond exceeds its cap; ``tol`` then cuts further while the bound allows.
-    svd : {"auto", "exact"}
-        "auto" lets a bond capped far below its full size use a randomized range finder whose
-        convergence is checked (falling back to the exact route); "exact" always takes the exact route.
-        Budget mode's search (``ratio`` below what the full bonds need) always splits exactly.
-    row_weights : array_like of I values >= 0, optional
-        Row importances (FWSVD, ALGORITHMS.md §6): D M is decomposed with D = diag(sqrt(w/max(w) +
-        1e-6)), so caps and tol act in the weighted norm, and the MPO keeps D^-1 as ``row_scale``
-        (I more parameters). For column weights decompose M.T and use ``.T``.
-
-    Returns
-    -------
-    MPO
-
-    Examples
-    --------
-    >>> import numpy as np, mpo
-    >>> M = np.random.default_rng(0).standard_normal((768, 768))
-    >>> m = mpo.decompose(M, max_bond=64)
-    >>> m.bond_dims
-    (12, 64, 64, 12)
-    >>> bool(np.linalg.norm(M - m.to_dense()) <= m.error_bound() * (1 + 1e-9))
-    True
-    """
-    if svd not in _SVD_METHODS:
-        raise ValueError(f"svd must be one of {_SVD_METHODS}, got {svd!r}")
-    a = as_matrix(M)
-    rows, cols = a.shape
-    plan = parse_shape(shape, n, rows, cols)
-    caps = parse_max_bond(max_bond, len(plan.in_shape) - 1)
-    target = parse_tol(tol)
-    budget = parse_ratio(ratio)
-    weighted = None if row_weights is None else _weighted.weigh_rows(a, row_weights, plan)
-    padded = _padded(a if weighted is None else weighted.matrix, plan)
-    scale, plain = (weighted.row_scale, weighted.plain) if weighted is not None else (None, None)
-    if budget is not None:
-        searched = _budget_decompose(padded, plan, caps, budget, (rows, cols), scale, plain, a.dtype)
-        if searched is not None:
-            return searched if target is None else searched.truncate(tol=target)
-    # Caps cut each remainder as the sweep goes (and may take the randomized route): the fast route.
-    # A tol then cuts the stored canonical form further while the bound allows.
-    raw = _core.decompose(
-        padded,
-        list(plan.in_shape),
-        list(plan.out_shape),
-        caps if caps is not None else [0] * (len(plan.in_shape) - 1),
-        svd == "auto",
-    )
-    result = MPO._from_core_result(raw, (rows, cols), caps, scale, plain)
-    if target is not None or budget is not None:
-        return result.truncate(tol=target, ratio=budget)
-    result._sweep_exact = True
-    return result
+    arrays = io.read_archive(path)
+    try:
+        return MPO.from_arrays(arrays)
+    except KeyError as exc:
+        raise ValueError(f"{os.fspath(path)!r} is missing the entry {exc}") from None

@@ -10,9 +10,12 @@ padding the authors used. Padding is invisible to users of the MPO.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["ShapePlan", "plan_shape", "plan_side"]
+import numpy as np
+
+__all__ = ["ShapePlan", "plan_shape", "plan_side", "full_bonds", "pad"]
 
 # A factorisation is balanced when its largest factor is at most twice its smallest.
 _MAX_RATIO = 2.0
@@ -138,15 +141,26 @@ def plan_shape(I: int, J: int, n: int = 5) -> ShapePlan:  # noqa: N803 - the pap
     return ShapePlan(in_shape, out_shape, (rows, cols), (rows - I, cols - J))
 
 
+def full_bonds(in_shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:
+    """Full bond dimensions of MPOP Eq. 2: d_k = min(prod_{m<=k} i_m j_m, prod_{m>k} i_m j_m)."""
+    pairs = [i * j for i, j in zip(in_shape, out_shape)]
+    return tuple(
+        min(math.prod(pairs[: k + 1]), math.prod(pairs[k + 1 :])) for k in range(len(pairs) - 1)
+    )
+
+
+def pad(a: np.ndarray, padded_shape: tuple[int, int]) -> np.ndarray:
+    """``a`` zero-padded to ``padded_shape`` (a plan's), C-contiguous."""
+    if tuple(padded_shape) == a.shape:
+        return np.ascontiguousarray(a)
+    padded = np.zeros(padded_shape, dtype=a.dtype)
+    padded[: a.shape[0], : a.shape[1]] = a
+    return padded
+
+
 def _check_count(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            ok = isinstance(value, np.integer)
-        except ImportError:  # pragma: no cover - numpy is a dependency
-            ok = False
-        if not ok:
+        if not isinstance(value, np.integer):
             raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
     if value < minimum:  # type: ignore[operator]
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import fnmatch
 import numbers
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+from ._shape import ShapePlan, plan_shape
+
+if TYPE_CHECKING:  # typing.TypeGuard is new in Python 3.10; annotations are not evaluated at run time
+    from typing import TypeGuard
 
 __all__ = ["as_matrix", "match_names", "parse_max_bond", "parse_tol", "parse_ratio", "parse_shape"]
 
@@ -46,25 +52,24 @@ def as_matrix(M: object) -> np.ndarray:
     return a
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def parse_shape(shape: object, n: object, rows: int, cols: int):
+def parse_shape(shape: object, n: object, rows: int, cols: int) -> ShapePlan:
     """Resolve ``shape`` (None, an int n, or ((i_1..i_n), (j_1..j_n))) into a ShapePlan."""
-    from ._shape import ShapePlan, plan_shape
-
     if shape is None or _is_int(shape):
         count = n if shape is None else shape
         if not _is_int(count):
             raise TypeError(f"n must be an integer, got {count!r}")
-        if count < 2:  # type: ignore[operator]
+        if count < 2:
             raise ValueError(f"n must be >= 2 (an MPO has at least two cores), got n = {count}")
-        return plan_shape(rows, cols, int(count))  # type: ignore[arg-type]
+        return plan_shape(rows, cols, int(count))
     try:
-        in_shape, out_shape = shape  # type: ignore[misc]
-        in_shape = tuple(in_shape)
-        out_shape = tuple(out_shape)
+        # Any: a user's nested sequences, checked entry by entry below.
+        in_raw, out_raw = cast(Any, shape)
+        in_shape: tuple[Any, ...] = tuple(in_raw)
+        out_shape: tuple[Any, ...] = tuple(out_raw)
     except (TypeError, ValueError):
         raise TypeError(
             f"shape must be None, an int n, or ((i_1, ..., i_n), (j_1, ..., j_n)), got {shape!r}"
@@ -103,9 +108,9 @@ def parse_max_bond(max_bond: object, bonds: int) -> list[int] | None:
     if max_bond is None:
         return None
     if _is_int(max_bond):
-        if max_bond < 1:  # type: ignore[operator]
+        if max_bond < 1:
             raise ValueError(f"max_bond must be >= 1, got {max_bond}")
-        return [int(max_bond)] * bonds  # type: ignore[call-overload]
+        return [int(max_bond)] * bonds
     if isinstance(max_bond, (str, bytes)) or not isinstance(max_bond, (Sequence, np.ndarray)):
         raise TypeError(f"max_bond must be an int or a sequence of n-1 = {bonds} ints, got {max_bond!r}")
     caps = list(max_bond)

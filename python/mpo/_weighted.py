@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from . import _core
+from ._shape import pad
 from ._validation import as_matrix
 
 __all__ = ["WEIGHT_EPS", "LowRank", "WeightedRows", "row_scales", "weigh_rows", "weighted_svd"]
@@ -161,31 +163,40 @@ def weighted_svd(W: object, rank: int, row_weights: object, axis: int = 0, *, ep
     )
 
 
+class Layout(Protocol):
+    """The factors of an MPO layout: a :class:`mpo.ShapePlan` or an :class:`mpo.MPO`."""
+
+    @property
+    def in_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def out_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def padded_shape(self) -> tuple[int, int]: ...
+
+
 @dataclass(frozen=True)
 class WeightedRows:
     """D M for ``decompose(..., row_weights=w)``, D^-1 per row, and M's plain norm and bond spectra."""
 
     matrix: np.ndarray
     row_scale: np.ndarray
-    plain: tuple
+    plain: tuple[float, list[np.ndarray]]
 
 
-def weigh_rows(a: np.ndarray, row_weights: object, plan) -> WeightedRows:
+def weigh_rows(a: np.ndarray, row_weights: object, plan: Layout) -> WeightedRows:
     """Scale the rows of ``a`` by D and measure the plain (unweighted) spectra of ``a`` for ``plan``."""
-    from ._mpo import _padded
-
     d = row_scales(row_weights, a.shape[0]).astype(a.dtype)
     # M's own spectra: the plain entropy is a property of M, not of the weighted cut, so one exact
     # sweep of M gives it (one more decomposition's time, paid only by weighted calls).
     return WeightedRows(a * d[:, None], 1.0 / d.astype(np.float64), plain_measures(a, plan))
 
 
-def plain_measures(a: np.ndarray, layout) -> tuple[float, list]:
+def plain_measures(a: np.ndarray, layout: Layout) -> tuple[float, list[np.ndarray]]:
     """(||a||_F, the spectra of a's unfoldings) by one exact sweep, for ``layout``'s factors (a
     ShapePlan or an MPO: ``in_shape``, ``out_shape``, ``padded_shape``): the plain norm and spectra a
     row-weighted MPO reports."""
-    from ._mpo import _padded
-
     n = len(layout.in_shape)
-    raw = _core.decompose(_padded(a, layout), list(layout.in_shape), list(layout.out_shape), [0] * (n - 1), False)
+    raw = _core.decompose(pad(a, layout.padded_shape), list(layout.in_shape), list(layout.out_shape), [0] * (n - 1), False)
     return float(np.linalg.norm(a.astype(np.float64))), raw["spectra"]

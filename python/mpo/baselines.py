@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._mpo import _full_bonds, decompose
+from ._decompose import decompose
+from ._shape import full_bonds, plan_shape
 from ._validation import as_matrix, parse_ratio
 
 __all__ = ["Result", "METHODS", "run", "compare", "svd", "mpo_uniform", "mpo_budget", "cpd", "tucker"]
@@ -77,7 +78,7 @@ def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
     exact for a generic matrix. Raises ValueError when even c = 1 does not fit.
     """
     pairs = [i * j for i, j in zip(in_shape, out_shape)]
-    full = _full_bonds(in_shape, out_shape)
+    full = full_bonds(in_shape, out_shape)
 
     def params(c: int) -> int:
         b = [1, *(min(f, c) for f in full), 1]
@@ -97,8 +98,6 @@ def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
 
 def mpo_uniform(M: object, ratio: float, n: int = 5) -> Result:
     """MPO with one cap on every bond: the largest that fits the budget (``decompose(max_bond=)``)."""
-    from ._shape import plan_shape
-
     a, rho = as_matrix(M), parse_ratio(ratio)
     plan = plan_shape(*a.shape, n)
     cap = uniform_cap(plan.in_shape, plan.out_shape, *a.shape, rho)
@@ -127,8 +126,6 @@ def _tensorly():
 
 def as_tensor(M: np.ndarray, n: int):
     """M as the n-way tensor the MPO uses (axis k has size i_k j_k), with the plan to undo it."""
-    from ._shape import plan_shape
-
     plan = plan_shape(*M.shape, n)
     padded = np.zeros(plan.padded_shape)
     padded[: M.shape[0], : M.shape[1]] = M

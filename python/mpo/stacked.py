@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -56,8 +56,8 @@ def num_params(form: str, n_blocks: int, block_size: int, rank: int, bank: int |
         return N * (2 * D * d + d)
     if form == "shared":
         return 2 * D * d + N * d * d
-    _check_positive_int("bank", bank)
-    return 2 * D * d + int(bank) * d * d + N * int(bank)
+    banks = _check_positive_int("bank", bank)
+    return 2 * D * d + banks * d * d + N * banks
 
 
 def _check_form(form: object) -> None:
@@ -65,11 +65,13 @@ def _check_form(form: object) -> None:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
 
 
-def _check_positive_int(name: str, value: object) -> None:
+def _check_positive_int(name: str, value: object) -> int:
+    """``value`` as an int when it is an integer >= 1, else TypeError or ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
 
 
 class Stacked:
@@ -188,8 +190,8 @@ class Stacked:
         """
         x = self._input(X)
         if isinstance(ids, (numbers.Integral, np.integer)) and not isinstance(ids, bool):
-            return self.apply(x, [ids])[0]
-        idx = [self._index(i) for i in ids]
+            return self.apply(x, [int(ids)])[0]
+        idx = [self._index(i) for i in cast(Sequence[int], ids)]
         if not self.shared:
             return [((x @ self.U[i]) * self.bank[i]) @ self.V[i] for i in idx]
         xu = x @ self.U
@@ -207,9 +209,10 @@ class Stacked:
     def _index(self, i: object) -> int:
         if isinstance(i, bool) or not isinstance(i, (numbers.Integral, np.integer)):
             raise TypeError(f"a block index must be an integer, got {i!r}")
-        if not -self.n_blocks <= i < self.n_blocks:
+        index = int(i)
+        if not -self.n_blocks <= index < self.n_blocks:
             raise IndexError(f"block index {i} is out of range for {self.n_blocks} blocks")
-        return int(i) % self.n_blocks
+        return index % self.n_blocks
 
     def __repr__(self) -> str:
         bank = "" if self.P is None else f", bank={self.bank_size}"
@@ -227,10 +230,10 @@ def _as_stack(blocks: object) -> np.ndarray:
         if items is None:
             raise ValueError(f"blocks must be a sequence of D x D matrices or an (N, D, D) array, got shape {blocks.shape}")
     else:
-        items = list(blocks)
+        items = list(cast(Iterable[object], blocks))  # a non-iterable raises TypeError here
     if not items:
         raise ValueError("blocks must hold at least one D x D matrix, got none")
-    arrays = []
+    arrays: list[np.ndarray] = []
     for k, b in enumerate(items):
         a = np.asarray(b)
         if a.dtype.kind not in "fiu":
@@ -281,7 +284,7 @@ def _hooi(T: np.ndarray, d: int, bank: int | None, max_iter: int, tol: float):
     for sweeps in range(1, max_iter + 1):
         # Each factor becomes the leading subspace of T contracted with the other two factors, in
         # mode order P, U, V (TensorLy's order; U, V, P first reached a worse optimum on MiniLM).
-        if P is not None:
+        if P is not None and S is not None and bank is not None:  # all three or none (tucker)
             Sf = S.reshape(N, -1)
             P = _top_eigvecs(Sf @ Sf.T, bank)
         TV = (cols @ Vf).reshape(N, D, d)
@@ -408,7 +411,7 @@ def bert_blocks(state: Mapping[str, object], layers: Sequence[int] | None = None
         raise ValueError("state has no BERT encoder weights (no key like 'encoder.layer.0.attention.self.query.weight')")
     wanted = sorted(found) if layers is None else list(layers)
     blocks, refs = [], []
-    D = None
+    D: int | None = None
     for layer in wanted:
         if layer not in found:
             raise ValueError(f"layer {layer} is not in the state; it has layers {sorted(found)}")
@@ -430,6 +433,8 @@ def bert_blocks(state: Mapping[str, object], layers: Sequence[int] | None = None
             for part, block in enumerate(parts):
                 blocks.append(np.ascontiguousarray(block))
                 refs.append(BlockRef(layer, name, part, key))
+    if D is None:
+        raise ValueError("layers must name at least one layer, got none")
     return BertBlocks(blocks, refs, int(D))
 
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_path
-from .._mpo import decompose
+from ._atomic import atomic_path
+from .._decompose import decompose
 from .._validation import match_names
 from ._safetensors import FLOAT_CODES, SafetensorsReader, SafetensorsWriter, TensorInfo, dtype_code, numpy_dtype
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._io import atomic_path
+from ._atomic import atomic_path
 
 __all__ = ["TensorInfo", "SafetensorsReader", "SafetensorsWriter", "read_header", "load_file", "save_file",
            "dtype_code", "numpy_dtype"]

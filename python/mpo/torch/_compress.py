@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .._io import atomic_path
+from .._mpo import MPO
+from ..io import TORCH_MODEL, atomic_path
 from ._fisher import fisher_information
 from ._layers import MPOEmbedding, MPOLayer, MPOLinear
 
@@ -34,7 +35,7 @@ __all__ = [
     "load",
 ]
 
-SAVE_FORMAT = "mpo.torch/1"
+SAVE_FORMAT = TORCH_MODEL.tag()
 LORA_RANK = 8
 
 
@@ -380,8 +381,10 @@ def load(model: nn.Module, path) -> nn.Module:
     layers with the saved core shapes, then the saved state_dict is loaded. Returns ``model``.
     """
     payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT:
+    tag = payload.get("format") if isinstance(payload, dict) else None
+    if not (isinstance(tag, str) and tag.startswith(TORCH_MODEL.kind + "/")):
         raise ValueError(f"{os.fspath(path)!r} is not a model written by mpo.torch.save (format {SAVE_FORMAT})")
+    TORCH_MODEL.check_version(tag.partition("/")[2], repr(os.fspath(path)))
     originals, layers = {}, {}
     for name, spec in payload["layers"].items():
         try:
@@ -404,8 +407,6 @@ def load(model: nn.Module, path) -> nn.Module:
 
 def _empty_layer(spec: dict, module: nn.Module, name: str) -> MPOLayer:
     # Cores of the saved shapes (their values come from the state_dict) on the module's dtype and device.
-    from .._mpo import MPO
-
     ref = next(module.parameters(), None) if isinstance(module, nn.Module) else None
     dtype = ref.dtype if ref is not None else torch.get_default_dtype()
     device = ref.device if ref is not None else None

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _core
-from .._mpo import MPO, decompose
+from .._decompose import decompose
+from .._mpo import MPO
 
 __all__ = ["MODES", "MPOLayer", "MPOLinear", "MPOEmbedding", "layer_for"]
 
