@@ -164,3 +164,13 @@ def test_match_names_is_one_glob_syntax():
     assert match_names(names, "enc.*", "enc.*") == []
     with pytest.raises(TypeError, match="string or a list of strings"):
         match_names(names, [3], None)
+
+
+def test_ratio_with_max_bond_is_decompose_budget_under_caps(tmp_path):
+    import mpo
+
+    src = write_folder(tmp_path / "src", toy_tensors())
+    result = _hf.compress_checkpoint(src, tmp_path / "out", ratio=0.3, max_bond=4)
+    want = mpo.decompose(toy_tensors()["a.weight"].astype(np.float32), ratio=0.3, max_bond=4)
+    (row,) = result.rows
+    assert tuple(row["bonds"]) == want.bond_dims and max(row["bonds"]) <= 4 and row["rho"] <= 0.3
