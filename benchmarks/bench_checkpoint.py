@@ -13,7 +13,7 @@ size (bf16 as stored, and float32). Streaming means the peak above baseline trac
 not the checkpoint. The output is also checked: every compressed module's cores are in the folder and
 the untouched tensors are bit-exact.
 
-    python benchmarks/bench_checkpoint.py            # 24 tensors of 1536 x 1536 (+ one 2048 x 3072)
+    python benchmarks/bench_checkpoint.py            # 23 matrices of 1536 x 1536 and one of 3072 x 4608
     python benchmarks/bench_checkpoint.py --quick    # a few seconds: a smoke run, figures not meaningful
 """
 
@@ -121,7 +121,7 @@ def mb(x: float) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="24 tensors of 128 x 128: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="matrices of side 128: a smoke run")
     parser.add_argument("--tensors", type=int, default=24)
     parser.add_argument("--side", type=int, default=1536)
     parser.add_argument("--max-bond", type=int, default=16)
