@@ -125,7 +125,7 @@ def test_include_exclude_and_npz(checkpoint, tmp_path):
     npz = tmp_path / "small.npz"
     np.savez(npz, **safetensors_numpy.load_file(str(checkpoint)))
     out = tmp_path / "c.safetensors"
-    proc = mpo("compress", npz, "-o", out, "--max-bond", "8", "--include", "weight", "--exclude", "ffn",
+    proc = mpo("compress", npz, "-o", out, "--max-bond", "8", "--include", "*weight", "--exclude", "*ffn*",
                cwd=tmp_path, check=True)
     assert set(table_rows(proc.stdout)) == {"layer.query.weight"}
     mpo("rebuild", out, "-o", tmp_path / "d.npz", cwd=tmp_path, check=True)
@@ -136,26 +136,36 @@ def test_include_exclude_and_npz(checkpoint, tmp_path):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["compress", "missing.safetensors", "-o", "OUT"], ["checkpoint 'missing.safetensors' does not exist"]),
-        (["compress", "garbage.safetensors", "-o", "OUT"], ["cannot read checkpoint 'garbage.safetensors'"]),
-        (["compress", "weights.txt", "-o", "OUT"], ["must be .safetensors, .npz, .bin or .pt, got suffix '.txt'"]),
-        (["compress", "{ckpt}", "-o", "OUT", "--include", "nomatch"], ["no 2-D floating-point weight", "'nomatch'"]),
-        (["compress", "{ckpt}", "-o", "OUT", "--exclude", "weight"], ["no 2-D floating-point weight"]),
-        (["compress", "{ckpt}", "-o", "OUT", "--include", "("], ["--include '(' is not a valid regular expression"]),
+        (["compress", "missing.safetensors", "-o", "OUT", "--max-bond", "4"],
+         ["checkpoint 'missing.safetensors' does not exist"]),
+        (["compress", "garbage.safetensors", "-o", "OUT.safetensors", "--max-bond", "4"],
+         ["cannot read checkpoint 'garbage.safetensors'"]),
+        (["compress", "garbage.safetensors", "-o", "OUT", "--max-bond", "4"], ["not a valid safetensors file"]),
+        (["compress", "weights.txt", "-o", "OUT.safetensors", "--max-bond", "4"],
+         ["must be .safetensors, .npz, .bin or .pt, got suffix '.txt'"]),
+        (["compress", "{ckpt}", "-o", "OUT", "--max-bond", "4", "--include", "nomatch"],
+         ["include pattern 'nomatch' matches none of"]),
+        (["compress", "{ckpt}", "-o", "OUT.safetensors", "--max-bond", "4", "--exclude", "*weight"],
+         ["no 2-D floating-point weight"]),
+        (["compress", "{ckpt}", "-o", "OUT", "--max-bond", "4", "--exclude", "layer.*"], ["leave no weight matrix"]),
+        (["compress", "{ckpt}", "-o", "OUT"], ["one of --max-bond, --ratio, --tol or --exact"]),
+        (["compress", "{ckpt}", "-o", "{ckpt}", "--max-bond", "4"], ["is the input"]),
         (["compress", "{ckpt}", "-o", "OUT", "--ratio", "0"], ["ratio must be in (0, 1]", "got 0.0"]),
         (["compress", "{ckpt}", "-o", "OUT", "--ratio", "1.5"], ["ratio must be in (0, 1]", "got 1.5"]),
         (["compress", "{ckpt}", "-o", "OUT", "--ratio", "half"], ["ratio must be a number in (0, 1], got 'half'"]),
         (["compress", "{ckpt}", "-o", "OUT", "--tol", "1"], ["tol must be in [0, 1)"]),
         (["compress", "{ckpt}", "-o", "OUT", "--max-bond", "0"], ["must be an integer >= 1, got 0"]),
         (["compress", "{ckpt}", "-o", "OUT", "--n", "1"], ["n must be >= 2"]),
-        (["compress", "{ckpt}", "-o", "OUT", "--ratio", "0.5", "--tol", "0.1"], ["not allowed with argument"]),
+        (["compress", "{ckpt}", "-o", "OUT", "--exact", "--tol", "0.1"], ["--exact keeps every bond whole"]),
         (["compress", "{ckpt}"], ["the following arguments are required: -o/--output"]),
         (["inspect", "{ckpt}"], ["was not written by mpo compress"]),
         (["inspect", "missing.safetensors"], ["compressed file 'missing.safetensors' does not exist"]),
         (["compare", "{ckpt}", "--matrix", "nope"], ["--matrix 'nope' is not a tensor of"]),
         (["compare", "{ckpt}", "--ratios", "0.5", "2"], ["ratio must be in (0, 1]", "got 2.0"]),
         (["frobnicate"], ["invalid choice: 'frobnicate'"]),
-        (["compress", "{ckpt}", "-o", "no/such/dir/OUT"], ["cannot write 'no/such/dir/OUT': No such folder"]),
+        (["compress", "{ckpt}", "-o", "no/such/dir/OUT.safetensors", "--max-bond", "4"],
+         ["cannot write 'no/such/dir/OUT.safetensors': No such folder"]),
+        (["compress", "{ckpt}", "-o", "no/such/dir/OUT", "--max-bond", "4"], ["cannot write 'no/such/dir/OUT'"]),
         (["rebuild", "forged.safetensors", "-o", "OUT"], ["'matrices' entry of its metadata is missing"]),
     ],
 )
@@ -166,7 +176,7 @@ def test_bad_input_is_one_line_and_status_2(checkpoint, tmp_path, args, fragment
                                 metadata={"format": "mpo.checkpoint", "format_version": "1"})
     proc = mpo(*[a.format(ckpt=checkpoint) for a in args], cwd=tmp_path)
     assert_usage_error(proc, *fragments)
-    assert not (tmp_path / "OUT").exists()
+    assert not (tmp_path / "OUT").exists() and not (tmp_path / "OUT.safetensors").exists()
 
 
 def test_pytorch_file_without_torch(tmp_path):
@@ -175,7 +185,8 @@ def test_pytorch_file_without_torch(tmp_path):
     # torch is hidden from the command (a None entry in sys.modules makes `import torch` fail), so this
     # runs whether or not torch is installed.
     hide = "import sys; sys.modules['torch'] = None; from mpo.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", hide, "compress", "model.bin", "-o", "OUT"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-c", hide, "compress", "model.bin", "-o", "OUT.safetensors",
+                           "--max-bond", "4"], cwd=tmp_path,
                           env=ENV, capture_output=True, text=True, timeout=600)
     assert_usage_error(proc, "needs torch")
     assert not (tmp_path / "OUT").exists()
@@ -214,7 +225,7 @@ def test_interrupted_compress_leaves_no_output(tmp_path):
     # A job started in the background by a non-interactive shell (as a CI runner may start pytest)
     # inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt handler: give the
     # command the default disposition a terminal's Ctrl-C would meet.
-    proc = subprocess.Popen([sys.executable, "-m", "mpo", "compress", "big.safetensors", "-o", "OUT"],
+    proc = subprocess.Popen([sys.executable, "-m", "mpo", "compress", "big.safetensors", "-o", "OUT", "--exact"],
                             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stderr.readline()  # the progress bar's first line: decomposition has started
@@ -269,3 +280,23 @@ def test_write_failure_is_a_usage_error(tmp_path):
     with pytest.raises(_commands.UsageError, match=r"cannot write '.*OUT': "):
         _commands.write_tensors(str(tmp_path / "OUT"), {"a": np.zeros(3)})
     assert [p.name for p in tmp_path.iterdir()] == ["OUT"] and not any((tmp_path / "OUT").iterdir())
+
+
+def test_bf16_safetensors_file_to_a_single_file_and_to_a_folder(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from mpo.io import _hf
+    from mpo.io._safetensors import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((64, 48)).astype(ml_dtypes.bfloat16)
+    save_file(tmp_path / "bf16.safetensors", {"lin.weight": weight, "lin.bias": np.ones(64, ml_dtypes.bfloat16)})
+    mpo("compress", "bf16.safetensors", "-o", "one.safetensors", "--max-bond", "4", cwd=tmp_path, check=True)
+    mpo("rebuild", "one.safetensors", "-o", "dense.safetensors", cwd=tmp_path, check=True)
+    dense = load_file(tmp_path / "dense.safetensors")
+    assert dense["lin.bias"].dtype == np.float32 and np.all(dense["lin.bias"] == 1)  # bf16 widened exactly
+    mpo("compress", "bf16.safetensors", "-o", "folder", "--max-bond", "4", cwd=tmp_path, check=True)
+    manifest, ckpt = _hf.open_compressed(tmp_path / "folder")
+    with ckpt:
+        assert manifest["modules"]["lin"]["dtype"] == "bfloat16"
+        assert ckpt.read("lin.cores.0").dtype == ml_dtypes.bfloat16
+        assert ckpt.read("lin.bias").tobytes() == np.ones(64, ml_dtypes.bfloat16).tobytes()

@@ -1,6 +1,7 @@
 """The ``mpo`` command: compress a checkpoint, inspect and rebuild the result, compare with SVD/CP/Tucker.
 
-    mpo compress CHECKPOINT -o OUT [--n 5] [--max-bond B | --ratio R | --tol T] [--include RE] [--exclude RE]
+    mpo compress CHECKPOINT -o OUT [--n 5] (--max-bond B | --ratio R | --tol T | --exact) [--force] [--dtype D]
+                 [--include GLOB]... [--exclude GLOB]...
     mpo inspect OUT
     mpo rebuild OUT -o DENSE
     mpo compare CHECKPOINT [--matrix NAME]... [--ratios R ...] [--plot FILE.png]
@@ -77,15 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("compress", help="decompose every matching 2-D weight of a checkpoint")
-    p.add_argument("checkpoint", help=".safetensors, .npz, or .bin/.pt (needs torch)")
-    p.add_argument("-o", "--output", required=True, help="the compressed file (safetensors)")
+    p.add_argument("checkpoint", help="a Hugging Face model folder, .safetensors, .npz, or .bin/.pt (needs torch)")
+    p.add_argument("-o", "--output", required=True,
+                   help="a folder (the compressed model, loaded by mpo.torch.from_pretrained), or a .safetensors "
+                        "file for a single-file checkpoint (read by mpo inspect / rebuild)")
     p.add_argument("--n", type=_n, default=5, help="number of cores (default 5)")
-    cut = p.add_mutually_exclusive_group()
-    cut.add_argument("--max-bond", type=_positive, help="cap on every bond")
-    cut.add_argument("--ratio", type=_ratio, help="compression ratio in (0, 1] per matrix (budget mode)")
-    cut.add_argument("--tol", type=_tol, help="relative error target in [0, 1) per matrix")
-    p.add_argument("--include", help="only weights whose name matches this regular expression")
-    p.add_argument("--exclude", help="not the weights whose name matches this regular expression")
+    p.add_argument("--max-bond", type=_positive, help="cap on every bond")
+    p.add_argument("--ratio", type=_ratio,
+                   help="compression ratio in (0, 1] per matrix (budget mode; with --max-bond no bond exceeds it, "
+                        "as mpo.decompose does)")
+    p.add_argument("--tol", type=_tol, help="relative error target in [0, 1) per matrix")
+    p.add_argument("--exact", action="store_true", help="full bonds (no cut; usually larger than the matrix)")
+    p.add_argument("--force", action="store_true",
+                   help="compress tiny matrices and those whose MPO is not smaller too (else they stay dense)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32", "float64"],
+                   help="dtype of the cores (default: each matrix's own)")
+    p.add_argument("--max-shard-size", default="1GB", help="largest output shard of a folder (default 1GB)")
+    p.add_argument("--include", action="append",
+                   help="only the weights matching this fnmatch glob (repeatable): module names in a model folder "
+                        "(e.g. '*.mlp.*', as mpo.torch.compress), tensor names in a single file")
+    p.add_argument("--exclude", action="append", help="not the weights matching this glob (repeatable)")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("inspect", help="print the table of a compressed file")

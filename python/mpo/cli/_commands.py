@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping
@@ -19,10 +18,12 @@ import numpy as np
 from .. import __version__, io
 from .._decompose import decompose
 from .._mpo import MPO
-from ._report import print_report, progress
+from .._validation import match_names
+from ..io._hf import compress_checkpoint, dense_reason, same_location
+from ._report import print_folder_report, print_report, progress
 
 __all__ = ["UsageError", "read_tensors", "write_tensors", "check_writable", "read_compressed",
-           "compress", "inspect", "rebuild"]
+           "check_compress_args", "compress", "compress_folder", "inspect", "rebuild"]
 
 
 class UsageError(Exception):
@@ -72,28 +73,54 @@ def read_compressed(path: str) -> tuple[dict[str, MPO], dict[str, np.ndarray], d
     return mpos, plain, info
 
 
-def _select(tensors: Mapping[str, np.ndarray], include: str | None, exclude: str | None, source: str) -> list[str]:
-    """Names of the 2-D floating-point tensors that match ``include`` and not ``exclude``."""
-    patterns = []
-    for flag, text in (("--include", include), ("--exclude", exclude)):
-        try:
-            patterns.append(re.compile(text) if text is not None else None)
-        except re.error as exc:
-            raise UsageError(f"{flag} {text!r} is not a valid regular expression: {exc}") from None
-    inc, exc_ = patterns
-    names = [
-        name
-        for name, t in tensors.items()
-        if np.asarray(t).ndim == 2
-        and np.asarray(t).dtype.kind == "f"
-        and (inc is None or inc.search(name))
-        and not (exc_ is not None and exc_.search(name))
-    ]
-    if not names:
+def _select(tensors: Mapping[str, np.ndarray], include: Any, exclude: Any, source: str) -> list[str]:
+    """Names of the 2-D floating-point tensors matched by an ``include`` glob and no ``exclude`` glob
+    (:func:`mpo._validation.match_names`, the syntax of mpo.torch.compress)."""
+    names = [name for name, t in tensors.items() if np.asarray(t).ndim == 2 and np.asarray(t).dtype.kind == "f"]
+    try:
+        chosen = match_names(names, include, exclude)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not chosen:
         what = f" matching --include {include!r}" if include else ""
         what += f" and not --exclude {exclude!r}" if exclude else ""
         raise UsageError(f"no 2-D floating-point weight of {source!r}{what}")
-    return names
+    return chosen
+
+
+def check_compress_args(args: argparse.Namespace) -> None:
+    """What every compress run checks before reading a byte: a cut is chosen, the input exists, and
+    the output is not the input under any name (nor inside it)."""
+    cuts = [flag for flag, value in (("--max-bond", args.max_bond), ("--ratio", args.ratio), ("--tol", args.tol))
+            if value is not None]
+    if args.exact and cuts:
+        raise UsageError(f"--exact keeps every bond whole and cannot be combined with {', '.join(cuts)}")
+    if not args.exact and not cuts:
+        raise UsageError("choose how much to cut: one of --max-bond, --ratio, --tol or --exact (full bonds, "
+                         "usually larger than the matrix)")
+    source, out = str(args.checkpoint), str(args.output)
+    if not os.path.exists(source):
+        raise UsageError(f"checkpoint {source!r} does not exist")
+    if same_location(source, out):
+        raise UsageError(f"-o {out!r} is the input {source!r} (or lies inside it, or contains it); "
+                         "choose an output elsewhere")
+
+
+def compress_folder(args: argparse.Namespace) -> int:
+    """mpo compress into a compressed model folder (mpo.io._hf), streamed tensor by tensor."""
+    try:
+        result = compress_checkpoint(
+            args.checkpoint, args.output, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio,
+            dtype=args.dtype, include=args.include, exclude=args.exclude, force=args.force,
+            max_shard_size=args.max_shard_size, progress=progress,
+        )
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as exc:
+        raise UsageError(str(exc).strip().splitlines()[0]) from None
+    except OSError as exc:  # a full disk, no permission
+        raise UsageError(f"cannot write {str(args.output)!r}: {exc.strerror or exc}") from None
+    print_folder_report(result)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
 
 
 def _relative_error(M: np.ndarray, m: MPO) -> float:
@@ -106,7 +133,11 @@ def _relative_error(M: np.ndarray, m: MPO) -> float:
 
 
 def compress(args: argparse.Namespace) -> int:
-    """Decompose every selected matrix of a checkpoint and write the cores (and the rest) to OUT."""
+    """Decompose every selected matrix of a checkpoint and write the cores (and the rest) to OUT: a
+    compressed model folder, or (a file in, ``-o`` ending in .safetensors) the single-file format."""
+    check_compress_args(args)
+    if os.path.isdir(str(args.checkpoint)) or not str(args.output).lower().endswith((".safetensors", ".npz")):
+        return compress_folder(args)
     if str(args.output).lower().endswith(".npz"):
         # The compressed checkpoint carries its metadata in the safetensors header; an .npz has none,
         # so inspect and rebuild could not read it back.
@@ -116,16 +147,23 @@ def compress(args: argparse.Namespace) -> int:
     names = _select(tensors, args.include, args.exclude, args.checkpoint)
     info: dict[str, Any] = {}
     mpos: dict[str, MPO] = {}
+    dense: dict[str, str] = {}
     for done, name in enumerate(names):
         progress(done, len(names), name)
         M = tensors[name]
         start = time.perf_counter()
-        try:
-            m = decompose(M, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio)
-        except ValueError as exc:
-            # One matrix that cannot meet the constraint (a 2 x 384 table at a small ratio) is kept as
-            # it was rather than stopping the whole checkpoint.
-            print(f"mpo: keeping {name} {M.shape} dense: {exc}", file=sys.stderr)
+        # A matrix that is tiny, whose MPO would not be smaller, or that cannot meet the setting (a
+        # 2 x 384 table at a small ratio) is kept as it was rather than stopping the whole checkpoint.
+        reason = dense_reason(M.shape, None, args.force)
+        if reason is None:
+            try:
+                m = decompose(M, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio)
+            except ValueError as exc:
+                reason = f"cannot meet the setting: {exc}"
+            else:
+                reason = dense_reason(M.shape, m, args.force)
+        if reason is not None:
+            dense[name] = reason
             continue
         seconds = time.perf_counter() - start
         error = _relative_error(M, m)
@@ -138,7 +176,7 @@ def compress(args: argparse.Namespace) -> int:
                             __version__)
     except OSError as exc:  # a missing folder, no permission, a full disk
         raise UsageError(f"cannot write {str(args.output)!r}: {exc.strerror or exc}") from None
-    print_report(mpos, info, plain)
+    print_report(mpos, info, plain, dense)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

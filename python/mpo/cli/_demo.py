@@ -52,7 +52,8 @@ def demo(args: argparse.Namespace) -> int:
           "and the word embedding)")
     compress(argparse.Namespace(
         checkpoint=str(checkpoint), output=str(out / "minilm-mpo.safetensors"), n=5, max_bond=None, tol=None,
-        ratio=args.ratio, include=r"word_embeddings|encoder\.layer\.\d+\..*\.weight$", exclude=None,
+        ratio=args.ratio, include=["*word_embeddings.weight", "encoder.layer.*.weight"], exclude=None,
+        exact=False, force=False, dtype=None, max_shard_size="1GB",
     ))
     print("\n== mpo compare: one matrix of each type, MPO vs SVD, CP and Tucker")
     has_plot = True

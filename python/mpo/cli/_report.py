@@ -10,7 +10,7 @@ import numpy as np
 
 from .._mpo import MPO
 
-__all__ = ["progress", "table", "print_report"]
+__all__ = ["progress", "table", "print_report", "print_folder_report", "print_dense"]
 
 
 def progress(done: int, total: int, label: str) -> None:
@@ -54,10 +54,12 @@ def _row(name: str, m: MPO, error: float, seconds: float) -> list[str]:
     ]
 
 
-def print_report(mpos: Mapping[str, MPO], info: Mapping[str, Any], plain: Mapping[str, np.ndarray]) -> None:
-    """The per-matrix table and the totals, to stdout."""
+def print_report(mpos: Mapping[str, MPO], info: Mapping[str, Any], plain: Mapping[str, np.ndarray],
+                 dense: Mapping[str, str] | None = None) -> None:
+    """The per-matrix table, the matrices left dense with the reason, and the totals, to stdout."""
     rows = [_row(name, mpos[name], info[name]["error"], info[name]["seconds"]) for name in info]
     print(table(rows, _HEADER))
+    print_dense(dense or {})
     dense = sum(m.shape[0] * m.shape[1] for m in mpos.values())
     kept = sum(m.num_params for m in mpos.values())
     others = sum(int(np.asarray(t).size) for t in plain.values())
@@ -68,3 +70,37 @@ def print_report(mpos: Mapping[str, MPO], info: Mapping[str, Any], plain: Mappin
         f"whole checkpoint {dense + others:,} -> {kept + others:,} values "
         f"({(kept + others) / max(dense + others, 1):.4f})"
     )
+
+
+_FOLDER_HEADER = ["module", "shape", "factors", "bonds", "rho", "rel_error", "rel_bound", "S_central", "seconds"]
+
+
+def print_folder_report(result: Any) -> None:
+    """The table of a compressed model folder (mpo.io._hf.CompressResult): one row per compressed module,
+    then every candidate matrix left dense with the reason, then the totals."""
+    rows = []
+    for r in result.rows:
+        entropy = r["entropy"]
+        central = entropy[min((len(r["in_factors"]) - 1) // 2, len(entropy) - 1)]
+        rows.append([
+            r["name"], f"{r['shape'][0]}x{r['shape'][1]}",
+            "x".join(map(str, r["in_factors"])) + " | " + "x".join(map(str, r["out_factors"])),
+            ",".join(map(str, r["bonds"])), f"{r['rho']:.4f}", f"{r['error']:.4f}", f"{r['bound']:.4f}",
+            f"{central:.3f}", f"{r['seconds']:.3f}",
+        ])
+    print(table(rows, _FOLDER_HEADER))
+    print_dense(result.dense)
+    dense = sum(r["dense_params"] for r in result.rows)
+    kept = sum(r["params"] for r in result.rows)
+    print(
+        f"\n{len(result.rows)} matrices: {dense:,} -> {kept:,} parameters (rho {kept / max(dense, 1):.4f}); "
+        f"{len(result.dense)} left dense; {result.copied_tensors} tensors ({result.copied_values:,} values) "
+        f"copied as they were; whole checkpoint {dense + result.copied_values:,} -> "
+        f"{kept + result.copied_values:,} values ({(kept + result.copied_values) / max(dense + result.copied_values, 1):.4f})"
+    )
+
+
+def print_dense(dense: Mapping[str, str]) -> None:
+    """The candidate matrices left dense, each with its reason (nothing when there are none)."""
+    if dense:
+        print("\n" + table([[name, reason] for name, reason in dense.items()], ["left dense", "reason"]))

@@ -38,9 +38,11 @@ def read_tensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return _read_torch(p)
     try:
         if suffix == ".safetensors":
-            from safetensors.numpy import load_file
+            # mpo's own reader (validated header, bfloat16 through ml_dtypes); bfloat16 is widened to
+            # float32, which holds it exactly, as the PyTorch reader below does.
+            from ._safetensors import load_file
 
-            return load_file(str(p))
+            return {k: a.astype(np.float32) if a.dtype.name == "bfloat16" else a for k, a in load_file(p).items()}
         with np.load(p, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except ImportError as exc:

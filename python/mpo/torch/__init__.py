@@ -31,6 +31,7 @@ from ._compress import (
 from ._fisher import fisher_information
 from ._layers import MODES, MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, WeightView, layer_for
 from ._adapter import AdapterInfo, base_fingerprint, load_adapter, save_adapter
+from ._pretrained import from_pretrained, save_pretrained
 from ._squeeze import squeeze, squeeze_to
 from ._stacked import StackedBank, StackedLinear, compress_stacked
 
@@ -58,12 +59,14 @@ __all__ = [
     "compress_stacked",
     "fisher_information",
     "layer_for",
+    "from_pretrained",
     "load",
     "mpo_layers",
     "optimizer_groups",
     "parameter_report",
     "save",
     "sensitivity",
+    "save_pretrained",
     "squeeze",
     "squeeze_to",
     "tied_modules",

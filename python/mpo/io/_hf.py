@@ -1,0 +1,616 @@
+"""Hugging Face model folders in and out: the checkpoint read tensor by tensor, the compressed folder.
+
+Input: a ``.safetensors`` file, or a folder holding ``model.safetensors`` or
+``model.safetensors.index.json`` and its shards (plus ``config.json`` and the tokenizer files).
+
+Output (``write_compressed`` / ``compress_checkpoint``), one folder:
+
+- every file of the input folder that is not weights (config.json, tokenizer and generation files),
+  copied as it is;
+- ``mpo-00001-of-0000N.safetensors`` shards and their index ``mpo.safetensors.index.json``: a compressed
+  module PATH stores its cores as ``PATH.cores.0`` ... (the keys of ``mpo.torch``'s layers), every
+  other tensor under its own name, bit-exact;
+- ``mpo_manifest.json``: format name and version, and per compressed module its kind, orientation,
+  matrix shape, factors, bonds, dtype, tied aliases and bias; the matrices left dense with the reason.
+
+The weight files are deliberately not called ``model.safetensors``: plain
+``transformers.AutoModel.from_pretrained`` then stops with "no file named model.safetensors ..." instead
+of building the model and filling the compressed layers with random weights. ``mpo.torch.from_pretrained``
+reads the folder.
+
+Orientation: the MPO's matrix M is either the module's stored ``weight`` ("weight") or its transpose
+("transposed"). ``mpo compress`` decomposes tensors as stored; ``mpo.torch`` layers hold M = W.T for a
+Linear and M = W for an Embedding or a transformers Conv1D (whose weight is stored in x out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import __version__
+from ._atomic import atomic_path
+from .._decompose import decompose
+from .._validation import match_names
+from ._safetensors import FLOAT_CODES, SafetensorsReader, SafetensorsWriter, TensorInfo, dtype_code, numpy_dtype
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "MANIFEST", "INDEX", "Checkpoint", "open_checkpoint", "ShardedWriter",
+    "read_manifest", "open_compressed", "new_folder", "parse_size", "copy_side_files", "compress_checkpoint",
+    "CompressResult", "KINDS", "ORIENTATIONS", "dense_reason", "same_location",
+]
+
+FORMAT = "mpo.hf-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "mpo_manifest.json"
+INDEX = "mpo.safetensors.index.json"
+KINDS = ("linear", "embedding", "conv1d")
+ORIENTATIONS = ("weight", "transposed")
+DEFAULT_SHARD_SIZE = 1 << 30
+# Files of a model folder that hold weights (never copied: the output has its own) and index files.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf", ".onnx", ".index.json")
+_HF_INDEX = "model.safetensors.index.json"
+_HF_SINGLE = "model.safetensors"
+
+
+# ----------------------------------------------------------------------------- reading a checkpoint
+
+
+class Checkpoint:
+    """A checkpoint of one or more safetensors files, read one tensor at a time; a context manager.
+
+    ``names`` lists every tensor (in file order), ``info(name)`` its header entry, ``read(name)`` a fresh
+    array in the stored dtype. ``folder`` is the model folder (None for a bare file), ``config`` its
+    parsed config.json (None when absent).
+    """
+
+    def __init__(self, files: Sequence[str], folder: str | None, weight_map: dict[str, str] | None = None):
+        self.folder = folder
+        self.files = list(files)
+        self._readers: dict[str, SafetensorsReader] = {}
+        self._where: dict[str, str] = {}
+        try:
+            for path in self.files:
+                reader = SafetensorsReader(path)
+                self._readers[path] = reader
+                for name in reader.names:
+                    if name in self._where:
+                        raise ValueError(
+                            f"the tensor {name!r} is in two shards: {os.path.basename(self._where[name])!r} and "
+                            f"{os.path.basename(path)!r}"
+                        )
+                    self._where[name] = path
+            if weight_map is not None:
+                self._check_index(weight_map)
+            self.config = self._read_config()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_index(self, weight_map: dict[str, str]) -> None:
+        for name, shard in weight_map.items():
+            held = self._where.get(name)
+            if held is None or os.path.basename(held) != shard:
+                raise ValueError(f"the index puts {name!r} in {shard!r}, but that shard does not hold it")
+        extra = sorted(set(self._where) - set(weight_map))
+        if extra:
+            raise ValueError(f"the shards hold tensors the index does not list: {extra[:5]}")
+
+    def _read_config(self) -> dict | None:
+        if self.folder is None:
+            return None
+        path = os.path.join(self.folder, "config.json")
+        if not os.path.isfile(path):
+            return None
+        config = _read_json(path)
+        if not isinstance(config, dict):
+            raise ValueError(f"{path!r} holds a JSON {type(config).__name__}, not an object")
+        return config
+
+    @property
+    def names(self) -> list[str]:
+        """Every tensor's name, shard by shard in file order."""
+        return list(self._where)
+
+    def info(self, name: str) -> TensorInfo:
+        """The header entry of ``name``."""
+        return self._reader(name).info(name)
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as a new array in its stored dtype (bit-exact)."""
+        return self._reader(name).read(name)
+
+    def _reader(self, name: str) -> SafetensorsReader:
+        try:
+            return self._readers[self._where[name]]
+        except KeyError:
+            raise KeyError(f"the checkpoint has no tensor {name!r}") from None
+
+    @property
+    def nbytes(self) -> int:
+        """Data bytes of every tensor."""
+        return sum(self.info(name).nbytes for name in self._where)
+
+    def close(self) -> None:
+        """Close every file."""
+        for reader in self._readers.values():
+            reader.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path!r} is not valid JSON: {exc}") from None
+
+
+def _shard_path(folder: str, shard: object, index: str) -> str:
+    # A shard name comes from a file anyone may have written: it must name a file inside the folder.
+    if not isinstance(shard, str) or not shard or shard != os.path.basename(shard) or shard in (".", ".."):
+        raise ValueError(f"{index!r} names the shard {shard!r}, which is not a plain file name in its folder")
+    path = os.path.join(folder, shard)
+    if not os.path.isfile(path):
+        raise ValueError(f"{index!r} names the shard {shard!r}, which does not exist in {folder!r}")
+    return path
+
+
+def _index_files(folder: str, index: str) -> tuple[list[str], dict[str, str]]:
+    data = _read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
+        raise ValueError(f"{index!r} has no 'weight_map' object of tensor name -> shard file")
+    files = [_shard_path(folder, shard, index) for shard in dict.fromkeys(weight_map.values())]
+    return files, weight_map
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """A .safetensors file or a Hugging Face model folder (single file or sharded with its index).
+
+    Raises FileNotFoundError when ``path`` holds no checkpoint, ValueError when a file is malformed.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        if not path.lower().endswith(".safetensors"):
+            raise ValueError(f"{path!r} is not a .safetensors file (a compressed folder is made from a model folder "
+                             "or a .safetensors file; .npz and .bin/.pt go to a single file: -o NAME.safetensors)")
+        return Checkpoint([path], None)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path!r} does not exist")
+    index = os.path.join(path, _HF_INDEX)
+    if os.path.isfile(index):
+        files, weight_map = _index_files(path, index)
+        return Checkpoint(files, path, weight_map)
+    single = os.path.join(path, _HF_SINGLE)
+    if os.path.isfile(single):
+        return Checkpoint([single], path)
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        raise ValueError(f"{path!r} is a folder written by mpo compress: load it with mpo.torch.from_pretrained")
+    raise FileNotFoundError(
+        f"{path!r} has neither {_HF_SINGLE} nor {_HF_INDEX} (a PyTorch .bin folder must be converted to "
+        "safetensors first)"
+    )
+
+
+# ----------------------------------------------------------------------------- writing a folder
+
+
+def parse_size(size: int | str) -> int:
+    """A shard size as bytes: an int, or text such as "500MB", "2GB", "64KiB"."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    elif isinstance(size, str):
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?I?B?)\s*", size.upper())
+        if not found:
+            raise ValueError(f"a size must be bytes or a number with KB, MB, GB (or KiB, MiB, GiB), got {size!r}")
+        unit = found.group(2).rstrip("B")
+        scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KI": 2**10, "MI": 2**20, "GI": 2**30}[unit]
+        value = int(float(found.group(1)) * scale)
+    else:
+        raise TypeError(f"a size must be an int or a string such as '2GB', got {size!r}")
+    if value < 1:
+        raise ValueError(f"a size must be at least 1 byte, got {size!r}")
+    return value
+
+
+class ShardedWriter:
+    """Tensors written one at a time into shards of at most ``max_shard_size`` data bytes each (a tensor
+    larger than that gets a shard of its own), then named ``mpo-0000k-of-0000N.safetensors`` and indexed."""
+
+    def __init__(self, folder: str, max_shard_size: int = DEFAULT_SHARD_SIZE, metadata: dict | None = None):
+        self.folder = folder
+        self.max_shard_size = parse_size(max_shard_size)
+        self._metadata = {"format": "pt", **(metadata or {})}
+        self._done: list[tuple[str, list[str]]] = []  # (temporary file name, tensor names)
+        self._writer: SafetensorsWriter | None = None
+        self._names: list[str] = []
+        self.total_size = 0
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        """Write ``array`` under ``name`` into the current shard (starting a new one when it is full)."""
+        nbytes = np.asarray(array).nbytes
+        if self._writer is not None and self._writer.nbytes and self._writer.nbytes + nbytes > self.max_shard_size:
+            self._close_shard()
+        if self._writer is None:
+            tmp = os.path.join(self.folder, f".shard-{len(self._done) + 1:05d}.safetensors")
+            self._writer = SafetensorsWriter(tmp, self._metadata)
+            self._names = []
+        self._writer.add(name, array)
+        self._names.append(name)
+        self.total_size += nbytes
+
+    def _close_shard(self) -> None:
+        assert self._writer is not None
+        self._writer.close()
+        self._done.append((self._writer.path, self._names))
+        self._writer = None
+
+    def finish(self) -> dict[str, str]:
+        """Close the last shard, give every shard its final name, write the index; the weight map."""
+        if self._writer is not None:
+            self._close_shard()
+        total = len(self._done)
+        weight_map = {}
+        for k, (tmp, names) in enumerate(self._done, 1):
+            final = f"mpo-{k:05d}-of-{total:05d}.safetensors"
+            os.replace(tmp, os.path.join(self.folder, final))
+            weight_map.update(dict.fromkeys(names, final))
+        _write_json(os.path.join(self.folder, INDEX), {"metadata": {"total_size": self.total_size},
+                                                       "weight_map": weight_map})
+        return weight_map
+
+    def abort(self) -> None:
+        """Drop the shard being written (the folder itself is the caller's to remove)."""
+        if self._writer is not None:
+            self._writer.__exit__(RuntimeError, None, None)
+            self._writer = None
+
+
+def _write_json(path: str, data) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def copy_side_files(source: str | None, target: str) -> list[str]:
+    """Copy every plain file of the model folder ``source`` that is not weights (config.json, tokenizer,
+    generation files, README) into ``target``; the copied names."""
+    if source is None:
+        return []
+    copied = []
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        name = entry.name
+        if name.startswith(".") or not entry.is_file() or name.lower().endswith(_WEIGHT_SUFFIXES) or name in (MANIFEST, INDEX):
+            continue
+        shutil.copyfile(entry.path, os.path.join(target, name))
+        copied.append(name)
+    return copied
+
+
+def _umask_mode(mode: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def same_location(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` name the same file or folder (links and other spellings included), or
+    one lies inside the other."""
+    ra, rb = os.path.realpath(a), os.path.realpath(b)
+    if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+        return True
+    return ra == rb or rb.startswith(ra.rstrip(os.sep) + os.sep) or ra.startswith(rb.rstrip(os.sep) + os.sep)
+
+
+def check_output_folder(out: str) -> None:
+    """Refuse an output that would destroy something: an existing file, or a folder that is neither
+    empty nor one written by mpo (whose manifest marks it)."""
+    if os.path.isfile(out):
+        raise ValueError(f"the output {out!r} is a file; the compressed model is a folder")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MANIFEST)):
+        raise ValueError(f"the output folder {out!r} exists and was not written by mpo; choose a new folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot write {out!r}: no folder {parent!r}")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {out!r}: the folder {parent!r} is not writable")
+
+
+class new_folder:
+    """A context manager yielding a temporary folder beside ``out`` that replaces ``out`` when the block
+    ends normally, and is removed when it raises: a compressed folder is never left half-written."""
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        self.given = os.fspath(out)  # as the user spelled it, for messages
+        self.out = os.path.abspath(self.given)
+
+    def __enter__(self) -> str:
+        check_output_folder(self.given)
+        self.tmp = tempfile.mkdtemp(prefix=".mpo-", dir=os.path.dirname(self.out))
+        os.chmod(self.tmp, _umask_mode(0o777))  # mkdtemp makes it private; give the usual mode
+        return self.tmp
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if os.path.exists(self.out):  # an empty folder or an earlier mpo output (checked on entry)
+            old = tempfile.mkdtemp(prefix=".mpo-old-", dir=os.path.dirname(self.out))
+            os.replace(self.out, os.path.join(old, "x"))
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+def manifest_template(source: str | None = None) -> dict:
+    """An empty manifest of this format and version."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "mpo_version": __version__, "source": source,
+            "modules": {}, "dense": {}}
+
+
+def module_entry(*, kind: str | None, orientation: str, shape: Sequence[int], in_factors: Sequence[int],
+                 out_factors: Sequence[int], bonds: Sequence[int], dtype: str, aliases: Sequence[str] = (),
+                 bias: str | None = None, row_scale: str | None = None, padding_idx: int | None = None,
+                 error: float | None = None) -> dict:
+    """One compressed module of the manifest (its cores are PATH.cores.0 ... PATH.cores.{n-1})."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+    return {"kind": kind, "orientation": orientation, "shape": [int(x) for x in shape],
+            "in_factors": [int(x) for x in in_factors], "out_factors": [int(x) for x in out_factors],
+            "bonds": [int(x) for x in bonds], "dtype": dtype, "aliases": list(aliases), "bias": bias,
+            "row_scale": row_scale, "padding_idx": padding_idx, "error": error}
+
+
+def core_names(path: str, n: int) -> list[str]:
+    """The tensor names of a compressed module's cores (the state_dict keys of mpo.torch's layers)."""
+    return [f"{path}.cores.{k}" for k in range(n)]
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    """Write ``manifest`` as the folder's mpo_manifest.json (atomically)."""
+    _write_json(os.path.join(folder, MANIFEST), manifest)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The validated manifest of a compressed folder (ValueError naming the rule otherwise)."""
+    folder = os.fspath(folder)
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        raise ValueError(f"{folder!r} is not a compressed model folder: it has no {MANIFEST}")
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not an mpo manifest (format {FORMAT!r} expected)")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path!r} has format version {data.get('format_version')!r}; this mpo reads version "
+                         f"{FORMAT_VERSION}")
+    modules = data.get("modules")
+    if not isinstance(modules, dict):
+        raise ValueError(f"{path!r}: 'modules' must be an object of module path -> entry")
+    for name, entry in modules.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path!r}: the entry of {name!r} is not an object")
+        if entry.get("kind") is not None and entry.get("kind") not in KINDS:
+            raise ValueError(f"{path!r}: {name!r} has kind {entry.get('kind')!r}; known kinds: {KINDS}")
+        if entry.get("orientation") not in ORIENTATIONS:
+            raise ValueError(f"{path!r}: {name!r} has orientation {entry.get('orientation')!r}, not one of {ORIENTATIONS}")
+        for key in ("shape", "in_factors", "out_factors", "bonds"):
+            value = entry.get(key)
+            if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in value):
+                raise ValueError(f"{path!r}: {name!r} has {key} {value!r}, not a list of positive integers")
+        if len(entry["shape"]) != 2 or len(entry["in_factors"]) != len(entry["out_factors"]) or \
+                len(entry["bonds"]) != len(entry["in_factors"]) - 1:
+            raise ValueError(f"{path!r}: {name!r} has inconsistent shape, factors and bonds")
+        aliases = entry.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise ValueError(f"{path!r}: {name!r} has aliases {aliases!r}, not a list of module names")
+    return data
+
+
+def open_compressed(folder: str | os.PathLike) -> tuple[dict, Checkpoint]:
+    """(manifest, the tensors) of a folder written by mpo compress or mpo.torch.save_pretrained."""
+    folder = os.fspath(folder)
+    manifest = read_manifest(folder)
+    index = os.path.join(folder, INDEX)
+    if not os.path.isfile(index):
+        raise ValueError(f"{folder!r} has a manifest but no {INDEX}")
+    files, weight_map = _index_files(folder, index)
+    ckpt = Checkpoint(files, folder, weight_map)
+    try:
+        names = set(ckpt.names)
+        for path, entry in manifest["modules"].items():
+            missing = [c for c in core_names(path, len(entry["in_factors"])) if c not in names]
+            if missing:
+                raise ValueError(f"{folder!r}: the cores {missing} of {path!r} are missing")
+    except BaseException:
+        ckpt.close()
+        raise
+    return manifest, ckpt
+
+
+# ----------------------------------------------------------------------------- compressing a checkpoint
+
+#: A matrix with a side below this stays dense unless forced (a 2 x 384 token-type table cannot be
+#: factored into cores that are both small and accurate).
+MIN_SIDE = 16
+
+
+@dataclass
+class CompressResult:
+    """What compress_checkpoint did: one row per compressed module, the matrices left dense (with the
+    reason), and the byte and value counts."""
+
+    rows: list[dict] = field(default_factory=list)
+    dense: dict[str, str] = field(default_factory=dict)
+    copied_values: int = 0
+    copied_tensors: int = 0
+
+
+def module_path(name: str) -> str:
+    """The module a weight tensor belongs to: ``"a.b.weight"`` -> ``"a.b"``; any other name is its own."""
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def candidate_matrices(ckpt: Checkpoint) -> dict[str, str]:
+    """Module path -> tensor name of every 2-D floating-point tensor: what compress may decompose."""
+    out = {}
+    for name in ckpt.names:
+        t = ckpt.info(name)
+        if len(t.shape) == 2 and t.dtype in FLOAT_CODES and min(t.shape) >= 1:
+            out[module_path(name)] = name
+    return out
+
+
+def _as_float(a: np.ndarray) -> np.ndarray:
+    # bfloat16 and float16 widen exactly to float32: the "float32 size" of the peak-memory promise.
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+
+
+def compress_checkpoint(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    n: int = 5,
+    max_bond=None,
+    tol: float | None = None,
+    ratio: float | None = None,
+    dtype: str | None = None,
+    include=None,
+    exclude=None,
+    force: bool = False,
+    min_side: int = MIN_SIDE,
+    max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+    select: Callable[[list[str]], list[str]] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> CompressResult:
+    """Compress every selected weight matrix of a checkpoint into a compressed model folder ``out``.
+
+    Tensors are read, decomposed and written one at a time (peak memory: the largest matrix in float32,
+    its decomposition and its cores). ``dtype`` ("bfloat16", "float16", "float32", "float64") is the
+    cores' dtype, by default each matrix's own; every tensor not compressed is copied bit-exactly. A
+    matrix with a side below ``min_side``, or whose MPO would not be smaller than it, stays dense unless
+    ``force``. ``select(paths) -> paths`` picks the module paths (include/exclude globs by default).
+    """
+    source, out = os.fspath(source), os.fspath(out)
+    out_dtype = None if dtype is None else numpy_dtype(dtype_code(_named_dtype(dtype)))
+    with open_checkpoint(source) as ckpt, new_folder(out) as tmp:
+        candidates = candidate_matrices(ckpt)
+        paths = list(candidates)
+        chosen = select(paths) if select is not None else match_names(paths, include, exclude)
+        if not chosen:
+            raise ValueError(f"include/exclude leave no weight matrix of {source!r} to compress; its matrices are: "
+                             + ", ".join(paths[:20]) + (" ..." if len(paths) > 20 else ""))
+        chosen_set = set(chosen)
+        manifest = manifest_template(os.path.abspath(source))
+        result = CompressResult()
+        writer = ShardedWriter(tmp, max_shard_size)
+        present = set(ckpt.names)
+        try:
+            copy_side_files(ckpt.folder, tmp)
+            for done, name in enumerate(ckpt.names):
+                path = module_path(name)
+                if path not in chosen_set or candidates[path] != name:
+                    writer.add(name, ckpt.read(name))
+                    result.copied_tensors += 1
+                    result.copied_values += ckpt.info(name).size
+                    continue
+                if progress is not None:
+                    progress(len(result.rows) + len(result.dense), len(chosen), path)
+                raw = ckpt.read(name)
+                reason, row = _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side, writer,
+                                            manifest)
+                if reason is not None:
+                    result.dense[path] = reason
+                    manifest["dense"][path] = reason
+                    writer.add(name, raw)
+                    result.copied_tensors += 1
+                    result.copied_values += raw.size
+                else:
+                    bias = path + ".bias"
+                    manifest["modules"][path]["bias"] = bias if bias in present else None
+                    result.rows.append(row)
+                del raw
+            if progress is not None:
+                progress(len(chosen), len(chosen), "done")
+            writer.finish()
+            write_manifest(tmp, manifest)
+        except BaseException:
+            writer.abort()
+            raise
+    return result
+
+
+def _named_dtype(name: str):
+    names = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+             "float32": "float32", "fp32": "float32", "float64": "float64", "fp64": "float64"}
+    if name not in names:
+        raise ValueError(f"dtype must be one of bfloat16, float16, float32, float64, got {name!r}")
+    name = names[name]
+    return numpy_dtype("BF16") if name == "bfloat16" else np.dtype(name)
+
+
+def dense_reason(shape: Sequence[int], m=None, force: bool = False, min_side: int = MIN_SIDE) -> str | None:
+    """Why a matrix of ``shape`` stays dense (None when it is compressed): a side below ``min_side``,
+    or (given its MPO ``m``) an MPO not smaller than the matrix; ``force`` overrides both."""
+    rows, cols = shape
+    if force:
+        return None
+    if min(rows, cols) < min_side:
+        return f"tiny: {rows}x{cols} has a side below {min_side} (use --force to compress it)"
+    if m is not None and m.num_params >= rows * cols:
+        return (f"an MPO is not smaller at this setting: {m.num_params:,} parameters >= {rows * cols:,} "
+                f"(rho {m.compression_ratio:.3f}; use --force to compress it)")
+    return None
+
+
+def _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side, writer, manifest):
+    """Decompose one matrix and write its cores; (reason it stays dense, None) or (None, table row)."""
+    rows, cols = raw.shape
+    reason = dense_reason(raw.shape, None, force, min_side)
+    if reason is not None:
+        return reason, None
+    start = time.perf_counter()
+    matrix = _as_float(raw)
+    try:
+        m = decompose(matrix, n=n, max_bond=max_bond, tol=tol, ratio=ratio)
+    except ValueError as exc:  # a ratio the matrix cannot meet, say
+        return f"cannot meet the setting: {exc}", None
+    seconds = time.perf_counter() - start
+    reason = dense_reason(raw.shape, m, force, min_side)
+    if reason is not None:
+        return reason, None
+    known = m.exact_error()
+    norm = m.norm
+    error = (known / norm if norm > 0 else 0.0) if known is not None else \
+        float(np.linalg.norm(matrix - m.to_dense()) / max(np.linalg.norm(matrix), np.finfo(float).tiny))
+    target = out_dtype if out_dtype is not None else raw.dtype
+    for core_name, core in zip(core_names(path, m.n), m.cores):
+        writer.add(core_name, core.astype(target))
+    manifest["modules"][path] = module_entry(
+        kind=None, orientation="weight", shape=m.shape, in_factors=m.in_shape, out_factors=m.out_shape,
+        bonds=m.bond_dims, dtype=np.dtype(target).name, error=error,
+    )
+    row = {"name": path, "shape": m.shape, "in_factors": m.in_shape, "out_factors": m.out_shape,
+           "bonds": m.bond_dims, "rho": m.compression_ratio, "error": error,
+           "bound": m.relative_error_bound(), "seconds": seconds, "dense_params": rows * cols,
+           "params": m.num_params, "entropy": m.entropy()}
+    return None, row
