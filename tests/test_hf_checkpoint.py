@@ -199,7 +199,7 @@ def test_gpt2_compressed_loads_and_generates(gpt2_dir, tmp_path):
     # from_pretrained gives lm_head a layer that reads them transposed.
     proc = mpo_cli("compress", gpt2_dir, "-o", out, "--max-bond", "16")
     assert proc.returncode == 0, proc.stderr
-    model = mt.from_pretrained(out)
+    model = mt.from_pretrained(out, dtype=torch.float32)
     layers = mt.mpo_layers(model)
     assert "transformer.wte" in layers and any(isinstance(m, mt.MPOConv1D) for m in layers.values())
     assert isinstance(model.lm_head, mt.MPOTiedLinear)
@@ -211,7 +211,7 @@ def test_gpt2_compressed_loads_and_generates(gpt2_dir, tmp_path):
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, IDS.shape[1] + 3)
     again = tmp_path / "again"
     mt.save_pretrained(model, again)
-    reloaded = mt.from_pretrained(again)
+    reloaded = mt.from_pretrained(again, dtype=torch.float32)
     with torch.no_grad():
         assert torch.equal(reloaded(IDS).logits, model(IDS).logits)
 
