@@ -721,27 +721,12 @@ def _budget_decompose(padded, plan, caps, ratio, shape, row_scale, plain, dtype)
     if start is None:
         smallest = _budget.layout_params(pairs, [1] * len(limits)) + extra
         raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
-    tensor = _budget.interleaved(padded, plan.in_shape, plan.out_shape)
-    sweep = _budget.Sweep(tensor, plan.in_shape, plan.out_shape)
-    best, _ = _budget.search(sweep, start, limits, allowed)
-    cores, discarded = sweep.build(best)
-    total = sweep.energy
-    # Order every bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read):
-    # the sweep left the cores in mixed canonical form, so the core's bond rotation applies.
-    cores, spectra = _core.order_bonds([np.ascontiguousarray(c) for c in cores], "float64")
-    cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
-    cut = [d > total * 1e-24 for d in discarded]
-    searched = MPO(
-        cores,
-        shape=shape,
-        spectra=spectra,
-        truncation_errors=np.sqrt(discarded),
-        norm=math.sqrt(total),
-        limits=[cap if was_cut else 0 for cap, was_cut in zip(best, cut)],
-        spectra_of_matrix=False,
-        row_scale=row_scale,
-        plain=plain,
-    )
+    # The sweep runs in the data's precision, as decompose() does: the same zero rule for the same data.
+    sweep = _core.Sweep(padded, list(plan.in_shape), list(plan.out_shape))
+    best, _ = _budget.search(sweep, pairs, start, limits, allowed)
+    raw = sweep.build(best)
+    raw["cores"] = [np.ascontiguousarray(c, dtype=dtype) for c in raw["cores"]]
+    searched = MPO._from_core_result(raw, shape, best, row_scale, plain)
     searched._sweep_exact = True
     return searched
 
