@@ -59,8 +59,10 @@ typename Sweep<T>::Node& Sweep<T>::split_at(const Path& prefix) {
   const Index rows = from_left(t) ? node.left * pair(bond) : size / (pair(bond + 1) * node.right);
   const ConstMatrixMap<T> unfolding(node.remainder.data(), rows, size / rows);
   node.split = from_left(t) ? left_split<T>(unfolding) : right_split<T>(unfolding);
-  // The Gram matrix of the short side (m of them) and the projection of all m directions.
-  work_ += 2 * static_cast<double>(std::min(rows, size / rows)) * static_cast<double>(size);
+  // Counted as the Gram matrix of the short side (m of them), m·size multiply-adds: the split's
+  // projection costs as much again, but the search's work limit (python/mpo/_budget.py) was set in
+  // units of Gram matrices plus kept projections, and a smaller count would end the search sooner.
+  work_ += static_cast<double>(std::min(rows, size / rows)) * static_cast<double>(size);
   node.has_split = true;
   node.remainder = Matrix<T>();
   return node;

@@ -104,7 +104,7 @@ void register_decompose(py::module_& m) {
           "||M||_F^2 of the swept matrix.")
       .def_property_readonly(
           "work", [](TypedSweep& s) { return s.run([](auto& x) { return x.work(); }); },
-          "Multiply-adds of the splits made so far.")
+          "Multiply-adds of the Gram matrices of the splits made so far.")
       .def(
           "evaluate",
           [](TypedSweep& s, const std::vector<Index>& max_bond) {

@@ -41,7 +41,7 @@ class Sweep {
   // ‖M‖_F² of the swept matrix.
   double energy() const { return energy_; }
 
-  // Multiply-adds of the splits made so far (a search's measure of the work it has spent).
+  // Multiply-adds of the Gram matrices of the splits made so far (a search's measure of its work).
   double work() const { return work_; }
 
   // The sweep with these n-1 max_bond entries (0 = uncapped): the bonds it keeps, by bond index, and
