@@ -14,7 +14,7 @@ from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 import mpo
-from mpo import _budget
+from mpo import _budget, _core
 from mpo._data import load_minilm
 from mpo.baselines import uniform_max_bond
 from strategies import (
@@ -129,27 +129,80 @@ def uniform_sweep(M, shape, rho):
     return mpo.decompose(M, shape, max_bond=cap, svd="exact")
 
 
+def core_sweep(M, in_shape, out_shape):
+    """The C++ scorer budget mode searches with, on M zero-padded to its factors."""
+    padded = pad(M, (math.prod(in_shape), math.prod(out_shape)))
+    return _core.Sweep(padded, list(in_shape), list(out_shape))
+
+
 @given(cases(), st.data())
 def test_sweep_error_is_the_dense_error(case, data):
-    """The replayed sweep's squared error (sum of discarded energies) equals ||M - MPO||^2 of the cores
-    it builds, and the core's own sweep with the same caps agrees: the score the search uses is exact."""
+    """The scorer's squared error (sum of discarded energies) equals ||M - MPO||^2 of the cores it
+    builds, and the core's own sweep with the same max_bond agrees: the score the search uses is exact."""
     M = case.M
     full = mpo.decompose(M, case.shape).full_bond_dims
     caps = [data.draw(st.integers(1, f), label=f"cap {k}") for k, f in enumerate(full)]
-    padded = pad(M, (math.prod(case.in_shape), math.prod(case.out_shape)))
-    tensor = _budget.interleaved(padded, case.in_shape, case.out_shape)
-    sweep = _budget.Sweep(tensor, case.in_shape, case.out_shape)
+    sweep = core_sweep(M, case.in_shape, case.out_shape)
     bonds, err2 = sweep.evaluate(caps)
-    cores, discarded = sweep.build(caps)
+    raw = sweep.build(caps)
+    cores = raw["cores"]
     dense = contract_cores(cores, case.in_shape, case.out_shape)[: M.shape[0], : M.shape[1]]
     oracle = dense_error(M, dense)
     note(f"caps {caps} bonds {bonds} err {math.sqrt(err2)} oracle {oracle}")
-    assert tuple(c.shape[3] for c in cores[:-1]) == tuple(bonds)
+    # The final ordering (order_bonds) may drop a direction the cuts left without weight, never add one.
+    assert all(c.shape[3] <= b <= cap for c, b, cap in zip(cores, bonds, caps))
     tol = 1e-9 * fro(M) ** 2
     assert abs(err2 - oracle**2) <= tol
-    assert abs(sum(discarded) - oracle**2) <= tol
+    assert abs(float(np.sum(raw["truncation_errors"] ** 2)) - oracle**2) <= tol
     core = mpo.decompose(M, case.shape, max_bond=caps, svd="exact")
     assert abs(dense_error(M, core.to_dense()) - oracle) <= 1e-6 * fro(M) + slack(M)
+
+
+@given(cases(dtypes=[np.float64], kinds=["gaussian", "scaled"]), st.data())
+def test_scorer_builds_the_sweeps_mpo(case, data):
+    """At the same max_bond the scorer's MPO is decompose()'s: same bonds, spectra, truncation errors
+    and matrix (generic matrices: distinct singular values, so the MPO is unique up to signs)."""
+    M = case.M
+    full = mpo.decompose(M, case.shape).full_bond_dims
+    caps = [data.draw(st.integers(1, f), label=f"cap {k}") for k, f in enumerate(full)]
+    raw = core_sweep(M, case.in_shape, case.out_shape).build(caps)
+    swept = mpo.decompose(M, case.shape, max_bond=caps, svd="exact")
+    cores = raw["cores"]
+    assert tuple(c.shape[3] for c in cores[:-1]) == swept.bond_dims
+    for mine, theirs in zip(raw["spectra"], swept.spectra):
+        assert np.allclose(mine, theirs, rtol=1e-9, atol=1e-10 * fro(M))
+    assert np.allclose(raw["truncation_errors"], swept.truncation_errors, rtol=1e-6, atol=1e-7 * fro(M))
+    dense = contract_cores(cores, case.in_shape, case.out_shape)[: M.shape[0], : M.shape[1]]
+    assert dense_error(swept.to_dense(), dense) <= 1e-9 * fro(M)
+
+
+def test_scorer_cores_equal_the_sweeps_up_to_signs():
+    """The cores themselves, not only their product: each bond's basis may differ by a sign only."""
+    M = np.random.default_rng(3).standard_normal((24, 36))
+    shape = ((2, 3, 4), (3, 3, 4))
+    caps = [3, 5]
+    raw = core_sweep(M, *shape).build(caps)
+    swept = mpo.decompose(M, shape, max_bond=caps, svd="exact")
+    sign = np.ones(1)
+    for k, (mine, theirs) in enumerate(zip(raw["cores"], swept.cores)):
+        mine = mine * sign[:, None, None, None]
+        if k + 1 < len(caps) + 1:
+            # The sign of each new bond index: that of the pair's largest entry in that column.
+            flat_m, flat_t = mine.reshape(-1, mine.shape[3]), theirs.reshape(-1, theirs.shape[3])
+            top = np.argmax(np.abs(flat_t), axis=0)
+            sign = np.sign(flat_t[top, range(flat_t.shape[1])] * flat_m[top, range(flat_m.shape[1])])
+            mine = mine * sign[None, None, None, :]
+        assert np.allclose(mine, theirs, atol=1e-10), k
+
+
+def test_scorer_rejects_wrong_max_bond():
+    sweep = core_sweep(np.eye(8), (2, 2, 2), (2, 2, 2))
+    with pytest.raises(ValueError, match=r"max_bond needs n-1 = 2 entries, got 3"):
+        sweep.evaluate([1, 1, 1])
+    with pytest.raises(ValueError, match=r"max_bond entries must be >= 1 \(0 = uncapped\), got -1"):
+        sweep.build([1, -1])
+    with pytest.raises(ValueError, match=r"the factors multiply to 8x8 but the matrix is 8x4"):
+        _core.Sweep(np.ones((8, 4)), [2, 2, 2], [2, 2, 2])
 
 
 @given(cases(), rhos)

@@ -1,23 +1,16 @@
 #include "pybind.hpp"
 
 #include "mpo/decompose.hpp"
+#include "mpo/sweep.hpp"
 #include "mpo/symmetric.hpp"
 
 namespace mpo::bindings {
 
 namespace {
 
+// A Decomposition as the dict decompose() returns: cores, spectra, truncation_errors, cut, norm, randomized.
 template <class T>
-py::dict decompose_typed(const py::array& matrix, const Factors& factors, const DecomposeOptions& options) {
-  auto a = py::array_t<T, py::array::c_style>::ensure(matrix);
-  if (!a) throw py::type_error("decompose: expected a C-contiguous array");
-  const Index rows = a.shape(0), cols = a.shape(1);
-  Decomposition<T> d;
-  {
-    // Every Python object has been read; the kernel touches only this buffer and C++ state.
-    py::gil_scoped_release release;
-    d = decompose<T>(a.data(), rows, cols, factors, options);
-  }
+py::dict decomposition_dict(Decomposition<T>&& d) {
   py::list cores, spectra;
   for (Core<T>& c : d.cores) cores.append(core_to_numpy<T>(std::move(c)));
   for (const Spectrum& s : d.spectra) spectra.append(to_numpy(s));
@@ -30,6 +23,20 @@ py::dict decompose_typed(const py::array& matrix, const Factors& factors, const 
   out["norm"] = d.norm;
   out["randomized"] = d.randomized;
   return out;
+}
+
+template <class T>
+py::dict decompose_typed(const py::array& matrix, const Factors& factors, const DecomposeOptions& options) {
+  auto a = py::array_t<T, py::array::c_style>::ensure(matrix);
+  if (!a) throw py::type_error("decompose: expected a C-contiguous array");
+  const Index rows = a.shape(0), cols = a.shape(1);
+  Decomposition<T> d;
+  {
+    // Every Python object has been read; the kernel touches only this buffer and C++ state.
+    py::gil_scoped_release release;
+    d = decompose<T>(a.data(), rows, cols, factors, options);
+  }
+  return decomposition_dict<T>(std::move(d));
 }
 
 // canonicalize or order_bonds (`reorder`) on cores from Python; returns (cores, spectra).
@@ -47,9 +54,94 @@ py::tuple reordered_typed(const py::list& arrays, Reorder reorder) {
   return py::make_tuple(out_cores, out_spectra);
 }
 
+// A Sweep of float32 or float64 data behind one Python class.
+struct TypedSweep {
+  std::unique_ptr<Sweep<float>> single;
+  std::unique_ptr<Sweep<double>> full;
+  template <class F>
+  auto run(F&& body) {
+    return single ? body(*single) : body(*full);
+  }
+};
+
+template <class T>
+std::unique_ptr<Sweep<T>> make_sweep(const py::array& matrix, const Factors& factors) {
+  auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(matrix);
+  if (!a) throw py::type_error("Sweep: expected a numeric array");
+  py::gil_scoped_release release;  // the array is read; only C++ state from here on
+  return std::make_unique<Sweep<T>>(a.data(), a.shape(0), a.shape(1), factors);
+}
+
 }  // namespace
 
 void register_decompose(py::module_& m) {
+  // Budget mode's scorer (include/mpo/sweep.hpp), in the data's precision so that its zero rule is
+  // the one decompose() applies to the same data.
+  py::class_<TypedSweep>(m, "Sweep",
+                         "Algorithm 1 under any per-bond max_bond, scored exactly, splits cached by prefix.")
+      .def(py::init([](const py::array& matrix, const std::vector<Index>& in_shape,
+                       const std::vector<Index>& out_shape) {
+             if (matrix.ndim() != 2)
+               throw py::value_error("Sweep: expected a 2-D array, got " + std::to_string(matrix.ndim()) +
+                                     " dimensions");
+             const Factors factors{in_shape, out_shape};
+             auto sweep = std::make_unique<TypedSweep>();
+             if (py::isinstance<py::array_t<float>>(matrix)) {
+               sweep->single = make_sweep<float>(matrix, factors);
+             } else if (py::isinstance<py::array_t<double>>(matrix)) {
+               sweep->full = make_sweep<double>(matrix, factors);
+             } else {
+               throw py::type_error("Sweep: expected float32 or float64, got " + dtype_name(matrix));
+             }
+             return sweep;
+           }),
+           py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"))
+      .def_property_readonly(
+          "steps", [](TypedSweep& s) { return s.run([](auto& x) { return x.steps(); }); },
+          "Bonds in the order the sweep cuts them.")
+      .def_property_readonly(
+          "energy", [](TypedSweep& s) { return s.run([](auto& x) { return x.energy(); }); },
+          "||M||_F^2 of the swept matrix.")
+      .def_property_readonly(
+          "work", [](TypedSweep& s) { return s.run([](auto& x) { return x.work(); }); },
+          "Multiply-adds of the Gram matrices of the splits made so far.")
+      .def(
+          "evaluate",
+          [](TypedSweep& s, const std::vector<Index>& max_bond) {
+            double squared_error = 0;
+            std::vector<Index> bonds;
+            {
+              py::gil_scoped_release release;
+              bonds = s.run([&](auto& x) { return x.evaluate(max_bond, &squared_error); });
+            }
+            return py::make_tuple(bonds, squared_error);
+          },
+          py::arg("max_bond"),
+          "(kept bonds by bond index, exact squared error ||M - MPO||_F^2) of the sweep; 0 = uncapped.")
+      .def(
+          "build",
+          [](TypedSweep& s, const std::vector<Index>& max_bond) {
+            return s.run([&](auto& x) {
+              using T = typename std::decay_t<decltype(x)>::value_type;
+              Decomposition<T> d;
+              {
+                py::gil_scoped_release release;
+                d = x.build(max_bond);
+              }
+              return decomposition_dict<T>(std::move(d));
+            });
+          },
+          py::arg("max_bond"), "The sweep's MPO with these max_bond entries, as a decompose() dict.")
+      .def(
+          "forget_all_but",
+          [](TypedSweep& s, const std::vector<Index>& max_bond) {
+            py::gil_scoped_release release;
+            s.run([&](auto& x) {
+              x.forget_all_but(max_bond);
+              return 0;
+            });
+          },
+          py::arg("max_bond"), "Drop the cached splits off the path of max_bond.");
   m.def(
       "decompose",
       [](const py::array& matrix, const std::vector<Index>& in_shape,

@@ -8,7 +8,6 @@ tol and ratio then cut from the result is the truncation policy's (``mpo._trunca
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,39 +54,25 @@ def _budget_decompose(
         raise ValueError(_budget.ratio_floor_message(ratio, smallest, rows, cols))
     # The search squares values (Gram matrices, energies): it runs on the matrix in units of a power of
     # two near its largest entry (exact), and the scale goes back on the central core, spectra, errors
-    # and norm at the end (at 1e160 an unscaled Gram matrix overflowed and eigh failed).
+    # and norm at the end (at 1e160 unscaled Gram matrices overflow). The C++ sweep (``_core.Sweep``) is
+    # the sweep ``decompose`` runs, with its zero rule, in the data's precision.
     unit = _scaled.unit(padded)
-    tensor = _budget.interleaved(padded / unit if unit != 1.0 else padded, plan.in_shape, plan.out_shape)
-    sweep = _budget.Sweep(tensor, plan.in_shape, plan.out_shape)
-    best, _ = _budget.search(sweep, start, limits, allowed)
-    cores, discarded = sweep.build(best)
-    total = sweep.energy
-    # Order every bond by the spectrum of the MPO's own unfolding (what later cuts and ``entropy`` read):
-    # the sweep left the cores in mixed canonical form, so the core's bond rotation applies.
-    cores, spectra = _core.order_bonds([np.ascontiguousarray(c) for c in cores], "float64")
-    central = (len(cores) - 1) // 2
-    cores[central] = cores[central] * unit  # the cores around it are orthonormal
-    spectra = [s * unit for s in spectra]
-    cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
+    sweep = _core.Sweep(padded / unit if unit != 1.0 else padded, list(plan.in_shape), list(plan.out_shape))
+    best, _ = _budget.search(sweep, pairs, start, limits, allowed)
+    raw = sweep.build(best)
+    central = (len(raw["cores"]) - 1) // 2
+    cores = [np.ascontiguousarray(c, dtype=dtype) for c in raw["cores"]]
+    cores[central] = np.ascontiguousarray(cores[central] * dtype.type(unit))  # the others are orthonormal
     if not np.isfinite(cores[central]).all():
         raise OverflowError(f"the central core would hold values beyond the largest {np.dtype(dtype).name}; "
                             "decompose in float64 or scale the matrix down")
-    cut = [d > total * 1e-24 for d in discarded]
-    if row_scale is not None and plain is not None and any(cut):
-        plain = _own_plain(cores, spectra, shape, row_scale, plain[0])
-    searched = MPO(
-        cores,
-        shape=shape,
-        spectra=spectra,
-        truncation_errors=np.sqrt(discarded) * unit,
-        norm=math.sqrt(total) * unit,
-        cut_max_bonds=[cap if was_cut else 0 for cap, was_cut in zip(best, cut)],
-        spectra_of_matrix=False,
-        row_scale=row_scale,
-        plain=plain,
-        sweep_exact=True,
+    raw.update(
+        cores=cores,
+        spectra=[np.asarray(sp) * unit for sp in raw["spectra"]],
+        truncation_errors=np.asarray(raw["truncation_errors"]) * unit,
+        norm=float(raw["norm"]) * unit,
     )
-    return searched
+    return _from_sweep(raw, shape, best, row_scale, plain, True)
 
 
 def decompose(

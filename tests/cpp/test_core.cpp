@@ -5,6 +5,7 @@
 #include "mpo/decompose.hpp"
 #include "mpo/measures.hpp"
 #include "mpo/parallel.hpp"
+#include "mpo/sweep.hpp"
 #include "mpo/symmetric.hpp"
 
 #include <Eigen/SVD>
@@ -99,6 +100,35 @@ int main() {
                               ? (a.spectra[k] - b.spectra[k]).norm() / m.norm()
                               : 1.0);
     check(gap < 1e-12, "whole outer steps equal the split ones (relative gap)", gap);
+  }
+
+  // Budget mode's scorer (sweep.hpp): its score is the squared error of the MPO it builds, and at the
+  // same max_bond that MPO is the plain sweep's (same bonds, spectra, truncation errors, matrix).
+  {
+    mpo::Sweep<double> sweep(m.data(), m.rows(), m.cols(), factors);
+    const std::vector<mpo::Index> caps{4, 7, 5};
+    double score = 0;
+    const std::vector<mpo::Index> bonds = sweep.evaluate(caps, &score);
+    sweep.evaluate({3, 9, 5}, &score);  // another path through the cache first
+    sweep.forget_all_but(caps);
+    sweep.evaluate(caps, &score);
+    const auto built = sweep.build(caps);
+    mpo::DecomposeOptions exact;
+    exact.max_bond = caps;
+    exact.allow_randomized = false;
+    const auto swept = mpo::decompose<double>(m.data(), m.rows(), m.cols(), factors, exact);
+    const mpo::Matrix<double> dense = mpo::rebuild(built.cores);
+    const double score_gap = std::abs(score - (m - dense).squaredNorm()) / m.squaredNorm();
+    check(score_gap < 1e-12, "scorer's score = ||M - its MPO||^2 (relative gap)", score_gap);
+    double gap = (dense - mpo::rebuild(swept.cores)).norm() / m.norm();
+    for (std::size_t k = 0; k < caps.size(); ++k) {
+      const bool same_bond = built.cores[k].right_bond == swept.cores[k].right_bond &&
+                             built.cores[k].right_bond == bonds[k] &&
+                             built.spectra[k].size() == swept.spectra[k].size();
+      gap = std::max({gap, same_bond ? (built.spectra[k] - swept.spectra[k]).norm() / m.norm() : 1.0,
+                      std::abs(built.truncation_errors[k] - swept.truncation_errors[k]) / m.norm()});
+    }
+    check(gap < 1e-12, "scorer builds the plain sweep's MPO (relative gap)", gap);
   }
 
   // Entropy of every bond lies in [0, ln d_k].

@@ -1,0 +1,193 @@
+// Algorithm 1 under any per-bond max_bond, scored exactly; see include/mpo/sweep.hpp.
+#include "mpo/sweep.hpp"
+
+#include "mpo/contract.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+namespace mpo {
+
+template <class T>
+Sweep<T>::Sweep(const T* data, Index rows, Index cols, const Factors& factors) : factors_(factors) {
+  factors_.validate();
+  if (factors_.rows() != rows || factors_.cols() != cols)
+    throw std::invalid_argument("mpo: the factors multiply to " + std::to_string(factors_.rows()) + "x" +
+                                std::to_string(factors_.cols()) + " but the matrix is " +
+                                std::to_string(rows) + "x" + std::to_string(cols));
+  const std::size_t n = factors_.n();
+  central_ = central_index(n);
+  for (std::size_t k = 0; k < central_; ++k) steps_.push_back(k);
+  for (std::size_t k = n - 1; k-- > central_;) steps_.push_back(k);
+  Node root;
+  root.remainder.resize(1, rows * cols);
+  interleave(data, factors_, root.remainder.data());
+  for (Index i = 0; i < root.remainder.size(); ++i) {
+    const double x = static_cast<double>(root.remainder.data()[i]);
+    energy_ += x * x;
+  }
+  nodes_.emplace(Path{}, std::move(root));
+}
+
+template <class T>
+typename Sweep<T>::Path Sweep<T>::ordered(const std::vector<Index>& max_bond) const {
+  if (max_bond.size() != steps_.size())
+    throw std::invalid_argument("mpo: max_bond needs n-1 = " + std::to_string(steps_.size()) +
+                                " entries, got " + std::to_string(max_bond.size()));
+  Path path;
+  for (std::size_t bond : steps_) {
+    if (max_bond[bond] < 0)
+      throw std::invalid_argument("mpo: max_bond entries must be >= 1 (0 = uncapped), got " +
+                                  std::to_string(max_bond[bond]));
+    path.push_back(max_bond[bond]);
+  }
+  return path;
+}
+
+// The node before step prefix.size(), with its split made. Its remainder is then no longer needed:
+// every remainder after it is a slice of the split.
+template <class T>
+typename Sweep<T>::Node& Sweep<T>::split_at(const Path& prefix) {
+  Node& node = nodes_.at(prefix);
+  if (node.has_split) return node;
+  const std::size_t t = prefix.size();
+  const std::size_t bond = steps_[t];
+  const Index size = node.remainder.size();
+  const Index rows = from_left(t) ? node.left * pair(bond) : size / (pair(bond + 1) * node.right);
+  const ConstMatrixMap<T> unfolding(node.remainder.data(), rows, size / rows);
+  node.split = from_left(t) ? left_split<T>(unfolding) : right_split<T>(unfolding);
+  // Counted as the Gram matrix of the short side (m of them), m·size multiply-adds: the split's
+  // projection costs as much again, but the search's work limit (python/mpo/_budget.py) was set in
+  // units of Gram matrices plus kept projections, and a smaller count would end the search sooner.
+  work_ += static_cast<double>(std::min(rows, size / rows)) * static_cast<double>(size);
+  node.has_split = true;
+  node.remainder = Matrix<T>();
+  return node;
+}
+
+// How many directions a cut to `cap` keeps: the split has already dropped the zeros.
+template <class T>
+Index Sweep<T>::kept(const Node& node, Index cap) const {
+  const Index nonzero = node.split.spectrum.size();
+  return cap == 0 ? nonzero : std::min(cap, nonzero);
+}
+
+// What the cut discards: the dropped directions' λ² (the norms of R's rows, or L's columns) and the
+// zeros the split dropped.
+template <class T>
+double Sweep<T>::discarded(const Node& node, Index keep) const {
+  const Spectrum& s = node.split.spectrum;
+  return node.split.discarded + s.tail(s.size() - keep).squaredNorm();
+}
+
+// The node after the cut of step prefix.size() to `keep` directions: the kept part of the split.
+template <class T>
+typename Sweep<T>::Node& Sweep<T>::advance(const Path& prefix, Index keep) {
+  Path next = prefix;
+  next.push_back(keep);
+  auto found = nodes_.find(next);
+  if (found != nodes_.end()) return found->second;
+  const Node& parent = split_at(prefix);
+  Node child;
+  child.left = parent.left;
+  child.right = parent.right;
+  if (from_left(prefix.size())) {  // R = Qᵀ·A: its first rows, contiguous
+    child.remainder = parent.split.r.topRows(keep);
+    child.left = keep;
+  } else {  // L = A·Q: its first columns
+    child.remainder = parent.split.q.leftCols(keep);
+    child.right = keep;
+  }
+  child.remainder.resize(1, child.remainder.size());  // a view change: same coefficients
+  return nodes_.emplace(std::move(next), std::move(child)).first->second;
+}
+
+template <class T>
+std::vector<Index> Sweep<T>::evaluate(const std::vector<Index>& max_bond, double* squared_error) {
+  const Path caps = ordered(max_bond);
+  std::vector<Index> bonds(steps_.size());
+  double error = 0;
+  Path prefix;
+  for (std::size_t t = 0; t < caps.size(); ++t) {
+    const Node& node = split_at(prefix);
+    const Index keep = kept(node, caps[t]);
+    error += discarded(node, keep);
+    bonds[steps_[t]] = keep;
+    // The last cut needs only its spectrum: its remainder (the central core) is not formed.
+    if (t + 1 < caps.size()) {
+      advance(prefix, keep);
+      prefix.push_back(keep);
+    }
+  }
+  *squared_error = error;
+  return bonds;
+}
+
+template <class T>
+Decomposition<T> Sweep<T>::build(const std::vector<Index>& max_bond) {
+  const Path caps = ordered(max_bond);
+  const std::size_t n = factors_.n();
+  Decomposition<T> out;
+  out.cores.resize(n);
+  out.spectra.resize(n - 1);
+  out.truncation_errors.assign(n - 1, 0.0);
+  out.cut.assign(n - 1, false);
+  out.norm = std::sqrt(energy_);
+  auto place = [&](std::size_t k, Index left, Index right, Matrix<T> data) {
+    Core<T>& core = out.cores[k];
+    core.left_bond = left;
+    core.rows = factors_.in_shape[k];
+    core.cols = factors_.out_shape[k];
+    core.right_bond = right;
+    core.data = std::move(data);
+    core.data.resize(left * core.rows * core.cols, right);  // a view change: same coefficients
+  };
+  bool cut = false;
+  Path prefix;
+  for (std::size_t t = 0; t < caps.size(); ++t) {
+    const Node& node = split_at(prefix);
+    const Index keep = kept(node, caps[t]);
+    const std::size_t bond = steps_[t];
+    if (from_left(t))
+      place(bond, node.left, keep, node.split.q.leftCols(keep));
+    else
+      place(bond + 1, keep, node.right, node.split.r.topRows(keep));
+    out.spectra[bond] = node.split.spectrum.head(keep);
+    out.truncation_errors[bond] = std::sqrt(discarded(node, keep));
+    out.cut[bond] = keep < node.split.spectrum.size();
+    cut = cut || out.cut[bond];
+    advance(prefix, keep);
+    prefix.push_back(keep);
+  }
+  const Node& last = nodes_.at(prefix);
+  place(central_, last.left, last.right, last.remainder);
+  // A cut changes the remainders later steps split, so the bonds cut before the last step are not
+  // exactly ordered by the MPO's own unfoldings: one rotation per bond from the small cores restores
+  // that, as decompose() does. The last step split bond c in order (order_bonds' promise).
+  if (cut) out.spectra = order_bonds(out.cores, true);
+  return out;
+}
+
+template <class T>
+void Sweep<T>::forget_all_but(const std::vector<Index>& max_bond) {
+  const Path caps = ordered(max_bond);
+  std::set<Path> path;
+  Path prefix;
+  path.insert(prefix);
+  for (std::size_t t = 0; t + 1 < caps.size(); ++t) {
+    const Index keep = kept(split_at(prefix), caps[t]);
+    advance(prefix, keep);
+    prefix.push_back(keep);
+    path.insert(prefix);
+  }
+  for (auto it = nodes_.begin(); it != nodes_.end();)
+    it = path.count(it->first) ? std::next(it) : nodes_.erase(it);
+}
+
+template class Sweep<float>;
+template class Sweep<double>;
+
+}  // namespace mpo

@@ -1,0 +1,85 @@
+// Algorithm 1 under any per-bond max_bond, scored exactly: what the budget search of decompose(ratio=)
+// drives (python/mpo/_budget.py keeps only the search).
+//
+// Every cut of the sweep is an orthogonal projection of the current remainder, and later steps act
+// inside the kept subspace, so the pieces the steps discard are mutually orthogonal and
+//
+//     ‖M − MPO‖_F² = Σ over steps of the λ² that step's cut discards,
+//
+// exactly, with no bound and no dense rebuild. A search can therefore score a max_bond vector by
+// replaying the sweep, and vectors that agree on their first steps share those steps.
+//
+// Sweep makes each step's split once, uncapped, with the sweep's own left_split / right_split (one
+// zero rule, that of split.cpp), and cuts it to any max_bond by keeping its leading singular directions:
+// that is the optimal cut (Eckart–Young), the one a capped split makes, so a cut is a slice and not a
+// new split. Splits are cached by the max_bond of the steps before them. No shortcut of decompose()
+// (block or whole steps, randomized or float32 Gram routes) is taken: the search scores the plain sweep.
+#pragma once
+
+#include "mpo/decompose.hpp"
+#include "mpo/split.hpp"
+#include "mpo/types.hpp"
+
+#include <map>
+#include <vector>
+
+namespace mpo {
+
+template <class T>
+class Sweep {
+ public:
+  using value_type = T;
+
+  // The sweep of the row-major rows × cols matrix at `data` (copied, interleaved). Throws
+  // std::invalid_argument for factors that do not multiply to the matrix's sides or n < 2.
+  Sweep(const T* data, Index rows, Index cols, const Factors& factors);
+
+  // Bonds in the order the sweep cuts them: 0..c-1 from the left, then n-2 down to c from the right
+  // (c = (n-1)/2, the central index).
+  const std::vector<std::size_t>& steps() const { return steps_; }
+
+  // ‖M‖_F² of the swept matrix.
+  double energy() const { return energy_; }
+
+  // Multiply-adds of the Gram matrices of the splits made so far (a search's measure of its work).
+  double work() const { return work_; }
+
+  // The sweep with these n-1 max_bond entries (0 = uncapped): the bonds it keeps, by bond index, and
+  // its exact squared error ‖M − MPO‖_F². Throws std::invalid_argument for a wrong count or sign.
+  std::vector<Index> evaluate(const std::vector<Index>& max_bond, double* squared_error);
+
+  // The sweep's MPO with these max_bond entries, as decompose() returns it: mixed canonical form
+  // around the central index, every bond ordered by the spectrum of the MPO's own unfolding
+  // (order_bonds) when something was cut, truncation_errors ε_k of each bond's cut.
+  Decomposition<T> build(const std::vector<Index>& max_bond);
+
+  // Drop the cached splits off the path of `max_bond` (each holds up to a remainder's size).
+  void forget_all_but(const std::vector<Index>& max_bond);
+
+ private:
+  // The remainder before one step, and (once made) that step's uncapped split.
+  struct Node {
+    Matrix<T> remainder;  // 1 × size, read as the step's unfolding
+    Index left = 1, right = 1;  // the bonds around it (d of the cores cut so far on either side)
+    bool has_split = false;
+    Split<T> split;  // q: m × r (L for a right step), r: r × N (Qᵀ for a right step)
+  };
+  using Path = std::vector<Index>;  // max_bond of the steps made, in step order
+
+  Path ordered(const std::vector<Index>& max_bond) const;
+  bool from_left(std::size_t step) const { return step < central_; }
+  Index pair(std::size_t bond) const { return factors_.in_shape[bond] * factors_.out_shape[bond]; }
+  Node& split_at(const Path& prefix);
+  Node& advance(const Path& prefix, Index cap);
+  Index kept(const Node& node, Index cap) const;
+  double discarded(const Node& node, Index keep) const;
+
+  Factors factors_;
+  std::size_t central_ = 0;
+  std::vector<std::size_t> steps_;
+  double energy_ = 0;
+  double work_ = 0;
+  std::map<Path, Node> nodes_;
+};
+
+}  // namespace mpo
