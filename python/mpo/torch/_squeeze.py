@@ -38,14 +38,7 @@ def squeeze(
     ``delta`` is rolled back, trained parameters outside the MPO layers included. If a callback raises,
     the model is put back into the state after the last accepted step and the exception propagates.
     """
-    found = mpo_layers(model)
-    if not found:
-        raise ValueError("squeeze: the model has no MPO layers; run mpo.torch.compress first")
-    names = list(found) if layers is None else list(layers)
-    unknown = [n for n in names if n not in found]
-    if unknown:
-        raise ValueError(f"squeeze: {unknown} are not MPO layers; the model's MPO layers are: {', '.join(found)}")
-    chosen = {n: found[n] for n in names}
+    chosen = _chosen_layers(model, layers, "squeeze")
     # By name, not identity: a cut replaces the core Parameters.
     core_prefixes = tuple(f"{name}.cores." for name in chosen)
 
@@ -106,18 +99,24 @@ def squeeze_to(model: nn.Module, params: int, *, layers=None, min_bond: int = 1)
     dimensions of the layers that were cut. The cores of a cut layer are new Parameters: build the
     optimizer again.
     """
+    chosen = _chosen_layers(model, layers, "squeeze_to")
+    cut = cut_central({name: layer.to_mpo() for name, layer in chosen.items()}, params, min_bond=min_bond)
+    changed = {}
+    for name, m in cut.items():
+        if m.bond_dims != chosen[name].bond_dims:
+            chosen[name].set_mpo(m)
+            changed[name] = m.bond_dims
+    return changed
+
+
+def _chosen_layers(model: nn.Module, layers, what: str) -> dict:
+    """The MPO layers named in ``layers`` (all of the model's by default), by name; ValueError naming
+    the unknown ones or the lack of any."""
     found = mpo_layers(model)
     if not found:
-        raise ValueError("squeeze_to: the model has no MPO layers; run mpo.torch.compress first")
+        raise ValueError(f"{what}: the model has no MPO layers; run mpo.torch.compress first")
     names = list(found) if layers is None else list(layers)
     unknown = [n for n in names if n not in found]
     if unknown:
-        raise ValueError(f"squeeze_to: {unknown} are not MPO layers; the model's MPO layers are: {', '.join(found)}")
-    mpos = {name: found[name].to_mpo() for name in names}
-    cut = cut_central(mpos, params, min_bond=min_bond)
-    changed = {}
-    for name, m in cut.items():
-        if m.bond_dims != found[name].bond_dims:
-            found[name].set_mpo(m)
-            changed[name] = m.bond_dims
-    return changed
+        raise ValueError(f"{what}: {unknown} are not MPO layers; the model's MPO layers are: {', '.join(found)}")
+    return {n: found[n] for n in names}
