@@ -295,7 +295,7 @@ def test_torch_load_validates_the_payload_and_names_the_file(tmp_path):
         return torch.nn.Sequential(torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 8))
 
     compressed = model()
-    mt.compress(compressed, max_bond=2, progress=False)
+    mt.compress(compressed, max_bond=2, progress=False, force=True)
     good = tmp_path / "good.pt"
     mt.save(compressed, good)
     x = torch.randn(3, 16)
@@ -307,6 +307,7 @@ def test_torch_load_validates_the_payload_and_names_the_file(tmp_path):
         "huge.pt": lambda p: p["layers"]["0"].__setitem__("core_shapes", [[1, 2**20, 2**20, 1]] * 5),
         "kind.pt": lambda p: p["layers"]["0"].__setitem__("kind", "Evil"),
         "frozen.pt": lambda p: p["layers"]["0"].__setitem__("frozen", "yes"),
+        "tie.pt": lambda p: p.__setitem__("ties", {"2": {"source": "nope", "transposed": True, "bias": True}}),
     }
     for name, change in bad_payloads.items():
         broken = torch.load(good, weights_only=True)

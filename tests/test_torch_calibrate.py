@@ -80,13 +80,13 @@ def test_compress_with_activations_is_the_whitened_svd():
     model, batches = _model(), _batches()
     cal = mt.calibrate(model, batches, progress=False)
     W = model.a.weight.detach().numpy().T.copy()
-    mt.compress(model, include="a", n=2, max_bond=3, weights="activations", calibration=cal, progress=False)
+    mt.compress(model, include="a", n=2, max_bond=3, weights="activations", calibration=cal, progress=False, force=True)
     assert isinstance(model.a, mt.MPOLinear) and isinstance(model.b, nn.Linear)
     want = mpo.whitened_svd(W, 3, cal["a"]).to_dense()
     np.testing.assert_allclose(model.a.weight_matrix().detach().numpy(), want, atol=1e-10)
     assert model.a.num_params == 3 * (12 + 20)
     with pytest.raises(ValueError, match="calibration"):
-        mt.compress(_model(), weights="activations", n=2, max_bond=3, progress=False)
+        mt.compress(_model(), weights="activations", n=2, max_bond=3, progress=False, force=True)
 
 
 def test_model_allocation_spends_one_budget_and_beats_the_uniform_share(capsys):
@@ -94,8 +94,8 @@ def test_model_allocation_spends_one_budget_and_beats_the_uniform_share(capsys):
     cal = mt.calibrate(model, batches, progress=False)
     originals = {n: getattr(model, n).weight.detach().numpy().T.copy() for n in ("a", "b")}
     uniform = _model()
-    mt.compress(uniform, n=2, ratio=0.4, weights="activations", calibration=cal, progress=False)
-    mt.compress(model, ratio=0.4, allocate="model", calibration=cal, progress=True)
+    mt.compress(uniform, n=2, ratio=0.4, weights="activations", calibration=cal, progress=False, force=True)
+    mt.compress(model, ratio=0.4, allocate="model", calibration=cal, progress=True, force=True)
     assert "summed squared activation error" in capsys.readouterr().err  # the allocation is printed
     dense = sum(w.size for w in originals.values())
 
@@ -130,7 +130,7 @@ def test_sensitivity_scores_one_layer_at_a_time_and_restores_the_model():
     assert report.baseline == pytest.approx(1.0)
     for row in report.rows:
         other = _model()
-        mt.compress(other, include=row.name, n=2, max_bond=2, weights="activations", calibration=cal, progress=False)
+        mt.compress(other, include=row.name, n=2, max_bond=2, weights="activations", calibration=cal, progress=False, force=True)
         assert row.score == pytest.approx(evaluate(other), rel=1e-9)
         assert row.loss == pytest.approx(report.baseline - row.score)
     assert "baseline score" in str(report)
@@ -150,7 +150,7 @@ def test_a_precomputed_allocation_is_used_as_given():
     model, batches = _model(), _batches(6)
     cal = mt.calibrate(model, batches, progress=False)
     plan = mt.allocation(model, cal, 0.4, layer_weights={"a": 10.0, "b": 0.1})
-    mt.compress(model, ratio=0.4, allocate=plan, calibration=cal, progress=False)
+    mt.compress(model, ratio=0.4, allocate=plan, calibration=cal, progress=False, force=True)
     for name, setting in plan.settings.items():
         layer = getattr(model, name)
         if setting[0] == "dense":
@@ -158,4 +158,4 @@ def test_a_precomputed_allocation_is_used_as_given():
         else:
             assert isinstance(layer, mt.MPOLinear) and layer.num_params == plan.params[name]
     with pytest.raises(ValueError, match="covers"):
-        mt.compress(_model(), include="a", ratio=0.4, allocate=plan, calibration=cal, progress=False)
+        mt.compress(_model(), include="a", ratio=0.4, allocate=plan, calibration=cal, progress=False, force=True)

@@ -373,7 +373,8 @@ def compress(
         model, plain_linears, calibration, weights=weights, allocate=allocate, n=n, max_bond=max_bond,
         ratio=ratio, tol=tol, scaling=scaling, progress=progress,
     )
-    row_weights = {} if fitted else _row_weights(model, plain_linears, weights, data, loss_fn, progress)
+    activations = weights == "activations" or allocate is not None
+    row_weights = {} if activations else _row_weights(model, plain_linears, weights, data, loss_fn, progress)
     layers, swaps = [], {}
     for count, group in enumerate(todo, 1):
         module, kind, names = group.owner
@@ -683,6 +684,10 @@ def load(model: nn.Module, path) -> nn.Module:
     return model
 
 
+#: The layer classes :func:`save` writes and :func:`load` rebuilds.
+_SAVED_KINDS = ("MPOLinear", "MPOConv1D", "MPOEmbedding")
+
+
 def _check_payload(payload: dict, source: str) -> None:
     """ValueError naming ``source`` and the rule unless the payload of :func:`save` is well formed: a
     state_dict of tensors, layers with a known kind, a 2-int matrix shape and 4-int core shapes whose
@@ -700,8 +705,8 @@ def _check_payload(payload: dict, source: str) -> None:
 
     for name, spec in layers.items():
         where = f"{source}: the layer {name!r}"
-        if not isinstance(spec, dict) or spec.get("kind") not in ("MPOLinear", "MPOEmbedding"):
-            raise ValueError(f"{where} must have kind 'MPOLinear' or 'MPOEmbedding'")
+        if not isinstance(spec, dict) or spec.get("kind") not in _SAVED_KINDS:
+            raise ValueError(f"{where} must have a kind of {_SAVED_KINDS}")
         shapes = spec.get("core_shapes")
         if not ints(spec.get("matrix_shape"), 2) or not (isinstance(shapes, list) and len(shapes) >= 2
                                                          and all(ints(c, 4) for c in shapes)):
@@ -715,6 +720,14 @@ def _check_payload(payload: dict, source: str) -> None:
         for key, core in saved:
             if core is None or not core.is_floating_point() or not bool(torch.isfinite(core).all()):
                 raise ValueError(f"{where}: the saved core {key!r} must hold finite floating-point values")
+    ties = payload.get("ties", {})
+    if not isinstance(ties, dict):
+        raise ValueError(f"{source}: the entry 'ties' must map module names to their sources")
+    for name, tie in ties.items():
+        if not (isinstance(tie, dict) and tie.get("source") in layers and tie.get("transposed") in (None, True, False)
+                and tie.get("bias") in (None, True, False)):
+            raise ValueError(f"{source}: the tie {name!r} must name a saved layer as its source, with "
+                             "'transposed' and 'bias' each None, true or false")
 
 
 def _empty_layer(spec: dict, module: nn.Module, name: str) -> MPOLayer:
