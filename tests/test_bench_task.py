@@ -53,10 +53,14 @@ def test_the_split_is_saved_stratified_and_disjoint(quick_run):
     split = quick_run[0]["split"]
     train, val, test = (set(split[k]) for k in ("train", "val", "test"))
     assert not (train & val or train & test or val & test)
+    in_train = [a.split("/")[0] for a in split["train"]]
     for regime in ("regime_standard", "regime_low"):
         assert set(split[regime]) <= train  # training articles come from the train split only
         topics = [a.split("/")[0] for a in split[regime]]
-        assert len(set(topics)) == 5 and max(map(topics.count, set(topics))) - min(map(topics.count, set(topics))) <= 1
+        assert len(set(topics)) == 5
+        for topic in set(in_train):  # stratified: every topic in its share of the train split
+            want = len(topics) * in_train.count(topic) / len(in_train)
+            assert abs(topics.count(topic) - want) <= 1, (regime, topic)
 
 
 def test_counts_and_shares_are_consistent(quick_run):
