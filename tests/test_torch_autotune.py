@@ -106,3 +106,74 @@ def test_kinds_are_told_apart():
     assert key("linear", cores, (32, 32), 33, False) == key("linear", cores, (32, 32), 64, False)
     assert key("linear", cores, (32, 32), 64, False) != key("linear", cores, (32, 32), 64, True)
     assert key("linear", cores, (32, 32), 64, False) != key("linear", cores, (32, 32), 128, False)
+
+
+def _exact_matrix(layer) -> torch.Tensor:
+    """The layer's M from its stored cores, contracted in float64 (the padding sliced off)."""
+    cores = [c.detach().double() for c in layer.cores]
+    m = cores[0]
+    for c in cores[1:]:
+        a, i, j, _ = m.shape
+        m = torch.einsum("aijb,bklc->aikjlc", m, c).reshape(a, i * c.shape[1], j * c.shape[2], c.shape[3])
+    return m[0, : layer.in_features, : layer.out_features, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_layers_contract_in_the_float32_kernel_without_autograd(dtype):
+    # No bias: the kernel's output is rounded once, from float32, to the layer's dtype.
+    torch.manual_seed(3)
+    layer = MPOLinear.from_linear(nn.Linear(96, 80, bias=False).to(dtype), max_bond=6, mode="contract")
+    x = torch.randn(50, 96, dtype=dtype)
+    exact = x.double() @ _exact_matrix(layer)
+    with torch.no_grad():
+        got = layer(x)
+    assert got.dtype == dtype
+    # Round to nearest: within half an ulp of the exact product, plus float32's accumulation error.
+    bound = torch.finfo(dtype).eps / 2 * exact.abs() + 1e-5 * exact.abs().max()
+    assert torch.all((got.double() - exact).abs() <= bound)
+    # The torch-ops route (taken with autograd) rounds after every core: never closer on average.
+    with torch.enable_grad():
+        ops = layer(x.clone().requires_grad_(True)).detach()
+    assert (got.double() - exact).abs().mean() <= (ops.double() - exact).abs().mean()
+
+
+def test_kernel_dtype_rule():
+    from mpo.torch._layers import kernel_dtype
+
+    x = torch.zeros(2, 3)
+    assert kernel_dtype(x, [torch.zeros(1, dtype=torch.float64)]) == "float64"
+    assert kernel_dtype(x, [torch.zeros(1, dtype=torch.bfloat16)]) == "float32"
+    assert kernel_dtype(x, [torch.zeros(1), torch.zeros(1, dtype=torch.float64)]) is None  # mixed: torch ops
+    assert kernel_dtype(x, [torch.zeros(1, dtype=torch.complex64)]) is None
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_embedding_auto_is_timed_once_per_kind_of_lookup(grad, monkeypatch):
+    from mpo.torch import MPOEmbedding
+
+    torch.manual_seed(4)
+    layer = MPOEmbedding.from_embedding(nn.Embedding(600, 48), max_bond=8)
+    ids = torch.randint(0, 600, (3, 70))
+    count = len(torch.unique(ids))
+    flops = layer.forward_flops(count, autograd=grad)
+    if _autotune.settled(flops["contract"], flops["rebuild"]) is not None:
+        pytest.skip("FLOPs settle this shape; nothing is timed")
+    assert flops["auto"] is None  # not timed yet
+    timed = []
+    real = _autotune.choose
+
+    def spy(key, contract, rebuild, run):
+        timed.append(key)
+        return real(key, contract, rebuild, run)
+
+    monkeypatch.setattr(_autotune, "choose", spy)
+    want = layer.weight_matrix().detach()[ids]
+    with torch.set_grad_enabled(grad):
+        first = layer(ids)
+        second = layer(ids)
+        by_mode = {mode: layer(ids, mode=mode).detach() for mode in ("contract", "rebuild")}
+    pick = layer.forward_flops(count, autograd=grad)["auto"]
+    assert pick in ("contract", "rebuild") and len(timed) == 1  # the second lookup takes the cached choice
+    assert timed[0][0] == "embedding" and _autotune.chosen(timed[0]) == pick
+    torch.testing.assert_close(first.detach(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(second.detach(), by_mode[pick], rtol=0, atol=0)

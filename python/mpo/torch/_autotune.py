@@ -2,7 +2,7 @@
 
 FLOPs alone mislead here: how fast a contraction FLOP is next to a dense-GEMM FLOP depends on the
 machine (the C++ kernel ran at GEMM speed on one with AVX-512 and at 64-84 % of it on an AVX2 one),
-on the dtype (bfloat16 has no kernel and takes torch ops), on the thread count, and on whether
+on the dtype (bfloat16 runs the float32 kernel and pays its conversions), on the thread count, and on whether
 autograd runs (torch's permutes copy the whole state at every core, and the backward pass doubles
 that). A constant factor measured once on one machine held there and failed elsewhere.
 
@@ -85,20 +85,24 @@ def probe_runner(
     like: torch.Tensor,
     params: Sequence[torch.Tensor],
     autograd: bool,
+    probe: torch.Tensor | None = None,
 ) -> Callable[[str], object]:
-    """``run(mode)``: one pass of ``forward`` on a random input shaped and typed like ``like``.
+    """``run(mode)``: one pass of ``forward`` on a random input shaped and typed like ``like``, or on
+    ``probe`` when given (an embedding's integer ids, which no random normal input can stand for).
 
     With autograd, the pass includes the backward to the parameters that require gradients (and to
     the input when ``like`` requires one), through ``torch.autograd.grad``: the layer's ``.grad``
     fields stay as they were.
     """
-    probe = torch.randn(like.shape, dtype=like.dtype, device=like.device)
+    if probe is None:
+        probe = torch.randn(like.shape, dtype=like.dtype, device=like.device)
     if not autograd:
         def run(mode: str) -> object:
             with torch.no_grad():
                 return forward(probe, mode)
         return run
-    probe.requires_grad_(like.requires_grad)
+    if probe.is_floating_point():
+        probe.requires_grad_(like.requires_grad)
     wrt = [p for p in params if p.requires_grad] + ([probe] if probe.requires_grad else [])
 
     def run_grad(mode: str) -> object:

@@ -17,16 +17,16 @@ Two ways to run the forward pass:
 Both run in torch ops, so gradients reach the cores, whenever autograd needs them (the cores or the
 input require gradients and grad mode is on). Otherwise, on CPU, "contract" runs the library's C++
 kernel (``mpo._core.apply`` and ``rows``, the code behind ``X @ m`` and ``m.rows``), which does the
-same contraction without the copies of torch's permutes.
+same contraction without the copies of torch's permutes. The kernel reads float32 and float64;
+bfloat16 and float16 layers run it in float32 (cores and input widen exactly, the output is rounded
+once to the layer's dtype), which is both faster than torch's half-precision ops on a CPU and closer
+to the exact product.
 
-For ``MPOLinear``, ``MPOConv1D`` and ``MPOTiedLinear``, ``mode="auto"`` takes the faster of the two as timed on this machine the first
-time it meets a kind of forward pass (``_autotune``: shapes, dtype, autograd or not, rows rounded up
-to a power of two), unless FLOPs alone settle it (``forward_flops``). ``MPOEmbedding`` still picks
-from FLOP counts times an overhead factor measured on one thread (benchmarks/bench_torch.py): the
-C++ kernel near GEMM speed per FLOP (``KERNEL_OVERHEAD``); torch ops too for small batches, but their
-permutes copy the whole state at every core, which makes a contraction FLOP several times dearer for
-large batches (``AUTOGRAD_OVERHEAD`` above ``AUTOGRAD_SMALL_BATCH`` rows).
+``mode="auto"`` takes the faster of the two as timed on this machine the first time a layer meets a
+kind of forward pass (``_autotune``: shapes, dtype, autograd or not, rows rounded up to a power of
+two; for an embedding, the number of distinct ids), unless FLOPs alone settle it (``forward_flops``).
 """
+
 
 from __future__ import annotations
 
@@ -57,30 +57,40 @@ __all__ = [
 
 MODES = ("auto", "contract", "rebuild")
 
-# What a contraction FLOP costs in dense-GEMM FLOPs, measured on one thread (see the module docstring);
-# MPOEmbedding's "auto" only: the Linear layers' is timed on the machine that runs it.
-# The kernel measured 0.72-0.84x nn.Linear's time at equal FLOPs (4096 tokens), so 1 is conservative.
-KERNEL_OVERHEAD = 1.0
-# Torch ops: about 1x for 16 rows, 11-15x at 4096 rows (time ratio over FLOP ratio to rebuild).
-AUTOGRAD_OVERHEAD = 12.0
-AUTOGRAD_SMALL_BATCH = 64
+#: Core dtypes the C++ kernel runs in directly, and the half types it runs in float32 (exact widening).
+_KERNEL_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_WIDENED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _needs_autograd(x: torch.Tensor, params) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
 
-def _overhead(batch: int, autograd: bool) -> float:
-    if not autograd:
-        return KERNEL_OVERHEAD
-    return 1.0 if batch <= AUTOGRAD_SMALL_BATCH else AUTOGRAD_OVERHEAD
+def kernel_dtype(x: torch.Tensor, cores) -> np.dtype | None:
+    """The NumPy dtype the C++ kernel runs a product of ``x`` with ``cores`` in, or None where it cannot
+    (a tensor off the CPU, or a dtype it has no route for): then torch ops run it.
+
+    float32 and float64 cores run in their own dtype; bfloat16 and float16 cores run in float32: their
+    values widen exactly, so the kernel's float32 product is the exact product of the stored cores up
+    to float32 rounding, which the single rounding back to the layer's dtype then dominates.
+    """
+    if x.device.type != "cpu" or any(c.device.type != "cpu" for c in cores):
+        return None
+    dtypes = {c.dtype for c in cores}
+    if len(dtypes) != 1:
+        return None
+    (dtype,) = dtypes
+    if dtype in _KERNEL_DTYPES:
+        return np.dtype(_KERNEL_DTYPES[dtype])
+    if dtype in _WIDENED_DTYPES:
+        return np.dtype(np.float32)
+    return None
 
 
-def _kernel_ok(x: torch.Tensor, cores) -> bool:
-    # The C++ kernel reads CPU float32/float64 buffers; anything else takes the torch ops.
-    return x.device.type == "cpu" and all(
-        c.device.type == "cpu" and c.dtype in (torch.float32, torch.float64) for c in cores
-    )
+def _kernel_arrays(cores, dtype: np.dtype) -> list[np.ndarray]:
+    """The cores as NumPy arrays of ``dtype`` (no copy when they already are)."""
+    target = torch.float32 if dtype == np.float32 else torch.float64
+    return [c.detach().to(target).numpy() for c in cores]
 
 
 def _bias_parameter(bias: torch.Tensor, ref: torch.Tensor) -> nn.Parameter:
@@ -230,9 +240,10 @@ class _LinearProduct:
     def _contract(self, x: torch.Tensor, autograd: bool) -> torch.Tensor:
         batch = x.shape[0]
         cores, transposed = self._product_cores()
-        if not autograd and _kernel_ok(x, cores):
-            arrays = [c.detach().numpy() for c in cores]
-            flat = np.ascontiguousarray(x.detach().numpy(), dtype=arrays[0].dtype)
+        dtype = None if autograd else kernel_dtype(x, cores)
+        if dtype is not None:
+            arrays = _kernel_arrays(cores, dtype)
+            flat = np.ascontiguousarray(_kernel_arrays([x], dtype)[0])
             return torch.from_numpy(_core.apply(arrays, transposed, flat, False, self.out_features, "auto")).to(x.dtype)
         if transposed:
             # The MPO of M.T: each core's row and column factors swapped (a view, no copy).
@@ -683,11 +694,32 @@ class MPOEmbedding(MPOLayer):
         return flops
 
     def forward_flops(self, count: int, *, autograd: bool = True) -> dict:
-        """FLOPs of each mode for ``count`` distinct ids and the mode "auto" picks."""
+        """FLOPs of each mode for ``count`` distinct ids and the mode "auto" picks: the one FLOPs alone
+        settle, else the one timed for this kind of lookup (see :meth:`auto_mode`), else None (not yet
+        timed: the first such lookup times both)."""
         contract = self.rows_flops(count)
         rebuild = self.rebuild_flops()
-        pick = "contract" if contract * _overhead(count, autograd) < rebuild else "rebuild"
+        pick = _autotune.settled(contract, rebuild) or _autotune.chosen(self._mode_key(count, autograd))
         return {"contract": contract, "rebuild": rebuild, "auto": pick}
+
+    def _mode_key(self, count: int, autograd: bool) -> tuple:
+        return _autotune.mode_key("embedding", list(self.cores), self.matrix_shape, count, autograd, (self.padding_idx,))
+
+    def auto_mode(self, count: int, *, autograd: bool) -> str:
+        """The mode ``mode="auto"`` runs for a lookup of ``count`` distinct ids: "contract" or "rebuild".
+
+        The faster of the two on this machine for this kind of lookup, timed the first time on ``count``
+        random distinct ids (with the backward pass when autograd is on) and remembered for the process,
+        unless FLOPs alone settle it.
+        """
+        key = self._mode_key(count, autograd)
+        known = _autotune.chosen(key)
+        if known is not None:
+            return known
+        ids = torch.randperm(self.num_embeddings, device=self.cores[0].device)[:count]
+        run = _autotune.probe_runner(lambda inp, mode: self(inp, mode=mode), ids, list(self.parameters()), autograd,
+                                     probe=ids)
+        return _autotune.choose(key, self.rows_flops(count), self.rebuild_flops(), run)
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         # Row r of M is the product over k of the slices T_k[:, i_k(r), :, :]; ids are split into their
@@ -716,12 +748,13 @@ class MPOEmbedding(MPOLayer):
             bad = unique[0] if unique[0] < 0 else unique[-1]
             raise IndexError(f"id {int(bad)} is out of range for an embedding of {self.num_embeddings} rows")
         autograd = _needs_autograd(unique, self.cores)
-        if mode == "auto" and self.forward_flops(len(unique), autograd=autograd)["auto"] == "rebuild":
+        if mode == "auto" and self.auto_mode(len(unique), autograd=autograd) == "rebuild":
             return F.embedding(ids, self.weight_matrix(), self.padding_idx)
-        if not autograd and _kernel_ok(unique, self.cores):
-            cores = [c.detach().numpy() for c in self.cores]
-            found = _core.rows(cores, False, unique.numpy().astype(np.int64), self.embedding_dim, cores[0].dtype.name)
-            table = torch.from_numpy(found)
+        dtype = None if autograd else kernel_dtype(unique, self.cores)
+        if dtype is not None:
+            cores = _kernel_arrays(self.cores, dtype)
+            found = _core.rows(cores, False, unique.numpy().astype(np.int64), self.embedding_dim, dtype.name)
+            table = torch.from_numpy(found).to(self.cores[0].dtype)
         else:
             table = self._rows(unique)
         return table[inverse].reshape(*ids.shape, self.embedding_dim)
