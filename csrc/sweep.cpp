@@ -187,6 +187,20 @@ void Sweep<T>::forget_all_but(const std::vector<Index>& max_bond) {
     it = path.count(it->first) ? std::next(it) : nodes_.erase(it);
 }
 
+template <class T>
+const Matrix<T>& Sweep<T>::last_left_rows(const std::vector<Index>& max_bond) {
+  const Path caps = ordered(max_bond);
+  if (central_ == 0)
+    throw std::invalid_argument("mpo: last_left_rows needs n >= 3 (a left step before the central core's)");
+  Path prefix;
+  for (std::size_t t = 0; t + 1 < central_; ++t) {
+    const Index keep = kept(split_at(prefix), caps[t]);
+    advance(prefix, keep);
+    prefix.push_back(keep);
+  }
+  return split_at(prefix).split.r;
+}
+
 template class Sweep<float>;
 template class Sweep<double>;
 

@@ -141,7 +141,25 @@ void register_decompose(py::module_& m) {
               return 0;
             });
           },
-          py::arg("max_bond"), "Drop the cached splits off the path of max_bond.");
+          py::arg("max_bond"), "Drop the cached splits off the path of max_bond.")
+      .def(
+          "last_left_rows",
+          [](TypedSweep& s, const std::vector<Index>& max_bond) {
+            return s.run([&](auto& x) {
+              using T = typename std::decay_t<decltype(x)>::value_type;
+              const Matrix<T>* rows = nullptr;
+              {
+                py::gil_scoped_release release;
+                rows = &x.last_left_rows(max_bond);
+              }
+              // A copy: the cached split may be dropped by a later forget_all_but.
+              py::array_t<T> out({static_cast<py::ssize_t>(rows->rows()), static_cast<py::ssize_t>(rows->cols())});
+              std::copy(rows->data(), rows->data() + rows->size(), out.mutable_data());
+              return py::array(out);
+            });
+          },
+          py::arg("max_bond"),
+          "R of the last left step's uncapped split on the path of max_bond (rows: candidates, descending).");
   m.def(
       "decompose",
       [](const py::array& matrix, const std::vector<Index>& in_shape,

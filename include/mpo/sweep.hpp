@@ -56,6 +56,13 @@ class Sweep {
   // Drop the cached splits off the path of `max_bond` (each holds up to a remainder's size).
   void forget_all_but(const std::vector<Index>& max_bond);
 
+  // The uncapped split of the last left step (bond c-1) on the path of `max_bond` (only the max_bond of
+  // steps 0..c-2 are read): its R, every nonzero candidate row, in descending norm. A cut of bond c-1 to
+  // b keeps R's first b rows as the remainder, so the search can bound the sweep's error for every b at
+  // once from these rows (python/mpo/_budget.py, docs/ALGORITHMS.md §8). Throws std::invalid_argument
+  // for n < 3 (no left step before the central core's) or a wrong max_bond.
+  const Matrix<T>& last_left_rows(const std::vector<Index>& max_bond);
+
  private:
   // The remainder before one step, and (once made) that step's uncapped split.
   struct Node {
