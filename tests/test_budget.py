@@ -413,7 +413,7 @@ def test_search_scores_few_candidates():
         assert new.evaluations < old.evaluations
 
 
-def test_last_left_rows_give_the_sweeps_error_for_every_cut_of_bond_c_minus_1():
+def test_central_bound_pieces_give_the_sweeps_error_for_every_cut_of_bond_c_minus_1():
     """The identity the central-pair search rests on: with the right steps before the last keeping
     their whole bonds, the sweep's exact squared error at (b, b_c) is ||M||^2 minus the b_c largest
     eigenvalues of G(b), the column Gram matrix of R's first b rows read as (b i_c j_c) x side."""
@@ -432,5 +432,23 @@ def test_last_left_rows_give_the_sweeps_error_for_every_cut_of_bond_c_minus_1():
             g = y[: b * 12].T @ y[: b * 12]
             expected = sweep.energy - np.sort(np.linalg.eigvalsh(g))[::-1][:keep].sum()
             assert math.isclose(sweep.evaluate(caps)[1], max(expected, 0.0), rel_tol=1e-9, abs_tol=1e-10 * sweep.energy)
+    # The bound's pieces against NumPy: G(b)'s eigenvalues at the reference and at a probe (the probe
+    # leaves the reference as it was), and the bound's rows, whose energies over a complete basis are
+    # the rows' own.
+    caps = [full[0], 1, 1, full[3]]
+    assert sweep.last_left_count(caps) == rows.shape[0]
+    for b in (5, 2, rows.shape[0], 3):
+        g = y[: b * 12].T @ y[: b * 12]
+        values = sweep.central_reference(caps, side, b)
+        assert np.allclose(values, np.sort(np.linalg.eigvalsh(g))[::-1], atol=1e-12 * sweep.energy)
+    g = y[:36].T @ y[:36]  # the reference is b = 3
+    probe = sweep.central_probe(6)
+    assert np.allclose(probe, np.sort(np.linalg.eigvalsh(y[:72].T @ y[:72]))[::-1], atol=1e-12 * sweep.energy)
+    assert np.allclose(sweep.central_reference(caps, side, 3), np.sort(np.linalg.eigvalsh(g))[::-1], atol=1e-12 * sweep.energy)
+    w = sweep.central_bound(1, 6, side)
+    energies = (y[12:72] ** 2).reshape(5, 12 * side).sum(axis=1)
+    assert np.allclose(w.sum(axis=1), energies, rtol=1e-10)
+    with pytest.raises(ValueError, match=r"b must be in \[1, "):
+        sweep.central_probe(rows.shape[0] + 1)
     with pytest.raises(ValueError, match=r"last_left_rows needs n >= 3"):
         core_sweep(M, (6, 8), (8, 8)).last_left_rows([1])

@@ -128,17 +128,13 @@ def central_pair(
     n = len(pairs)
     c = (n - 1) // 2
     left, last = c - 1, c
-    rows = np.asarray(sweep.last_left_rows(caps), dtype=np.float64)
     side = math.prod(pairs[c + 1 :])
     width = pairs[c]
-    y = rows.reshape(rows.shape[0] * width, side)
-    top = min(limits[left], rows.shape[0])
+    top = min(limits[left], sweep.last_left_count(caps))
     energy = sweep.energy
     # Exact probes after the bound: up to the work of the splits made so far, at most _PROBE_LIMIT.
     work_limit = min(sweep.work, _PROBE_LIMIT)
     b = max(1, min(caps[left], top))
-    chunk = y[: b * width]
-    gram = chunk.T @ chunk
     count = 0
     best, best_err = list(caps), math.inf
 
@@ -147,16 +143,9 @@ def central_pair(
         trial[last] = _fit(pairs, trial, last, limits[last], allowed)
         return trial, trial[last]
 
-    def moved_to(gram: np.ndarray, old: int, new: int) -> np.ndarray:
-        """G(new) from G(old): the rows between added or taken away (digits lost ~ eps ||G||, far
-        below the differences the search compares)."""
-        between = y[min(old, new) * width : max(old, new) * width]
-        update = between.T @ between
-        return gram + update if new > old else gram - update
-
+    ranked: list[tuple[float, bool, int]] = []
     for _ in range(_ROUNDS):
-        values, vectors = np.linalg.eigh(gram)
-        values, vectors = np.maximum(values[::-1], 0.0), vectors[:, ::-1]
+        values = np.maximum(sweep.central_reference(caps, side, b), 0.0)
         count += 1
         here, keep = with_left(b)
         if keep >= 1:
@@ -169,9 +158,7 @@ def central_pair(
         lo, hi = max(1, b - reach), min(top, b + reach)
         keeps = [with_left(other)[1] for other in range(lo, hi + 1)]
         used = min(side, max(keeps) + 8)
-        block = (y[lo * width : hi * width] @ vectors[:, :used]) ** 2
-        per_row = block.reshape(hi - lo, width, used).sum(axis=1)
-        cumulative = np.vstack([np.zeros(used), np.cumsum(per_row, axis=0)])
+        cumulative = np.vstack([np.zeros(used), np.cumsum(sweep.central_bound(lo, hi, used), axis=0)])
         ranked = []
         for other, keep in zip(range(lo, hi + 1), keeps):
             if keep < 1:
@@ -183,7 +170,6 @@ def central_pair(
         choice = ranked[0][2] if ranked else b
         if choice == b:
             break
-        gram = moved_to(gram, b, choice)
         b = choice
     # The bound is loose far from its reference, and the error is jagged in b (b_c is rounded down to
     # what fits): the next best candidates of the last bound are scored exactly, by the eigenvalues of
@@ -192,9 +178,10 @@ def central_pair(
     for _, _, other in ranked[1:]:
         if spent >= work_limit:
             break
+        if other == b:
+            continue
         trial, keep = with_left(other)
-        other_gram = moved_to(gram, b, other)
-        values = np.linalg.eigvalsh(other_gram)[::-1]
+        values = sweep.central_probe(other)
         count += 1
         spent += 4 / 3 * side**3 + abs(other - b) * width * side**2
         err = max(energy - float(values[:keep].sum()), 0.0)
