@@ -2,6 +2,9 @@
 #include "mpo/sweep.hpp"
 
 #include "mpo/contract.hpp"
+#include "mpo/symmetric.hpp"
+
+#include <Eigen/Eigenvalues>
 
 #include <algorithm>
 #include <cmath>
@@ -183,8 +186,104 @@ void Sweep<T>::forget_all_but(const std::vector<Index>& max_bond) {
     prefix.push_back(keep);
     path.insert(prefix);
   }
+  path.insert(bound_.prefix);  // the central-pair bound reads its rows
   for (auto it = nodes_.begin(); it != nodes_.end();)
     it = path.count(it->first) ? std::next(it) : nodes_.erase(it);
+}
+
+template <class T>
+typename Sweep<T>::Path Sweep<T>::last_left_prefix(const std::vector<Index>& max_bond) {
+  const Path caps = ordered(max_bond);
+  if (central_ == 0)
+    throw std::invalid_argument("mpo: last_left_rows needs n >= 3 (a left step before the central core's)");
+  Path prefix;
+  for (std::size_t t = 0; t + 1 < central_; ++t) {
+    const Index keep = kept(split_at(prefix), caps[t]);
+    advance(prefix, keep);
+    prefix.push_back(keep);
+  }
+  split_at(prefix);
+  return prefix;
+}
+
+template <class T>
+const Matrix<T>& Sweep<T>::last_left_rows(const std::vector<Index>& max_bond) {
+  return nodes_.at(last_left_prefix(max_bond)).split.r;
+}
+
+// Rows [begin, end) of the bound's R, as (end - begin)·width × side: each row of R is width rows here.
+template <class T>
+ConstMatrixMap<T> Sweep<T>::central_rows(Index begin, Index end) const {
+  const Matrix<T>& r = nodes_.at(bound_.prefix).split.r;
+  const Index per_row = r.cols() / bound_.side;
+  return ConstMatrixMap<T>(r.data() + begin * r.cols(), (end - begin) * per_row, bound_.side);
+}
+
+// gram += sign · Σ_{begin <= a < end} X_aᵀX_a, lower triangle, in double.
+template <class T>
+void Sweep<T>::add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const {
+  if (end <= begin) return;
+  const Eigen::MatrixXd block = central_rows(begin, end).template cast<double>();
+  gram.template selfadjointView<Eigen::Lower>().rankUpdate(block.transpose(), sign);
+}
+
+namespace {
+Spectrum descending_eigenvalues(const Eigen::MatrixXd& lower) {
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(lower, Eigen::EigenvaluesOnly);
+  return eigen.eigenvalues().reverse();
+}
+}  // namespace
+
+template <class T>
+Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index side, Index b) {
+  const Path prefix = last_left_prefix(max_bond);
+  const Matrix<T>& r = nodes_.at(prefix).split.r;
+  if (side < 1 || r.cols() % side != 0)
+    throw std::invalid_argument("mpo: the last step's side " + std::to_string(side) + " does not divide the " +
+                                std::to_string(r.cols()) + " columns of the last left split");
+  if (b < 1 || b > r.rows())
+    throw std::invalid_argument("mpo: b must be in [1, " + std::to_string(r.rows()) + "], got " + std::to_string(b));
+  if (prefix != bound_.prefix || side != bound_.side || bound_.gram.rows() != side) {
+    bound_ = CentralBound{prefix, side, 0, Eigen::MatrixXd::Zero(side, side), Eigen::MatrixXd()};
+  }
+  // From the old reference by the rows between, unless recomputing from nothing is cheaper. Taking rows
+  // away loses digits near ε‖G‖, far below the differences the search compares.
+  if (b < bound_.b && b < bound_.b - b) {
+    bound_.gram.setZero();
+    bound_.b = 0;
+  }
+  if (b > bound_.b) add_rows(bound_.gram, bound_.b, b, 1.0);
+  else add_rows(bound_.gram, b, bound_.b, -1.0);
+  bound_.b = b;
+  const SymmetricEigen eigen = symmetric_eigen(bound_.gram, side);
+  bound_.vectors = eigen.vectors;
+  return eigen.values;
+}
+
+template <class T>
+Eigen::MatrixXd Sweep<T>::central_bound(Index lo, Index hi, Index used) const {
+  if (bound_.b == 0) throw std::invalid_argument("mpo: central_bound needs a central_reference first");
+  const Index rows = nodes_.at(bound_.prefix).split.r.rows();
+  if (lo < 0 || hi > rows || lo > hi || used < 1 || used > bound_.side)
+    throw std::invalid_argument("mpo: central_bound rows or directions out of range");
+  const Eigen::MatrixXd block = central_rows(lo, hi).template cast<double>();
+  const Eigen::MatrixXd projected = (block * bound_.vectors.leftCols(used)).cwiseAbs2();
+  const Index width = hi > lo ? projected.rows() / (hi - lo) : 1;
+  Eigen::MatrixXd out = Eigen::MatrixXd::Zero(hi - lo, used);
+  for (Index a = 0; a < hi - lo; ++a) out.row(a) = projected.middleRows(a * width, width).colwise().sum();
+  return out;
+}
+
+template <class T>
+Spectrum Sweep<T>::central_probe(Index b) const {
+  if (bound_.b == 0) throw std::invalid_argument("mpo: central_probe needs a central_reference first");
+  const Index rows = nodes_.at(bound_.prefix).split.r.rows();
+  if (b < 1 || b > rows)
+    throw std::invalid_argument("mpo: b must be in [1, " + std::to_string(rows) + "], got " + std::to_string(b));
+  Eigen::MatrixXd gram = bound_.gram;
+  if (b > bound_.b) add_rows(gram, bound_.b, b, 1.0);
+  else add_rows(gram, b, bound_.b, -1.0);
+  return descending_eigenvalues(gram);
 }
 
 template class Sweep<float>;

@@ -93,3 +93,15 @@ def test_machine_record_and_its_header():
     info["openblas_unset_from_machine"] = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "524288"}
     note = [line for line in C.format_machine(info) if line.startswith("note: ")]
     assert note and "OPENBLAS_CORETYPE=Haswell" in note[0] and "unset" in note[0]
+
+
+def test_bench_budget_quick_json(tmp_path):
+    data = run("bench_budget.py", tmp_path / "budget.json")
+    assert data["benchmark"] == "bench_budget" and data["quick"] is True
+    check_machine(data["machine"])
+    assert len(data["matrices"]) == 3
+    for row in data["matrices"]:
+        # Budget mode fits its ratio and the CLI's errors are those of the sweeps (in [0, 1)).
+        assert 0 < row["error"] < 1 and 0 < row["uniform_error"] < 1
+        assert 1 <= row["scored"] <= 16 and row["cpu"] > 0
+    assert abs(data["total_cpu"] - sum(r["cpu"] for r in data["matrices"])) < 1e-9

@@ -141,7 +141,70 @@ void register_decompose(py::module_& m) {
               return 0;
             });
           },
-          py::arg("max_bond"), "Drop the cached splits off the path of max_bond.");
+          py::arg("max_bond"), "Drop the cached splits off the path of max_bond.")
+      .def(
+          "last_left_rows",
+          [](TypedSweep& s, const std::vector<Index>& max_bond) {
+            return s.run([&](auto& x) {
+              using T = typename std::decay_t<decltype(x)>::value_type;
+              const Matrix<T>* rows = nullptr;
+              {
+                py::gil_scoped_release release;
+                rows = &x.last_left_rows(max_bond);
+              }
+              // A copy: the cached split may be dropped by a later forget_all_but.
+              py::array_t<T> out({static_cast<py::ssize_t>(rows->rows()), static_cast<py::ssize_t>(rows->cols())});
+              std::copy(rows->data(), rows->data() + rows->size(), out.mutable_data());
+              return py::array(out);
+            });
+          },
+          py::arg("max_bond"),
+          "R of the last left step's uncapped split on the path of max_bond (rows: candidates, descending).")
+      .def(
+          "last_left_count",
+          [](TypedSweep& s, const std::vector<Index>& max_bond) {
+            py::gil_scoped_release release;
+            return s.run([&](auto& x) { return x.last_left_count(max_bond); });
+          },
+          py::arg("max_bond"), "How many rows last_left_rows(max_bond) has (nothing copied).")
+      .def(
+          "central_reference",
+          [](TypedSweep& s, const std::vector<Index>& max_bond, Index side, Index b) {
+            Spectrum values;
+            {
+              py::gil_scoped_release release;
+              values = s.run([&](auto& x) { return x.central_reference(max_bond, side, b); });
+            }
+            return to_numpy(values);
+          },
+          py::arg("max_bond"), py::arg("side"), py::arg("b"),
+          "Make b the central-pair bound's reference; the eigenvalues of G(b), descending.")
+      .def(
+          "central_bound",
+          [](TypedSweep& s, Index lo, Index hi, Index used) {
+            Eigen::MatrixXd w;
+            {
+              py::gil_scoped_release release;
+              w = s.run([&](auto& x) { return x.central_bound(lo, hi, used); });
+            }
+            py::array_t<double> out({static_cast<py::ssize_t>(w.rows()), static_cast<py::ssize_t>(w.cols())});
+            Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+                out.mutable_data(), w.rows(), w.cols()) = w;
+            return out;
+          },
+          py::arg("lo"), py::arg("hi"), py::arg("used"),
+          "||X_a v_j||^2 for rows a in [lo, hi) and the reference's first `used` eigenvectors.")
+      .def(
+          "central_probe",
+          [](TypedSweep& s, Index b) {
+            Spectrum values;
+            {
+              py::gil_scoped_release release;
+              values = s.run([&](auto& x) { return x.central_probe(b); });
+            }
+            return to_numpy(values);
+          },
+          py::arg("b"), "The eigenvalues of G(b), descending; the reference unchanged.");
   m.def(
       "decompose",
       [](const py::array& matrix, const std::vector<Index>& in_shape,

@@ -56,6 +56,30 @@ class Sweep {
   // Drop the cached splits off the path of `max_bond` (each holds up to a remainder's size).
   void forget_all_but(const std::vector<Index>& max_bond);
 
+  // The uncapped split of the last left step (bond c-1) on the path of `max_bond` (only the max_bond of
+  // steps 0..c-2 are read): its R, every nonzero candidate row, in descending norm. A cut of bond c-1 to
+  // b keeps R's first b rows as the remainder, so the search can bound the sweep's error for every b at
+  // once from these rows (python/mpo/_budget.py, docs/ALGORITHMS.md §8). Throws std::invalid_argument
+  // for n < 3 (no left step before the central core's) or a wrong max_bond.
+  const Matrix<T>& last_left_rows(const std::vector<Index>& max_bond);
+  // How many rows last_left_rows(max_bond) has (the split made, nothing copied).
+  Index last_left_count(const std::vector<Index>& max_bond) { return last_left_rows(max_bond).rows(); }
+
+  // The central-pair bound of budget mode's search (python/mpo/_budget.py, docs/ALGORITHMS.md §8), on
+  // the rows of last_left_rows(max_bond), row a read as the matrix X_a (width × side, row-major, width =
+  // i_c·j_c). G(b) = Σ_{a<b} X_aᵀX_a is the column Gram matrix of the last step's unfolding when bond
+  // c-1 keeps b rows and the steps between keep their whole bonds. Everything runs in double, on this
+  // thread: the search calls it a few times on small matrices, where a threaded BLAS only spins.
+  //
+  // central_reference makes b the reference: G(b) is formed from the previous reference's by the rows
+  // between (or from scratch for new rows or side) and its eigenvalues returned, descending; its
+  // eigenvectors are kept for central_bound. Throws std::invalid_argument for b or side out of range.
+  Spectrum central_reference(const std::vector<Index>& max_bond, Index side, Index b);
+  // W[a - lo, j] = ‖X_a v_j‖² for rows a in [lo, hi) and the reference's first `used` eigenvectors.
+  Eigen::MatrixXd central_bound(Index lo, Index hi, Index used) const;
+  // The eigenvalues of G(b), descending; the reference is unchanged.
+  Spectrum central_probe(Index b) const;
+
  private:
   // The remainder before one step, and (once made) that step's uncapped split.
   struct Node {
@@ -74,7 +98,18 @@ class Sweep {
   Index kept(const Node& node, Index cap) const;
   double discarded(const Node& node, Index keep) const;
 
+  // The central-pair bound's state: whose rows, the reference b, G(b) (lower triangle) and its eigenvectors.
+  struct CentralBound {
+    Path prefix;
+    Index side = 0, b = 0;
+    Eigen::MatrixXd gram, vectors;
+  };
+  Path last_left_prefix(const std::vector<Index>& max_bond);
+  ConstMatrixMap<T> central_rows(Index begin, Index end) const;
+  void add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const;
+
   Factors factors_;
+  CentralBound bound_;
   std::size_t central_ = 0;
   std::vector<std::size_t> steps_;
   double energy_ = 0;

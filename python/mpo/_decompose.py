@@ -58,7 +58,7 @@ def _budget_decompose(
     # the sweep ``decompose`` runs, with its zero rule, in the data's precision.
     unit = _scaled.unit(padded)
     sweep = _core.Sweep(padded / unit if unit != 1.0 else padded, list(plan.in_shape), list(plan.out_shape))
-    best, _ = _budget.search(sweep, pairs, start, limits, allowed)
+    best = _budget.search(sweep, pairs, start, limits, allowed).max_bond
     raw = sweep.build(best)
     central = (len(raw["cores"]) - 1) // 2
     cores = [np.ascontiguousarray(c, dtype=dtype) for c in raw["cores"]]

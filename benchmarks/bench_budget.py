@@ -1,0 +1,97 @@
+"""Budget mode's cost against a uniform max_bond on MiniLM-L6, matrix by matrix (issue 14).
+
+For every 2-D weight `mpo compress` decomposes (the 40 of the checkpoint that are not tiny), this
+decomposes the float32 matrix as the CLI does with ``ratio=RHO`` and with ``max_bond=CAP`` and prints,
+per matrix, the relative error and the CPU seconds of each (process CPU time, threads included: on a
+shared machine a fairer measure than wall time), plus the number of candidates the budget search scored
+exactly. The totals line is the figure issue 14 asks about (budget CPU / uniform CPU).
+
+    python benchmarks/bench_budget.py                 # all matrices, ratio 0.3 against max_bond 64
+    python benchmarks/bench_budget.py --quick         # three matrices, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _threads import apply_threads_flag  # noqa: E402  (benchmarks/ is not a package)
+
+apply_threads_flag(sys.argv[1:], default="1", extra=("MPO_NUM_THREADS",))
+
+import mpo  # noqa: E402
+from mpo import _budget, io  # noqa: E402
+from mpo._data import minilm_checkpoint  # noqa: E402
+from mpo.io._hf import dense_reason  # noqa: E402
+
+import _common as C  # noqa: E402  (benchmarks/ is not a package)
+
+QUICK = ["embeddings.position_embeddings.weight", "encoder.layer.0.attention.self.query.weight",
+         "encoder.layer.0.intermediate.dense.weight"]
+
+
+class _Counting:
+    """``_budget.search`` recording how many candidates each call scored."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self._search = _budget.search
+
+    def __call__(self, *args):
+        found = self._search(*args)
+        self.last = found.evaluations
+        return found
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ratio", type=float, default=0.3, help="budget mode's ratio (default 0.3)")
+    p.add_argument("--max-bond", type=int, default=64, help="the uniform max_bond compared (default 64)")
+    p.add_argument("--quick", action="store_true", help="three small matrices only")
+    p.add_argument("--threads", type=int, default=1, help="BLAS and mpo threads (default 1)")
+    p.add_argument("--out", type=Path, default=C.RESULTS_DIR / "bench_budget.json")
+    args = p.parse_args()
+    versions, machine = C.print_header(mpo)
+    tensors = io.read_tensors(str(minilm_checkpoint()))
+    names = [k for k, t in tensors.items()
+             if t.ndim == 2 and t.dtype.kind == "f" and dense_reason(t.shape, None, False) is None]
+    if args.quick:
+        names = [k for k in QUICK if k in names]
+    counting = _Counting()
+    _budget.search = counting  # the driver calls it through the module
+    rows, table = [], []
+    try:
+        for name in names:
+            M = tensors[name]
+            start = time.process_time()
+            budget = mpo.decompose(M, ratio=args.ratio)
+            budget_cpu = time.process_time() - start
+            start = time.process_time()
+            uniform = mpo.decompose(M, max_bond=args.max_bond)
+            uniform_cpu = time.process_time() - start
+            row = {
+                "name": name, "shape": list(M.shape), "bonds": list(budget.bond_dims),
+                "error": budget.relative_error(), "cpu": budget_cpu, "scored": counting.last,
+                "uniform_error": uniform.relative_error(), "uniform_cpu": uniform_cpu,
+            }
+            rows.append(row)
+            table.append([name, "x".join(map(str, M.shape)), f"{row['error']:.6f}", f"{budget_cpu:.3f}",
+                          str(counting.last), f"{row['uniform_error']:.6f}", f"{uniform_cpu:.3f}"])
+    finally:
+        _budget.search = counting._search
+    print(C.format_table(["matrix", "shape", f"ratio {args.ratio} error", "cpu s", "scored",
+                          f"max_bond {args.max_bond} error", "cpu s"], table))
+    total, total_uniform = sum(r["cpu"] for r in rows), sum(r["uniform_cpu"] for r in rows)
+    print(f"total cpu: ratio {args.ratio} {total:.2f} s, max_bond {args.max_bond} {total_uniform:.2f} s, "
+          f"{total / total_uniform:.2f}x")
+    C.write_json(args.out, {"benchmark": "bench_budget", "quick": args.quick, "ratio": args.ratio,
+                            "max_bond": args.max_bond, "versions": versions, "machine": machine,
+                            "matrices": rows, "total_cpu": total, "total_uniform_cpu": total_uniform})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
