@@ -85,6 +85,9 @@ class ActivationStats:
     The Gram matrix is read-only; two statistics of the same layer merge by adding (more tokens).
     """
 
+    _gram: np.ndarray
+    _tokens: int
+
     def __init__(self, gram: object, tokens: int) -> None:
         """Wrap C = X^T X of ``tokens`` rows of X; checked square, finite, symmetric, diagonal >= 0."""
         g = np.asarray(gram)
@@ -328,7 +331,7 @@ def _check_features(stats: object, rows: int, what: str = "activations") -> None
 def _check_rank(rank: object, a: np.ndarray) -> int:
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         raise TypeError(f"rank must be an integer, got {rank!r}")
-    if not 1 <= rank <= min(a.shape):
+    if not 1 <= int(rank) <= min(a.shape):
         raise ValueError(f"rank must be in [1, min(I, J)] = [1, {min(a.shape)}], got {rank}")
     return int(rank)
 
@@ -506,26 +509,28 @@ def decompose_activations(
         rank = int(parse_ratio(ratio) * rows * cols // (rows + cols))
         if rank < 1:
             raise ValueError(f"ratio {ratio} is below a rank-1 SVD's share {(rows + cols) / (rows * cols):.4g}")
-        parse_max_bond(max_bond, 1)
-        max_bond, ratio = (rank if max_bond is None else min(rank, int(max_bond))), None
-    kwargs = {"max_bond": max_bond, "ratio": ratio, "tol": tol}
+        caps = parse_max_bond(max_bond, 1)
+        max_bond, ratio = (rank if caps is None else min(rank, caps[0])), None
     weights = {"diagonal": None if activations is None else activations.diagonal, "fisher": row_weights}.get(scaling)
     alpha = None
     if scaling == "none" or (weights is not None and not svd_layout):
         # A diagonal over the multi-index (i_1..i_n) does not fold into one core: decompose's row weights.
-        m = decompose(a, shape, n=n, row_weights=weights, **kwargs)
+        m = decompose(a, shape, n=n, row_weights=weights, max_bond=max_bond, ratio=ratio, tol=tol)
         bound = m.relative_error_bound(weighted=m.row_scale is not None)
     else:
-        gram = activations.gram if activations is not None else None
         scale = None
         work = a
         if weights is not None:  # the SVD layout: the diagonal is the first factor, folded exactly
             gram = np.diag(row_scales(weights, rows) ** 2)
-        elif scaling == "diagonal+whiten":
-            d = row_scales(activations.diagonal, rows)
-            scale = 1.0 / d
-            gram = gram * scale[:, None] * scale[None, :]
-            work = a * d[:, None]
+        else:
+            # Every scaling but "none" and "fisher" was checked above to come with statistics.
+            assert activations is not None
+            gram = activations.gram
+            if scaling == "diagonal+whiten":
+                d = row_scales(activations.diagonal, rows)
+                scale = 1.0 / d
+                gram = gram * scale[:, None] * scale[None, :]
+                work = a * d[:, None]
         padded_rows = plan.padded_shape[0]
         if padded_rows != rows:
             # The padding rows of M are zero: give them the mean variance so that C stays invertible.
@@ -552,12 +557,19 @@ def decompose_activations(
             factors.append(w.factor)
             alphas.append(w.alpha)
         alpha = max(alphas) if alphas else None
+        cores_ratio = ratio
         if scale is not None and ratio is not None:
             # The row scale kept beside the cores costs I parameters: the cores get what is left.
-            kwargs["ratio"] = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
-            if not kwargs["ratio"] > 0:
+            cores_ratio = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
+            if not cores_ratio > 0:
                 raise ValueError(f"ratio {ratio} leaves no parameter for the cores beside the {rows} row scales")
-        inner = decompose(_along_rows(work, factors, transpose=True), (plan.in_shape, plan.out_shape), **kwargs)
+        inner = decompose(
+            _along_rows(work, factors, transpose=True),
+            (plan.in_shape, plan.out_shape),
+            max_bond=max_bond,
+            ratio=cores_ratio,
+            tol=tol,
+        )
         bound = inner.relative_error_bound()
         folded = _fold(inner.cores, factors)
         m = MPO.from_cores(folded, shape=(rows, cols), row_scale=scale)

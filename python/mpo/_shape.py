@@ -162,5 +162,5 @@ def _check_count(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         if not isinstance(value, np.integer):
             raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
-    if value < minimum:  # type: ignore[operator]
+    if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -6,7 +6,7 @@ import fnmatch
 import math
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 
@@ -127,16 +127,23 @@ def parse_max_bond(max_bond: object, bonds: int) -> list[int] | None:
 _LARGEST_CAP = 2**63 - 1
 
 
-def _check_cap(cap: object, name: str) -> None:
+def _check_cap(cap: numbers.Integral, name: str) -> None:
     """ValueError unless 1 <= cap <= 2**63 - 1 (named ``name`` in the message)."""
-    if cap < 1:  # type: ignore[operator]
+    # int() first: numbers.Integral declares no comparison with int (every integer type has one).
+    if int(cap) < 1:
         raise ValueError(f"max_bond must be >= 1, got {name} = {cap}")
-    if cap > _LARGEST_CAP:  # type: ignore[operator]
+    if int(cap) > _LARGEST_CAP:
         raise ValueError(
             f"max_bond must be at most 2**63 - 1 (no bond comes near it; None means no cap), got {name} = {cap}"
         )
 
 
+@overload
+def parse_tol(tol: None) -> None: ...
+@overload
+def parse_tol(tol: float) -> float: ...
+@overload
+def parse_tol(tol: object) -> float | None: ...
 def parse_tol(tol: object) -> float | None:
     """None, or a relative Frobenius error target in [0, 1)."""
     if tol is None:
@@ -149,6 +156,12 @@ def parse_tol(tol: object) -> float | None:
     return value
 
 
+@overload
+def parse_ratio(ratio: None) -> None: ...
+@overload
+def parse_ratio(ratio: float) -> float: ...
+@overload
+def parse_ratio(ratio: object) -> float | None: ...
 def parse_ratio(ratio: object) -> float | None:
     """None, or a target compression ratio (MPOP Eq. 5, parameters / (I*J)) in (0, 1]."""
     if ratio is None:
