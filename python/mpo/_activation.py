@@ -9,7 +9,7 @@ float64 over calibration tokens): with C = L L^T, ||X E||_F^2 = tr(E^T C E) = ||
   exact minimiser of ||L^T (M - M')||_F over rank r (Eckart-Young in the whitened space).
 - Diagonal scaling (ASVD's idea): D = diag(sqrt(C_ii)), the root-mean-square of each input feature,
   decomposed as the row weights of ``mpo.decompose(M, row_weights=diag C)`` (D^-1 kept as ``row_scale``).
-- Kronecker whitening: C ~ C_1 (x) ... (x) C_n along the MPO's row factors (i_1..i_n), the nearest
+- Kronecker whitening: C ~ C_1 (x) ... (x) C_n along the MPO's in factors (i_1..i_n), the nearest
   Kronecker product by a rank-one fit of the rearranged C (Van Loan-Pitsianis, alternating over the
   factors). L = L_1 (x) ... (x) L_n then folds into the cores at no parameter cost: core k's i_k index
   is multiplied by L_k^-T. For n = 2 in the SVD layout ((I, 1) x (1, J)) the product is C itself and
@@ -370,7 +370,7 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def kronecker_factors(gram: object, factors: Sequence[int], *, sweeps: int = 8) -> list[np.ndarray]:
-    """C ~ c C_1 (x) ... (x) C_n (row-major index order) for the row factors ``factors``, each C_k PSD.
+    """C ~ c C_1 (x) ... (x) C_n (row-major index order) for the in factors ``factors``, each C_k PSD.
 
     The nearest Kronecker product in Frobenius norm is a rank-one fit of C rearranged as a tensor with
     one (i_k, i_k') index pair per factor (Van Loan-Pitsianis); it is found by alternating updates
@@ -473,7 +473,7 @@ def decompose_activations(
         As in :func:`mpo.decompose`, acting in the norm the scaling sets (budget mode counts a row scale).
     scaling : one of ``SCALINGS``
         "none": plain. "diagonal": ASVD's D = diag(sqrt(diag C)); kept as the row scale for n > 2 (I more
-        parameters), folded into the left factor for n = 2. "whiten": whitening along the row factors by
+        parameters), folded into the left factor for n = 2. "whiten": whitening along the in factors by
         the nearest Kronecker product of C, folded into the cores at no parameter cost (for n = 2
         exactly SVD-LLM's whitened SVD). "diagonal+whiten": the diagonal first, then the Kronecker
         whitening of D^-1 C D^-1. "fisher": ``row_weights`` (Fisher importances per input feature,
@@ -544,7 +544,7 @@ def decompose_activations(
         sizes = list(plan.in_shape)
         wide = [k for k, s in enumerate(sizes) if s > 1]
         if len(wide) == 1:
-            # One nontrivial row factor (the SVD layout): the Kronecker product is C itself.
+            # One nontrivial in factor (the SVD layout): the Kronecker product is C itself.
             pieces = {wide[0]: gram}
         else:
             pieces = dict(enumerate(kronecker_factors(gram, sizes)))

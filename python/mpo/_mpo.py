@@ -221,12 +221,12 @@ class MPO:
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        """Row factors i_1..i_n (of the padded row count)."""
+        """In factors i_1..i_n (of the padded row count)."""
         return tuple(c.shape[1] for c in self._cores)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """Column factors j_1..j_n (of the padded column count)."""
+        """Out factors j_1..j_n (of the padded column count)."""
         return tuple(c.shape[2] for c in self._cores)
 
     @property
@@ -513,7 +513,7 @@ class MPO:
 
         ``ids`` is an integer array of any shape; the result has shape ``ids.shape + (J,)``. Negative
         ids count from the end as in NumPy indexing; an id outside [-I, I) raises IndexError naming it,
-        and a non-integer array raises TypeError. Ids that share leading row factors (i_1, ..., i_k)
+        and a non-integer array raises TypeError. Ids that share leading in factors (i_1, ..., i_k)
         share the contraction of cores 1..k.
         """
         return _apply.rows(self, ids)

@@ -27,9 +27,9 @@ class ShapePlan(NamedTuple):
     """The factors of both sides of an I x J matrix, and the zero-padded sizes they multiply to."""
 
     in_shape: tuple[int, ...]
-    """Row factors i_1..i_n; their product is ``padded_shape[0]``."""
+    """In factors i_1..i_n; their product is ``padded_shape[0]``."""
     out_shape: tuple[int, ...]
-    """Column factors j_1..j_n; their product is ``padded_shape[1]``."""
+    """Out factors j_1..j_n; their product is ``padded_shape[1]``."""
     padded_shape: tuple[int, int]
     """(I', J') with I' >= I and J' >= J."""
     padding: tuple[int, int]

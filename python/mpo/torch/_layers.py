@@ -269,7 +269,7 @@ class _LinearProduct(nn.Module):
             flat = np.ascontiguousarray(x.detach().numpy(), dtype=arrays[0].dtype)
             return torch.from_numpy(_core.apply(arrays, transposed, flat, False, self.out_features, "auto")).to(x.dtype)
         if transposed:
-            # The MPO of M.T: each core's row and column factors swapped (a view, no copy).
+            # The MPO of M.T: each core's in and out factors swapped (a view, no copy).
             cores = [c.permute(0, 2, 1, 3) for c in cores]
         padded_in = math.prod(c.shape[1] for c in cores)
         padded_out = math.prod(c.shape[2] for c in cores)
@@ -345,12 +345,12 @@ class MPOLayer(nn.Module):
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        """Row factors i_1..i_n of M (padded)."""
+        """In factors i_1..i_n of M (padded)."""
         return tuple(c.shape[1] for c in self.cores)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """Column factors j_1..j_n of M (padded)."""
+        """Out factors j_1..j_n of M (padded)."""
         return tuple(c.shape[2] for c in self.cores)
 
     @property
@@ -728,7 +728,7 @@ class MPOEmbedding(MPOLayer):
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         # Row r of M is the product over k of the slices T_k[:, i_k(r), :, :]; ids are split into their
-        # row factors (i_1..i_n), most significant first, as in the row-major layout.
+        # in factors (i_1..i_n), most significant first, as in the row-major layout.
         digits, rest = [], ids
         for i in reversed(self.in_shape):
             digits.append(rest % i)
