@@ -134,7 +134,7 @@ def _check_cap(cap: numbers.Integral, name: str) -> None:
         raise ValueError(f"max_bond must be >= 1, got {name} = {cap}")
     if int(cap) > _LARGEST_CAP:
         raise ValueError(
-            f"max_bond must be at most 2**63 - 1 (no bond comes near it; None means no cap), got {name} = {cap}"
+            f"max_bond must be at most 2**63 - 1 (no bond comes near it; None leaves every bond uncut), got {name} = {cap}"
         )
 
 
