@@ -161,5 +161,6 @@ def test_mypy_checks_calls_against_the_stub(tmp_path):
     lines = result.stdout.splitlines()
     assert result.returncode == 1, result.stdout + result.stderr
     assert len(lines) == 2, result.stdout
-    assert lines[0].startswith(f"{bad}:4:") and 'Argument 4 to "decompose"' in lines[0]
-    assert lines[1].startswith(f"{bad}:5:") and '"float" has no attribute "bit_length"' in lines[1]
+    # By file name, not path: mypy's cache can report an earlier run's identical calls.py under its path.
+    assert "calls.py:4: error: " in lines[0] and 'Argument 4 to "decompose"' in lines[0], lines[0]
+    assert "calls.py:5: error: " in lines[1] and '"float" has no attribute "bit_length"' in lines[1], lines[1]
