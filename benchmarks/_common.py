@@ -6,6 +6,7 @@ run their peer baselines (TensorLy, plain numpy) while ``mpo`` is not importable
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import shlex
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -371,3 +373,24 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     sep = "  ".join("-" * w for w in widths)
     body = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     return "\n".join([line, sep] + body)
+
+
+class _DeprecatedCaps(argparse.Action):
+    """``--caps``, the old name of ``--max-bond``: stores the same values and warns (FutureWarning, which
+    Python shows to a command line's user by default, unlike DeprecationWarning)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{parser.prog}: --caps is deprecated: use --max-bond (the same values)", FutureWarning,
+                      stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_max_bond_option(parser: argparse.ArgumentParser, default: Optional[Sequence[int]], help: str) -> None:
+    """``--max-bond B [B ...]``: the max_bond values a benchmark runs (one run per value, each >= 1).
+
+    ``--caps`` still works for now, with a warning: the project's name for a bond's upper bound is
+    max_bond (docs/API.md glossary).
+    """
+    parser.add_argument("--max-bond", dest="max_bond", nargs="+", type=int, default=default, help=help)
+    parser.add_argument("--caps", dest="max_bond", nargs="+", type=int, action=_DeprecatedCaps,
+                        help=argparse.SUPPRESS)

@@ -377,8 +377,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--cases", nargs="+", choices=ALL_CASES, default=None,
                    help=f"matrices to run (default: all; --quick: {' '.join(QUICK_CASES)})")
-    p.add_argument("--caps", nargs="+", type=int, default=None,
-                   help="bond caps for the capped mode (default: 256 100 32; --quick: 100)")
+    C.add_max_bond_option(p, None, "max_bond values for the capped mode (default: 256 100 32; --quick: 100)")
     p.add_argument("--no-exact", action="store_true", help="skip the exact (uncapped) mode")
     p.add_argument("-n", type=int, default=5, help="number of MPO cores (tensors) n, default 5")
     p.add_argument("--repeats-small", type=int, default=None,
@@ -396,14 +395,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.cases is None:
         args.cases = QUICK_CASES if args.quick else ALL_CASES
-    if args.caps is None:
-        args.caps = [100] if args.quick else [256, 100, 32]
+    if args.max_bond is None:
+        args.max_bond = [100] if args.quick else [256, 100, 32]
     if args.repeats_small is None:
         args.repeats_small = 2 if args.quick else 5
     if args.repeats_big is None:
         args.repeats_big = 1 if args.quick else 3
-    if any(c < 1 for c in args.caps):
-        p.error("caps must be >= 1")
+    if any(c < 1 for c in args.max_bond):
+        p.error(f"--max-bond values must be >= 1, got {args.max_bond}")
     return args
 
 
@@ -415,7 +414,7 @@ def main(argv=None) -> int:
     print()
 
     cases = load_cases(args.cases, args.seed)
-    mode_caps = ([] if args.no_exact else [None]) + list(args.caps)
+    mode_caps = ([] if args.no_exact else [None]) + list(args.max_bond)
     records: List[dict] = []
     for name, M in cases.items():
         records += benchmark_case(name, M, mode_caps, args, mpo)

@@ -25,8 +25,8 @@ unfoldings (a QR first costs 4x the Gram's multiply-adds); a randomized range fi
 when k is far below the short side, and the ``randomized`` column says when mpo's sweep took one (the
 floor is then not a floor for mpo).
 
-    python benchmarks/bench_floor.py                  # the four MiniLM-sized matrices at caps 100, 32
-    python benchmarks/bench_floor.py --cases attn_query_l0 --caps 100
+    python benchmarks/bench_floor.py                  # the four MiniLM-sized matrices at max_bond 100, 32
+    python benchmarks/bench_floor.py --cases attn_query_l0 --max-bond 100
 """
 
 from __future__ import annotations
@@ -186,15 +186,15 @@ def sweep_floor(M: np.ndarray, in_shape, out_shape, cap: int, repeats: int, core
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", choices=BD.ALL_CASES, default=DEFAULT_CASES)
-    p.add_argument("--caps", nargs="+", type=int, default=[100, 32])
+    C.add_max_bond_option(p, [100, 32], "max_bond values to run (default 100 32)")
     p.add_argument("-n", type=int, default=5, help="number of MPO cores, default 5")
     p.add_argument("--repeats", type=int, default=15, help="timed repeats of every timing (default 15)")
     p.add_argument("--threads", type=int, default=1, help="BLAS and mpo threads (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random matrices (default 0)")
     p.add_argument("--json", type=Path, default=C.RESULTS_DIR / "bench_floor.json")
     args = p.parse_args(argv)
-    if any(c < 1 for c in args.caps):
-        p.error(f"caps must be >= 1, got {args.caps}")
+    if any(c < 1 for c in args.max_bond):
+        p.error(f"--max-bond values must be >= 1, got {args.max_bond}")
     import mpo
     from mpo import _core
 
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
             continue
         P = C.pad_to(M, plan["padded_shape"])
         full = C.full_bonds(plan["in_shape"], plan["out_shape"])
-        for cap in args.caps:
+        for cap in args.max_bond:
             if not any(cap < d for d in full):
                 continue
             tl_run, _ = BD.tensorly_method(P, plan, cap)

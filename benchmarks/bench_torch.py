@@ -14,7 +14,7 @@ the faster / time of auto >= 0.97), and, where the contraction needs at most 60 
 auto against linear (linear's time / auto's >= 0.97). Writes benchmarks/results/bench_torch.json.
 
     python benchmarks/bench_torch.py [--tokens 4096] [--repeats 5] [--quick] [--threads 1]
-                                     [--caps 4 8 ...] [--dtypes float32 bfloat16] [--grad both|no|yes]
+                                     [--max-bond 4 8 ...] [--dtypes float32 bfloat16] [--grad both|no|yes]
 """
 
 from __future__ import annotations
@@ -109,15 +109,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="skip the 4096x4096 matrix; caps 4 and 16")
+    parser.add_argument("--quick", action="store_true", help="skip the 4096x4096 matrix; max_bond 4 and 16")
     parser.add_argument("--threads", type=int, default=1, help="torch, BLAS and mpo threads (default 1)")
-    parser.add_argument("--caps", type=int, nargs="+", default=None)
+    C.add_max_bond_option(parser, None, "max_bond values (default 4 8 16 32 64; --quick: 4 16)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--grad", default="both", choices=["both", "no", "yes"],
                         help="time inference (no), training passes (yes) or both")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    caps = args.caps or ((4, 16) if args.quick else CAPS)
+    caps = args.max_bond or ((4, 16) if args.quick else CAPS)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"command: {C.command_line()}")

@@ -58,7 +58,7 @@ def test_bench_apply_quick_json(tmp_path):
 
 def test_bench_torch_quick_json(tmp_path):
     pytest.importorskip("torch")
-    data = run("bench_torch.py", tmp_path / "torch.json", "--tokens", "64", "--repeats", "1", "--caps", "4")
+    data = run("bench_torch.py", tmp_path / "torch.json", "--tokens", "64", "--repeats", "1", "--max-bond", "4")
     assert data["benchmark"] == "bench_torch"
     check_machine(data["machine"])
     assert data["results"]
@@ -105,3 +105,21 @@ def test_bench_budget_quick_json(tmp_path):
         assert 0 < row["error"] < 1 and 0 < row["uniform_error"] < 1
         assert 1 <= row["scored"] <= 16 and row["cpu"] > 0
     assert abs(data["total_cpu"] - sum(r["cpu"] for r in data["matrices"])) < 1e-9
+
+
+def test_caps_is_a_deprecated_name_of_max_bond():
+    """Benchmarks take ``--max-bond``; the old ``--caps`` stores the same values and warns."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _common as C
+    finally:
+        sys.path.remove(str(BENCH))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench")
+    C.add_max_bond_option(parser, [7], "max_bond values")
+    assert parser.parse_args([]).max_bond == [7]
+    assert parser.parse_args(["--max-bond", "4", "16"]).max_bond == [4, 16]
+    with pytest.warns(FutureWarning, match=r"--caps is deprecated: use --max-bond"):
+        assert parser.parse_args(["--caps", "4", "16"]).max_bond == [4, 16]
+    assert "--caps" not in parser.format_help()

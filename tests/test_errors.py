@@ -143,6 +143,18 @@ def test_columns_product_mismatch():
         mpo.decompose(M, ((3, 3), (3, 4)))
 
 
+def test_shape_messages_say_in_and_out_factors():
+    """The glossary's words (docs/API.md): i_1..i_n are the in factors, j_1..j_n the out factors."""
+    with raises(ValueError, r"\bin factors \(3, 3\) multiply to 9 but M has 10 rows"):
+        mpo.decompose(np.ones((10, 12)), ((3, 3), (3, 4)))
+    with raises(ValueError, r"\bout factors \(3, 4\) multiply to 12 but M has 14 columns"):
+        mpo.decompose(np.ones((9, 14)), ((3, 3), (3, 4)))
+    with raises(ValueError, r"^in and out factor lists must have the same length"):
+        mpo.decompose(GOOD, ((2, 3), (2, 2, 2)))
+    with raises(ValueError, r"^out factors must be >= 1, got 0"):
+        mpo.decompose(GOOD, ((2, 3), (0, 4)))
+
+
 @pytest.mark.parametrize("n", [1, 0, -3])
 def test_n_below_two(n):
     with raises(ValueError, r"\bn\b|factors|at least|>= ?2", rf"{n}\b"):

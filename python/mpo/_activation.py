@@ -9,7 +9,7 @@ float64 over calibration tokens): with C = L L^T, ||X E||_F^2 = tr(E^T C E) = ||
   exact minimiser of ||L^T (M - M')||_F over rank r (Eckart-Young in the whitened space).
 - Diagonal scaling (ASVD's idea): D = diag(sqrt(C_ii)), the root-mean-square of each input feature,
   decomposed as the row weights of ``mpo.decompose(M, row_weights=diag C)`` (D^-1 kept as ``row_scale``).
-- Kronecker whitening: C ~ C_1 (x) ... (x) C_n along the MPO's row factors (i_1..i_n), the nearest
+- Kronecker whitening: C ~ C_1 (x) ... (x) C_n along the MPO's in factors (i_1..i_n), the nearest
   Kronecker product by a rank-one fit of the rearranged C (Van Loan-Pitsianis, alternating over the
   factors). L = L_1 (x) ... (x) L_n then folds into the cores at no parameter cost: core k's i_k index
   is multiplied by L_k^-T. For n = 2 in the SVD layout ((I, 1) x (1, J)) the product is C itself and
@@ -84,6 +84,9 @@ class ActivationStats:
     Made by :meth:`from_inputs`, :meth:`merge`, ``mpo.torch.calibrate`` or :meth:`Calibration.load`.
     The Gram matrix is read-only; two statistics of the same layer merge by adding (more tokens).
     """
+
+    _gram: np.ndarray
+    _tokens: int
 
     def __init__(self, gram: object, tokens: int) -> None:
         """Wrap C = X^T X of ``tokens`` rows of X; checked square, finite, symmetric, diagonal >= 0."""
@@ -328,7 +331,7 @@ def _check_features(stats: object, rows: int, what: str = "activations") -> None
 def _check_rank(rank: object, a: np.ndarray) -> int:
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         raise TypeError(f"rank must be an integer, got {rank!r}")
-    if not 1 <= rank <= min(a.shape):
+    if not 1 <= int(rank) <= min(a.shape):
         raise ValueError(f"rank must be in [1, min(I, J)] = [1, {min(a.shape)}], got {rank}")
     return int(rank)
 
@@ -367,7 +370,7 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def kronecker_factors(gram: object, factors: Sequence[int], *, sweeps: int = 8) -> list[np.ndarray]:
-    """C ~ c C_1 (x) ... (x) C_n (row-major index order) for the row factors ``factors``, each C_k PSD.
+    """C ~ c C_1 (x) ... (x) C_n (row-major index order) for the in factors ``factors``, each C_k PSD.
 
     The nearest Kronecker product in Frobenius norm is a rank-one fit of C rearranged as a tensor with
     one (i_k, i_k') index pair per factor (Van Loan-Pitsianis); it is found by alternating updates
@@ -470,7 +473,7 @@ def decompose_activations(
         As in :func:`mpo.decompose`, acting in the norm the scaling sets (budget mode counts a row scale).
     scaling : one of ``SCALINGS``
         "none": plain. "diagonal": ASVD's D = diag(sqrt(diag C)); kept as the row scale for n > 2 (I more
-        parameters), folded into the left factor for n = 2. "whiten": whitening along the row factors by
+        parameters), folded into the left factor for n = 2. "whiten": whitening along the in factors by
         the nearest Kronecker product of C, folded into the cores at no parameter cost (for n = 2
         exactly SVD-LLM's whitened SVD). "diagonal+whiten": the diagonal first, then the Kronecker
         whitening of D^-1 C D^-1. "fisher": ``row_weights`` (Fisher importances per input feature,
@@ -506,26 +509,28 @@ def decompose_activations(
         rank = int(parse_ratio(ratio) * rows * cols // (rows + cols))
         if rank < 1:
             raise ValueError(f"ratio {ratio} is below a rank-1 SVD's share {(rows + cols) / (rows * cols):.4g}")
-        parse_max_bond(max_bond, 1)
-        max_bond, ratio = (rank if max_bond is None else min(rank, int(max_bond))), None
-    kwargs = {"max_bond": max_bond, "ratio": ratio, "tol": tol}
+        caps = parse_max_bond(max_bond, 1)
+        max_bond, ratio = (rank if caps is None else min(rank, caps[0])), None
     weights = {"diagonal": None if activations is None else activations.diagonal, "fisher": row_weights}.get(scaling)
     alpha = None
     if scaling == "none" or (weights is not None and not svd_layout):
         # A diagonal over the multi-index (i_1..i_n) does not fold into one core: decompose's row weights.
-        m = decompose(a, shape, n=n, row_weights=weights, **kwargs)
+        m = decompose(a, shape, n=n, row_weights=weights, max_bond=max_bond, ratio=ratio, tol=tol)
         bound = m.relative_error_bound(weighted=m.row_scale is not None)
     else:
-        gram = activations.gram if activations is not None else None
         scale = None
         work = a
         if weights is not None:  # the SVD layout: the diagonal is the first factor, folded exactly
             gram = np.diag(row_scales(weights, rows) ** 2)
-        elif scaling == "diagonal+whiten":
-            d = row_scales(activations.diagonal, rows)
-            scale = 1.0 / d
-            gram = gram * scale[:, None] * scale[None, :]
-            work = a * d[:, None]
+        else:
+            # Every scaling but "none" and "fisher" was checked above to come with statistics.
+            assert activations is not None
+            gram = activations.gram
+            if scaling == "diagonal+whiten":
+                d = row_scales(activations.diagonal, rows)
+                scale = 1.0 / d
+                gram = gram * scale[:, None] * scale[None, :]
+                work = a * d[:, None]
         padded_rows = plan.padded_shape[0]
         if padded_rows != rows:
             # The padding rows of M are zero: give them the mean variance so that C stays invertible.
@@ -539,7 +544,7 @@ def decompose_activations(
         sizes = list(plan.in_shape)
         wide = [k for k, s in enumerate(sizes) if s > 1]
         if len(wide) == 1:
-            # One nontrivial row factor (the SVD layout): the Kronecker product is C itself.
+            # One nontrivial in factor (the SVD layout): the Kronecker product is C itself.
             pieces = {wide[0]: gram}
         else:
             pieces = dict(enumerate(kronecker_factors(gram, sizes)))
@@ -552,12 +557,19 @@ def decompose_activations(
             factors.append(w.factor)
             alphas.append(w.alpha)
         alpha = max(alphas) if alphas else None
+        cores_ratio = ratio
         if scale is not None and ratio is not None:
             # The row scale kept beside the cores costs I parameters: the cores get what is left.
-            kwargs["ratio"] = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
-            if not kwargs["ratio"] > 0:
+            cores_ratio = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
+            if not cores_ratio > 0:
                 raise ValueError(f"ratio {ratio} leaves no parameter for the cores beside the {rows} row scales")
-        inner = decompose(_along_rows(work, factors, transpose=True), (plan.in_shape, plan.out_shape), **kwargs)
+        inner = decompose(
+            _along_rows(work, factors, transpose=True),
+            (plan.in_shape, plan.out_shape),
+            max_bond=max_bond,
+            ratio=cores_ratio,
+            tol=tol,
+        )
         bound = inner.relative_error_bound()
         folded = _fold(inner.cores, factors)
         m = MPO.from_cores(folded, shape=(rows, cols), row_scale=scale)

@@ -98,7 +98,8 @@ def _product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_las
         return kernel()
     shapes = [c.shape for c in cores]
     key = _apply_route.route_key(shapes, transposed, batch_last, batch, x.dtype)
-    if _apply_route.chosen(key) is None:
+    route = _apply_route.chosen(key)
+    if route is None:
         kernel_flops = float(_core.apply_plan([list(s) for s in shapes], batch, transposed, "auto")[2])
         route, result = _apply_route.choose(
             key,
@@ -109,8 +110,6 @@ def _product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_las
         )
         if result is not None:
             return result
-    else:
-        route = _apply_route.chosen(key)
     return _blas_product(cores, transposed, x, batch_last, out_width) if route == "blas" else kernel()
 
 

@@ -66,12 +66,12 @@ def _budget_decompose(
     if not np.isfinite(cores[central]).all():
         raise OverflowError(f"the central core would hold values beyond the largest {np.dtype(dtype).name}; "
                             "decompose in float64 or scale the matrix down")
-    raw.update(
-        cores=cores,
-        spectra=[np.asarray(sp) * unit for sp in raw["spectra"]],
-        truncation_errors=np.asarray(raw["truncation_errors"]) * unit,
-        norm=float(raw["norm"]) * unit,
-    )
+    raw.update({
+        "cores": cores,
+        "spectra": [np.asarray(sp) * unit for sp in raw["spectra"]],
+        "truncation_errors": np.asarray(raw["truncation_errors"]) * unit,
+        "norm": float(raw["norm"]) * unit,
+    })
     return _from_sweep(raw, shape, best, row_scale, plain, True)
 
 

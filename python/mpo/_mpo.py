@@ -187,10 +187,10 @@ class MPO:
         cores = [np.asarray(c) for c in cores]
         if not cores:
             raise ValueError("an MPO needs n >= 2 cores, got 0")
-        dtype = np.result_type(*cores)
-        if dtype.kind not in "fiub":
-            raise TypeError(f"cores must be real, got dtype {dtype}")
-        dtype = np.float32 if dtype == np.float32 else np.float64
+        given = np.result_type(*cores)
+        if given.kind not in "fiub":
+            raise TypeError(f"cores must be real, got dtype {given}")
+        dtype = np.dtype(np.float32 if given == np.float32 else np.float64)
         cores = [np.ascontiguousarray(c, dtype=dtype) for c in cores]
         for k, c in enumerate(cores):
             if c.ndim != 4:
@@ -221,12 +221,12 @@ class MPO:
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        """Row factors i_1..i_n (of the padded row count)."""
+        """In factors i_1..i_n (of the padded row count)."""
         return tuple(c.shape[1] for c in self._cores)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """Column factors j_1..j_n (of the padded column count)."""
+        """Out factors j_1..j_n (of the padded column count)."""
         return tuple(c.shape[2] for c in self._cores)
 
     @property
@@ -378,8 +378,10 @@ class MPO:
         unit = _scaled.unit(self._errors)
         energy = float(np.sum((self._errors / unit) ** 2))
         # In the stored cores' orientation, which the row lookups below read.
-        flip = slice(None, None, -1 if self._transposed else 1)
-        (rows, cols), (padded_rows, padded_cols) = self._shape[flip], self.padded_shape[flip]
+        shape, padded = self._shape, self.padded_shape
+        if self._transposed:
+            shape, padded = shape[::-1], padded[::-1]
+        (rows, cols), (padded_rows, padded_cols) = shape, padded
         dtype = self._base[0].dtype.name
         if padded_rows > rows:  # whole padding rows, padding columns included
             ids = np.arange(rows, padded_rows, dtype=np.int64)
@@ -511,7 +513,7 @@ class MPO:
 
         ``ids`` is an integer array of any shape; the result has shape ``ids.shape + (J,)``. Negative
         ids count from the end as in NumPy indexing; an id outside [-I, I) raises IndexError naming it,
-        and a non-integer array raises TypeError. Ids that share leading row factors (i_1, ..., i_k)
+        and a non-integer array raises TypeError. Ids that share leading in factors (i_1, ..., i_k)
         share the contraction of cores 1..k.
         """
         return _apply.rows(self, ids)

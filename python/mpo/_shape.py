@@ -27,9 +27,9 @@ class ShapePlan(NamedTuple):
     """The factors of both sides of an I x J matrix, and the zero-padded sizes they multiply to."""
 
     in_shape: tuple[int, ...]
-    """Row factors i_1..i_n; their product is ``padded_shape[0]``."""
+    """In factors i_1..i_n; their product is ``padded_shape[0]``."""
     out_shape: tuple[int, ...]
-    """Column factors j_1..j_n; their product is ``padded_shape[1]``."""
+    """Out factors j_1..j_n; their product is ``padded_shape[1]``."""
     padded_shape: tuple[int, int]
     """(I', J') with I' >= I and J' >= J."""
     padding: tuple[int, int]
@@ -162,5 +162,5 @@ def _check_count(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         if not isinstance(value, np.integer):
             raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
-    if value < minimum:  # type: ignore[operator]
+    if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

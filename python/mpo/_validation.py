@@ -6,7 +6,7 @@ import fnmatch
 import math
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 
@@ -75,7 +75,7 @@ def parse_shape(shape: object, n: object, rows: int, cols: int) -> ShapePlan:
         raise TypeError(
             f"shape must be None, an int n, or ((i_1, ..., i_n), (j_1, ..., j_n)), got {shape!r}"
         ) from None
-    for side, factors in (("row", in_shape), ("column", out_shape)):
+    for side, factors in (("in", in_shape), ("out", out_shape)):
         for f in factors:
             if not _is_int(f):
                 raise TypeError(f"{side} factors must be integers, got {f!r} in {factors}")
@@ -83,7 +83,7 @@ def parse_shape(shape: object, n: object, rows: int, cols: int) -> ShapePlan:
                 raise ValueError(f"{side} factors must be >= 1, got {f} in {factors}")
     if len(in_shape) != len(out_shape):
         raise ValueError(
-            f"row and column factor lists must have the same length n, got {len(in_shape)} "
+            f"in and out factor lists must have the same length n, got {len(in_shape)} "
             f"({in_shape}) and {len(out_shape)} ({out_shape})"
         )
     if len(in_shape) < 2:
@@ -93,13 +93,13 @@ def parse_shape(shape: object, n: object, rows: int, cols: int) -> ShapePlan:
     prod_in, prod_out = int(np.prod(in_shape)), int(np.prod(out_shape))
     if prod_in != rows:
         raise ValueError(
-            f"the row factors {in_shape} multiply to {prod_in} but M has {rows} rows "
-            "(rows side: the product of the row factors must equal the number of rows)"
+            f"the in factors {in_shape} multiply to {prod_in} but M has {rows} rows "
+            "(rows side: the product of the in factors must equal the number of rows)"
         )
     if prod_out != cols:
         raise ValueError(
-            f"the column factors {out_shape} multiply to {prod_out} but M has {cols} columns "
-            "(columns side: the product of the column factors must equal the number of columns)"
+            f"the out factors {out_shape} multiply to {prod_out} but M has {cols} columns "
+            "(columns side: the product of the out factors must equal the number of columns)"
         )
     return ShapePlan(in_shape, out_shape, (rows, cols), (0, 0))
 
@@ -127,16 +127,23 @@ def parse_max_bond(max_bond: object, bonds: int) -> list[int] | None:
 _LARGEST_CAP = 2**63 - 1
 
 
-def _check_cap(cap: object, name: str) -> None:
+def _check_cap(cap: numbers.Integral, name: str) -> None:
     """ValueError unless 1 <= cap <= 2**63 - 1 (named ``name`` in the message)."""
-    if cap < 1:  # type: ignore[operator]
+    # int() first: numbers.Integral declares no comparison with int (every integer type has one).
+    if int(cap) < 1:
         raise ValueError(f"max_bond must be >= 1, got {name} = {cap}")
-    if cap > _LARGEST_CAP:  # type: ignore[operator]
+    if int(cap) > _LARGEST_CAP:
         raise ValueError(
-            f"max_bond must be at most 2**63 - 1 (no bond comes near it; None means no cap), got {name} = {cap}"
+            f"max_bond must be at most 2**63 - 1 (no bond comes near it; None leaves every bond uncut), got {name} = {cap}"
         )
 
 
+@overload
+def parse_tol(tol: None) -> None: ...
+@overload
+def parse_tol(tol: float) -> float: ...
+@overload
+def parse_tol(tol: object) -> float | None: ...
 def parse_tol(tol: object) -> float | None:
     """None, or a relative Frobenius error target in [0, 1)."""
     if tol is None:
@@ -149,6 +156,12 @@ def parse_tol(tol: object) -> float | None:
     return value
 
 
+@overload
+def parse_ratio(ratio: None) -> None: ...
+@overload
+def parse_ratio(ratio: float) -> float: ...
+@overload
+def parse_ratio(ratio: object) -> float | None: ...
 def parse_ratio(ratio: object) -> float | None:
     """None, or a target compression ratio (MPOP Eq. 5, parameters / (I*J)) in (0, 1]."""
     if ratio is None:

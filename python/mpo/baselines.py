@@ -136,8 +136,9 @@ def uniform_cap(in_shape, out_shape, rows: int, cols: int, ratio: float) -> int:
 def mpo_uniform(M: object, ratio: float, n: int = 5) -> Result:
     """MPO with one cap on every bond: the largest that fits the budget (``decompose(max_bond=)``)."""
     a, rho = as_matrix(M), parse_ratio(ratio)
-    plan = plan_shape(*a.shape, n)
-    cap = uniform_max_bond(plan.in_shape, plan.out_shape, *a.shape, rho)
+    rows, cols = a.shape
+    plan = plan_shape(rows, cols, n)
+    cap = uniform_max_bond(plan.in_shape, plan.out_shape, rows, cols, rho)
     return _mpo_result(f"mpo-uniform n={n}", a, rho, lambda: decompose(a, n=n, max_bond=cap))
 
 
@@ -163,7 +164,8 @@ def _tensorly():
 
 def as_tensor(M: np.ndarray, n: int):
     """M as the n-way tensor the MPO uses (axis k has size i_k j_k), with the plan to undo it."""
-    plan = plan_shape(*M.shape, n)
+    rows, cols = M.shape
+    plan = plan_shape(rows, cols, n)
     padded = np.zeros(plan.padded_shape)
     padded[: M.shape[0], : M.shape[1]] = M
     ins, outs = plan.in_shape, plan.out_shape

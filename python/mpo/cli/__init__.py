@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .. import __version__
 from .._validation import parse_ratio, parse_tol
@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="dense checkpoint (.safetensors, or .npz)")
     p.set_defaults(func=rebuild)
 
-    ratios = dict(type=_ratio, nargs="+", default=[0.5, 0.2, 0.1, 0.05], help="target ratios")
-    cp = dict(type=_positive, default=200, help="skip CP above this rank (ALS costs R^2 per sweep)")
+    ratios: dict[str, Any] = dict(type=_ratio, nargs="+", default=[0.5, 0.2, 0.1, 0.05], help="target ratios")
+    cp: dict[str, Any] = dict(type=_positive, default=200, help="skip CP above this rank (ALS costs R^2 per sweep)")
     p = sub.add_parser("compare", help="MPO vs SVD, CP and Tucker at the same ratios")
     p.add_argument("checkpoint")
     p.add_argument("--matrix", action="append", help="a weight to compare (repeatable; default one per shape)")

@@ -60,15 +60,15 @@ def print_report(mpos: Mapping[str, MPO], info: Mapping[str, Any], plain: Mappin
     rows = [_row(name, mpos[name], info[name]["error"], info[name]["seconds"]) for name in info]
     print(table(rows, _HEADER))
     print_dense(dense or {})
-    dense = sum(m.shape[0] * m.shape[1] for m in mpos.values())
+    entries = sum(m.shape[0] * m.shape[1] for m in mpos.values())
     kept = sum(m.num_params for m in mpos.values())
     others = sum(int(np.asarray(t).size) for t in plain.values())
     seconds = sum(info[name]["seconds"] for name in info)
     print(
-        f"\n{len(mpos)} matrices: {dense:,} -> {kept:,} parameters (rho {kept / max(dense, 1):.4f}), "
+        f"\n{len(mpos)} matrices: {entries:,} -> {kept:,} parameters (rho {kept / max(entries, 1):.4f}), "
         f"{seconds:.2f} s decomposing; {len(plain)} other tensors ({others:,} values) kept as they were; "
-        f"whole checkpoint {dense + others:,} -> {kept + others:,} values "
-        f"({(kept + others) / max(dense + others, 1):.4f})"
+        f"whole checkpoint {entries + others:,} -> {kept + others:,} values "
+        f"({(kept + others) / max(entries + others, 1):.4f})"
     )
 
 

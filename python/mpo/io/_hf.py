@@ -231,7 +231,7 @@ class ShardedWriter:
     """Tensors written one at a time into shards of at most ``max_shard_size`` data bytes each (a tensor
     larger than that gets a shard of its own), then named ``mpo-0000k-of-0000N.safetensors`` and indexed."""
 
-    def __init__(self, folder: str, max_shard_size: int = DEFAULT_SHARD_SIZE, metadata: dict | None = None):
+    def __init__(self, folder: str, max_shard_size: int | str = DEFAULT_SHARD_SIZE, metadata: dict | None = None):
         self.folder = folder
         self.max_shard_size = parse_size(max_shard_size)
         self._metadata = {"format": "pt", **(metadata or {})}

@@ -195,7 +195,7 @@ def _parse_header(f, path: str) -> tuple[dict[str, str], list[TensorInfo]]:
 
 
 def _readinto(f, buffer: np.ndarray, what: str) -> None:
-    view = memoryview(buffer).cast("B")
+    view = buffer.data.cast("B")  # ndarray.data is its memoryview (typed as one, unlike memoryview(ndarray) on 3.11)
     done = 0
     while done < len(view):
         got = f.readinto(view[done:])
@@ -307,7 +307,7 @@ class SafetensorsWriter:
             a = a.astype(a.dtype.newbyteorder("<"))
         if not a.flags.c_contiguous:
             a = a.copy(order="C")  # (np.ascontiguousarray would also turn a 0-d array into 1-d)
-        self._file.write(memoryview(a.reshape(-1).view(np.uint8)))
+        self._file.write(a.reshape(-1).view(np.uint8).data)
         self._entries[name] = {"dtype": code, "shape": list(a.shape),
                                "data_offsets": [self._size, self._size + a.nbytes]}
         self._size += a.nbytes

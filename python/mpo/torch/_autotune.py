@@ -16,6 +16,7 @@ The choice lives for the process; :func:`clear` forgets it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -75,7 +76,7 @@ def choose(key: tuple, contract_flops: float, rebuild_flops: float, run: Callabl
         return known
     mode = settled(contract_flops, rebuild_flops)
     if mode is None:
-        mode, _ = fastest({name: (lambda name=name: run(name)) for name in ("contract", "rebuild")}, ROUNDS)
+        mode, _ = fastest({name: functools.partial(run, name) for name in ("contract", "rebuild")}, ROUNDS)
     _choices.set(key, mode)
     return mode
 

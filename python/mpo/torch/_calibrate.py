@@ -14,7 +14,7 @@ import fnmatch
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from .._activation import (
     decompose_activations,
     svd_curve,
 )
-from ._layers import MPOLinear
+from ._layers import MPOLinear, weight_of
 
 __all__ = ["allocation", "calibrate", "SensitivityReport", "SensitivityRow", "sensitivity", "activation_layer", "activation_settings", "model_allocation"]
 
@@ -53,7 +53,7 @@ def _select(model: nn.Module, include, exclude, what: str = "calibrate") -> dict
     """The compressible layers matching include/exclude (fnmatch patterns on qualified names)."""
     found = _compressible(model)
     names = list(found)
-    pats = {}
+    pats: dict[str, list[str]] = {}
     for key, value in (("include", include), ("exclude", exclude)):
         if value is None:
             pats[key] = []
@@ -81,7 +81,7 @@ def _select(model: nn.Module, include, exclude, what: str = "calibrate") -> dict
 
 def _in_features(module: nn.Module) -> int:
     # nn.Linear's weight is (out, in); transformers' Conv1D stores (in, out).
-    return module.in_features if isinstance(module, nn.Linear) else module.weight.shape[0]
+    return module.in_features if isinstance(module, nn.Linear) else weight_of(module).shape[0]
 
 
 def calibrate(
@@ -131,7 +131,7 @@ def calibrate(
 
         return record
 
-    total = len(batches) if hasattr(batches, "__len__") else None
+    total = len(batches) if isinstance(batches, Sized) else None
     handles = [m.register_forward_hook(hook(n)) for n, m in chosen.items()]
     was_training = model.training
     model.eval()
@@ -172,7 +172,7 @@ def calibrate(
 
 def _matrix(module: nn.Module) -> np.ndarray:
     """M = W.T (in x out) of a Linear, or the stored (in, out) weight of a Conv1D, in float64."""
-    w = module.weight.detach().to("cpu", torch.float64).numpy()
+    w = weight_of(module).detach().to("cpu", torch.float64).numpy()
     return w.T.copy() if isinstance(module, nn.Linear) else w.copy()
 
 

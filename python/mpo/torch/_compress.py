@@ -22,7 +22,7 @@ from .._validation import match_names
 from ..io import TORCH_MODEL, atomic_path
 from ._calibrate import activation_layer, activation_settings
 from ._fisher import fisher_information
-from ._layers import MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, is_conv1d, layer_for
+from ._layers import MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, is_conv1d, layer_for, weight_of
 
 __all__ = [
     "LayerReport",
@@ -148,13 +148,17 @@ def _base_forward(module: nn.Module, kind: str):
         return nn.Linear.forward
     if kind == "embedding":
         return nn.Embedding.forward
-    base = next(c for c in type(module).__mro__ if c.__name__ == "Conv1D" and c.__module__.startswith("transformers."))
+    base = next(
+        c
+        for c in type(module).__mro__
+        if issubclass(c, nn.Module) and c.__name__ == "Conv1D" and c.__module__.startswith("transformers.")
+    )
     return base.forward
 
 
 def _matrix_shape(module: nn.Module, kind: str) -> tuple[int, int]:
     """The shape of M, the matrix the MPO holds: W.T for a Linear, W for Conv1D and Embedding."""
-    rows, cols = module.weight.shape
+    rows, cols = weight_of(module).shape
     return (cols, rows) if kind == "linear" else (rows, cols)
 
 
@@ -235,12 +239,13 @@ def _tiny_reason(shape: tuple[int, int]) -> str | None:
 
 def _build(group: _Group, shape, n, max_bond, tol, ratio, mode, row_weights) -> MPOLayer:
     """The MPO layer of the group's owner (row weights only for a plain, untied Linear)."""
-    module, kind, _ = group.owner
-    if kind == "linear":
+    module = group.owner[0]
+    # By type, as _kind chose the group's kind ("linear", "embedding", else "conv1d").
+    if isinstance(module, nn.Linear):
         return MPOLinear.from_linear(module, shape, n, max_bond, tol, ratio, mode=mode, row_weights=row_weights)
-    if kind == "conv1d":
-        return MPOConv1D.from_conv1d(module, shape, n, max_bond, tol, ratio, mode=mode)
-    return MPOEmbedding.from_embedding(module, shape, n, max_bond, tol, ratio, mode=mode)
+    if isinstance(module, nn.Embedding):
+        return MPOEmbedding.from_embedding(module, shape, n, max_bond, tol, ratio, mode=mode)
+    return MPOConv1D.from_conv1d(module, shape, n, max_bond, tol, ratio, mode=mode)
 
 
 def _stand_ins(group: _Group, layer: MPOLayer, mode: str) -> dict[str, nn.Module]:
@@ -253,6 +258,7 @@ def _stand_ins(group: _Group, layer: MPOLayer, mode: str) -> dict[str, nn.Module
         same = module is owner or (
             kind == owner_kind and (kind == "embedding" or getattr(module, "bias", None) is getattr(owner, "bias", None))
         )
+        stand_in: nn.Module
         if same:
             stand_in = layer
         else:
@@ -385,6 +391,7 @@ def compress(
             reason = "the model-wide allocation keeps it dense (its parameters buy more elsewhere)"
             kept.append(KeptDense(name, type(module).__name__, _matrix_shape(module, kind), reason))
             continue
+        layer: MPOLayer
         try:
             if name in fitted:
                 layer, _ = activation_layer(module, calibration[name], shape=group_shape, mode=mode, **fitted[name])
@@ -583,7 +590,8 @@ def optimizer_groups(model: nn.Module, lr: float, mpo_lr: float) -> list[dict]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"{what} must be a positive number, got {value!r}")
     core_ids = {id(c) for layer in mpo_layers(model).values() for c in layer.cores}
-    mpo_params, other = [], []
+    mpo_params: list[nn.Parameter] = []
+    other: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (mpo_params if id(p) in core_ids else other).append(p)
@@ -620,7 +628,7 @@ def tied_modules(model: nn.Module) -> dict[str, dict]:
     flag and ``bias`` (whether it has one). The MPO layers are named as in :func:`mpo_layers`.
     """
     first = {id(layer): name for name, layer in mpo_layers(model).items()}
-    ties = {}
+    ties: dict[str, dict[str, object]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, MPOLayer) and first.get(id(module)) != name:
             ties[name] = {"source": first[id(module)], "transposed": None, "bias": None}
@@ -652,7 +660,8 @@ def load(model: nn.Module, path) -> nn.Module:
         raise ValueError(f"{source} is not a model written by mpo.torch.save (format {SAVE_FORMAT})")
     TORCH_MODEL.check_version(tag.partition("/")[2], source)
     _check_payload(payload, source)
-    originals, layers = {}, {}
+    originals: dict[str, nn.Module] = {}
+    layers: dict[str, MPOLayer] = {}
     for name, spec in payload["layers"].items():
         try:
             module = model.get_submodule(name)
@@ -660,19 +669,20 @@ def load(model: nn.Module, path) -> nn.Module:
             raise ValueError(f"the saved MPO layer {name!r} has no module of that name in this model") from None
         originals[name] = module
         layers[name] = _empty_layer(spec, module, name)
+    swaps: dict[str, nn.Module] = dict(layers)
     for name, tie in payload.get("ties", {}).items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"the saved tied module {name!r} has no module of that name in this model") from None
         originals[name] = module
-        source = layers[tie["source"]]
+        shared = layers[tie["source"]]  # _check_payload: a tie's source is a saved layer
         if tie["transposed"] is None:
-            layers[name] = source
+            swaps[name] = shared
         else:
             bias = getattr(module, "bias", None) if tie["bias"] else None
-            layers[name] = MPOTiedLinear(source, bias, transposed=tie["transposed"], mode=source.mode)
-    for name, layer in layers.items():
+            swaps[name] = MPOTiedLinear(shared, bias, transposed=tie["transposed"], mode=shared.mode)
+    for name, layer in swaps.items():
         _set_module(model, name, layer)
     try:
         model.load_state_dict(payload["state_dict"])

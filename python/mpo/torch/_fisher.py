@@ -8,7 +8,7 @@ gradients. The per-row importance FWSVD weights a factorization with is Î summe
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -19,18 +19,18 @@ __all__ = ["fisher_information"]
 _AXES = ("in", "out", None)
 
 
-def _select(model: torch.nn.Module, modules: object) -> dict[str, torch.nn.Module]:
-    """name -> module for every module whose 2-D ``weight`` gets an importance."""
+def _select(model: torch.nn.Module, modules: object) -> dict[str, torch.Tensor]:
+    """name -> the 2-D ``weight`` of every module that gets an importance."""
     named = dict(model.named_modules())
     if modules is None:
-        chosen = {name: m for name, m in named.items() if isinstance(m, torch.nn.Linear)}
-        if not chosen:
+        linears = {name: m.weight for name, m in named.items() if isinstance(m, torch.nn.Linear)}
+        if not linears:
             raise ValueError("the model has no nn.Linear modules; pass modules= explicitly")
-        return chosen
+        return linears
     if isinstance(modules, (str, torch.nn.Module)) or not isinstance(modules, Sequence):
         raise TypeError(f"modules must be None or a sequence of module names or modules, got {modules!r}")
     by_id = {id(m): name for name, m in named.items()}
-    chosen = {}
+    chosen: dict[str, torch.nn.Module] = {}
     for item in modules:
         if isinstance(item, str):
             if item not in named:
@@ -42,11 +42,13 @@ def _select(model: torch.nn.Module, modules: object) -> dict[str, torch.nn.Modul
             chosen[by_id[id(item)]] = item
         else:
             raise TypeError(f"modules must hold module names or modules, got {item!r}")
+    weights = {}
     for name, m in chosen.items():
         weight = getattr(m, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
             raise ValueError(f"module {name!r} has no 2-D weight to weigh")
-    return chosen
+        weights[name] = weight
+    return weights
 
 
 def fisher_information(
@@ -86,12 +88,12 @@ def fisher_information(
         raise ValueError(f"axis must be one of {_AXES}, got {axis!r}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (model, batch) -> scalar loss, got {loss_fn!r}")
-    chosen = _select(model, modules)
-    for name, m in chosen.items():
-        if not m.weight.requires_grad:
+    weights = _select(model, modules)
+    for name, weight in weights.items():
+        if not weight.requires_grad:
             raise ValueError(f"the weight of {name!r} has requires_grad=False: its gradient cannot be measured")
-    total = len(data) if hasattr(data, "__len__") else None
-    sums = {name: torch.zeros_like(m.weight, dtype=torch.float64) for name, m in chosen.items()}
+    total = len(data) if isinstance(data, Sized) else None
+    sums = {name: torch.zeros_like(weight, dtype=torch.float64) for name, weight in weights.items()}
     batches = 0
     try:
         for batch in data:
@@ -102,10 +104,10 @@ def fisher_information(
                 raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} {getattr(loss, 'shape', '')}")
             loss.backward()
             with torch.no_grad():
-                for name, m in chosen.items():
+                for name, weight in weights.items():
                     # No gradient: the loss does not depend on this weight in this batch (importance 0).
-                    if m.weight.grad is not None:
-                        sums[name] += m.weight.grad.detach().to(torch.float64) ** 2
+                    if weight.grad is not None:
+                        sums[name] += weight.grad.detach().to(torch.float64) ** 2
             batches += 1
             value = float(loss.detach())
             if callable(progress):

@@ -93,6 +93,20 @@ def _kernel_arrays(cores, dtype: np.dtype) -> list[np.ndarray]:
     return [c.detach().to(target).numpy() for c in cores]
 
 
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """``module.weight``, checked to be a tensor (nn.Module's attribute lookup is typed Tensor | Module)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__} has no weight tensor, got {type(weight).__name__}")
+    return weight
+
+
+def bias_of(module: nn.Module) -> torch.Tensor | None:
+    """``module.bias`` when it is a tensor, else None (no bias, or ``bias=False``)."""
+    bias = getattr(module, "bias", None)
+    return bias if isinstance(bias, torch.Tensor) else None
+
+
 def _bias_parameter(bias: torch.Tensor, ref: torch.Tensor) -> nn.Parameter:
     # A bias Parameter of the cores' dtype and device is kept as it is, not copied: a bias tied to
     # another module (BERT's decoder.bias is cls.predictions.bias) stays tied and counts once.
@@ -149,17 +163,23 @@ class WeightView(torch.Tensor):
     ``layer.weight_matrix()`` (in the MPO's orientation, see the module docstring).
     """
 
+    _owner: str  # the layer's class name, for the error message
+
     @staticmethod
     def __new__(cls, shape: tuple[int, ...], like: torch.Tensor, owner: str) -> WeightView:
         view = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=like.dtype, device=like.device)
         view._owner = owner
         return view
 
-    def __repr__(self, *, tensor_contents=None) -> str:
+    # The parameter is torch's (Tensor.__repr__ is untyped); mypy 2.4 reports any typed override of it
+    # as incompatible, even one with the same keyword and a wider type.
+    def __repr__(self, *, tensor_contents: object = None) -> str:  # type: ignore[override]
         return f"WeightView(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}, owner={self._owner})"
 
+    # torch declares __torch_dispatch__ as a plain function attribute (``_disabled_torch_dispatch_impl``),
+    # while a subclass must define it as a classmethod (torch's own subclass docs): the override is right.
     @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
         owner = next((a._owner for a in args if isinstance(a, WeightView)), "an MPO layer")
         raise TypeError(
             f"{owner}.weight has no values: the matrix is held as MPO cores (shape, dtype and device "
@@ -167,13 +187,28 @@ class WeightView(torch.Tensor):
         )
 
 
-class _LinearProduct:
+class _LinearProduct(nn.Module):
     """``y = x @ M + b`` (or ``x @ M.T + b``) through MPO cores: what MPOLinear and MPOTiedLinear share.
 
-    A class using it provides in_features, out_features, mode, bias, row_scale and three hooks:
+    A class using it sets in_features, out_features, mode, bias, row_scale and defines three hooks:
     ``_product_cores()`` -> (cores, transposed), ``_product_matrix()`` -> the (in x out) matrix the
     product uses, and ``_product_rebuild_flops()``.
     """
+
+    in_features: int
+    out_features: int
+    mode: str
+    bias: torch.Tensor | None
+    row_scale: torch.Tensor | None
+
+    def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
+        raise NotImplementedError
+
+    def _product_matrix(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _product_rebuild_flops(self) -> int:
+        raise NotImplementedError
 
     def contract_plan(self, batch: int) -> tuple[str, tuple[int, ...], float]:
         """The sweep "contract" runs for ``batch`` rows: ("left" or "right", core groups, FLOPs).
@@ -184,12 +219,11 @@ class _LinearProduct:
         """
         cores, transposed = self._product_cores()
         shapes = [list(c.shape) for c in cores]
-        best = None
+        plans = []
         for sweep in ("left", "right"):
             _, _, flops, groups, _ = _core.apply_plan(shapes, int(batch), transposed, sweep)
-            if best is None or flops < best[2]:
-                best = (sweep, tuple(groups), float(flops))
-        return best
+            plans.append((sweep, tuple(groups), float(flops)))
+        return min(plans, key=lambda plan: plan[2])  # the first of equals: "left" on a tie
 
     def forward_flops(self, batch: int, *, autograd: bool = True) -> dict:
         """FLOPs of each mode for ``batch`` input rows and the mode "auto" picks.
@@ -246,7 +280,7 @@ class _LinearProduct:
             flat = np.ascontiguousarray(_kernel_arrays([x], dtype)[0])
             return torch.from_numpy(_core.apply(arrays, transposed, flat, False, self.out_features, "auto")).to(x.dtype)
         if transposed:
-            # The MPO of M.T: each core's row and column factors swapped (a view, no copy).
+            # The MPO of M.T: each core's in and out factors swapped (a view, no copy).
             cores = [c.permute(0, 2, 1, 3) for c in cores]
         padded_in = math.prod(c.shape[1] for c in cores)
         padded_out = math.prod(c.shape[2] for c in cores)
@@ -299,7 +333,8 @@ class MPOLayer(nn.Module):
     def __init__(self, m: MPO, *, mode: str = "auto", dtype=None, device=None) -> None:
         super().__init__()
         self.mode = _check_mode(mode)
-        self.matrix_shape = tuple(m.shape)
+        rows, cols = m.shape
+        self.matrix_shape = (rows, cols)
         #: The decomposition's relative error bound (MPOP Eq. 4 over ||M||_F) when the layer was made.
         self.decomposition_bound = m.relative_error_bound()
         self.cores = nn.ParameterList()
@@ -321,12 +356,12 @@ class MPOLayer(nn.Module):
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        """Row factors i_1..i_n of M (padded)."""
+        """In factors i_1..i_n of M (padded)."""
         return tuple(c.shape[1] for c in self.cores)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """Column factors j_1..j_n of M (padded)."""
+        """Out factors j_1..j_n of M (padded)."""
         return tuple(c.shape[2] for c in self.cores)
 
     @property
@@ -566,9 +601,9 @@ class MPOConv1D(MPOLinear):
         """Decompose ``conv.weight`` (nx x nf) as it is: y = x @ W + b needs no transpose."""
         if not is_conv1d(conv):
             raise TypeError(f"from_conv1d expects a transformers Conv1D, got {type(conv).__name__}")
-        weight = conv.weight.detach()
+        weight = weight_of(conv).detach()
         m = _decompose(weight.to("cpu", torch.float64).numpy(), shape, n, max_bond, tol, ratio)
-        return cls(m, conv.bias, mode=mode, dtype=weight.dtype, device=weight.device)
+        return cls(m, bias_of(conv), mode=mode, dtype=weight.dtype, device=weight.device)
 
     @property
     def weight(self) -> WeightView:
@@ -576,7 +611,7 @@ class MPOConv1D(MPOLinear):
         return WeightView((self.nx, self.nf), self.cores[0], type(self).__name__)
 
 
-class MPOTiedLinear(_LinearProduct, nn.Module):
+class MPOTiedLinear(_LinearProduct):
     """A Linear whose weight is tied to another module's, served by that module's MPO layer.
 
     Transformers tie the output projection to the input embedding (GPT-2 wte/lm_head, OPT, T5,
@@ -589,6 +624,8 @@ class MPOTiedLinear(_LinearProduct, nn.Module):
     The source is not registered as a child module: its cores appear once in ``parameters()`` and in
     ``state_dict()`` (under the source's name); this layer owns only its bias.
     """
+
+    _source: MPOLayer
 
     def __init__(self, source: MPOLayer, bias: torch.Tensor | None = None, *, transposed: bool = True, mode: str = "auto"):
         """Serve x @ M.T (``transposed``) or x @ M with M the cores' matrix of ``source``."""
@@ -723,7 +760,7 @@ class MPOEmbedding(MPOLayer):
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         # Row r of M is the product over k of the slices T_k[:, i_k(r), :, :]; ids are split into their
-        # row factors (i_1..i_n), most significant first, as in the row-major layout.
+        # in factors (i_1..i_n), most significant first, as in the row-major layout.
         digits, rest = [], ids
         for i in reversed(self.in_shape):
             digits.append(rest % i)

@@ -42,7 +42,9 @@ class StackedBank(nn.Module):
             return torch.diag_embed(self.cores[ids])
         if self.form == "shared":
             return self.cores[ids]
-        return torch.einsum("pl,lde->pde", self.P[ids], self.cores)
+        P = self.P
+        assert P is not None  # the tucker form, the only one left, always has P
+        return torch.einsum("pl,lde->pde", P[ids], self.cores)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """x @ U for the shared U, reused while the same tensor comes back and U is unchanged."""
@@ -66,6 +68,9 @@ class StackedLinear(nn.Module):
     ``kind`` is "square" (one D x D block: Q, K, V, O), "in" (D -> pD: the FFN input, p column blocks
     whose outputs are concatenated) or "out" (pD -> D: the FFN output, p row blocks summed).
     """
+
+    _bank: StackedBank
+    ids: torch.Tensor
 
     def __init__(self, bank: StackedBank, ids: list[int], kind: str, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -104,11 +109,13 @@ class StackedLinear(nn.Module):
         return f"kind={self.kind}, blocks={self.ids.tolist()}, in_features={self.in_features}, out_features={self.out_features}"
 
 
-def _encoder(model: nn.Module) -> nn.Module:
+def _encoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """(the encoder, its layers)."""
     for candidate in (model, getattr(model, "base_model", None)):
         encoder = getattr(candidate, "encoder", None)
-        if encoder is not None and hasattr(encoder, "layer"):
-            return encoder
+        layers = getattr(encoder, "layer", None)
+        if isinstance(encoder, nn.Module) and isinstance(layers, nn.ModuleList):
+            return encoder, layers
     raise ValueError(f"{type(model).__name__} has no BERT encoder (model.encoder.layer or model.base_model.encoder.layer)")
 
 
@@ -139,8 +146,8 @@ def compress_stacked(
     Returns the :class:`StackedBank`, registered as ``encoder.stacked_bank`` so its parameters train
     and save with the model; ``bank_module.fit`` holds the fit's errors and parameter counts.
     """
-    encoder = _encoder(model)
-    count = len(encoder.layer)
+    encoder, blocks = _encoder(model)
+    count = len(blocks)
     chosen = list(range(count)) if layers is None else list(layers)
     for layer in chosen:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < count:
@@ -148,15 +155,15 @@ def compress_stacked(
     state = {}
     for layer in chosen:
         for _, suffix in _stacked.BERT_MATRICES:
-            parent, attr = _linear(encoder.layer[layer], suffix)
+            parent, attr = _linear(blocks[layer], suffix)
             module = getattr(parent, attr)
             if not isinstance(module, nn.Linear):
                 raise ValueError(f"encoder.layer.{layer}.{suffix} belongs to a {type(module).__name__}, not an nn.Linear")
             state[f"encoder.layer.{layer}.{suffix}"] = module.weight.detach().cpu().double().numpy()
     cut = _stacked.bert_blocks(state, chosen)
     fit = _stacked.decompose(cut.blocks, form, rank=rank, bank=bank, max_iter=max_iter, tol=tol)
-    dtype = encoder.layer[chosen[0]].attention.self.query.weight.dtype
-    device = encoder.layer[chosen[0]].attention.self.query.weight.device
+    query = getattr(*_linear(blocks[chosen[0]], "attention.self.query.weight"))
+    dtype, device = query.weight.dtype, query.weight.device
     bank_module = StackedBank(fit, dtype=dtype).to(device)
     encoder.stacked_bank = bank_module
     ids: dict[tuple[int, str], list[int]] = {}
@@ -164,7 +171,7 @@ def compress_stacked(
         ids.setdefault((ref.layer, ref.matrix), []).append(i)
     for layer in chosen:
         for name, suffix in _stacked.BERT_MATRICES:
-            parent, attr = _linear(encoder.layer[layer], suffix)
+            parent, attr = _linear(blocks[layer], suffix)
             old = getattr(parent, attr)
             kind = {"intermediate": "in", "output": "out"}.get(name, "square")
             setattr(parent, attr, StackedLinear(bank_module, ids[(layer, name)], kind, old.bias))
