@@ -1,14 +1,21 @@
-"""CI's sanitizer and fuzz pass: tests/sanitize.sh builds the C++ core test and the _core extension
-with AddressSanitizer + UndefinedBehaviorSanitizer and runs the core test, the _core tests and the
-kernel fuzz pass (tests/fuzz_core.py) under them. A sanitizer report makes the script fail.
+"""CI's sanitizer stage: tests/sanitize.sh builds the C++ core test and the _core
+extension with AddressSanitizer + UndefinedBehaviorSanitizer, checks that deliberately broken canaries
+are caught (so the harness is live), then runs the core test, the _core tests and a time-boxed fuzz
+pass of the kernels (tests/fuzz_core.py) and of every file reader (tests/fuzz_readers.py) under them.
+A sanitizer report fails it, and the report is printed.
 
-The build is kept in build/sanitize (MPO_SANITIZE_BUILD_DIR overrides it), so after the first run only
-what changed recompiles. Opt-in for now (MPO_SANITIZE=1): its first build has not yet been timed on an
-idle machine against CI's limit (on a machine shared by seven builds it took far longer than that).
+The build is kept in build/sanitize (or MPO_SANITIZE_BUILD_DIR), so a re-run recompiles only what
+changed. MPO_FUZZ_SECONDS sets the fuzz budget (default 60). Still opt-in (MPO_SANITIZE=1): with the
+fixed preload (see sanitize.sh) the whole stage has not yet run to its end against the sanitized _core
+on a machine quiet enough to time it against CI's limit (last session: 6 min 9 s with a slower build).
+Once it has, the skip below becomes ``MPO_SANITIZE == "0"``. When it is asked for, a machine without
+cmake, g++ or libasan fails here with that reason rather than skipping, so the stage is never left out
+silently.
 """
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +24,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "sanitize.sh"
-# The whole pass, build included, must stay inside CI's time: the fuzz pass gets what is left.
-FUZZ_SECONDS = os.environ.get("MPO_FUZZ_SECONDS", "30")
+FUZZ_SECONDS = os.environ.get("MPO_FUZZ_SECONDS", "60")
+# Far above the stage's 6 minutes on a quiet machine: only a hang should reach it.
+TIMEOUT = float(os.environ.get("MPO_SANITIZE_TIMEOUT", "3600"))
 
 
 def _tools_missing() -> str | None:
@@ -27,20 +35,29 @@ def _tools_missing() -> str | None:
             return f"{tool} is not installed"
     asan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     if not os.path.isabs(asan) or not os.path.exists(asan):
-        return "g++ has no libasan.so"
+        return "g++ has no libasan.so (Debian/Ubuntu: apt-get install libasan8, or the gcc package's)"
     return None
 
 
 @pytest.mark.skipif(os.environ.get("MPO_SANITIZE") != "1", reason="opt-in: MPO_SANITIZE=1")
 def test_core_and_bindings_are_clean_under_asan_and_ubsan():
     missing = _tools_missing()
-    if missing:
-        pytest.skip(missing)
+    assert missing is None, f"the sanitizer stage was asked for (MPO_SANITIZE=1) but cannot run: {missing}"
     build = os.environ.get("MPO_SANITIZE_BUILD_DIR", str(ROOT / "build" / "sanitize"))
     env = dict(os.environ, PYTHON=sys.executable, MPO_FUZZ_SECONDS=FUZZ_SECONDS)
-    result = subprocess.run(["bash", str(SCRIPT), build], capture_output=True, text=True, env=env, timeout=1800)
-    report = result.stdout[-8000:] + result.stderr[-8000:]
-    assert result.returncode == 0, report
+    # Its own process group, so that a timeout stops the compiler or the fuzzing interpreter too.
+    proc = subprocess.Popen(["bash", str(SCRIPT), build], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"tests/sanitize.sh did not finish in {TIMEOUT:.0f} s:\n{out[-4000:]}{err[-4000:]}")
+    report = out[-12000:] + err[-8000:]
+    assert proc.returncode == 0, report
     for marker in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
-        assert marker not in result.stdout + result.stderr, report
-    assert "0 failed" in result.stdout, report  # the C++ core test ran to its end
+        assert marker not in out + err, report
+    assert "canaries caught" in out, report  # the harness stops a deliberately bad program
+    assert "0 failed" in out, report  # the C++ core test ran to its end
+    assert " passed" in out and "clean: no sanitizer report" in out, report

@@ -22,7 +22,7 @@ from .._validation import match_names
 from ..io import TORCH_MODEL, atomic_path
 from ._calibrate import activation_layer, activation_settings
 from ._fisher import fisher_information
-from ._layers import MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, is_conv1d, layer_for, weight_of
+from ._layers import MODES, MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, is_conv1d, layer_for, weight_of
 
 __all__ = [
     "LayerReport",
@@ -666,15 +666,15 @@ def load(model: nn.Module, path) -> nn.Module:
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"the saved MPO layer {name!r} has no module of that name in this model") from None
+            raise ValueError(f"{source}: the saved MPO layer {name!r} has no module of that name in this model") from None
         originals[name] = module
-        layers[name] = _empty_layer(spec, module, name)
+        layers[name] = _empty_layer(spec, module, f"{source}: the saved {spec['kind']} {name!r}")
     swaps: dict[str, nn.Module] = dict(layers)
     for name, tie in payload.get("ties", {}).items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"the saved tied module {name!r} has no module of that name in this model") from None
+            raise ValueError(f"{source}: the saved tied module {name!r} has no module of that name in this model") from None
         originals[name] = module
         shared = layers[tie["source"]]  # _check_payload: a tie's source is a saved layer
         if tie["transposed"] is None:
@@ -686,10 +686,12 @@ def load(model: nn.Module, path) -> nn.Module:
         _set_module(model, name, layer)
     try:
         model.load_state_dict(payload["state_dict"])
-    except BaseException:
+    except BaseException as exc:
         # A state that does not fit leaves the model as it was, not with zero placeholder layers.
         for name, module in originals.items():
             _set_module(model, name, module)
+        if isinstance(exc, RuntimeError):  # load_state_dict's missing/unexpected keys, size mismatches
+            raise ValueError(f"{source}: its state does not fit this model: {exc}") from None
         raise
     return model
 
@@ -724,6 +726,12 @@ def _check_payload(payload: dict, source: str) -> None:
         frozen = spec.get("frozen")
         if not (isinstance(frozen, list) and len(frozen) == len(shapes) and all(isinstance(f, bool) for f in frozen)):
             raise ValueError(f"{where} needs one bool per core in 'frozen'")
+        if spec.get("mode") not in MODES:
+            raise ValueError(f"{where} needs a 'mode' of {MODES}, got {spec.get('mode')!r}")
+        padding = spec.get("padding_idx")
+        if padding is not None and not (isinstance(padding, int) and not isinstance(padding, bool)
+                                        and -spec["matrix_shape"][0] <= padding < spec["matrix_shape"][0]):
+            raise ValueError(f"{where} needs a 'padding_idx' of None or a row of its matrix, got {padding!r}")
         saved = [(f"{name}.cores.{k}", state.get(f"{name}.cores.{k}")) for k in range(len(shapes))]
         if [None if v is None else tuple(v.shape) for _, v in saved] != [tuple(c) for c in shapes]:
             raise ValueError(f"{where}: its core_shapes {shapes} are not the shapes of its saved cores")
@@ -740,7 +748,7 @@ def _check_payload(payload: dict, source: str) -> None:
                              "'transposed' and 'bias' each None, true or false")
 
 
-def _empty_layer(spec: dict, module: nn.Module, name: str) -> MPOLayer:
+def _empty_layer(spec: dict, module: nn.Module, where: str) -> MPOLayer:
     # Cores of the saved shapes (their values come from the state_dict) on the module's dtype and device.
     ref = next(module.parameters(), None) if isinstance(module, nn.Module) else None
     dtype = ref.dtype if ref is not None else torch.get_default_dtype()
@@ -756,12 +764,12 @@ def _empty_layer(spec: dict, module: nn.Module, name: str) -> MPOLayer:
     if spec["kind"] in ("MPOLinear", "MPOConv1D"):
         kind = "linear" if spec["kind"] == "MPOLinear" else "conv1d"
         if _kind(module) != kind and type(module).__name__ != spec["kind"]:
-            raise ValueError(f"the saved {spec['kind']} {name!r} is a {type(module).__name__} in this model")
+            raise ValueError(f"{where} is a {type(module).__name__} in this model")
         bias = getattr(module, "bias", None)
         layer = layer_for(kind, placeholder, bias, mode=spec["mode"], dtype=dtype, device=device)
     else:
         if not isinstance(module, (nn.Embedding, MPOEmbedding)):
-            raise ValueError(f"the saved MPOEmbedding {name!r} is a {type(module).__name__} in this model")
+            raise ValueError(f"{where} is a {type(module).__name__} in this model")
         layer = MPOEmbedding(
             placeholder, padding_idx=spec["padding_idx"], mode=spec["mode"], dtype=dtype, device=device
         )
