@@ -1,7 +1,7 @@
 """The ``mpo`` command: compress a checkpoint, inspect and rebuild the result, compare with SVD/CP/Tucker.
 
     mpo compress CHECKPOINT -o OUT [--n 5] (--max-bond B | --ratio R | --tol T | --exact) [--force] [--dtype D]
-                 [--include GLOB]... [--exclude GLOB]...
+                 [--include GLOB]... [--exclude GLOB]... [--calibration STATS [--scaling S] [--allocate model]]
     mpo inspect OUT
     mpo rebuild OUT -o DENSE
     mpo compare CHECKPOINT [--matrix NAME]... [--ratios R ...] [--plot FILE.png]
@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the weights matching this fnmatch glob (repeatable): module names in a model folder "
                         "(e.g. '*.mlp.*', as mpo.torch.compress), tensor names in a single file")
     p.add_argument("--exclude", action="append", help="not the weights matching this glob (repeatable)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="activation statistics of this model folder (mpo.torch.calibrate(...).save(FILE), or mpo "
+                        "calibrate): its untied Linear layers with statistics are fitted to their inputs, as "
+                        "mpo.torch.compress(weights='activations') does; needs torch and transformers")
+    p.add_argument("--scaling", choices=["auto", "none", "diagonal", "whiten", "diagonal+whiten"], default="auto",
+                   help="how --calibration's statistics are used (default auto: whiten for --n 2, diagonal for n > 2)")
+    p.add_argument("--allocate", choices=["model"],
+                   help="with --calibration and --ratio: one parameter budget over all calibrated Linear layers, "
+                        "whitened-SVD ranks chosen by their activation spectra (mpo.torch.compress(allocate='model'))")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("inspect", help="print the table of a compressed file")

@@ -33,7 +33,7 @@ from .._activation import (
 )
 from ._layers import MPOLinear
 
-__all__ = ["allocation", "calibrate", "SensitivityReport", "SensitivityRow", "sensitivity", "activation_layer", "activation_settings", "model_allocation"]
+__all__ = ["allocation", "calibrate", "check_calibration", "SensitivityReport", "SensitivityRow", "sensitivity", "activation_layer", "activation_settings", "model_allocation"]
 
 
 def _conv1d_type():
@@ -168,6 +168,28 @@ def calibrate(
         raise ValueError(f"these layers saw no input during calibration (not used by the forward pass?): {missing}")
     # The Gram is symmetric in exact arithmetic; addmm's rounding may differ by an ulp across the diagonal.
     return Calibration({n: ActivationStats(((g + g.T) / 2).numpy(), counts[n]) for n, g in grams.items()})
+
+
+def check_calibration(model: nn.Module, calibration: Calibration) -> None:
+    """Raise ValueError unless every layer of ``calibration`` is a Linear (or Conv1D) of ``model`` whose
+    input width equals the statistics' feature count: statistics of another model are refused before use.
+    (The statistics themselves, finite, symmetric and float64, are checked when they are made or loaded.)"""
+    if not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration must be an mpo.Calibration, got {type(calibration).__name__}")
+    layers = _compressible(model)
+    unknown = [name for name in calibration if name not in layers]
+    if unknown:
+        raise ValueError(
+            f"the calibration has statistics for {len(unknown)} layers this model does not have as Linear or Conv1D "
+            f"(statistics of another model?), first {unknown[0]!r}"
+        )
+    for name, stats in calibration.items():
+        width = _in_features(layers[name])
+        if stats.features != width:
+            raise ValueError(
+                f"the calibration's statistics of {name!r} are for {stats.features} input features; the layer has "
+                f"{width} (statistics of another model?)"
+            )
 
 
 def _matrix(module: nn.Module) -> np.ndarray:
