@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=_ratio, default=0.2)
     p.add_argument("--ratios", **ratios)
     p.add_argument("--cp-max-rank", **cp)
+    p.add_argument("--layers", type=_positive, default=None,
+                   help="compress for function only the first LAYERS encoder layers (default all 6; 1 is a quick look)")
     p.set_defaults(func=demo)
     return parser
 
