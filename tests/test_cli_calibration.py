@@ -122,3 +122,42 @@ def test_allocate_needs_calibration_and_ratio(bert, tmp_path, capsys, args, frag
     code = main(["compress", str(folder), "-o", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err
     assert code == 2 and fragment in err
+
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away", "it", "was", "red", "blue", "sky"]
+
+
+def test_mpo_calibrate_equals_torch_calibrate_on_the_same_lines(tmp_path, capsys):
+    folder = tmp_path / "bert"
+    model = tiny_bert()
+    model.save_pretrained(folder)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab))
+    tokenizer.save_pretrained(folder)
+    lines = ["the cat sat on the mat", "a dog ran far away", "it was red", "the sky was blue", "", "a cat ran"]
+    (tmp_path / "text.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "stats.safetensors"
+    argv = ["calibrate", str(folder), "--text", str(tmp_path / "text.txt"), "-o", str(out), "--include", INCLUDE,
+            "--batch-size", "2"]
+    assert main(argv) == 0
+    got = mpo.Calibration.load(out)
+    kept = [line for line in lines if line]
+    batches = [tokenizer(kept[k : k + 2], padding=True, return_tensors="pt") for k in range(0, len(kept), 2)]
+    want = mt.calibrate(model, batches, include=INCLUDE, progress=False)
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].tokens == want[name].tokens
+        np.testing.assert_allclose(got[name].gram, want[name].gram, rtol=1e-12, atol=1e-9)
+    # A folder without a tokenizer, and a text file that is not there: one line, exit 2, no file.
+    bare = tmp_path / "bare"
+    model.save_pretrained(bare)
+    capsys.readouterr()
+    for args, fragment in ((["calibrate", str(bare), "--text", str(tmp_path / "text.txt"), "-o", str(tmp_path / "x.st")],
+                            "cannot load the model and its tokenizer"),
+                           (["calibrate", str(folder), "--text", str(tmp_path / "none.txt"), "-o", str(tmp_path / "x.st")],
+                            "does not exist")):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+        assert not (tmp_path / "x.st").exists()

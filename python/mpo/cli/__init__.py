@@ -2,6 +2,7 @@
 
     mpo compress CHECKPOINT -o OUT [--n 5] (--max-bond B | --ratio R | --tol T | --exact) [--force] [--dtype D]
                  [--include GLOB]... [--exclude GLOB]... [--calibration STATS [--scaling S] [--allocate model]]
+    mpo calibrate MODEL_DIR --text FILE -o STATS [--include GLOB]... [--exclude GLOB]...
     mpo inspect OUT
     mpo rebuild OUT -o DENSE
     mpo compare CHECKPOINT [--matrix NAME]... [--ratios R ...] [--plot FILE.png]
@@ -25,7 +26,7 @@ from typing import NoReturn
 
 from .. import __version__
 from .._validation import parse_ratio, parse_tol
-from ._commands import UsageError, compress, inspect, rebuild
+from ._commands import UsageError, calibrate, compress, inspect, rebuild
 from ._compare import compare, compare_table, plot_compare, run_compare
 from ._demo import demo
 
@@ -108,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --calibration and --ratio: one parameter budget over all calibrated Linear layers, "
                         "whitened-SVD ranks chosen by their activation spectra (mpo.torch.compress(allocate='model'))")
     p.set_defaults(func=compress)
+
+    p = sub.add_parser("calibrate", help="save a model folder's layer input statistics for compress --calibration")
+    p.add_argument("model", help="a Hugging Face model folder with its tokenizer")
+    p.add_argument("--text", required=True, help="UTF-8 text, one sample per line (real text the model will meet)")
+    p.add_argument("-o", "--output", required=True, help="the statistics file (.safetensors)")
+    p.add_argument("--include", action="append", help="only the Linear/Conv1D modules matching this glob (repeatable)")
+    p.add_argument("--exclude", action="append", help="not the modules matching this glob (repeatable)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="lines per batch (default 8)")
+    p.add_argument("--max-length", type=_positive, default=128, help="tokens per line at most (default 128)")
+    p.set_defaults(func=calibrate)
 
     p = sub.add_parser("inspect", help="print the table of a compressed file")
     p.add_argument("file")

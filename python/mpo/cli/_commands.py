@@ -23,7 +23,7 @@ from .._validation import match_names
 from ..io._hf import MIN_SIDE, candidate_matrices, compress_checkpoint, dense_reason, open_checkpoint, same_location
 from ._report import print_folder_report, print_report, progress
 
-__all__ = ["UsageError", "read_tensors", "write_tensors", "check_writable", "read_compressed",
+__all__ = ["UsageError", "activation_fits", "calibrate", "read_tensors", "write_tensors", "check_writable", "read_compressed",
            "check_compress_args", "compress", "compress_folder", "inspect", "rebuild"]
 
 
@@ -169,6 +169,55 @@ def activation_fits(args: argparse.Namespace) -> dict[str, dict | None]:
     return {name: None if setting[0] == "dense" else
             {"activations": calibration[name], "n": 2, "max_bond": setting[1], "scaling": scaling}
             for name, setting in plan.settings.items()}
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """mpo calibrate: run a model folder on the lines of a text file and save its layers' input statistics
+    (``mpo.torch.calibrate``) for ``mpo compress --calibration``. Needs torch, transformers and the
+    folder's tokenizer."""
+    source = str(args.model)
+    if not os.path.isdir(source) or not os.path.isfile(os.path.join(source, "config.json")):
+        raise UsageError(f"calibrate needs a Hugging Face model folder with config.json, got {source!r}")
+    if not os.path.isfile(str(args.text)):
+        raise UsageError(f"--text {str(args.text)!r} does not exist")
+    try:
+        with open(str(args.text), encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--text {str(args.text)!r} is not UTF-8 text: {exc}") from None
+    if not lines:
+        raise UsageError(f"--text {str(args.text)!r} holds no non-empty line")
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+    if not any(os.path.isfile(os.path.join(source, name)) for name in tokenizer_files):
+        raise UsageError(f"cannot load the model and its tokenizer from {source!r}: it has no tokenizer file "
+                         f"({', '.join(tokenizer_files)})")
+    check_writable(args.output)
+    try:
+        import mpo.torch as mt  # optional: the model runs in torch
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise UsageError(f"calibrate runs the model with torch and transformers: {_one_line(exc)}") from None
+    try:
+        # local_files_only: what is calibrated is this folder, never something fetched in its place.
+        model = type(mt.skeleton(source)).from_pretrained(source, local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"cannot load the model and its tokenizer from {source!r}: {_one_line(exc)}") from None
+    if tokenizer.pad_token is None:  # GPT-2 has none; padding is left out of the statistics anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    batches = [tokenizer(lines[k : k + args.batch_size], padding=True, truncation=True, max_length=args.max_length,
+                         return_tensors="pt") for k in range(0, len(lines), args.batch_size)]
+    try:
+        found = mt.calibrate(model, batches, include=args.include, exclude=args.exclude,
+                             progress=lambda done, total, tokens: progress(done, total or done, f"{tokens} tokens"))
+        found.save(args.output)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(_one_line(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(args.output)!r}: {exc.strerror or exc}") from None
+    tokens = max(s.tokens for s in found.values())
+    print(f"{len(found)} layers, {len(lines)} lines, {tokens:,} tokens: wrote {args.output}", file=sys.stderr)
+    return 0
 
 
 def compress_folder(args: argparse.Namespace) -> int:
