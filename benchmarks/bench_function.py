@@ -20,7 +20,10 @@ sensitivity: ``mpo.torch.sensitivity`` at share 0.5 on the calibration sentences
 Targets (issue 17): every activation-aware method beats its plain form at every share; the best
 configuration beats wsvd by >= 0.1 mean cosine at 0.7 and 0.5; calibration plus the decomposition of the
 encoder takes less time than one epoch of fine-tuning on the calibration sentences (AdamW, batch 8,
-distillation to the original embeddings).
+distillation to the original embeddings), measured in the same run. Each method's cost is reported as
+"seconds" (its decomposition of the encoder) and "total s": that plus the passes over the calibration
+sentences it needs (calibration; for fisher_mpo the Fisher pass; for alloc_sens the sensitivity pass,
+measured once and shared by every share); the timing target is checked per method on the total.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_function.py [--quick] [--shares 0.7 0.5 0.3] [--out PATH]
 """
@@ -50,13 +53,19 @@ BATCH = 8
 BBC_PER_CATEGORY = 18
 ENCODER = "encoder.layer.*"
 METHODS = ("svd", "wsvd", "mpo", "mpo_diag", "mpo_kron", "mpo_diag_kron", "fisher_mpo", "alloc", "alloc_sens")
-QUICK_METHODS = ("svd", "wsvd", "mpo", "mpo_diag", "alloc")
+QUICK_METHODS = ("svd", "wsvd", "mpo", "mpo_diag", "alloc", "alloc_sens")
 # Activation-aware method -> its plain form, for the first target.
 PLAIN = {
     "wsvd": "svd", "mpo_diag": "mpo", "mpo_kron": "mpo", "mpo_diag_kron": "mpo", "fisher_mpo": "mpo", "alloc": "svd",
     "alloc_sens": "svd",
 }
 SENSITIVITY_SHARE = 0.5
+# The passes over the calibration sentences each method needs before its decomposition (svd and mpo none).
+PASSES = {
+    "wsvd": ("calibration",), "mpo_diag": ("calibration",), "mpo_kron": ("calibration",),
+    "mpo_diag_kron": ("calibration",), "fisher_mpo": ("fisher",), "alloc": ("calibration",),
+    "alloc_sens": ("calibration", "sensitivity"),
+}
 
 
 def bbc_sentences(per_category: int) -> list[str]:
@@ -195,6 +204,7 @@ def main() -> None:
             mt.compress(m, ratio=share, allocate=plan, calibration=calibration, **common)
         return m
 
+    passes = {"calibration": calibration_seconds, "fisher": fisher_seconds, "sensitivity": sensitivity_seconds}
     records, summary = [], []
     for share in shares:
         for method in methods:
@@ -230,6 +240,8 @@ def main() -> None:
                 "mean_held_out_activation_error": float(np.mean([r["held_out_activation_error"] for r in per_layer])),
                 "mean_weight_error": float(np.mean([r["weight_error"] for r in per_layer])),
                 "seconds": seconds,
+                # What the method costs from the dense model: the passes over the calibration text it needs, too.
+                "total_seconds": seconds + sum(passes[p] or 0.0 for p in PASSES.get(method, ())),
             }
             assert params <= share * sum(dense.values()) * (1 + 1e-9), (method, params)
             summary.append(entry)
@@ -253,6 +265,8 @@ def main() -> None:
     epoch_seconds = time.perf_counter() - t0
     whitened = [e for e in summary if e["method"] in ("wsvd", "alloc")]
     decomposition_seconds = max(e["seconds"] for e in whitened) if whitened else None
+    for e in summary:
+        e["epoch_seconds"] = epoch_seconds
 
     cosine = {(e["share"], e["method"]): e["mean_cosine"] for e in summary}
     targets = {"activation_aware_beats_plain": {}, "best_beats_wsvd_by_0.1": {}, "faster_than_one_epoch": None}
@@ -267,19 +281,24 @@ def main() -> None:
             }
     if decomposition_seconds is not None:
         targets["faster_than_one_epoch"] = calibration_seconds + decomposition_seconds < epoch_seconds
+    targets["total_faster_than_one_epoch"] = {
+        f"{e['method']}@{e['share']:g}": e["total_seconds"] < epoch_seconds for e in summary
+    }
 
     table = [
         [f"{e['share']:g}", e["method"], f"{e['mean_cosine']:.4f}", f"{e['params']}", f"{e['mean_activation_error']:.4f}",
-         f"{e['mean_held_out_activation_error']:.4f}", f"{e['mean_weight_error']:.4f}", f"{e['seconds']:.1f}"]
+         f"{e['mean_held_out_activation_error']:.4f}", f"{e['mean_weight_error']:.4f}", f"{e['seconds']:.1f}",
+         f"{e['total_seconds']:.1f}", f"{epoch_seconds:.1f}"]
         for e in summary
     ]
     print(format_table(
-        ["share", "method", "held-out cosine", "params", "act. err (calib.)", "act. err (held out)", "weight err", "seconds"],
+        ["share", "method", "held-out cosine", "params", "act. err (calib.)", "act. err (held out)", "weight err",
+         "seconds", "total s", "epoch s"],
         table,
     ))
     print(
-        f"calibration {calibration_seconds:.2f} s + decomposition {decomposition_seconds} s vs one fine-tuning "
-        f"epoch {epoch_seconds:.2f} s"
+        f"calibration {calibration_seconds:.2f} s, sensitivity {sensitivity_seconds} s, Fisher {fisher_seconds} s; "
+        f"decomposition (wsvd/alloc) {decomposition_seconds} s; one fine-tuning epoch {epoch_seconds:.2f} s"
     )
     print("targets:", targets)
     write_json(out_path, {

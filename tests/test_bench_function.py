@@ -34,7 +34,7 @@ def test_quick_run_writes_a_consistent_table(tmp_path):
     data = json.loads(out.read_text())
     assert data["benchmark"] == "function" and data["quick"] is True
     rows = {e["method"]: e for e in data["summary"]}
-    assert set(rows) == {"svd", "wsvd", "mpo", "mpo_diag", "alloc"}
+    assert set(rows) == {"svd", "wsvd", "mpo", "mpo_diag", "alloc", "alloc_sens"}
     for e in rows.values():
         assert 0 < e["params"] <= 0.5 * e["dense_params"] * (1 + 1e-9)
         assert -1 <= e["min_cosine"] <= e["mean_cosine"] <= 1
@@ -46,3 +46,11 @@ def test_quick_run_writes_a_consistent_table(tmp_path):
     assert len(layers) == len(data["layers"]) == 12
     assert data["calibration_seconds"] > 0 and data["epoch_seconds"] > 0
     assert "targets" in data and "faster_than_one_epoch" in data["targets"]
+    # Each method's cost: its decomposition, plus the passes over the calibration text it needs; the epoch
+    # it is set against is measured in the same run.
+    assert rows["svd"]["total_seconds"] == rows["svd"]["seconds"]
+    assert rows["wsvd"]["total_seconds"] == pytest.approx(rows["wsvd"]["seconds"] + data["calibration_seconds"])
+    assert rows["alloc_sens"]["total_seconds"] == pytest.approx(
+        rows["alloc_sens"]["seconds"] + data["calibration_seconds"] + data["sensitivity_seconds"])
+    assert all(e["epoch_seconds"] == data["epoch_seconds"] for e in rows.values())
+    assert set(data["targets"]["total_faster_than_one_epoch"]) == {f"{m}@0.5" for m in rows}

@@ -268,10 +268,29 @@ def test_demo_says_what_to_do_when_the_checkpoint_cannot_be_had(tmp_path, monkey
 def test_demo_runs_on_the_installed_checkpoint(tmp_path):
     pytest.importorskip("tensorly")
     pytest.importorskip("matplotlib")
-    proc = mpo("demo", "--out-dir", "out", "--ratios", "0.1", "--cp-max-rank", "40", cwd=tmp_path, check=True)
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    proc = mpo("demo", "--out-dir", "out", "--ratios", "0.1", "--cp-max-rank", "40", "--layers", "1", cwd=tmp_path,
+               check=True)
     assert "37 matrices:" in proc.stdout and "mpo-budget" in proc.stdout
     assert (tmp_path / "out" / "minilm-mpo.safetensors").is_file()
     assert (tmp_path / "out" / "minilm-compare.png").is_file()
+    # The function half: four methods on the held-out sentences, the best saved as a loadable folder.
+    rows = {line.split("  ")[0]: line.split() for line in proc.stdout.splitlines()
+            if line.startswith(("plain SVD", "whitened SVD", "plain MPO", "mpo best"))}
+    assert len(rows) == 4
+    cosine = {name: float(cols[-3]) for name, cols in rows.items()}
+    assert all(0 < c <= 1 for c in cosine.values())
+    assert cosine["whitened SVD"] > cosine["plain SVD"]  # what the activations buy (docs/RESULTS.md)
+    assert all(float(cols[-4]) <= 0.5 for cols in rows.values())  # every method within the share
+    assert (tmp_path / "out" / "minilm-function.png").is_file()
+    import mpo.torch as mt
+    import torch
+    from transformers import BertModel
+
+    loaded = mt.from_pretrained(tmp_path / "out" / "minilm-function")
+    assert isinstance(loaded, BertModel) and mt.mpo_layers(loaded)
+    assert any(p.dtype == torch.float32 for p in loaded.parameters())
 
 
 def test_write_failure_is_a_usage_error(tmp_path):

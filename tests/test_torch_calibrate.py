@@ -159,3 +159,53 @@ def test_a_precomputed_allocation_is_used_as_given():
             assert isinstance(layer, mt.MPOLinear) and layer.num_params == plan.params[name]
     with pytest.raises(ValueError, match="covers"):
         mt.compress(_model(), include="a", ratio=0.4, allocate=plan, calibration=cal, progress=False, force=True)
+
+
+def _tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                     num_attention_heads=4, max_position_embeddings=32)
+    torch.manual_seed(3)
+    model = transformers.BertModel(config).eval()
+    g = torch.Generator().manual_seed(4)
+    batches = [{"input_ids": torch.randint(0, 50, (3, 10), generator=g),
+                "attention_mask": torch.ones(3, 10, dtype=torch.long)} for _ in range(2)]
+    return model, batches
+
+
+@pytest.mark.parametrize("shifting", [False, True])
+def test_sensitivity_replaying_earlier_blocks_gives_the_scores_of_full_runs(shifting):
+    model, batches = _tiny_bert()
+    cal = mt.calibrate(model, batches, include="encoder.*", progress=False)
+    with torch.no_grad():
+        want = [model(**b).last_hidden_state for b in batches]
+    state = {"calls": 0}
+
+    def evaluate(m):
+        # shifting: other token ids on every call, so no recorded block input matches: every block runs.
+        state["calls"] += 1
+        shift = state["calls"] if shifting else 0
+        with torch.no_grad():
+            return float(sum(
+                torch.nn.functional.cosine_similarity(
+                    m(input_ids=(b["input_ids"] + shift) % 50, attention_mask=b["attention_mask"]).last_hidden_state,
+                    w, dim=-1).mean()
+                for b, w in zip(batches, want)))
+
+    runs = {"n": 0}
+    probe = model.encoder.layer[0].attention.self.query.register_forward_hook(lambda *a: runs.__setitem__("n", runs["n"] + 1))
+    state["calls"] = 0
+    chosen = ["*.query", "*.value"]  # 2 per block, 3 blocks
+    fast = mt.sensitivity(model, cal, evaluate, include=chosen, n=2, ratio=0.5, progress=False)
+    fast_runs, runs["n"] = runs["n"], 0
+    state["calls"] = 0
+    slow = mt.sensitivity(model, cal, evaluate, include=chosen, n=2, ratio=0.5, progress=False, reuse_prefix=False)
+    probe.remove()
+    assert fast.baseline == slow.baseline
+    assert [(r.name, r.score) for r in fast.rows] == [(r.name, r.score) for r in slow.rows]
+    assert all(type(b).forward is not None and "forward" not in vars(b) for b in model.encoder.layer)  # restored
+    # The probed query of block 0 runs in the baseline and in every score but its own; replayed, only in
+    # the baseline and block 0's other score, unless the inputs change.
+    assert len(fast.rows) == 6
+    assert runs["n"] == (1 + 5) * len(batches)
+    assert fast_runs == ((1 + 5) if shifting else (1 + 1)) * len(batches)

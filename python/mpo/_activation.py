@@ -108,6 +108,7 @@ class ActivationStats:
             raise ValueError(f"tokens must be an integer >= 1 (rows of X summed into gram), got {tokens!r}")
         self._gram = _frozen((g + g.T) / 2)
         self._tokens = int(tokens)
+        self._whitenings: dict[float, Whitening] = {}
 
     @classmethod
     def from_inputs(cls, X: object) -> ActivationStats:
@@ -124,6 +125,18 @@ class ActivationStats:
     def diagonal(self) -> np.ndarray:
         """diag(C): each input feature's sum of squares over the tokens."""
         return _frozen(np.diag(self._gram).copy())
+
+    def whitening(self, damping: float = DAMPING) -> Whitening:
+        """:func:`whitening` of this C, computed once per ``damping`` (C is read-only): the sensitivity
+        pass, the allocation's spectra and the final fits of one layer share one Cholesky factor."""
+        if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
+            return whitening(self._gram, damping)  # raises, naming the rule
+        key = float(damping)
+        if key not in self._whitenings:
+            found = whitening(self._gram, damping)
+            found.factor.setflags(write=False)
+            self._whitenings[key] = found
+        return self._whitenings[key]
 
     @property
     def tokens(self) -> int:
@@ -414,8 +427,12 @@ def _fold(cores: Sequence[np.ndarray], factors: Sequence[np.ndarray]) -> list[np
     """Core k's i_k index multiplied by L_k^-T: the MPO of (L_1 (x) ... (x) L_n)^-T (the cores' matrix)."""
     out = []
     for core, L in zip(cores, factors):
-        inv_t = _solve_upper(L.T, np.eye(L.shape[0]))
-        out.append(np.einsum("ab,dbjc->dajc", inv_t, np.asarray(core, dtype=np.float64)))
+        c = np.asarray(core, dtype=np.float64)
+        d, i, j, e = c.shape
+        # One triangular solve against the core (i x d j e), not the inverse of L^T times it: I^2 d j e
+        # operations instead of I^3 for the SVD layout's (1, I, 1, r) core.
+        rhs = np.moveaxis(c, 1, 0).reshape(i, d * j * e)
+        out.append(np.moveaxis(_solve_upper(L.T, rhs).reshape(i, d, j, e), 0, 1))
     return out
 
 
@@ -513,6 +530,7 @@ def decompose_activations(
         max_bond, ratio = (rank if caps is None else min(rank, caps[0])), None
     weights = {"diagonal": None if activations is None else activations.diagonal, "fisher": row_weights}.get(scaling)
     alpha = None
+    whitened_parts = None  # (L^T M, its truncation, lam) when L L^T = C + lam I exactly: the error's cheap form
     if scaling == "none" or (weights is not None and not svd_layout):
         # A diagonal over the multi-index (i_1..i_n) does not fold into one core: decompose's row weights.
         m = decompose(a, shape, n=n, row_weights=weights, max_bond=max_bond, ratio=ratio, tol=tol)
@@ -553,7 +571,8 @@ def decompose_activations(
             if s == 1:
                 factors.append(np.ones((1, 1)))
                 continue
-            w = whitening(pieces[k], damping)
+            full = activations is not None and pieces[k] is activations.gram
+            w = activations.whitening(damping) if full else whitening(pieces[k], damping)
             factors.append(w.factor)
             alphas.append(w.alpha)
         alpha = max(alphas) if alphas else None
@@ -563,21 +582,29 @@ def decompose_activations(
             cores_ratio = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
             if not cores_ratio > 0:
                 raise ValueError(f"ratio {ratio} leaves no parameter for the cores beside the {rows} row scales")
-        inner = decompose(
-            _along_rows(work, factors, transpose=True),
-            (plan.in_shape, plan.out_shape),
-            max_bond=max_bond,
-            ratio=cores_ratio,
-            tol=tol,
-        )
+        whitened = _along_rows(work, factors, transpose=True)
+        inner = decompose(whitened, (plan.in_shape, plan.out_shape), max_bond=max_bond, ratio=cores_ratio, tol=tol)
         bound = inner.relative_error_bound()
         folded = _fold(inner.cores, factors)
         m = MPO.from_cores(folded, shape=(rows, cols), row_scale=scale)
+        exact_c = len(wide) == 1 and activations is not None and pieces[wide[0]] is activations.gram
+        if exact_c and whitened.shape == a.shape:
+            whitened_parts = (whitened, inner.to_dense(), activations.whitening(damping).lam)
     approx = m.to_dense()
+    if whitened_parts is not None:
+        # ||X E||^2 = tr(E^T C E) = ||L^T E||^2 - lam ||E||^2 with L L^T = C + lam I, and L^T E is the
+        # whitened matrix less its truncation: the same value as activation_error without its two
+        # I x I x J products.
+        w, t, lam = whitened_parts
+        num = float(np.sum((w - t) ** 2)) - lam * float(np.sum((a - approx) ** 2))
+        den = float(np.sum(w**2)) - lam * float(np.sum(a**2))
+        act_error = math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+    else:
+        act_error = None if activations is None else activation_error(a, approx, activations)
     return ActivationFit(
         mpo=m,
         scaling=scaling,
-        activation_error=None if activations is None else activation_error(a, approx, activations),
+        activation_error=act_error,
         held_out_error=None if held_out is None else activation_error(a, approx, held_out),
         weight_error=float(np.linalg.norm(a - approx) / np.linalg.norm(a)),
         bound=bound,
@@ -618,7 +645,7 @@ def svd_curve(name: str, M: object, stats: ActivationStats, *, damping: float = 
     a = as_matrix(M).astype(np.float64)
     rows, cols = a.shape
     _check_features(stats, rows)
-    L = whitening(stats.gram, damping).factor
+    L = stats.whitening(damping).factor
     s = np.linalg.svd(L.T @ a, compute_uv=False)
     energy = s**2
     total = float(energy.sum())

@@ -1,7 +1,8 @@
 """The ``mpo`` command: compress a checkpoint, inspect and rebuild the result, compare with SVD/CP/Tucker.
 
     mpo compress CHECKPOINT -o OUT [--n 5] (--max-bond B | --ratio R | --tol T | --exact) [--force] [--dtype D]
-                 [--include GLOB]... [--exclude GLOB]...
+                 [--include GLOB]... [--exclude GLOB]... [--calibration STATS [--scaling S] [--allocate model]]
+    mpo calibrate MODEL_DIR --text FILE -o STATS [--include GLOB]... [--exclude GLOB]...
     mpo inspect OUT
     mpo rebuild OUT -o DENSE
     mpo compare CHECKPOINT [--matrix NAME]... [--ratios R ...] [--plot FILE.png]
@@ -25,7 +26,7 @@ from typing import Any, NoReturn
 
 from .. import __version__
 from .._validation import parse_ratio, parse_tol
-from ._commands import UsageError, compress, inspect, rebuild
+from ._commands import UsageError, calibrate, compress, inspect, rebuild
 from ._compare import compare, compare_table, plot_compare, run_compare
 from ._demo import demo
 
@@ -98,7 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the weights matching this fnmatch glob (repeatable): module names in a model folder "
                         "(e.g. '*.mlp.*', as mpo.torch.compress), tensor names in a single file")
     p.add_argument("--exclude", action="append", help="not the weights matching this glob (repeatable)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="activation statistics of this model folder (mpo.torch.calibrate(...).save(FILE), or mpo "
+                        "calibrate): its untied Linear layers with statistics are fitted to their inputs, as "
+                        "mpo.torch.compress(weights='activations') does; needs torch and transformers")
+    p.add_argument("--scaling", choices=["auto", "none", "diagonal", "whiten", "diagonal+whiten"], default="auto",
+                   help="how --calibration's statistics are used (default auto: whiten for --n 2, diagonal for n > 2)")
+    p.add_argument("--allocate", choices=["model"],
+                   help="with --calibration and --ratio: one parameter budget over all calibrated Linear layers, "
+                        "whitened-SVD ranks chosen by their activation spectra (mpo.torch.compress(allocate='model'))")
     p.set_defaults(func=compress)
+
+    p = sub.add_parser("calibrate", help="save a model folder's layer input statistics for compress --calibration")
+    p.add_argument("model", help="a Hugging Face model folder with its tokenizer")
+    p.add_argument("--text", required=True, help="UTF-8 text, one sample per line (real text the model will meet)")
+    p.add_argument("-o", "--output", required=True, help="the statistics file (.safetensors)")
+    p.add_argument("--include", action="append", help="only the Linear/Conv1D modules matching this glob (repeatable)")
+    p.add_argument("--exclude", action="append", help="not the modules matching this glob (repeatable)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="lines per batch (default 8)")
+    p.add_argument("--max-length", type=_positive, default=128, help="tokens per line at most (default 128)")
+    p.set_defaults(func=calibrate)
 
     p = sub.add_parser("inspect", help="print the table of a compressed file")
     p.add_argument("file")
@@ -125,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=_ratio, default=0.2)
     p.add_argument("--ratios", **ratios)
     p.add_argument("--cp-max-rank", **cp)
+    p.add_argument("--layers", type=_positive, default=None,
+                   help="compress for function only the first LAYERS encoder layers (default all 6; 1 is a quick look)")
     p.set_defaults(func=demo)
     return parser
 

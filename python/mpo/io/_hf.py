@@ -31,13 +31,14 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import __version__
 from ._atomic import atomic_path
+from .._activation import decompose_activations
 from .._decompose import decompose
 from .._validation import match_names
 from ._safetensors import FLOAT_CODES, SafetensorsReader, SafetensorsWriter, TensorInfo, dtype_code, numpy_dtype
@@ -501,6 +502,7 @@ def compress_checkpoint(
     max_shard_size: int | str = DEFAULT_SHARD_SIZE,
     select: Callable[[list[str]], list[str]] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    fits: Mapping[str, Mapping | None] | None = None,
 ) -> CompressResult:
     """Compress every selected weight matrix of a checkpoint into a compressed model folder ``out``.
 
@@ -509,9 +511,16 @@ def compress_checkpoint(
     cores' dtype, by default each matrix's own; every tensor not compressed is copied bit-exactly. A
     matrix with a side below ``min_side``, or whose MPO would not be smaller than it, stays dense unless
     ``force``. ``select(paths) -> paths`` picks the module paths (include/exclude globs by default).
+
+    ``fits`` maps the module paths of ``nn.Linear`` layers to fit to their inputs to the keyword arguments
+    of :func:`mpo.decompose_activations` (``activations`` and the cut; the matrix is M = W.T, stored
+    "transposed" as ``mpo.torch.compress(weights="activations")`` holds it), or to None for a layer a
+    model-wide allocation keeps dense. Their rows carry ``act_error``, ||X(M - M')|| / ||XM|| on the
+    statistics; every other row has ``act_error`` None.
     """
     source, out = os.fspath(source), os.fspath(out)
     out_dtype = None if dtype is None else numpy_dtype(dtype_code(_named_dtype(dtype)))
+    fits = dict(fits or {})
     with open_checkpoint(source) as ckpt, new_folder(out) as tmp:
         candidates = candidate_matrices(ckpt)
         paths = list(candidates)
@@ -536,8 +545,11 @@ def compress_checkpoint(
                 if progress is not None:
                     progress(len(result.rows) + len(result.dense), len(chosen), path)
                 raw = ckpt.read(name)
-                reason, row = _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side, writer,
-                                            manifest)
+                if path in fits and fits[path] is None:
+                    reason, row = "the model-wide allocation keeps it dense (its parameters buy more elsewhere)", None
+                else:
+                    reason, row = _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side,
+                                                writer, manifest, fits.get(path))
                 if reason is not None:
                     result.dense[path] = reason
                     manifest["dense"][path] = reason
@@ -582,35 +594,51 @@ def dense_reason(shape: Sequence[int], m=None, force: bool = False, min_side: in
     return None
 
 
-def _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side, writer, manifest):
-    """Decompose one matrix and write its cores; (reason it stays dense, None) or (None, table row)."""
+def _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side, writer, manifest, fit=None):
+    """Decompose one matrix (fitted to its inputs when ``fit`` holds decompose_activations' arguments) and
+    write its cores; (reason it stays dense, None) or (None, table row)."""
     rows, cols = raw.shape
     reason = dense_reason(raw.shape, None, force, min_side)
     if reason is not None:
         return reason, None
     start = time.perf_counter()
     matrix = _as_float(raw)
+    act_error = None
     try:
-        m = decompose(matrix, n=n, max_bond=max_bond, tol=tol, ratio=ratio)
+        if fit is None:
+            m = decompose(matrix, n=n, max_bond=max_bond, tol=tol, ratio=ratio)
+        else:
+            # A Linear computes x @ W.T: the statistics are of x, so the fitted matrix is M = W.T (in x out).
+            found = decompose_activations(matrix.T, **fit)
+            m, act_error = found.mpo, found.activation_error
     except ValueError as exc:  # a ratio the matrix cannot meet, say
         return f"cannot meet the setting: {exc}", None
     seconds = time.perf_counter() - start
     reason = dense_reason(raw.shape, m, force, min_side)
     if reason is not None:
         return reason, None
-    known = m.exact_error()
-    norm = m.norm
-    error = (known / norm if norm > 0 else 0.0) if known is not None else \
-        float(np.linalg.norm(matrix - m.to_dense()) / max(np.linalg.norm(matrix), np.finfo(float).tiny))
+    if fit is None:
+        known = m.exact_error()
+        norm = m.norm
+        error = (known / norm if norm > 0 else 0.0) if known is not None else \
+            float(np.linalg.norm(matrix - m.to_dense()) / max(np.linalg.norm(matrix), np.finfo(float).tiny))
+        bound = m.relative_error_bound()
+    else:
+        error, bound = found.weight_error, found.bound
     target = out_dtype if out_dtype is not None else raw.dtype
     for core_name, core in zip(core_names(path, m.n), m.cores):
         writer.add(core_name, core.astype(target))
+    row_scale = None
+    if m.row_scale is not None:
+        row_scale = f"{path}.row_scale"
+        writer.add(row_scale, np.asarray(m.row_scale).astype(target))
     manifest["modules"][path] = module_entry(
-        kind=None, orientation="weight", shape=m.shape, in_factors=m.in_shape, out_factors=m.out_shape,
-        bonds=m.bond_dims, dtype=np.dtype(target).name, error=error,
+        kind=None if fit is None else "linear", orientation="weight" if fit is None else "transposed",
+        shape=m.shape, in_factors=m.in_shape, out_factors=m.out_shape, bonds=m.bond_dims,
+        dtype=np.dtype(target).name, row_scale=row_scale, error=error,
     )
     row = {"name": path, "shape": m.shape, "in_factors": m.in_shape, "out_factors": m.out_shape,
            "bonds": m.bond_dims, "rho": m.compression_ratio, "error": error,
-           "bound": m.relative_error_bound(), "seconds": seconds, "dense_params": rows * cols,
-           "params": m.num_params, "entropy": m.entropy()}
+           "bound": bound, "seconds": seconds, "dense_params": rows * cols,
+           "params": m.num_params, "entropy": m.entropy(), "act_error": act_error}
     return None, row

@@ -12,7 +12,7 @@ except ImportError as exc:  # exercised in a subprocess by tests/test_torch_opti
         "python -m pip install torch==2.13.0"
     ) from exc
 
-from ._calibrate import SensitivityReport, SensitivityRow, allocation, calibrate, sensitivity
+from ._calibrate import SensitivityReport, SensitivityRow, allocation, calibrate, check_calibration, sensitivity
 from ._compress import (
     MIN_SIDE,
     CompressionReport,
@@ -20,6 +20,7 @@ from ._compress import (
     LayerReport,
     ParameterReport,
     ParameterRow,
+    activation_candidates,
     compress,
     load,
     mpo_layers,
@@ -31,7 +32,7 @@ from ._compress import (
 from ._fisher import fisher_information
 from ._layers import MODES, MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, WeightView, layer_for
 from ._adapter import AdapterInfo, base_fingerprint, load_adapter, save_adapter
-from ._pretrained import from_pretrained, save_pretrained
+from ._pretrained import from_pretrained, save_pretrained, skeleton
 from ._squeeze import squeeze, squeeze_to
 from ._stacked import StackedBank, StackedLinear, compress_stacked
 
@@ -53,8 +54,10 @@ __all__ = [
     "SensitivityRow",
     "StackedLinear",
     "WeightView",
+    "activation_candidates",
     "allocation",
     "calibrate",
+    "check_calibration",
     "compress",
     "compress_stacked",
     "fisher_information",
@@ -67,6 +70,7 @@ __all__ = [
     "save",
     "sensitivity",
     "save_pretrained",
+    "skeleton",
     "squeeze",
     "squeeze_to",
     "tied_modules",

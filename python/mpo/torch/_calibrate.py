@@ -14,7 +14,8 @@ import fnmatch
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from .._activation import (
 )
 from ._layers import MPOLinear, weight_of
 
-__all__ = ["allocation", "calibrate", "SensitivityReport", "SensitivityRow", "sensitivity", "activation_layer", "activation_settings", "model_allocation"]
+__all__ = ["allocation", "calibrate", "check_calibration", "SensitivityReport", "SensitivityRow", "sensitivity", "activation_layer", "activation_settings", "model_allocation"]
 
 
 def _conv1d_type():
@@ -168,6 +169,28 @@ def calibrate(
         raise ValueError(f"these layers saw no input during calibration (not used by the forward pass?): {missing}")
     # The Gram is symmetric in exact arithmetic; addmm's rounding may differ by an ulp across the diagonal.
     return Calibration({n: ActivationStats(((g + g.T) / 2).numpy(), counts[n]) for n, g in grams.items()})
+
+
+def check_calibration(model: nn.Module, calibration: Calibration) -> None:
+    """Raise ValueError unless every layer of ``calibration`` is a Linear (or Conv1D) of ``model`` whose
+    input width equals the statistics' feature count: statistics of another model are refused before use.
+    (The statistics themselves, finite, symmetric and float64, are checked when they are made or loaded.)"""
+    if not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration must be an mpo.Calibration, got {type(calibration).__name__}")
+    layers = _compressible(model)
+    unknown = [name for name in calibration if name not in layers]
+    if unknown:
+        raise ValueError(
+            f"the calibration has statistics for {len(unknown)} layers this model does not have as Linear or Conv1D "
+            f"(statistics of another model?), first {unknown[0]!r}"
+        )
+    for name, stats in calibration.items():
+        width = _in_features(layers[name])
+        if stats.features != width:
+            raise ValueError(
+                f"the calibration's statistics of {name!r} are for {stats.features} input features; the layer has "
+                f"{width} (statistics of another model?)"
+            )
 
 
 def _matrix(module: nn.Module) -> np.ndarray:
@@ -328,6 +351,118 @@ class SensitivityReport:
         return "\n".join(lines)
 
 
+def _block_of(model: nn.Module, name: str) -> tuple[str, int] | None:
+    """(path of the nn.ModuleList, index) of the outermost repeated block holding layer ``name``, or None."""
+    parts = name.split(".")
+    for k in range(len(parts) - 1):
+        container = model.get_submodule(".".join(parts[:k])) if k else model
+        if isinstance(container, nn.ModuleList) and parts[k].isdigit():
+            return ".".join(parts[:k]), int(parts[k])
+    return None
+
+
+_LEAVES = (type(None), bool, int, float, str)
+
+
+def _copy(obj: Any) -> Any:
+    """A copy of a block's inputs or output whose tensors are cloned; raises TypeError on anything else
+    (a cache object, a dataclass): such a block is not replayed."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, _LEAVES):
+        return obj
+    if type(obj) in (tuple, list):
+        return type(obj)(_copy(x) for x in obj)
+    if type(obj) is dict:
+        return {k: _copy(v) for k, v in obj.items()}
+    raise TypeError(type(obj).__name__)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and a.device == b.device and torch.equal(a, b))
+    if type(a) is not type(b):
+        return False
+    if type(a) in (tuple, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+class _Prefix:
+    """Replays the blocks before a compressed layer (sensitivity's saving, exact).
+
+    Compressing one layer of block k leaves blocks 0..k-1 of its nn.ModuleList unchanged: during the
+    baseline evaluation every block's calls (inputs and output) are recorded, and while layer k's
+    variant is scored a block before it returns its recorded output, but only when its inputs equal the
+    recorded ones exactly (same tensors bit for bit; a deterministic block then computes the same
+    output). Any difference (an evaluate that changes its batches, a block run in another order) runs
+    the block itself, so the scores are those of running the whole model.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        self.model = model
+        self.blocks = {name: _block_of(model, name) for name in names}
+        self.calls: dict[tuple[str, int], list | None] = {}
+        for found in set(b for b in self.blocks.values() if b is not None):
+            self.calls[found] = []
+
+    def _block(self, key: tuple[str, int]) -> nn.Module:
+        return self.model.get_submodule(key[0])[key[1]]
+
+    @contextmanager
+    def record(self) -> Iterator[None]:
+        """Record every block's calls during one evaluation."""
+        handles = [self._block(key).register_forward_hook(self._recorder(key), with_kwargs=True) for key in self.calls]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _recorder(self, key):
+        def hook(_module, args, kwargs, output):
+            if self.calls[key] is None:
+                return
+            try:
+                self.calls[key].append((_copy(args), _copy(kwargs), _copy(output)))
+            except TypeError:  # an input or output that cannot be compared or copied: never replayed
+                self.calls[key] = None
+
+        return hook
+
+    @contextmanager
+    def replay(self, name: str) -> Iterator[None]:
+        """Replay the recorded blocks before ``name``'s block (an instance ``forward`` shadows the class's)."""
+        found = self.blocks.get(name)
+        keys = [] if found is None else [k for k in self.calls if k[0] == found[0] and k[1] < found[1]]
+        keys = [k for k in keys if self.calls[k] is not None and "forward" not in vars(self._block(k))]
+        for key in keys:
+            block = self._block(key)
+            block.forward = self._replayer(block, self.calls[key])
+        try:
+            yield
+        finally:
+            for key in keys:
+                del self._block(key).forward
+
+    @staticmethod
+    def _replayer(block: nn.Module, calls: list):
+        run = type(block).forward
+        position = [0]
+
+        def forward(*args, **kwargs):
+            k = position[0]
+            position[0] += 1
+            if k < len(calls) and _same(calls[k][0], args) and _same(calls[k][1], kwargs):
+                return _copy(calls[k][2])
+            return run(block, *args, **kwargs)
+
+        return forward
+
+
 def sensitivity(
     model: nn.Module,
     calibration: Calibration,
@@ -340,22 +475,35 @@ def sensitivity(
     ratio: float | None = 0.5,
     scaling: str = "whiten",
     progress: bool = True,
+    reuse_prefix: bool = True,
 ) -> SensitivityReport:
     """Per layer, what ``evaluate(model)`` (higher is better) loses when only that layer is compressed.
 
     Each chosen Linear is replaced in turn by its activation-aware MPO layer (:func:`activation_layer`
     with ``n``, ``max_bond``, ``ratio``, ``scaling``), the model scored, and the layer put back: the
     model is unchanged afterwards. ``loss`` = baseline - score.
+
+    ``reuse_prefix`` (default True) saves most of the repeated work: a layer inside the k-th block of an
+    ``nn.ModuleList`` (a transformer layer) does not change blocks 0..k-1, so those return the outputs
+    recorded in the baseline evaluation whenever their inputs are bit for bit the recorded ones (else
+    they run). The scores are the same as without it; it holds every block's inputs and outputs over
+    one evaluation in memory (False turns it off).
     """
     if not callable(evaluate):
         raise TypeError(f"evaluate must be callable(model) -> float, got {evaluate!r}")
     chosen = _select(model, include, exclude, "sensitivity")
     chosen = {k: v for k, v in chosen.items() if isinstance(v, nn.Linear)}
-    baseline = float(evaluate(model))
-    rows = []
-    for count, (name, module) in enumerate(chosen.items(), 1):
+    for name in chosen:
         if name not in calibration:
             raise ValueError(f"the calibration has no statistics for layer {name!r}")
+    prefix = _Prefix(model, list(chosen)) if reuse_prefix else None
+    if prefix is not None:
+        with prefix.record():
+            baseline = float(evaluate(model))
+    else:
+        baseline = float(evaluate(model))
+    rows = []
+    for count, (name, module) in enumerate(chosen.items(), 1):
         layer, fit = activation_layer(
             module, calibration[name], n=n, max_bond=max_bond, ratio=ratio, scaling=scaling
         )
@@ -363,7 +511,11 @@ def sensitivity(
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)
         try:
-            score = float(evaluate(model))
+            if prefix is not None:
+                with prefix.replay(name):
+                    score = float(evaluate(model))
+            else:
+                score = float(evaluate(model))
         finally:
             setattr(parent, child, module)
         row = SensitivityRow(name, layer.num_params, math.prod(layer.matrix_shape), float(fit.activation_error), score, baseline - score)

@@ -32,6 +32,7 @@ __all__ = [
     "ParameterReport",
     "ParameterRow",
     "compress",
+    "activation_candidates",
     "mpo_layers",
     "tied_modules",
     "parameter_report",
@@ -373,8 +374,7 @@ def compress(
     if unknown:
         raise ValueError(f"shape names modules that are not compressed: {unknown}; compressed are: {sorted(chosen)}")
     todo, kept = _choose_groups(model, groups, chosen, force)
-    # Data-aware fits (Fisher rows, activation statistics) serve plain, untied Linear layers only.
-    plain_linears = [g.names[0] for g in todo if len(g.names) == 1 and g.members[0][1] == "linear"]
+    plain_linears = [g.names[0] for g in todo if _plain_linear(g)]
     fitted = activation_settings(
         model, plain_linears, calibration, weights=weights, allocate=allocate, n=n, max_bond=max_bond,
         ratio=ratio, tol=tol, scaling=scaling, progress=progress,
@@ -440,6 +440,21 @@ def compress(
         _set_module(model, name, stand_in)
     order = {name: k for k, name in enumerate(candidates)}
     return CompressionReport(layers, sorted(kept, key=lambda d: order[d.name]))
+
+
+def _plain_linear(group: _Group) -> bool:
+    # Data-aware fits (Fisher rows, activation statistics) serve plain, untied Linear layers only.
+    return len(group.names) == 1 and group.members[0][1] == "linear"
+
+
+def activation_candidates(model: nn.Module) -> list[str]:
+    """The modules ``compress(weights="activations")`` fits to their inputs when chosen: every untied
+    ``nn.Linear`` that an MPO layer can replace (the others, Conv1D and tied or overriding modules, are
+    compressed plainly or stay dense). The ``mpo`` command's ``--calibration`` applies the same rule."""
+    holders: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(name)
+    return [g.names[0] for g in _groups(model) if _plain_linear(g) and _structural_reason(g, holders) is None]
 
 
 def _choose_groups(

@@ -21,7 +21,7 @@ from ..io._safetensors import numpy_dtype
 from ._compress import mpo_layers
 from ._layers import LAYER_KINDS, MPOTiedLinear, layer_for
 
-__all__ = ["from_pretrained", "save_pretrained"]
+__all__ = ["from_pretrained", "save_pretrained", "skeleton"]
 
 # torch dtype <-> the NumPy dtype the safetensors module reads and writes; the half and float8 types go
 # through an integer view of the same width, so values are copied bit-exactly.
@@ -105,6 +105,21 @@ def _tied_groups(model: nn.Module) -> list[list[str]]:
     for name, p in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(p), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
+
+
+def skeleton(folder: str | os.PathLike, model_class=None) -> nn.Module:
+    """The model of a folder's config.json built on the meta device: its module names, kinds, weight
+    shapes and ties, without allocating or reading a weight (the ``mpo`` command's ``--calibration`` checks
+    statistics against it). ``model_class`` defaults to the class named by ``config.architectures``."""
+    import transformers
+
+    folder = os.fspath(folder)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ValueError(f"{folder!r} has no config.json: the model's layers cannot be known without it")
+    config = transformers.AutoConfig.from_pretrained(folder)
+    cls = _model_class(config, model_class)
+    with torch.device("meta"):
+        return cls(config)
 
 
 def from_pretrained(folder: str | os.PathLike, model_class=None, *, dtype: torch.dtype | None = None,
