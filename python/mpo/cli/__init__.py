@@ -1,7 +1,7 @@
 """The ``mpo`` command: compress a checkpoint, inspect and rebuild the result, compare with SVD/CP/Tucker.
 
     mpo compress CHECKPOINT -o OUT [--n 5] (--max-bond B | --ratio R | --tol T | --exact) [--force] [--dtype D]
-                 [--include GLOB]... [--exclude GLOB]...
+                 [--include GLOB]... [--exclude GLOB]... [--workers N | --scheduler ADDRESS]
     mpo inspect OUT
     mpo rebuild OUT -o DENSE
     mpo compare CHECKPOINT [--matrix NAME]... [--ratios R ...] [--plot FILE.png]
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the weights matching this fnmatch glob (repeatable): module names in a model folder "
                         "(e.g. '*.mlp.*', as mpo.torch.compress), tensor names in a single file")
     p.add_argument("--exclude", action="append", help="not the weights matching this glob (repeatable)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive,
+                       help="decompose on N local worker processes of one kernel thread each (a Dask LocalCluster; "
+                            'needs pip install "mpo[distributed]")')
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="decompose on the workers of the running Dask cluster at ADDRESS (e.g. tcp://host:8786); "
+                            "they must see the checkpoint at the same path")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("inspect", help="print the table of a compressed file")
