@@ -23,7 +23,7 @@ and 64 workers is the sum over its matrices divided by workers x the measured ef
 times the measured overhead of a run over its decompositions (reading, writing). It is a projection:
 linear scaling at the efficiency measured here is an assumption, and a cluster's file system may differ.
 
-    python benchmarks/bench_distributed.py                 # 2 layers, --max-bond 64 (a long run; ~10 GB)
+    python benchmarks/bench_distributed.py                 # 2 layers, --max-bond 64 (long; several GB of memory)
     python benchmarks/bench_distributed.py --quick         # tiny shapes, under a minute; figures not meaningful
 """
 
@@ -155,9 +155,7 @@ def run_once(source: str, out: str, settings: dict, workers: int | None) -> dict
 
     if workers is None:
         result, wall = run(None)
-        cluster_s = 0.0
-        pid, peak = _worker_peak()  # this process: the serial run's peak (after the writing of the checkpoint)
-        seen[pid] = peak
+        cluster_s = 0.0  # (this process's peak is not reported: writing the checkpoint set it)
     else:
         with _dask.local_client(workers) as client:
             client.run(_warm)  # every worker imports mpo before the clock starts (counted in "start")
@@ -262,7 +260,7 @@ def main(argv=None) -> int:
     projection = {"llama-3-8b": project(full, seconds, overhead, efficiency),
                   "llama-3-70b": project(big, seconds, overhead, efficiency)}
 
-    print(f"\n{'run':<10} {'wall s':>8} {'start s':>8} {'matrices/s':>11} {'MB/s':>8}  peak RSS per process (MB)")
+    print(f"\n{'run':<10} {'wall s':>8} {'start s':>8} {'matrices/s':>11} {'MB/s':>8}  peak RSS per worker (MB)")
     for label, r in runs.items():
         print(f"{label:<10} {r['wall_s']:8.2f} {r['cluster_start_s']:8.2f} {r['matrices_per_s']:11.3f} "
               f"{r['mb_per_s']:8.2f}  {r['peak_rss_mb']}")
