@@ -38,10 +38,12 @@ import tempfile
 import time
 
 if __name__ == "__main__":
-    # One kernel thread everywhere (this process's serial run too), before NumPy or mpo load their
-    # libraries; not when a test imports the checkpoint writer from here.
+    # One kernel thread everywhere, this process's serial run too (set before NumPy or mpo load their
+    # libraries; not when a test imports the checkpoint writer from here). Forced, not defaulted: mpo's
+    # parallel products add in another order on more threads, and the serial output would then differ
+    # from the workers' in the last bits, failing the identity check.
     for _var in ("MPO_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_var, "1")
+        os.environ[_var] = "1"
 
 import numpy as np  # noqa: E402
 

@@ -3,6 +3,7 @@ killed mid-run changes nothing, an interrupted run (an exception, or SIGKILL of 
 to the same output, a progress file of another run is refused, and --workers without dask says what to
 install. One LocalCluster of two processes serves the whole module."""
 
+import contextlib
 import json
 import os
 import signal
@@ -50,6 +51,8 @@ def source(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def serial(source, tmp_path_factory):
+    # In this process, on any kernel thread count: these matrices are far below the size at which mpo's
+    # products fork threads (whose count changes the order of the sums, and so the last bits).
     out = tmp_path_factory.mktemp("serial") / "out"
     result = _hf.compress_checkpoint(source, out, **SETTINGS)
     return out, result
@@ -190,6 +193,17 @@ def test_a_matrix_file_of_another_matrix_is_not_taken_as_finished(source, interr
         _hf.compress_checkpoint(source, interrupted, **SETTINGS)
 
 
+def test_cores_that_do_not_match_their_record_are_refused(source, interrupted):
+    from mpo.io import _safetensors as st
+
+    path = interrupted / WORK / "m-00000.safetensors"  # the embedding, compressed
+    with st.SafetensorsReader(path) as r:
+        meta, cores = r.metadata, [r.read(name) for name in r.names]
+    st.save_file(path, {f"cores.{k}": c for k, c in enumerate(cores[:-1])}, meta)  # a core missing
+    with pytest.raises(ValueError, match="not those its record describes"):
+        _hf.compress_checkpoint(source, interrupted, **SETTINGS)
+
+
 def test_a_changed_source_is_refused(source, tmp_path):
     copy = tmp_path / "src"
     copy.mkdir()
@@ -204,15 +218,24 @@ def test_a_changed_source_is_refused(source, tmp_path):
         _hf.compress_checkpoint(copy, out, **SETTINGS)
 
 
-def test_cli_on_a_running_scheduler_and_on_local_workers(source, serial, client, tmp_path, capsys):
+def test_cli_on_a_running_scheduler_and_on_local_workers(source, serial, client, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     assert cli.main(["compress", str(source), "-o", str(out), "--max-bond", "6", "--n", "3",
                      "--scheduler", client.scheduler.address]) == 0
     assert "model.layers.1.mlp.down_proj" in capsys.readouterr().out
     assert files(out) == files(serial[0])
+    # --workers N asks local_client for N processes (a cluster of its own is started by the benchmark's
+    # test; here the module's cluster stands in for it, to keep this file fast).
+    asked = []
+
+    def local_client(workers):
+        asked.append(workers)
+        return contextlib.nullcontext(client)
+
+    monkeypatch.setattr(_dask, "local_client", local_client)
     out = tmp_path / "out-local"
-    assert cli.main(["compress", str(source), "-o", str(out), "--max-bond", "6", "--n", "3", "--workers", "1"]) == 0
-    assert files(out) == files(serial[0])
+    assert cli.main(["compress", str(source), "-o", str(out), "--max-bond", "6", "--n", "3", "--workers", "3"]) == 0
+    assert asked == [3] and files(out) == files(serial[0])
 
 
 def test_workers_without_dask_say_what_to_install(source, tmp_path, monkeypatch, capsys):
@@ -240,3 +263,16 @@ def test_a_bad_scheduler_address_is_one_line(source, tmp_path, capsys, monkeypat
                          "--scheduler", "tcp://127.0.0.1:9"])
     assert code == 2
     assert "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_the_command_says_how_to_resume(source, serial, tmp_path, monkeypatch, capsys):
+    from mpo.cli import _commands
+
+    monkeypatch.setattr(_commands, "progress", stop_after(3))
+    out = tmp_path / "out"
+    args = ["compress", str(source), "-o", str(out), "--max-bond", "6", "--n", "3"]
+    assert cli.main(args) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli.main(args) == 0
+    assert "resumed: 3 of" in capsys.readouterr().err and files(out) == files(serial[0])

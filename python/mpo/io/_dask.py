@@ -113,9 +113,10 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], *, client=None, wi
         first = submit(itertools.islice(todo, window))
         if not first:
             return
-        pending = distributed.as_completed(first, loop=client.loop)
-        for future in pending:
-            result = future.result()
+        # with_results: the results are gathered in the background and the loop waits on a plain queue,
+        # so Ctrl-C never lands inside a blocking client call (distributed logs a NameError then).
+        pending = distributed.as_completed(first, loop=client.loop, with_results=True)
+        for future, result in pending:
             live.discard(future)
             future.release()
             yield result

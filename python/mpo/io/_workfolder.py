@@ -162,6 +162,10 @@ class WorkFolder:
             count = len(r.names)
             if r.names != [f"cores.{k}" for k in range(count)] or not isinstance(record, dict):
                 raise ValueError(f"{path!r} does not hold cores.0 ... cores.{count - 1} and a record")
+            shapes = [r.info(f"cores.{k}").shape for k in range(count)]
+            if shapes != _core_shapes(record.get("entry")):
+                raise ValueError(f"{path!r}: the cores have shapes {shapes}, not those its record describes; remove "
+                                 f"{self.path!r} to start over")
             return [r.read(f"cores.{k}") for k in range(count)], record
 
     def remove(self) -> None:
@@ -172,6 +176,20 @@ class WorkFolder:
                 os.rmdir(self.out)
             except OSError:
                 pass
+
+
+def _core_shapes(entry) -> list[tuple[int, ...]]:
+    """The core shapes (d_{k-1}, i_k, j_k, d_k) a manifest entry describes; [] for none (a dense matrix)."""
+    if entry is None:
+        return []
+    try:
+        bonds = [1, *entry["bonds"], 1]
+        ins, outs = entry["in_factors"], entry["out_factors"]
+        if len(ins) != len(outs) or len(bonds) != len(ins) + 1:
+            return [(-1,)]
+        return [(int(bonds[k]), int(i), int(j), int(bonds[k + 1])) for k, (i, j) in enumerate(zip(ins, outs))]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return [(-1,)]  # a damaged record matches no cores
 
 
 def _file_name(index: int) -> str:
