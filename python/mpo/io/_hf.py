@@ -13,6 +13,11 @@ Output (``write_compressed`` / ``compress_checkpoint``), one folder:
 - ``mpo_manifest.json``: format name and version, and per compressed module its kind, orientation,
   matrix shape, factors, bonds, dtype, tied aliases and bias; the matrices left dense with the reason.
 
+``compress_checkpoint`` decomposes each chosen matrix as one task (``compress_task``: shard path and
+tensor name in, cores out), in this process or on Dask workers (``_dask``), keeps each finished matrix
+in ``OUT/.mpo-partial`` so an interrupted run resumes (``_workfolder``), and assembles the folder above
+in source order once all are finished.
+
 The weight files are deliberately not called ``model.safetensors``: plain
 ``transformers.AutoModel.from_pretrained`` then stops with "no file named model.safetensors ..." instead
 of building the model and filling the compressed layers with random weights. ``mpo.torch.from_pretrained``
