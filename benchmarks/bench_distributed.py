@@ -17,8 +17,10 @@ tasks), and the scaling of 2 workers over 1 (the target on a 2-core machine: at 
 run's output is checked to be byte-identical to the serial one.
 
 The projection: one matrix of every distinct shape of Llama-3-8B and of a 70B (80 layers, hidden 8192,
-FFN 28672, K/V 1024 x 8192, vocabulary 128256) is decomposed once at the same settings and timed
-(peak memory: the largest, 128256 x 8192 in float32, is 4.2 GB), then the whole model's time on 1, 8
+FFN 28672, K/V 1024 x 8192, vocabulary 128256) is written to a file and compressed once by
+``compress_task`` at the same settings, and timed (peak memory: the largest, 128256 x 8192, is 4.2 GB in
+float32 before its decomposition's work space; ``--max-timed-mb`` estimates shapes above a size per
+value from the largest one timed, and says so), then the whole model's time on 1, 8
 and 64 workers is the sum over its matrices divided by workers x the measured efficiency per worker,
 times the measured overhead of a run over its decompositions (reading, writing). It is a projection:
 linear scaling at the efficiency measured here is an assumption, and a cluster's file system may differ.
@@ -180,22 +182,41 @@ def _worker_peak() -> tuple[int, int]:
     return os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def time_shapes(shapes: list[tuple[int, int]], settings: dict, seed: int = 1) -> dict[str, float]:
-    """Seconds to decompose one random bf16 matrix of each shape (as a task does: widen, decompose, cast)."""
+def time_shapes(shapes: list[tuple[int, int]], settings: dict, folder: str,
+                max_timed_mb: float | None = None, seed: int = 1) -> tuple[dict[str, float], list[str]]:
+    """Seconds for one task on a random bf16 matrix of each shape (``compress_task``: read the tensor,
+    widen, decompose, cast), and the shapes estimated instead: those above ``max_timed_mb`` in float32
+    get the seconds per value of the largest shape timed."""
     import ml_dtypes
 
     from mpo.io import _hf
+    from mpo.io._safetensors import save_file
 
     rng = np.random.default_rng(seed)
     s = _hf.Settings.make(**settings, force=True)
-    out = {}
-    for shape in sorted(set(shapes)):
+    out: dict[str, float] = {}
+    skipped = []
+    largest = None
+    for shape in sorted(set(shapes), key=lambda sh: sh[0] * sh[1]):
+        key = f"{shape[0]}x{shape[1]}"
+        if max_timed_mb is not None and 4 * shape[0] * shape[1] / 1e6 > max_timed_mb:
+            skipped.append(shape)
+            continue
+        path = os.path.join(folder, "shape.safetensors")
         raw = (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[1])).astype(ml_dtypes.bfloat16)
-        start = time.perf_counter()
-        _hf._compress_one("m", raw, s)  # noqa: SLF001 - the task's own kernel, without the file read
-        out[f"{shape[0]}x{shape[1]}"] = time.perf_counter() - start
+        save_file(path, {"w": raw})
         del raw
-    return out
+        start = time.perf_counter()
+        _hf.compress_task(_hf.MatrixTask(path, "w"), s)
+        out[key] = time.perf_counter() - start
+        os.unlink(path)
+        largest = shape
+    if skipped and largest is None:
+        raise SystemExit("bench_distributed: --max-timed-mb leaves no shape to time")
+    for shape in skipped:
+        per_value = out[f"{largest[0]}x{largest[1]}"] / (largest[0] * largest[1])
+        out[f"{shape[0]}x{shape[1]}"] = per_value * shape[0] * shape[1]
+    return out, [f"{r}x{c}" for r, c in skipped]
 
 
 def project(spec: dict, seconds: dict[str, float], overhead: float, efficiency: float,
@@ -212,6 +233,9 @@ def main(argv=None) -> int:
     parser.add_argument("--shard-mb", type=float, default=1000, help="shard size of the synthetic checkpoint")
     parser.add_argument("--max-bond", type=int, default=64)
     parser.add_argument("--n", type=int, default=5)
+    parser.add_argument("--max-timed-mb", type=float, default=None,
+                        help="time only the projection's shapes up to this size in float32 (the 70B embedding is "
+                             "4.2 GB); larger ones are estimated per value from the largest timed (default: time all)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes; a smoke run")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "bench_distributed.json"))
     args = parser.parse_args(argv)
@@ -258,7 +282,8 @@ def main(argv=None) -> int:
     efficiency = speedup / 2
     overhead = runs["1 worker"]["wall_s"] / max(runs["serial"]["decompose_s"], 1e-9)
     shapes = model_shapes(full) + model_shapes(big)
-    seconds = time_shapes(shapes, settings)
+    with tempfile.TemporaryDirectory(prefix="bench-distributed-shapes-") as tmp:
+        seconds, estimated = time_shapes(shapes, settings, tmp, args.max_timed_mb)
     projection = {"llama-3-8b": project(full, seconds, overhead, efficiency),
                   "llama-3-70b": project(big, seconds, overhead, efficiency)}
 
@@ -269,7 +294,7 @@ def main(argv=None) -> int:
     print(f"\n2 workers over 1: {speedup:.2f}x (target >= 1.7x; efficiency {efficiency:.2f} per worker); "
           f"run time over decomposition time: {overhead:.2f}")
     print("\nPROJECTION (not measured: per-shape times measured here, linear scaling at the measured efficiency "
-          "assumed), hours:")
+          "assumed), hours:" + (f" (shapes {estimated} estimated per value, not timed)" if estimated else ""))
     for model, hours in projection.items():
         print(f"  {model:<12} " + "  ".join(f"{w} workers {h:8.2f}" for w, h in hours.items()))
 
@@ -278,7 +303,7 @@ def main(argv=None) -> int:
         "checkpoint": {"layers": args.layers, "spec": spec, **sizes, "decoder_matrices": len(decoder),
                        "decoder_bytes": matrix_bytes},
         "settings": settings, "runs": runs, "speedup_2_over_1": speedup, "efficiency": efficiency,
-        "overhead": overhead, "shape_seconds": seconds,
+        "overhead": overhead, "shape_seconds": seconds, "shapes_estimated_not_timed": estimated,
         "projection_hours": projection, "projection_models": {"llama-3-8b": full, "llama-3-70b": big},
         "projection_note": "a projection, not a measurement: per-shape decomposition times measured on this "
                            "machine x the run overhead, divided by workers x the measured 2-worker efficiency",
