@@ -57,3 +57,9 @@ __all__ += [
     "whitened_svd",
     "whitening",
 ]
+
+# A whole Hugging Face checkpoint, streamed matrix by matrix into a compressed model folder, in this process
+# or on Dask workers (client=); what `mpo compress MODEL_DIR -o OUT_DIR` runs.
+from .io._hf import CompressResult, compress_checkpoint  # noqa: E402
+
+__all__ += ["CompressResult", "compress_checkpoint"]

@@ -2,6 +2,7 @@
 
     mpo compress CHECKPOINT -o OUT [--n 5] (--max-bond B | --ratio R | --tol T | --exact) [--force] [--dtype D]
                  [--include GLOB]... [--exclude GLOB]... [--calibration STATS [--scaling S] [--allocate model]]
+                 [--workers N | --scheduler ADDRESS]
     mpo calibrate MODEL_DIR --text FILE -o STATS [--include GLOB]... [--exclude GLOB]...
     mpo inspect OUT
     mpo rebuild OUT -o DENSE
@@ -108,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocate", choices=["model"],
                    help="with --calibration and --ratio: one parameter budget over all calibrated Linear layers, "
                         "whitened-SVD ranks chosen by their activation spectra (mpo.torch.compress(allocate='model'))")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive,
+                       help="decompose on N local worker processes of one kernel thread each (a Dask LocalCluster; "
+                            'needs pip install "mpo[distributed]")')
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="decompose on the workers of the running Dask cluster at ADDRESS (e.g. tcp://host:8786); "
+                            "they must see the checkpoint at the same path")
     p.set_defaults(func=compress)
 
     p = sub.add_parser("calibrate", help="save a model folder's layer input statistics for compress --calibration")

@@ -7,6 +7,7 @@ turns what goes wrong there into one :class:`UsageError` line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -20,7 +21,9 @@ from .._activation import Calibration, allocate, svd_curve
 from .._decompose import decompose
 from .._mpo import MPO
 from .._validation import match_names
+from ..io import _dask
 from ..io._hf import MIN_SIDE, candidate_matrices, compress_checkpoint, dense_reason, open_checkpoint, same_location
+from ..io._workfolder import WORK
 from ._report import print_folder_report, print_report, progress
 
 __all__ = ["UsageError", "activation_fits", "calibrate", "read_tensors", "write_tensors", "check_writable", "read_compressed",
@@ -220,19 +223,53 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def compress_folder(args: argparse.Namespace) -> int:
-    """mpo compress into a compressed model folder (mpo.io._hf), streamed tensor by tensor."""
-    fits = activation_fits(args) if getattr(args, "calibration", None) else {}
+def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The Dask client --workers or --scheduler asks for (a context manager), or a null one."""
+    workers, address = getattr(args, "workers", None), getattr(args, "scheduler", None)
+    if workers is None and address is None:
+        return contextlib.nullcontext(None)
     try:
-        result = compress_checkpoint(
-            args.checkpoint, args.output, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio,
-            dtype=args.dtype, include=args.include, exclude=args.exclude, force=args.force,
-            max_shard_size=args.max_shard_size, progress=progress, fits=fits,
-        )
-    except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as exc:
-        raise UsageError(_one_line(exc)) from None
-    except OSError as exc:  # a full disk, no permission
-        raise UsageError(f"cannot write {str(args.output)!r}: {exc.strerror or exc}") from None
+        _dask.require_distributed()
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    if workers is not None:
+        return _dask.local_client(workers)
+    try:
+        return _dask.connect(address)
+    except (OSError, ValueError, TypeError) as exc:  # a refused connection, a timeout, a malformed address
+        raise UsageError(f"cannot reach the Dask scheduler at {address!r}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def compress_folder(args: argparse.Namespace) -> int:
+    """mpo compress into a compressed model folder (mpo.io._hf), streamed tensor by tensor, in this process
+    or on Dask workers; resumable after an interruption."""
+    fits = activation_fits(args) if getattr(args, "calibration", None) else {}
+    if fits and (getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None):
+        raise UsageError("--calibration fits run in this process: drop --workers/--scheduler")
+    with _client(args) as client:
+        try:
+            result = compress_checkpoint(
+                args.checkpoint, args.output, n=args.n, max_bond=args.max_bond, tol=args.tol, ratio=args.ratio,
+                dtype=args.dtype, include=args.include, exclude=args.exclude, force=args.force,
+                max_shard_size=args.max_shard_size, progress=progress, fits=fits, client=client,
+            )
+        except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as exc:
+            raise UsageError(_one_line(exc)) from None
+        except OSError as exc:  # a full disk, no permission
+            raise UsageError(f"cannot write {str(args.output)!r}: {exc.strerror or exc}") from None
+        except KeyboardInterrupt:
+            if os.path.isdir(os.path.join(str(args.output), WORK)):
+                print(f"\nmpo: interrupted; the finished matrices are kept in {os.path.join(str(args.output), WORK)!r}: "
+                      "rerun the same command to resume", file=sys.stderr)
+                return 130
+            raise
+        except Exception as exc:
+            if _dask.is_killed_worker(exc):  # a task that brought down worker after worker
+                raise UsageError(f"Dask gave up on a task that killed its workers: {exc}") from None
+            raise
+    if result.resumed:
+        print(f"resumed: {result.resumed} of {len(result.rows) + len(result.dense)} matrices were finished by an "
+              "earlier run", file=sys.stderr)
     print_folder_report(result, activations=bool(getattr(args, "calibration", None)))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -253,6 +290,9 @@ def compress(args: argparse.Namespace) -> int:
     check_compress_args(args)
     if os.path.isdir(str(args.checkpoint)) or not str(args.output).lower().endswith((".safetensors", ".npz")):
         return compress_folder(args)
+    if getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None:
+        raise UsageError("--workers and --scheduler write a compressed model folder: give -o a folder name, not "
+                         f"{str(args.output)!r}")
     if str(args.output).lower().endswith(".npz"):
         # The compressed checkpoint carries its metadata in the safetensors header; an .npz has none,
         # so inspect and rebuild could not read it back.

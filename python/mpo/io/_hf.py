@@ -13,6 +13,11 @@ Output (``write_compressed`` / ``compress_checkpoint``), one folder:
 - ``mpo_manifest.json``: format name and version, and per compressed module its kind, orientation,
   matrix shape, factors, bonds, dtype, tied aliases and bias; the matrices left dense with the reason.
 
+``compress_checkpoint`` decomposes each chosen matrix as one task (``compress_task``: shard path and
+tensor name in, cores out), in this process or on Dask workers (``_dask``), keeps each finished matrix
+in ``OUT/.mpo-partial`` so an interrupted run resumes (``_workfolder``), and assembles the folder above
+in source order once all are finished.
+
 The weight files are deliberately not called ``model.safetensors``: plain
 ``transformers.AutoModel.from_pretrained`` then stops with "no file named model.safetensors ..." instead
 of building the model and filling the compressed layers with random weights. ``mpo.torch.from_pretrained``
@@ -25,6 +30,8 @@ Linear and M = W for an Embedding or a transformers Conv1D (whose weight is stor
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -32,21 +39,24 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .. import __version__
 from ._atomic import atomic_path
 from .._activation import decompose_activations
+from ._dask import run_tasks
 from .._decompose import decompose
 from .._validation import match_names
 from ._safetensors import FLOAT_CODES, SafetensorsReader, SafetensorsWriter, TensorInfo, dtype_code, numpy_dtype
+from ._workfolder import WORK, WorkFolder, source_fingerprint
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST", "INDEX", "Checkpoint", "open_checkpoint", "ShardedWriter",
     "read_manifest", "open_compressed", "new_folder", "parse_size", "copy_side_files", "compress_checkpoint",
-    "CompressResult", "KINDS", "ORIENTATIONS", "dense_reason", "same_location",
+    "CompressResult", "KINDS", "ORIENTATIONS", "dense_reason", "same_location", "Settings", "MatrixTask",
+    "compress_task",
 ]
 
 FORMAT = "mpo.hf-checkpoint"
@@ -124,6 +134,11 @@ class Checkpoint:
     def info(self, name: str) -> TensorInfo:
         """The header entry of ``name``."""
         return self._reader(name).info(name)
+
+    def file_of(self, name: str) -> str:
+        """The path of the file that holds ``name``."""
+        self._reader(name)  # KeyError naming the tensor when it is absent
+        return self._where[name]
 
     def read(self, name: str) -> np.ndarray:
         """The tensor ``name`` as a new array in its stored dtype (bit-exact)."""
@@ -319,10 +334,11 @@ def same_location(a: str, b: str) -> bool:
 
 def check_output_folder(out: str) -> None:
     """Refuse an output that would destroy something: an existing file, or a folder that is neither
-    empty nor one written by mpo (whose manifest marks it)."""
+    empty nor one written by mpo (whose manifest, or the work folder of an unfinished run, marks it)."""
     if os.path.isfile(out):
         raise ValueError(f"the output {out!r} is a file; the compressed model is a folder")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MANIFEST)):
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MANIFEST)) and \
+            not os.path.isdir(os.path.join(out, WORK)):
         raise ValueError(f"the output folder {out!r} exists and was not written by mpo; choose a new folder")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
@@ -397,6 +413,9 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     folder = os.fspath(folder)
     path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(path):
+        if os.path.isdir(os.path.join(folder, WORK)):
+            raise ValueError(f"{folder!r} holds an unfinished mpo compress run (interrupted): rerun the same command "
+                             "to finish it")
         raise ValueError(f"{folder!r} is not a compressed model folder: it has no {MANIFEST}")
     data = _read_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -464,6 +483,7 @@ class CompressResult:
     dense: dict[str, str] = field(default_factory=dict)
     copied_values: int = 0
     copied_tensors: int = 0
+    resumed: int = 0  # matrices an earlier, interrupted run had finished
 
 
 def module_path(name: str) -> str:
@@ -486,6 +506,69 @@ def _as_float(a: np.ndarray) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How every matrix of a compress run is cut (the arguments of :func:`compress_checkpoint`), in a
+    JSON-able form: a task carries it to a worker, and the progress file stores it, so that a rerun with
+    other settings is refused instead of mixing two settings in one model."""
+
+    n: int = 5
+    max_bond: int | list[int] | None = None
+    tol: float | None = None
+    ratio: float | None = None
+    dtype: str | None = None  # the cores' dtype by name; None keeps each matrix's own
+    force: bool = False
+    min_side: int = MIN_SIDE
+
+    @classmethod
+    def make(cls, *, n=5, max_bond=None, tol=None, ratio=None, dtype=None, force=False, min_side=MIN_SIDE) -> Settings:
+        """Settings from compress_checkpoint's arguments: max_bond as an int or a list, dtype by its canonical
+        name (ValueError for an unknown one)."""
+        if max_bond is not None and not isinstance(max_bond, (int, np.integer)):
+            max_bond = [int(b) for b in max_bond]
+        elif max_bond is not None:
+            max_bond = int(max_bond)
+        name = None if dtype is None else np.dtype(_named_dtype(dtype)).name
+        return cls(int(n), max_bond, None if tol is None else float(tol), None if ratio is None else float(ratio),
+                   name, bool(force), int(min_side))
+
+    def as_dict(self) -> dict:
+        """The settings as a JSON object."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MatrixTask:
+    """One matrix to decompose: the shard file that holds it and its tensor name (never the array)."""
+
+    file: str
+    name: str
+
+
+def compress_task(task: MatrixTask, settings: Settings, fit: Mapping | None = None) -> dict:
+    """Read one matrix from its shard and decompose it: what a Dask worker runs, and the serial path too.
+
+    ``fit``: decompose_activations' arguments for a Linear fitted to its inputs (serial runs only).
+    Returns the tensor name, the reason it stays dense (or None), its cores in the output dtype (then its
+    row scale, when the entry names one), its manifest entry and table row, and the process's pid and
+    peak resident set (kB) for reports.
+    """
+    with SafetensorsReader(task.file) as reader:
+        raw = reader.read(task.name)
+    reason, cores, entry, row = _compress_one(module_path(task.name), raw, settings, fit)
+    del raw
+    return {"name": task.name, "reason": reason, "cores": cores, "entry": entry, "row": row,
+            "pid": os.getpid(), "max_rss_kb": _max_rss_kb()}
+
+
+def _max_rss_kb() -> int | None:
+    try:
+        import resource  # Unix only
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def compress_checkpoint(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -503,25 +586,36 @@ def compress_checkpoint(
     select: Callable[[list[str]], list[str]] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     fits: Mapping[str, Mapping | None] | None = None,
+    client=None,
+    window: int | None = None,
 ) -> CompressResult:
     """Compress every selected weight matrix of a checkpoint into a compressed model folder ``out``.
 
-    Tensors are read, decomposed and written one at a time (peak memory: the largest matrix in float32,
-    its decomposition and its cores). ``dtype`` ("bfloat16", "float16", "float32", "float64") is the
-    cores' dtype, by default each matrix's own; every tensor not compressed is copied bit-exactly. A
-    matrix with a side below ``min_side``, or whose MPO would not be smaller than it, stays dense unless
-    ``force``. ``select(paths) -> paths`` picks the module paths (include/exclude globs by default).
+    Each matrix is one task (:func:`compress_task`: its shard path and tensor name go in, its cores come
+    out), run in this process or, given a Dask ``client`` (``distributed.Client``), on its workers with
+    at most ``window`` results in flight (default twice the workers). A worker holds one matrix in float32,
+    its decomposition and its cores. ``dtype`` ("bfloat16", "float16", "float32", "float64") is the cores'
+    dtype, by default each matrix's own; every tensor not compressed is copied bit-exactly. A matrix with
+    a side below ``min_side``, or whose MPO would not be smaller than it, stays dense unless ``force``.
+    ``select(paths) -> paths`` picks the module paths (include/exclude globs by default).
+    ``progress(done, total, module)`` is called once at the start and after each matrix.
 
     ``fits`` maps the module paths of ``nn.Linear`` layers to fit to their inputs to the keyword arguments
     of :func:`mpo.decompose_activations` (``activations`` and the cut; the matrix is M = W.T, stored
     "transposed" as ``mpo.torch.compress(weights="activations")`` holds it), or to None for a layer a
     model-wide allocation keeps dense. Their rows carry ``act_error``, ||X(M - M')|| / ||XM|| on the
-    statistics; every other row has ``act_error`` None.
+    statistics; every other row has ``act_error`` None. Fits run in this process (the statistics are not
+    shipped to workers): ``fits`` with a ``client`` is refused.
+
+    Resumable: finished matrices are kept in ``out/.mpo-partial`` (see ``mpo.io._workfolder``); the same
+    call after an interruption skips them, and the folder is assembled in source order only when all are
+    done, so the output is identical whatever the order the tasks finished in, and identical to an
+    uninterrupted run. A rerun with another source or settings is refused (ValueError) rather than mixed.
     """
     source, out = os.fspath(source), os.fspath(out)
-    out_dtype = None if dtype is None else numpy_dtype(dtype_code(_named_dtype(dtype)))
-    fits = dict(fits or {})
-    with open_checkpoint(source) as ckpt, new_folder(out) as tmp:
+    settings = Settings.make(n=n, max_bond=max_bond, tol=tol, ratio=ratio, dtype=dtype, force=force,
+                             min_side=min_side)
+    with open_checkpoint(source) as ckpt:
         candidates = candidate_matrices(ckpt)
         paths = list(candidates)
         chosen = select(paths) if select is not None else match_names(paths, include, exclude)
@@ -529,40 +623,109 @@ def compress_checkpoint(
             raise ValueError(f"include/exclude leave no weight matrix of {source!r} to compress; its matrices are: "
                              + ", ".join(paths[:20]) + (" ..." if len(paths) > 20 else ""))
         chosen_set = set(chosen)
-        manifest = manifest_template(os.path.abspath(source))
-        result = CompressResult()
+        tensors = [name for name in ckpt.names if candidates.get(module_path(name)) == name
+                   and module_path(name) in chosen_set]
+        check_output_folder(out)
+        fits = {path: fit for path, fit in (fits or {}).items() if path in chosen_set}
+        if fits and client is not None:
+            raise ValueError("fits (compress --calibration) run in this process: the statistics are not shipped to "
+                             "Dask workers; drop the client (--workers/--scheduler)")
+        recorded = settings.as_dict()
+        if fits:  # a rerun with other statistics or cuts must not resume this one
+            recorded["fits"] = {path: _describe_fit(fit) for path, fit in sorted(fits.items())}
+        plan = {"source": os.path.abspath(source), "files": source_fingerprint(ckpt.files),
+                "settings": recorded, "tensors": tensors}
+        work = WorkFolder.open(out, plan)
+        resumed = len(work.finished)
+        try:
+            _run(ckpt, work, settings, tensors, progress, client, window, fits)
+        except BaseException:
+            if not work.finished:  # nothing worth resuming: leave no trace
+                work.remove()
+            raise
+        result = _assemble(ckpt, work, out, max_shard_size)
+        result.resumed = resumed
+    return result
+
+
+#: Why a matrix the model-wide allocation (``fits`` maps it to None) keeps dense is not compressed.
+ALLOCATED_DENSE = "the model-wide allocation keeps it dense (its parameters buy more elsewhere)"
+
+
+def _describe_fit(fit: Mapping | None) -> object:
+    """A JSON-able fingerprint of one fit (its cut and a digest of its statistics), for the progress file."""
+    if fit is None:
+        return "dense"
+    out: dict = {}
+    for key, value in sorted(fit.items()):
+        if key == "activations":
+            digest = hashlib.sha256()
+            for part in (value.gram, value.diagonal):
+                digest.update(np.ascontiguousarray(part).tobytes())
+            out[key] = digest.hexdigest()
+        else:
+            out[key] = value if value is None or isinstance(value, (int, float, str)) else repr(value)
+    return out
+
+
+def _run(ckpt: Checkpoint, work: WorkFolder, settings: Settings, tensors: list[str], progress, client, window,
+         fits: Mapping[str, Mapping | None] | None = None) -> None:
+    """Decompose every tensor not yet finished, recording each in the work folder as it arrives."""
+    todo = [MatrixTask(ckpt.file_of(name), name) for name in tensors if name not in work.finished]
+    done = len(tensors) - len(todo)
+    if progress is not None:
+        # The first label names the first matrix set to work (what a serial run is busy with).
+        first = module_path(todo[0].name) if todo else "done"
+        progress(done, len(tensors), f"{first} ({done} finished earlier)" if done else first)
+    fits = fits or {}
+
+    def task(t: MatrixTask) -> dict:
+        path = module_path(t.name)
+        if path in fits and fits[path] is None:
+            return {"name": t.name, "reason": ALLOCATED_DENSE, "cores": [], "entry": None, "row": None}
+        return compress_task(t, settings, fits.get(path))
+
+    runner = task if fits else functools.partial(compress_task, settings=settings)
+    for result in run_tasks(runner, todo, client=client, window=window, name="mpo-compress"):
+        record = {"reason": result["reason"], "entry": result["entry"], "row": result["row"]}
+        work.save(result["name"], result["cores"], record)
+        done += 1
+        if progress is not None:
+            progress(done, len(tensors), module_path(result["name"]))
+
+
+def _assemble(ckpt: Checkpoint, work: WorkFolder, out: str, max_shard_size) -> CompressResult:
+    """Write the output folder from the finished matrices and the source, tensor by tensor in source
+    order (the order the serial run writes): a fresh folder that replaces ``out`` and its work folder."""
+    manifest = manifest_template(work.plan["source"])
+    result = CompressResult()
+    present = set(ckpt.names)
+    chosen = set(work.plan["tensors"])
+    with new_folder(out) as tmp:
         writer = ShardedWriter(tmp, max_shard_size)
-        present = set(ckpt.names)
         try:
             copy_side_files(ckpt.folder, tmp)
-            for done, name in enumerate(ckpt.names):
+            for name in ckpt.names:
                 path = module_path(name)
-                if path not in chosen_set or candidates[path] != name:
-                    writer.add(name, ckpt.read(name))
-                    result.copied_tensors += 1
-                    result.copied_values += ckpt.info(name).size
-                    continue
-                if progress is not None:
-                    progress(len(result.rows) + len(result.dense), len(chosen), path)
+                if name in chosen:
+                    cores, record = work.load(name)
+                    if record["reason"] is None:
+                        scale_name = record["entry"].get("row_scale")
+                        if scale_name is not None:  # stored after the cores (_compress_one)
+                            cores, scale = cores[:-1], cores[-1]
+                            writer.add(scale_name, scale)
+                        for core_name, core in zip(core_names(path, len(cores)), cores):
+                            writer.add(core_name, core)
+                        bias = path + ".bias"
+                        manifest["modules"][path] = {**record["entry"], "bias": bias if bias in present else None}
+                        result.rows.append(record["row"])
+                        continue
+                    result.dense[path] = manifest["dense"][path] = record["reason"]
                 raw = ckpt.read(name)
-                if path in fits and fits[path] is None:
-                    reason, row = "the model-wide allocation keeps it dense (its parameters buy more elsewhere)", None
-                else:
-                    reason, row = _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side,
-                                                writer, manifest, fits.get(path))
-                if reason is not None:
-                    result.dense[path] = reason
-                    manifest["dense"][path] = reason
-                    writer.add(name, raw)
-                    result.copied_tensors += 1
-                    result.copied_values += raw.size
-                else:
-                    bias = path + ".bias"
-                    manifest["modules"][path]["bias"] = bias if bias in present else None
-                    result.rows.append(row)
+                writer.add(name, raw)
+                result.copied_tensors += 1
+                result.copied_values += raw.size
                 del raw
-            if progress is not None:
-                progress(len(chosen), len(chosen), "done")
             writer.finish()
             write_manifest(tmp, manifest)
         except BaseException:
@@ -594,29 +757,31 @@ def dense_reason(shape: Sequence[int], m=None, force: bool = False, min_side: in
     return None
 
 
-def _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side, writer, manifest, fit=None):
-    """Decompose one matrix (fitted to its inputs when ``fit`` holds decompose_activations' arguments) and
-    write its cores; (reason it stays dense, None) or (None, table row)."""
+def _compress_one(path: str, raw: np.ndarray, settings: Settings, fit: Mapping | None = None):
+    """Decompose one matrix (fitted to its inputs when ``fit`` holds decompose_activations' arguments):
+    (reason it stays dense, [], None, None) or (None, arrays in the output dtype, manifest entry, table
+    row); the arrays are the cores, then the row scale when the entry names one."""
     rows, cols = raw.shape
-    reason = dense_reason(raw.shape, None, force, min_side)
+    reason = dense_reason(raw.shape, None, settings.force, settings.min_side)
     if reason is not None:
-        return reason, None
+        return reason, [], None, None
     start = time.perf_counter()
     matrix = _as_float(raw)
     act_error = None
     try:
+        act_error = None
         if fit is None:
-            m = decompose(matrix, n=n, max_bond=max_bond, tol=tol, ratio=ratio)
+            m = decompose(matrix, n=settings.n, max_bond=settings.max_bond, tol=settings.tol, ratio=settings.ratio)
         else:
             # A Linear computes x @ W.T: the statistics are of x, so the fitted matrix is M = W.T (in x out).
             found = decompose_activations(matrix.T, **fit)
-            m, act_error = found.mpo, found.activation_error
+            m, act_error = found.mpo, float(found.activation_error)
     except ValueError as exc:  # a ratio the matrix cannot meet, say
-        return f"cannot meet the setting: {exc}", None
+        return f"cannot meet the setting: {exc}", [], None, None
     seconds = time.perf_counter() - start
-    reason = dense_reason(raw.shape, m, force, min_side)
+    reason = dense_reason(raw.shape, m, settings.force, settings.min_side)
     if reason is not None:
-        return reason, None
+        return reason, [], None, None
     if fit is None:
         known = m.exact_error()
         norm = m.norm
@@ -625,20 +790,21 @@ def _compress_one(path, raw, n, max_bond, tol, ratio, out_dtype, force, min_side
         bound = m.relative_error_bound()
     else:
         error, bound = found.weight_error, found.bound
-    target = out_dtype if out_dtype is not None else raw.dtype
-    for core_name, core in zip(core_names(path, m.n), m.cores):
-        writer.add(core_name, core.astype(target))
+    target = raw.dtype if settings.dtype is None else np.dtype(_named_dtype(settings.dtype))
+    arrays = [core.astype(target) for core in m.cores]
     row_scale = None
     if m.row_scale is not None:
         row_scale = f"{path}.row_scale"
-        writer.add(row_scale, np.asarray(m.row_scale).astype(target))
-    manifest["modules"][path] = module_entry(
+        arrays.append(np.asarray(m.row_scale).astype(target))
+    entry = module_entry(
         kind=None if fit is None else "linear", orientation="weight" if fit is None else "transposed",
         shape=m.shape, in_factors=m.in_shape, out_factors=m.out_shape, bonds=m.bond_dims,
-        dtype=np.dtype(target).name, row_scale=row_scale, error=error,
+        dtype=np.dtype(target).name, row_scale=row_scale, error=float(error),
     )
-    row = {"name": path, "shape": m.shape, "in_factors": m.in_shape, "out_factors": m.out_shape,
-           "bonds": m.bond_dims, "rho": m.compression_ratio, "error": error,
-           "bound": bound, "seconds": seconds, "dense_params": rows * cols,
-           "params": m.num_params, "entropy": m.entropy(), "act_error": act_error}
-    return None, row
+    # Plain Python numbers and lists: the row is stored as JSON and a resumed run reads it back equal.
+    row = {"name": path, "shape": [int(x) for x in m.shape], "in_factors": [int(x) for x in m.in_shape],
+           "out_factors": [int(x) for x in m.out_shape], "bonds": [int(x) for x in m.bond_dims],
+           "rho": float(m.compression_ratio), "error": float(error), "bound": float(bound),
+           "seconds": float(seconds), "dense_params": int(rows * cols), "params": int(m.num_params),
+           "entropy": [float(x) for x in m.entropy()], "act_error": act_error}
+    return None, arrays, entry, row

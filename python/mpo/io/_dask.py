@@ -1,0 +1,127 @@
+"""Tasks run in this process or on Dask's distributed scheduler, with a bounded number in flight.
+
+Why Dask and not Ray (or a scheduler of our own): people who compress 8B-70B models already run Dask
+clusters (and ``dask-jobqueue`` puts one on a batch system); a ``LocalCluster`` is plain processes
+with no service to install; tasks are addressed by key; and a worker process that dies is restarted
+by its nanny while the scheduler reruns its tasks elsewhere (``distributed.scheduler.allowed-failures``
+times before it gives up with ``KilledWorker``).
+
+Only this module imports dask, and only when a cluster is asked for: ``pip install "mpo[distributed]"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+__all__ = ["INSTALL_HINT", "require_distributed", "worker_env", "local_client", "connect", "run_tasks",
+           "worker_count", "is_killed_worker"]
+
+INSTALL_HINT = 'compressing on Dask workers needs dask.distributed: pip install "mpo[distributed]"'
+
+#: One kernel thread per worker process: N workers on N cores, not N x N threads fighting for them.
+_ONE_THREAD = ("MPO_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def require_distributed():
+    """The ``distributed`` module, or ImportError with the install line."""
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(INSTALL_HINT) from None
+    return distributed
+
+
+def is_killed_worker(exc: BaseException) -> bool:
+    """Whether ``exc`` is Dask's KilledWorker (a task that took down ``allowed-failures`` workers); False
+    when dask is not installed."""
+    try:
+        from distributed import KilledWorker
+    except ImportError:
+        return False
+    return isinstance(exc, KilledWorker)
+
+
+def worker_env(threads: int = 1) -> dict[str, str]:
+    """The environment of a local worker process: every kernel (mpo's, BLAS, OpenMP) on ``threads``."""
+    return dict.fromkeys(_ONE_THREAD, str(int(threads)))
+
+
+@contextlib.contextmanager
+def local_client(workers: int, **cluster_kwargs: Any) -> Iterator[Any]:
+    """A Client of a new LocalCluster of ``workers`` processes, one task thread and one kernel thread
+    (:func:`worker_env`) each, no dashboard; both closed when the block ends. ``cluster_kwargs`` go
+    to ``distributed.LocalCluster``."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    distributed = require_distributed()
+    # No dashboard; the scheduler's HTTP server (always started) on a free port, not a busy 8787.
+    kwargs = dict(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                  scheduler_kwargs={"dashboard_address": ":0"}, env=worker_env(1))
+    kwargs.update(cluster_kwargs)
+    with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def connect(address: str):
+    """A Client of the running Dask scheduler at ``address`` (e.g. ``tcp://10.0.0.1:8786``); a context
+    manager that disconnects (the cluster keeps running)."""
+    distributed = require_distributed()
+    return distributed.Client(address, set_as_default=False)
+
+
+def worker_count(client) -> int:
+    """How many workers the client's scheduler has now (at least 1, so a window is never empty)."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # newer distributed lists only a few workers by default
+    except TypeError:
+        info = client.scheduler_info()
+    return max(1, len(info.get("workers", {})))
+
+
+def run_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], *, client=None, window: int | None = None,
+              name: str = "mpo") -> Iterator[Any]:
+    """``fn(task)`` for every task, yielded as each finishes.
+
+    Without ``client``: in this process, in order. With a Dask ``client``: submitted under the keys
+    ``{name}-{run}-{k}``, at most ``window`` (default twice the workers) submitted and not yet yielded,
+    so the caller holds only that many results however many tasks there are. A task that raises
+    raises here; when the caller stops early (an error, Ctrl-C), the tasks not yet done are cancelled.
+    """
+    if client is None:
+        for task in tasks:
+            yield fn(task)
+        return
+    distributed = require_distributed()
+    window = window if window is not None else 2 * worker_count(client)
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    run = uuid.uuid4().hex[:8]
+    todo = iter(enumerate(tasks))
+    live = set()
+
+    def submit(batch) -> list:
+        futures = [client.submit(fn, task, key=f"{name}-{run}-{k:06d}", pure=False) for k, task in batch]
+        live.update(futures)
+        return futures
+
+    try:
+        first = submit(itertools.islice(todo, window))
+        if not first:
+            return
+        # with_results: the results are gathered in the background and the loop waits on a plain queue,
+        # so Ctrl-C never lands inside a blocking client call (distributed logs a NameError then).
+        pending = distributed.as_completed(first, loop=client.loop, with_results=True)
+        for future, result in pending:
+            live.discard(future)
+            future.release()
+            yield result
+            for more in submit(itertools.islice(todo, 1)):
+                pending.add(more)
+    finally:
+        if live:
+            client.cancel(list(live))
