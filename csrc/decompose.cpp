@@ -1,6 +1,9 @@
-// MPOP Algorithm 1 into mixed canonical form; see include/mpo/decompose.hpp.
+// MPOP Algorithm 1 into mixed canonical form (include/mpo/decompose.hpp, docs/ALGORITHMS.md §2-3): the plain
+// sweep and the canonical-form step. Each shortcut of the sweep is in its own file of csrc/decompose/,
+// taken only while its switch in DecomposeOptions::shortcuts is on.
 #include "mpo/decompose.hpp"
 
+#include "decompose/shortcuts.hpp"
 #include "mpo/contract.hpp"
 #include "mpo/parallel.hpp"
 
@@ -13,35 +16,6 @@
 namespace mpo {
 
 namespace {
-
-// The left steps are made from M in place (left_block) while their unfoldings have at most this many
-// rows: the block Gram matrix is then at most 1024 × 1024, and the passes it saves are over all of M.
-constexpr Index kBlockRows = 1024;
-
-template <class T>
-Core<T> make_core(Index left, Index rows, Index cols, Index right, Matrix<T> data) {
-  if (data.size() != left * rows * cols * right)
-    throw std::logic_error("mpo: internal error, core data of " + std::to_string(data.size()) +
-                           " coefficients for a core of shape (" + std::to_string(left) + "," +
-                           std::to_string(rows) + "," + std::to_string(cols) + "," +
-                           std::to_string(right) + ")");
-  Core<T> c;
-  c.left_bond = left;
-  c.rows = rows;
-  c.cols = cols;
-  c.right_bond = right;
-  c.data = std::move(data);
-  c.data.resize(left * rows * cols, right);  // a view change: the coefficient count is unchanged
-  return c;
-}
-
-// Core k as the identity between its two unfoldings' long sides: left of the central core (d_{k-1}·i_k·j_k)
-// × d_k with d_k = d_{k-1}·i_k·j_k, right of it d_{k-1} × (i_k·j_k·d_k) with d_{k-1} = i_k·j_k·d_k.
-template <class T>
-Core<T> identity_core(Index left, Index rows, Index cols, Index right) {
-  const Index side = std::max(left, right);
-  return make_core<T>(left, rows, cols, right, Matrix<T>::Identity(side, side));
-}
 
 // A = Q·R on core k's left unfolding: core k becomes Q, R moves into core k+1.
 template <class T>
@@ -176,6 +150,7 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
                                 " entries, got " + std::to_string(caps.size()));
   for (Index cap : caps)
     if (cap < 0) throw std::invalid_argument("mpo: max_bond entries must be >= 1, got " + std::to_string(cap));
+  const Shortcuts& shortcuts = options.shortcuts;
 
   Decomposition<T> out;
   out.cores.resize(n);
@@ -195,58 +170,16 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
                                 std::to_string(largest) + ", " + std::to_string(rows) + "x" +
                                 std::to_string(cols) + " entries); scale the matrix down");
   }
-
-  // Gram matrices square the data: float32 entries of ~1e±19 (double: ~1e±150) overflow or underflow
-  // there. Such a matrix is decomposed scaled by a power of two that brings its root mean square near
-  // 1; the scale is exact in binary floating point, so the result is that of the scaled matrix, and it
-  // is undone on the central core, the spectra and the errors (orthonormal cores do not carry it).
-  const double rms = out.norm / std::sqrt(static_cast<double>(rows) * static_cast<double>(cols));
-  const int limit = std::is_same<T, float>::value ? 20 : 100;
-  if (rms > 0 && std::isfinite(rms) && std::abs(std::ilogb(rms)) > limit) {
-    const int shift = -std::ilogb(rms);
-    Matrix<T> scaled = ConstMatrixMap<T>(data, rows, cols);
-    for (Index i = 0; i < scaled.size(); ++i) scaled.data()[i] = std::ldexp(scaled.data()[i], shift);
-    Decomposition<T> result = decompose<T>(scaled.data(), rows, cols, factors, options);
-    Core<T>& central = result.cores[central_index(n)];
-    for (Index i = 0; i < central.data.size(); ++i) central.data.data()[i] = std::ldexp(central.data.data()[i], -shift);
-    // The central core carries the scale: values of up to σ_max, which float32 cannot always hold.
-    if (!central.data.allFinite())
-      throw std::overflow_error(std::string("mpo: the central core would hold values beyond the largest ") +
-                                (std::is_same<T, float>::value ? "float32" : "float64") + " (the matrix's norm is " +
-                                std::to_string(out.norm) + "); decompose it in float64 or scale it down");
-    for (Spectrum& spectrum : result.spectra) spectrum *= std::ldexp(1.0, -shift);
-    for (double& e : result.truncation_errors) e = std::ldexp(e, -shift);
-    result.norm = out.norm;
-    return result;
+  if (shortcuts.rescale) {
+    if (const int exponent = rescale_exponent<T>(out.norm, rows, cols))
+      return decompose_rescaled<T>(data, rows, cols, factors, options, out.norm, exponent);
   }
-
-  // Outer steps a cap leaves whole. A step whose unfolding has as many rows (left of the central core) or
-  // columns (right of it) as its full bond, and whose cap does not cut that bond, keeps everything: its
-  // split is only a change of basis of the bond. When a cap cuts some other bond, order_bonds puts every
-  // bond in order at the end anyway, from the small cores. So a run of such steps from either end takes
-  // the identity as its core and leaves the remainder as it is, which saves the step's Gram matrix,
-  // eigensolve and product over the largest arrays of the sweep (on 3072×768 at cap 256, a third of the
-  // multiply-adds). The left steps are skipped only all together: the block route makes them cheaply
-  // from one Gram matrix of M otherwise. Zero singular values in a whole step are dropped by
-  // order_bonds, as the sweep would have dropped them.
-  const std::size_t c = central_index(n);
-  const std::vector<Index> full = factors.full_bonds();
-  bool cuts = false;
-  for (std::size_t k = 0; k + 1 < n; ++k) cuts = cuts || (caps[k] > 0 && caps[k] < full[k]);
-  auto whole = [&](std::size_t bond, Index side) {
-    return side == full[bond] && (caps[bond] == 0 || caps[bond] >= side);
-  };
-  bool left_whole = options.allow_whole && cuts && c > 0;
-  Index prefix = 1;  // rows of the left unfolding at step k, Π_{m<=k} i_m·j_m
-  for (std::size_t k = 0; k < c && left_whole; ++k) {
-    prefix *= factors.in_shape[k] * factors.out_shape[k];
-    left_whole = whole(k, prefix);
-  }
-  bool whole_steps = left_whole;
 
   SplitOptions split_options;
   split_options.seed = options.seed;
   split_options.allow_randomized = options.allow_randomized;
+  split_options.float32_gram = shortcuts.float32_gram;
+  split_options.k_vector = shortcuts.k_vector;
   bool truncated = false;
   auto record = [&](std::size_t bond, Split<T>& s) {
     out.spectra[bond] = std::move(s.spectrum);
@@ -256,43 +189,16 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     out.randomized = out.randomized || s.randomized;
   };
 
-  // The remainder of Algorithm 1, a flat buffer read as whatever unfolding the next step needs.
+  // The sweep runs from both ends towards the central core c. Its remainder is a flat buffer, read as
+  // whatever unfolding the next step needs.
+  const std::size_t c = central_index(n);
+  const WholeSteps whole = shortcuts.whole ? whole_steps(factors, caps) : WholeSteps{};
   Matrix<T> remainder;
-  Index left = 1;
-  Index rest = rows * cols;
-  std::size_t first = 0;  // the first left step the plain sweep below still has to make
-  // The left steps whose unfoldings have at most kBlockRows rows, and are wide (a tall unfolding is
-  // split through QR, which the block does not do), are made at once from M in place. At least four
-  // columns per row: the gathered Gram matrix only pays for itself by the passes over M it saves.
-  std::size_t steps = 0;
-  for (Index p = 1; steps < c; ++steps) {
-    p *= factors.in_shape[steps] * factors.out_shape[steps];
-    if (p > kBlockRows || 4 * p * p > rows * cols) break;
-  }
-  // Not up to a step the plain sweep would make more cheaply by its randomized range finder: the block
-  // pays the whole Gram matrix and an eigensolve of the step's rows (~P²N/2 + 9m³ multiply-adds, P
-  // the block's rows, N its columns, m the step's rows), the range finder ~8 passes of m·N·width.
-  auto range_finder_cheaper = [&](std::size_t count) {
-    Index p = 1, bond = 1;
-    for (std::size_t k = 0; k + 1 < count; ++k) {
-      p *= factors.in_shape[k] * factors.out_shape[k];
-      bond = std::min(bond * factors.in_shape[k] * factors.out_shape[k], caps[k] > 0 ? caps[k] : p);
-    }
-    const std::size_t last = count - 1;
-    const Index pair = factors.in_shape[last] * factors.out_shape[last];
-    p *= pair;
-    SplitOptions plain = split_options;  // the options the plain sweep would split this step with
-    plain.max_rank = caps[last];
-    if (!takes_range_finder(bond * pair, plain)) return false;
-    const double m = static_cast<double>(bond * pair);
-    const double width = static_cast<double>(range_finder_width(plain.max_rank));
-    const double columns = static_cast<double>(rows) * static_cast<double>(cols) / static_cast<double>(p);
-    const double block = 0.5 * static_cast<double>(p) * static_cast<double>(p) * columns + 9 * m * m * m;
-    return block > 8 * m * columns * width;
-  };
-  while (steps >= 1 && range_finder_cheaper(steps)) --steps;
-  bool recanonicalize = false;
-  if (left_whole) {
+  Index left = 1;           // d_k of the last core made from the left
+  Index rest = rows * cols;  // the remainder's size once the left steps so far are made
+  std::size_t first = 0;    // the first left step the plain loop below still has to make
+  bool float_spectra = false;  // some spectra came from float32 Gram eigenvalues: recompute them
+  if (whole.left) {  // shortcut: the left steps are whole, their cores the identity
     for (std::size_t k = 0; k < c; ++k) {
       const Index pair = factors.in_shape[k] * factors.out_shape[k];
       out.cores[k] = identity_core<T>(left, factors.in_shape[k], factors.out_shape[k], left * pair);
@@ -300,9 +206,10 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
       left *= pair;
     }
     first = c;
-  } else if (options.allow_block && steps >= 1) {
+  } else if (shortcuts.block) {  // shortcut: the first left steps from M in place
+    const std::size_t steps = block_steps(factors, caps, split_options);
     LeftBlock<T> block;
-    if (left_block<T>(data, factors, steps, caps, out.norm * out.norm, &block)) {
+    if (steps >= 1 && left_block<T>(data, factors, steps, caps, out.norm * out.norm, split_options, &block)) {
       for (std::size_t k = 0; k < steps; ++k) {
         Split<T>& s = block.steps[k];
         const Index rank = s.q.cols();
@@ -313,13 +220,15 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
         left = rank;
       }
       first = steps;
-      recanonicalize = block.float_gram;
+      float_spectra = block.float_gram;
     }
   }
-  if (remainder.size() == 0) {  // no block step made it: the sweep starts from the interleaved M
+  if (remainder.size() == 0) {  // no step made a remainder yet: the sweep starts from the interleaved M
     remainder.resize(1, rows * cols);
     interleave(data, factors, remainder.data());
   }
+
+  // Left steps: split (d_{k-1}·i_k·j_k) × rest into Q (core k) and R (the next remainder).
   for (std::size_t k = first; k < c; ++k) {
     const Index pair = factors.in_shape[k] * factors.out_shape[k];
     rest /= pair;
@@ -331,18 +240,14 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     record(k, s);
     left = rank;
   }
+  // Right steps, from the right end: split rest × (i_k·j_k·d_k) into L (the next remainder) and Qᵀ (core k).
   Index right = 1;
-  bool right_whole = options.allow_whole && cuts;
-  bool central_right_ordered = true;  // bond c is split in order by the last right step (order_bonds)
   for (std::size_t k = n - 1; k > c; --k) {
     const Index pair = factors.in_shape[k] * factors.out_shape[k];
     const Index width = pair * right;
-    right_whole = right_whole && whole(k - 1, width);
-    if (right_whole) {
+    if (n - 1 - k < whole.right) {  // shortcut: a whole step, its core the identity
       out.cores[k] = identity_core<T>(width, factors.in_shape[k], factors.out_shape[k], right);
       right = width;
-      whole_steps = true;
-      central_right_ordered = k > c + 1;
       continue;
     }
     split_options.max_rank = caps[k - 1];
@@ -354,16 +259,20 @@ Decomposition<T> decompose(const T* data, Index rows, Index cols, const Factors&
     record(k - 1, s);
     right = rank;
   }
+  // The central core holds what is left.
   out.cores[c] = make_core<T>(left, factors.in_shape[c], factors.out_shape[c], right,
                               std::move(remainder));
-  if (truncated || recanonicalize || whole_steps) {
-    // (A block Gram matrix formed in float32 leaves spectra good to ~1e-4 only: recomputed here too.)
-    // A cut at one step changes the remainder that later steps split, so the earlier bonds are no
-    // longer exactly ordered by the singular values of the MPO's own unfoldings. One sweep over the
-    // (now small) cores restores that, which keeps later truncation optimal and the bound valid. The
-    // sweep left the cores in mixed canonical form, so rotating each bond suffices.
-    // The last step split bond c (right of the central core) on the final remainder: that bond is already
-    // in order, and only the bonds split before it are rotated (unless that step was a whole one).
+
+  // The canonical form ("normalization" of Algorithm 1). A cut at one step changes the remainder that
+  // later steps split, so the earlier bonds are no longer exactly ordered by the singular values of the
+  // MPO's own unfoldings. One sweep over the (now small) cores restores that, which keeps later truncation
+  // optimal and the bound valid. The sweep left the cores in mixed canonical form, so rotating each bond
+  // suffices. The last step split bond c (right of the central core) on the final remainder: that bond is
+  // already in order, and only the bonds split before it are rotated (unless that step was a whole one).
+  // Whole steps leave their bonds unordered, and float32 Gram eigenvalues leave spectra good to ~1e-4
+  // only: both are put right by the same pass.
+  if (truncated || float_spectra || whole.any()) {
+    const bool central_right_ordered = whole.right < n - 1 - c;
     out.spectra = order_bonds(out.cores, central_right_ordered);
   }
   return out;

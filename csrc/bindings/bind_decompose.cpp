@@ -209,15 +209,19 @@ void register_decompose(py::module_& m) {
       "decompose",
       [](const py::array& matrix, const std::vector<Index>& in_shape,
          const std::vector<Index>& out_shape, const std::vector<Index>& max_bond,
-         bool allow_randomized, bool allow_block, bool allow_whole) {
+         bool allow_randomized, bool allow_block, bool allow_whole, bool allow_rescale,
+         bool allow_float32_gram, bool allow_k_vector) {
         if (matrix.ndim() != 2)
           throw py::value_error("decompose: expected a 2-D array, got " + std::to_string(matrix.ndim()) +
                                 " dimensions");
         DecomposeOptions options;
         options.max_bond = max_bond;
         options.allow_randomized = allow_randomized;
-        options.allow_block = allow_block;
-        options.allow_whole = allow_whole;
+        options.shortcuts.block = allow_block;
+        options.shortcuts.whole = allow_whole;
+        options.shortcuts.rescale = allow_rescale;
+        options.shortcuts.float32_gram = allow_float32_gram;
+        options.shortcuts.k_vector = allow_k_vector;
         const Factors factors{in_shape, out_shape};
         if (py::isinstance<py::array_t<float>>(matrix)) return decompose_typed<float>(matrix, factors, options);
         if (py::isinstance<py::array_t<double>>(matrix)) return decompose_typed<double>(matrix, factors, options);
@@ -225,10 +229,15 @@ void register_decompose(py::module_& m) {
       },
       py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"), py::arg("max_bond"),
       py::arg("allow_randomized") = true, py::arg("allow_block") = true, py::arg("allow_whole") = true,
+      py::arg("allow_rescale") = true, py::arg("allow_float32_gram") = true, py::arg("allow_k_vector") = true,
       "Mixed-canonical MPO of a C-contiguous float32/float64 matrix; max_bond has n-1 caps, 0 = none.\n"
-      "allow_block=False makes every left step from the interleaved copy (the plain sweep).\n"
-      "allow_whole=False splits the outer steps a cap leaves whole instead of taking the identity.\n"
-      "Returns a dict: cores, spectra, truncation_errors, cut, norm, randomized.");
+      "Returns a dict: cores, spectra, truncation_errors, cut, norm, randomized.\n"
+      "The allow_* switches other than allow_randomized are for tests and diagnostics: each turns one\n"
+      "shortcut of the sweep off (include/mpo/decompose.hpp, Shortcuts), giving the plain route:\n"
+      "allow_block=False makes every left step from the interleaved copy; allow_whole=False splits the\n"
+      "outer steps a cap leaves whole instead of taking the identity; allow_rescale=False decomposes data\n"
+      "far from unit scale unscaled; allow_float32_gram=False forms every Gram matrix in double;\n"
+      "allow_k_vector=False computes every eigenvector of a capped split's Gram matrix.");
   m.def(
       "canonicalize",
       [](const py::list& cores, const std::string& dtype) {

@@ -23,11 +23,22 @@ struct Decomposition {
   bool randomized = false;               // some bond was found by the randomized route
 };
 
+// The shortcuts of the sweep: cheaper routes to the same cores up to rounding. csrc/decompose.cpp is the
+// plain sweep; each shortcut lives in its own file under csrc/decompose/ and is taken only while its
+// switch is on. All are on by default; a switch off makes that part of the sweep the plain route, which
+// is how the tests compare each shortcut with it (tests/test_properties.py, tests/test_decompose.py).
+struct Shortcuts {
+  bool block = true;         // the first left steps from M in place (block_steps.cpp)
+  bool whole = true;         // outer steps a cap leaves whole take the identity (whole_steps.cpp)
+  bool rescale = true;       // data far from unit scale is decomposed scaled by a power of two (rescale.cpp)
+  bool float32_gram = true;  // capped float32 splits may form their Gram matrix in float32 (float32_gram.cpp)
+  bool k_vector = true;      // capped splits compute only the k kept eigenvectors (k_vector_eigen.cpp)
+};
+
 struct DecomposeOptions {
   std::vector<Index> max_bond;  // n-1 caps, 0 = uncapped; empty = all uncapped
-  bool allow_randomized = true;
-  bool allow_block = true;  // the first left steps from M in place (left_block in split.hpp)
-  bool allow_whole = true;  // outer steps a cap leaves whole take the identity (see decompose.cpp)
+  bool allow_randomized = true;  // wide splits capped far below their rows may take the range finder
+  Shortcuts shortcuts;
   std::uint64_t seed = 0x6d706f31;
 };
 

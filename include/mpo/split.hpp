@@ -32,6 +32,8 @@ struct SplitOptions {
   std::uint64_t seed = 0x6d706f31;  // randomized route: a fixed seed keeps results reproducible
   int max_power_iterations = 8;
   bool allow_randomized = true;
+  bool float32_gram = true;  // shortcut: a capped float32 split may form its Gram matrix in float32
+  bool k_vector = true;      // shortcut: a capped split may compute only the k kept eigenvectors
 };
 
 // The randomized range finder's sample width for a cap (the cap plus oversampling).
@@ -54,30 +56,5 @@ Split<T> left_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& op
 // Returned as a Split whose q is L and whose r is Qᵀ.
 template <class T>
 Split<T> right_split(const Eigen::Ref<const Matrix<T>>& a, const SplitOptions& options = {});
-
-// The first `steps` left splits of Algorithm 1 read from M itself, not from its interleaved copy.
-//
-// The Gram matrix of an unfolding does not depend on the order of its columns, so the Gram matrix G of
-// M's unfolding at bond steps-1 (rows (i_1 j_1 … i_K j_K), K = steps) is a sum over sub-blocks of M read
-// in place. Step j of the sequential algorithm splits R_{j-1} = (C_jᵀ ⊗ I)·M_j, C_j the chain of the
-// cores found before it (orthonormal columns), whose Gram matrix is (C_jᵀ ⊗ I)·Tr_{>j}(G)·(C_j ⊗ I): the
-// earlier steps are eigenproblems of small matrices. Only the last step reads M again, to form
-// R = C_Kᵀ·M_K straight into the interleaved layout the rest of the sweep works on. That saves the
-// interleaved copy of M and one remainder per fused step, full passes over the largest array of the
-// decomposition, at the same results up to rounding.
-//
-// Singular values of the earlier steps come from eigenvalues here, which cannot resolve zeros. When a
-// kept one is too small to be trusted, or a check of split_options' routes would have refined the
-// result (the cut keeps nearly everything), it returns false and the caller runs the plain sweep.
-template <class T>
-struct LeftBlock {
-  std::vector<Split<T>> steps;  // q: core j's left unfolding; r: empty except for the last step's R
-  bool float_gram = false;      // G was formed in float32: spectra must be recomputed from the cores
-};
-
-// `energy` is ‖M‖_F², which the caller has measured (it decides whether float32 can hold the Gram matrix).
-template <class T>
-bool left_block(const T* matrix, const Factors& factors, std::size_t steps, const std::vector<Index>& caps,
-                double energy, LeftBlock<T>* out);
 
 }  // namespace mpo

@@ -11,7 +11,8 @@
 //  4. the reduction's reflectors applied to those k columns only (2m²·k).
 // On one core, for a 256 × 256 Gram matrix, it takes 33 % of the full solver's time at k = 32 and 69 %
 // at k = 128; for 768 × 768 at k = 256, 35 %. The recurrences of steps 1 and 2 run many shifts side by
-// side in the lanes of the vector units (symmetric.cpp).
+// side in the lanes of the vector units (csrc/decompose/k_vector_eigen.cpp, a shortcut of the sweep with its
+// own switch: the plain route is the full solver).
 //
 // Inverse iteration (Wilkinson; Peters and Wilkinson 1971): from a shift σ within rounding of an
 // eigenvalue, one solve with T − σI multiplies that eigenvector's share of a random start by
@@ -40,11 +41,12 @@ struct SymmetricEigen {
 };
 
 // The symmetric matrix `a` is read from its lower triangle. count in [0, m]; count = m gives every
-// eigenvector. Routes, in order: the k-vector route where it pays (see symmetric.cpp), else Eigen's full
-// solver; if that does not converge, the k-vector route for any count; if that refuses, a Jacobi SVD of
-// the shifted matrix, slow but always convergent. Throws std::invalid_argument for a non-square matrix
-// or a count outside [0, m].
-SymmetricEigen symmetric_eigen(const Eigen::MatrixXd& a, Index count);
+// eigenvector. Routes, in order: the k-vector route where it pays (see k_vector_eigen.cpp), else Eigen's
+// full solver; if that does not converge, the k-vector route for any count; if that refuses, a Jacobi SVD
+// of the shifted matrix, slow but always convergent. With `k_vector` false the k-vector route is never
+// taken (the plain route: the full solver, then Jacobi). Throws std::invalid_argument for a non-square
+// matrix or a count outside [0, m].
+SymmetricEigen symmetric_eigen(const Eigen::MatrixXd& a, Index count, bool k_vector = true);
 
 // One route alone, for tests and benchmarks. Returns false if it failed: the full solver did not
 // converge, or the k-vector route's checks rejected its result (the Jacobi route does not fail).

@@ -25,6 +25,9 @@ def decompose(
     allow_randomized: bool = True,
     allow_block: bool = True,
     allow_whole: bool = True,
+    allow_rescale: bool = True,
+    allow_float32_gram: bool = True,
+    allow_k_vector: bool = True,
 ) -> DecomposeResult: ...
 class Sweep:
     """Algorithm 1 under any per-bond max_bond, scored exactly (budget mode's scorer, float64)."""

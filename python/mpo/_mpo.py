@@ -364,9 +364,10 @@ class MPO:
         the errors the steps make are mutually orthogonal and ||M_p - MPO||_F^2 = sum eps_k^2 exactly for
         the zero-padded M_p: the bound is attained. What the MPO puts into the padding (rows and columns
         beyond M's, read with the kernel's row lookup) is then subtracted. The result carries the
-        accuracy of the eps_k (relative 1e-3 of the error or better, see csrc/split.cpp) and misses the
-        rounding of the arithmetic (an exact MPO reports 0 where the rebuild differs from M by ~1e-7
-        ||M||_F in float32, ~1e-15 in float64); it costs the padding lookups instead of a rebuild.
+        accuracy of the eps_k (relative 1e-3 of the error or better, see `cancellation` in
+        csrc/decompose/shortcuts.hpp) and misses the rounding of the arithmetic (an exact MPO reports 0
+        where the rebuild differs from M by ~1e-7 ||M||_F in float32, ~1e-15 in float64); it costs the
+        padding lookups instead of a rebuild.
 
         None for every other MPO: cut later by :meth:`truncate` or ``tol``, made by :meth:`from_cores`
         or :func:`load`, or row-weighted (its sweep's error is the weighted one). Measure

@@ -10,6 +10,7 @@
 
 #include <Eigen/SVD>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -39,6 +40,27 @@ mpo::Matrix<double> random_matrix(mpo::Index rows, mpo::Index cols, unsigned see
 double relative_error(const mpo::Matrix<double>& a, const mpo::Matrix<double>& b) {
   // stableNorm: the matrices of the scale tests (1e-170) would underflow a plain sum of squares.
   return (a - b).stableNorm() / a.stableNorm();
+}
+
+// How far a decomposition with some shortcut switched off is from the default one: the largest of the
+// rebuilt matrices' difference over ‖M‖, the spectra's over σ_max and the truncation errors' over ‖M‖;
+// 1 when a bond differs.
+template <class T>
+double shortcut_gap(const mpo::Matrix<T>& a, const mpo::Factors& f, const mpo::DecomposeOptions& off) {
+  mpo::DecomposeOptions on;
+  on.max_bond = off.max_bond;
+  const auto x = mpo::decompose<T>(a.data(), a.rows(), a.cols(), f, on);
+  const auto y = mpo::decompose<T>(a.data(), a.rows(), a.cols(), f, off);
+  const double norm = a.template cast<double>().stableNorm();
+  double gap = (mpo::rebuild(x.cores) - mpo::rebuild(y.cores)).template cast<double>().stableNorm() / norm;
+  double top = 0;
+  for (const auto& s : y.spectra) top = std::max(top, s(0));
+  for (std::size_t k = 0; k < x.spectra.size(); ++k) {
+    if (x.spectra[k].size() != y.spectra[k].size()) return 1;
+    gap = std::max({gap, (x.spectra[k] - y.spectra[k]).stableNorm() / top,
+                    std::abs(x.truncation_errors[k] - y.truncation_errors[k]) / norm});
+  }
+  return gap;
 }
 
 }  // namespace
@@ -81,7 +103,7 @@ int main() {
 
   // The first left steps made from M in place (left_block) give the plain sweep's MPO.
   mpo::DecomposeOptions plain = capped;
-  plain.allow_block = false;
+  plain.shortcuts.block = false;
   const auto swept = mpo::decompose<double>(m.data(), m.rows(), m.cols(), factors, plain);
   const double block_gap = (mpo::rebuild(cut.cores) - mpo::rebuild(swept.cores)).norm() / m.norm();
   check(block_gap < 1e-12, "block left steps equal the plain sweep (relative gap)", block_gap);
@@ -92,7 +114,7 @@ int main() {
     mpo::DecomposeOptions outer;
     outer.max_bond = {6, 5, 6};
     mpo::DecomposeOptions split = outer;
-    split.allow_whole = false;
+    split.shortcuts.whole = false;
     const auto a = mpo::decompose<double>(m.data(), m.rows(), m.cols(), factors, outer);
     const auto b = mpo::decompose<double>(m.data(), m.rows(), m.cols(), factors, split);
     double gap = (mpo::rebuild(a.cores) - mpo::rebuild(b.cores)).norm() / m.norm();
@@ -101,6 +123,35 @@ int main() {
                               ? (a.spectra[k] - b.spectra[k]).norm() / m.norm()
                               : 1.0);
     check(gap < 1e-12, "whole outer steps equal the split ones (relative gap)", gap);
+  }
+
+  // The other shortcuts against the plain route (their switch off) on a 256 × 256 matrix cut at 32 on its
+  // one bond: a 256-row Gram matrix at k = 32 takes the k-vector route, float32 data the float32 Gram
+  // matrix, and 2^-400 (double) or 2^-30 (float32) the rescaling. Tolerances relative to σ_max / ‖M‖:
+  // 1e-10 in double (rounding, as for the block and whole steps); 1e-4 in float32, where a float32 Gram
+  // matrix's rounding (~1e-7·‖A‖²) moves the kept subspace by ~1e-6·‖A‖²/gap (tests/strategies.py,
+  // route_rtol).
+  {
+    const mpo::Factors square{{16, 16}, {16, 16}};
+    const mpo::Matrix<double> a = random_matrix(256, 256, 17);
+    const mpo::Matrix<float> af = a.cast<float>();
+    mpo::DecomposeOptions off;
+    off.max_bond = {32};
+    off.shortcuts.k_vector = false;
+    const double k_vector = shortcut_gap<double>(a, square, off), k_vector_f = shortcut_gap<float>(af, square, off);
+    check(k_vector < 1e-10, "k-vector eigensolver route equals the full solver's (gap)", k_vector);
+    check(k_vector_f < 1e-4, "k-vector eigensolver route, float32 (gap)", k_vector_f);
+    off.shortcuts.k_vector = true;
+    off.shortcuts.float32_gram = false;
+    const double float_gram = shortcut_gap<float>(af, square, off);
+    check(float_gram < 1e-4, "float32 Gram matrices equal the double ones (float32 gap)", float_gram);
+    off.shortcuts.float32_gram = true;
+    off.shortcuts.rescale = false;
+    const mpo::Matrix<double> tiny = a * std::ldexp(1.0, -400);
+    const mpo::Matrix<float> small = (a * std::ldexp(1.0, -30)).cast<float>();
+    const double rescale = shortcut_gap<double>(tiny, square, off), rescale_f = shortcut_gap<float>(small, square, off);
+    check(rescale < 1e-10, "power-of-two rescaling equals the unscaled sweep (gap)", rescale);
+    check(rescale_f < 1e-4, "power-of-two rescaling, float32 (gap)", rescale_f);
   }
 
   // Budget mode's scorer (sweep.hpp): its score is the squared error of the MPO it builds, and at the
