@@ -73,11 +73,10 @@ SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train, validation, test
 class Setup:
     """Everything that sets the cost of a run; the full and quick runs differ only here."""
 
-    # The costs are fitted to the 60-minute limit on this 2-core machine, measured: one pass of the dense
-    # model over 400 articles of 64 tokens (2 epochs, forward and backward) with its evaluations took
-    # 296 s on one core. 6 (regime, seed) groups of 19 methods each leave about a minute per run on
-    # two cores, so: 32 tokens (the headline and the lead sentence carry the topic), 200 and 60
-    # training articles, the validation subset at 50.
+    # The costs are fitted to the 60-minute limit on this 2-core machine, measured: with these settings
+    # the 6 (regime, seed) groups of 19 methods took 756-800 s (standard) and 527-532 s (low) on one core,
+    # 3919 s in all, which --jobs 2 schedules into about 2050 s on two cores. 32 tokens (the headline
+    # and the lead sentence carry the topic), 200 and 60 training articles, 50 validation articles.
     max_len: int = 32
     batch: int = 16
     train_articles: int = 200  # the "standard" regime's training articles (stratified from the train split)
