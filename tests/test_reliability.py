@@ -68,9 +68,14 @@ def test_c2_out_of_memory_in_worker_threads_is_a_memory_error():
         X = np.random.default_rng(0).standard_normal((2048, 2048))
         m = mpo.decompose(np.random.default_rng(1).standard_normal((1024, 2048)), max_bond=32)
         used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()
-        resource.setrlimit(resource.RLIMIT_AS, (used + (16 << 20), resource.RLIM_INFINITY))
+        # 28 MB of headroom: enough for a worker thread's stack and thread-local data (with 16 MB, glibc's
+        # pthread_create itself aborted: "cannot allocate memory for thread-local data", which no
+        # library can catch), too little for the products' buffers (from about 40 MB both steps fit).
+        resource.setrlimit(resource.RLIMIT_AS, (used + (28 << 20), resource.RLIM_INFINITY))
         outcomes = []
-        for step in (lambda: X @ m.T, lambda: mpo.decompose(X, max_bond=256)):
+        # plan="kernel": the C++ kernel's threads are what this checks. "auto" may time NumPy's BLAS as the
+        # faster route, and OpenBLAS ends the process itself when its buffers cannot be allocated.
+        for step in (lambda: m.T.rmatmul(X, plan="kernel"), lambda: mpo.decompose(X, max_bond=256)):
             try:
                 step()
                 outcomes.append('ok')

@@ -571,8 +571,8 @@ def decompose_activations(
             if s == 1:
                 factors.append(np.ones((1, 1)))
                 continue
-            full = activations is not None and pieces[k] is activations.gram
-            w = activations.whitening(damping) if full else whitening(pieces[k], damping)
+            w = (activations.whitening(damping) if activations is not None and pieces[k] is activations.gram
+                 else whitening(pieces[k], damping))
             factors.append(w.factor)
             alphas.append(w.alpha)
         alpha = max(alphas) if alphas else None
@@ -588,16 +588,17 @@ def decompose_activations(
         folded = _fold(inner.cores, factors)
         m = MPO.from_cores(folded, shape=(rows, cols), row_scale=scale)
         exact_c = len(wide) == 1 and activations is not None and pieces[wide[0]] is activations.gram
-        if exact_c and whitened.shape == a.shape:
+        if exact_c and activations is not None and whitened.shape == a.shape:
             whitened_parts = (whitened, inner.to_dense(), activations.whitening(damping).lam)
     approx = m.to_dense()
+    act_error: float | None
     if whitened_parts is not None:
         # ||X E||^2 = tr(E^T C E) = ||L^T E||^2 - lam ||E||^2 with L L^T = C + lam I, and L^T E is the
         # whitened matrix less its truncation: the same value as activation_error without its two
         # I x I x J products.
-        w, t, lam = whitened_parts
-        num = float(np.sum((w - t) ** 2)) - lam * float(np.sum((a - approx) ** 2))
-        den = float(np.sum(w**2)) - lam * float(np.sum(a**2))
+        white, kept, lam = whitened_parts
+        num = float(np.sum((white - kept) ** 2)) - lam * float(np.sum((a - approx) ** 2))
+        den = float(np.sum(white**2)) - lam * float(np.sum(a**2))
         act_error = math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
     else:
         act_error = None if activations is None else activation_error(a, approx, activations)

@@ -202,7 +202,8 @@ def calibrate(args: argparse.Namespace) -> int:
         raise UsageError(f"calibrate runs the model with torch and transformers: {_one_line(exc)}") from None
     try:
         # local_files_only: what is calibrated is this folder, never something fetched in its place.
-        model = type(mt.skeleton(source)).from_pretrained(source, local_files_only=True).eval()
+        model = type(mt.skeleton(source)).from_pretrained(  # type: ignore[attr-defined]  # a transformers PreTrainedModel
+            source, local_files_only=True).eval()
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise UsageError(f"cannot load the model and its tokenizer from {source!r}: {_one_line(exc)}") from None
@@ -234,6 +235,7 @@ def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager:
         raise UsageError(str(exc)) from None
     if workers is not None:
         return _dask.local_client(workers)
+    assert address is not None  # one of --workers / --scheduler was given (argparse's exclusive group)
     try:
         return _dask.connect(address)
     except (OSError, ValueError, TypeError) as exc:  # a refused connection, a timeout, a malformed address

@@ -46,7 +46,7 @@ def run_function(folder: Path, out: Path, share: float = FUNCTION_SHARE, layers:
     dense parameters, held-out mean and minimum cosine, seconds. ``layers`` limits the compression to the
     first encoder layers (default: all). Needs torch and transformers."""
     import torch
-    from transformers import BertModel, BertTokenizerFast
+    from transformers import AutoTokenizer, BertModel
 
     import mpo.torch as mt
 
@@ -54,7 +54,7 @@ def run_function(folder: Path, out: Path, share: float = FUNCTION_SHARE, layers:
     model = BertModel.from_pretrained(str(folder)).eval()
     count = model.config.num_hidden_layers if layers is None else min(int(layers), model.config.num_hidden_layers)
     encoder = [f"encoder.layer.{k}.*" for k in range(count)]
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
     calibration_text, held_out = sentences("calibration"), sentences("held_out")
 
     def batches(texts):
@@ -79,18 +79,20 @@ def run_function(folder: Path, out: Path, share: float = FUNCTION_SHARE, layers:
 
     def build(method: str):
         m = copy.deepcopy(model)
-        common = {"include": encoder, "progress": False, "lightweight": False, "ratio": share}
         if method == "plain SVD":
-            mt.compress(m, n=2, weights="activations", calibration=calibration, scaling="none", **common)
+            mt.compress(m, include=encoder, progress=False, lightweight=False, ratio=share, n=2,
+                        weights="activations", calibration=calibration, scaling="none")
         elif method == "whitened SVD":
-            mt.compress(m, n=2, weights="activations", calibration=calibration, scaling="whiten", **common)
+            mt.compress(m, include=encoder, progress=False, lightweight=False, ratio=share, n=2,
+                        weights="activations", calibration=calibration, scaling="whiten")
         elif method == "plain MPO n=5":
-            mt.compress(m, n=5, **common)
+            mt.compress(m, include=encoder, progress=False, lightweight=False, ratio=share, n=5)
         else:
             report = mt.sensitivity(model, calibration, calibration_cosine, include=encoder, n=2,
                                     ratio=FUNCTION_SHARE, progress=False)
             plan = mt.allocation(model, calibration, share, include=encoder, layer_weights=report.layer_weights())
-            mt.compress(m, allocate=plan, calibration=calibration, **common)
+            mt.compress(m, include=encoder, progress=False, lightweight=False, ratio=share, allocate=plan,
+                        calibration=calibration)
             target = out / "minilm-function"
             mt.save_pretrained(m, target)
             m = mt.from_pretrained(target)  # what is scored is the folder as a user loads it

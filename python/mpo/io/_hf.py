@@ -775,7 +775,8 @@ def _compress_one(path: str, raw: np.ndarray, settings: Settings, fit: Mapping |
         else:
             # A Linear computes x @ W.T: the statistics are of x, so the fitted matrix is M = W.T (in x out).
             found = decompose_activations(matrix.T, **fit)
-            m, act_error = found.mpo, float(found.activation_error)
+            m = found.mpo
+            act_error = None if found.activation_error is None else float(found.activation_error)
     except ValueError as exc:  # a ratio the matrix cannot meet, say
         return f"cannot meet the setting: {exc}", [], None, None
     seconds = time.perf_counter() - start

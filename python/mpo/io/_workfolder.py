@@ -187,7 +187,8 @@ def _core_shapes(entry) -> list[tuple[int, ...]]:
         ins, outs = entry["in_factors"], entry["out_factors"]
         if len(ins) != len(outs) or len(bonds) != len(ins) + 1:
             return [(-1,)]
-        shapes = [(int(bonds[k]), int(i), int(j), int(bonds[k + 1])) for k, (i, j) in enumerate(zip(ins, outs))]
+        shapes: list[tuple[int, ...]] = [(int(bonds[k]), int(i), int(j), int(bonds[k + 1]))
+                                         for k, (i, j) in enumerate(zip(ins, outs))]
         if entry.get("row_scale") is not None:  # an activation-scaled fit stores its row scale after the cores
             shapes.append((int(entry["shape"][0]),))
         return shapes

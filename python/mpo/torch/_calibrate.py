@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -261,7 +261,7 @@ def activation_settings(
     calibration: Calibration | None,
     *,
     weights,
-    allocate: str | None,
+    allocate: str | Allocation | None,
     n: int,
     max_bond,
     ratio: float | None,
@@ -410,7 +410,8 @@ class _Prefix:
             self.calls[found] = []
 
     def _block(self, key: tuple[str, int]) -> nn.Module:
-        return self.model.get_submodule(key[0])[key[1]]
+        # _block_of found key[0] to be an nn.ModuleList (or Sequential) of blocks.
+        return cast(nn.ModuleList, self.model.get_submodule(key[0]))[key[1]]
 
     @contextmanager
     def record(self) -> Iterator[None]:
@@ -424,10 +425,11 @@ class _Prefix:
 
     def _recorder(self, key):
         def hook(_module, args, kwargs, output):
-            if self.calls[key] is None:
+            calls = self.calls[key]
+            if calls is None:
                 return
             try:
-                self.calls[key].append((_copy(args), _copy(kwargs), _copy(output)))
+                calls.append((_copy(args), _copy(kwargs), _copy(output)))
             except TypeError:  # an input or output that cannot be compared or copied: never replayed
                 self.calls[key] = None
 
@@ -441,7 +443,9 @@ class _Prefix:
         keys = [k for k in keys if self.calls[k] is not None and "forward" not in vars(self._block(k))]
         for key in keys:
             block = self._block(key)
-            block.forward = self._replayer(block, self.calls[key])
+            recorded = self.calls[key]
+            assert recorded is not None  # keys holds only blocks whose calls were recorded
+            block.forward = self._replayer(block, recorded)
         try:
             yield
         finally:

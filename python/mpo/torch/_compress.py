@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._activation import Allocation
 from .._mpo import MPO
 from .._validation import match_names
 from ..io import TORCH_MODEL, atomic_path
@@ -288,7 +289,7 @@ def compress(
     data=None,
     loss_fn=None,
     calibration=None,
-    allocate: str | None = None,
+    allocate: str | Allocation | None = None,
     scaling: str = "auto",
 ) -> CompressionReport:
     """Replace matching Linear, Conv1D and Embedding modules of ``model`` by MPO layers, in place.
@@ -769,13 +770,16 @@ def _empty_layer(spec: dict, module: nn.Module, where: str) -> MPOLayer:
     dtype = ref.dtype if ref is not None else torch.get_default_dtype()
     device = ref.device if ref is not None else None
     shapes = [tuple(s) for s in spec["core_shapes"]]
-    placeholder = MPO(
-        [torch.zeros(s, dtype=torch.float64).numpy() for s in shapes],
-        shape=tuple(spec["matrix_shape"]),
-        spectra=[torch.ones(s[3], dtype=torch.float64).numpy() for s in shapes[:-1]],
-        truncation_errors=[0.0] * (len(shapes) - 1),
-        norm=0.0,
-    )
+    try:
+        placeholder = MPO(
+            [torch.zeros(s, dtype=torch.float64).numpy() for s in shapes],
+            shape=tuple(spec["matrix_shape"]),
+            spectra=[torch.ones(s[3], dtype=torch.float64).numpy() for s in shapes[:-1]],
+            truncation_errors=[0.0] * (len(shapes) - 1),
+            norm=0.0,
+        )
+    except ValueError as exc:  # core shapes that do not make the saved matrix: the file's fault, named
+        raise ValueError(f"{where}: {exc}") from None
     if spec["kind"] in ("MPOLinear", "MPOConv1D"):
         kind = "linear" if spec["kind"] == "MPOLinear" else "conv1d"
         if _kind(module) != kind and type(module).__name__ != spec["kind"]:
