@@ -347,6 +347,19 @@ def compress_encoder(model, **kwargs):
     return mt.compress(model.bert, include=ENCODER_PATTERNS, progress=False, force=True, **kwargs)
 
 
+def full_bonds(model, ctx: dict) -> None:
+    """``model``'s encoder as MPO layers at full bonds (n = 5), the start of every ``mpo_*`` method.
+
+    The decomposition of the pre-trained matrices is the same for all of them, so it runs once per
+    process and later methods take a copy of its encoder (the head, drawn from the seed, stays the
+    model's own): the same layers bit for bit, without 36 decompositions per method."""
+    if "full_bonds" not in ctx:
+        compress_encoder(model, n=5, lightweight=False)
+        ctx["full_bonds"] = copy.deepcopy(model.bert)
+    else:
+        model.bert = copy.deepcopy(ctx["full_bonds"])
+
+
 def dense_encoder_params(model) -> int:
     return sum(m.weight.numel() for n, m in model.bert.named_modules()
                if ".layer." in n and any(n.endswith(s) for s in ENCODER_SUFFIXES))
@@ -397,7 +410,7 @@ def run_method(name: str, regime: str, seed: int, data: Data, setup: Setup, ctx:
             p.requires_grad_(True)
         lr = setup.lr_lora
     elif name.startswith("mpo_"):
-        compress_encoder(model, n=5, lightweight=False)
+        full_bonds(model, ctx)
         if name == "mpo_full":
             pass
         elif name == "mpo_full_lfa":

@@ -11,8 +11,10 @@
 #                                    between the kernels (tests/fuzz_core.py) and the readers
 #                                    (tests/fuzz_readers.py)
 #   PYTHON, CXX                     the interpreter to test with (default python) and the compiler (g++)
+#   MPO_SANITIZE_JOBS               compilers at a time (default: one per 3 GB available, at most nproc)
 #
-# tests/test_sanitize.py runs this from `python -m pytest` when MPO_SANITIZE=1. To time the stage on its own, from scratch:
+# tests/test_sanitize.py runs this from `python -m pytest` (MPO_SANITIZE=0 leaves it out). To time the
+# stage on its own, from scratch:
 #   rm -rf build/sanitize && time nice -n 5 tests/sanitize.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,10 +42,19 @@ BUILD="$(cd "$BUILD" && pwd)"  # absolute: the checks below compare it with modu
 if [ ! -f "$BUILD/CMakeCache.txt" ] && ! "${configure[@]}" >"$BUILD/configure.log" 2>&1; then
   tail -n 40 "$BUILD/configure.log"; exit 1
 fi
-say "building test_core and _core with ASan+UBSan, one compiler at a time"
-# One compiler process, whatever CMAKE_BUILD_PARALLEL_LEVEL says: an instrumented split.cpp or apply.cpp
-# takes about 2 GB, and CI machines are shared.
-if ! cmake --build "$BUILD" --target test_core _core --parallel 1 >"$BUILD/build.log" 2>&1; then
+# Compilers side by side only where memory allows: an instrumented split.cpp or apply.cpp takes about
+# 2 GB, so one per 3 GB available (MemAvailable), at most one per core, at least one; whatever
+# CMAKE_BUILD_PARALLEL_LEVEL says, since CI machines are shared. MPO_SANITIZE_JOBS overrides.
+jobs="${MPO_SANITIZE_JOBS:-}"
+if [ -z "$jobs" ]; then
+  avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
+  cores=$(nproc 2>/dev/null || echo 1)
+  jobs=$(( ${avail_kb:-0} / 3000000 ))
+  [ "$jobs" -gt "$cores" ] && jobs=$cores
+  [ "$jobs" -lt 1 ] && jobs=1
+fi
+say "building test_core and _core with ASan+UBSan, $jobs compiler(s) at a time"
+if ! cmake --build "$BUILD" --target test_core _core --parallel "$jobs" >"$BUILD/build.log" 2>&1; then
   grep -v '^\[' "$BUILD/build.log" | tail -n 60; exit 1
 fi
 "$CXX" $FLAGS "$ROOT/tests/cpp/sanitizer_canary.cpp" -o "$BUILD/sanitizer_canary"

@@ -58,6 +58,30 @@ def serial(source, tmp_path_factory):
     return out, result
 
 
+def _start_environment() -> dict[str, str]:
+    # What the process was started with (glibc reads its MALLOC_* variables then), not os.environ now.
+    with open("/proc/self/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def test_local_workers_start_with_the_allocator_settings_and_report_their_own_peak(client):
+    import numpy as np
+
+    for env in client.run(_start_environment).values():
+        for name, value in _dask.KEEP_FREED_MEMORY.items():
+            assert env.get(name) == value, (name, env.get(name))
+    # A worker's peak is its own: this process touches 400 MB more than any worker ever holds, and
+    # Linux would have handed that peak to a spawned worker through getrusage's ru_maxrss.
+    big = np.ones(50_000_000)
+    mine = _hf.peak_rss_kb()
+    assert mine is not None and mine > 400_000
+    del big
+    with _dask.local_client(1) as fresh:
+        (peak,) = fresh.run(_hf.peak_rss_kb).values()
+    assert 0 < peak < mine - 300_000
+
+
 def files(folder) -> dict[str, bytes]:
     """Every file of an output folder, by name (the work folder must be gone)."""
     names = sorted(os.listdir(folder))

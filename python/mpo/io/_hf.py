@@ -558,10 +558,22 @@ def compress_task(task: MatrixTask, settings: Settings, fit: Mapping | None = No
     reason, cores, entry, row = _compress_one(module_path(task.name), raw, settings, fit)
     del raw
     return {"name": task.name, "reason": reason, "cores": cores, "entry": entry, "row": row,
-            "pid": os.getpid(), "max_rss_kb": _max_rss_kb()}
+            "pid": os.getpid(), "max_rss_kb": peak_rss_kb()}
 
 
-def _max_rss_kb() -> int | None:
+def peak_rss_kb() -> int | None:
+    """This process's peak resident set in kB, or None where the system does not say.
+
+    Linux: VmHWM of the process's own address space. ``getrusage``'s ru_maxrss is not used there: Linux
+    carries it over exec from the parent, so a Dask worker spawned by a process that had held a large
+    checkpoint reported the parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     try:
         import resource  # Unix only
     except ImportError:  # pragma: no cover - Windows
