@@ -101,7 +101,7 @@ class Setup:
 
 QUICK = Setup(
     max_len=32, batch=8, train_articles=40, train_epochs=1, low_articles=20, low_epochs=1, val_articles=20,
-    test_articles=40, shares=(0.5,), family_shares=(0.5,), squeeze_stages=2, distill_epochs=1, stacked_rank=32, stacked_iters=3,
+    test_articles=40, shares=(0.5,), family_shares=(0.5,), squeeze_stages=1, distill_epochs=1, stacked_rank=32, stacked_iters=3,
     fisher_batches=2,
 )
 
@@ -481,7 +481,7 @@ def adapter_roundtrip(model, name: str, data: Data, setup: Setup, ctx: dict) -> 
         info = mt.save_adapter(model, path, base=f"all-MiniLM-L6-v2 {name}")
         size = path.stat().st_size
         fresh = build(setup)
-        compress_encoder(fresh, n=5, lightweight=False)
+        full_bonds(fresh, ctx)  # the same decomposition of the pre-trained matrices, as a new copy
         if "@" in name:
             cut_to_share(fresh, float(name.split("@")[1]), dense_encoder_params(fresh))
         mt.load_adapter(fresh, path)

@@ -71,6 +71,12 @@ def test_counts_and_shares_are_consistent(quick_run):
     assert full["encoder_share"] > 1.0  # full bonds hold more than the dense matrices
     for method in ("mpo_dir@0.5", "svd@0.5", "mpo@0.5"):
         assert rows["standard", method]["encoder_share"] <= 0.5 + 1e-9
+    for regime in ("standard", "low"):  # MPOP's squeezing: validation-driven, its stages recorded
+        squeeze = rows[regime, "mpo_squeeze@0.5"]["squeeze"]
+        assert len(squeeze["stages"]) >= 1 and 0.0 <= squeeze["start_val"] <= 1.0
+        assert squeeze["reached_share"] == pytest.approx(rows[regime, "mpo_squeeze@0.5"]["encoder_share"])
+        if squeeze["stages"][0]["accepted"]:
+            assert squeeze["reached_share"] <= 0.5 + 1e-9
     stacked = rows["standard", "stacked"]
     assert stacked["encoder_share"] < 0.5
     for regime in ("standard", "low"):
