@@ -314,9 +314,9 @@ def main(argv=None) -> int:
           f"end to end with the assembly: {speedup_wall:.2f}x; task time over decomposition time: {overhead:.2f}; "
           f"assembly {assembly_s_per_gb:.2f} s per GB copied")
     print("\nPROJECTION (not measured: per-shape times measured here, linear scaling at the measured efficiency "
-          "assumed), hours:" + (f" (shapes {estimated} estimated per value, not timed)" if estimated else ""))
+          "assumed):" + (f" (shapes {estimated} estimated per value, not timed)" if estimated else ""))
     for model, hours in projection.items():
-        print(f"  {model:<12} " + "  ".join(f"{w} workers {h:8.2f}" for w, h in hours.items()))
+        print(f"  {model:<12} " + "  ".join(f"{w} workers {h:7.3f} h ({60 * h:6.1f} min)" for w, h in hours.items()))
 
     data = {
         "benchmark": "bench_distributed", "quick": args.quick, "machine": machine,
