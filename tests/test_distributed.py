@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mpo import cli
@@ -66,8 +67,6 @@ def _start_environment() -> dict[str, str]:
 
 
 def test_local_workers_start_with_the_allocator_settings_and_report_their_own_peak(client):
-    import numpy as np
-
     for env in client.run(_start_environment).values():
         for name, value in _dask.KEEP_FREED_MEMORY.items():
             assert env.get(name) == value, (name, env.get(name))
@@ -100,6 +99,27 @@ def test_the_synthetic_checkpoint_has_the_llama_layout(source):
     assert shapes["model.layers.1.mlp.down_proj.weight"] == (64, 160)
     assert shapes["model.embed_tokens.weight"] == shapes["lm_head.weight"] == (96, 64)
     assert len([n for n in shapes if n.startswith("model.layers.0.")]) == 9  # 7 matrices and 2 norms
+
+
+def test_workers_get_the_largest_matrices_first_and_the_output_keeps_source_order(source, serial, tmp_path,
+                                                                                   monkeypatch):
+    seen = []
+
+    def in_order(fn, tasks, *, client=None, window=None, name="mpo"):
+        tasks = list(tasks)
+        seen.extend(t.name for t in tasks)
+        return _dask.run_tasks(fn, tasks, client=None)  # in this process, in the order given
+
+    monkeypatch.setattr(_hf, "run_tasks", in_order)
+    out = tmp_path / "out"
+    _hf.compress_checkpoint(source, out, client=object(), **SETTINGS)  # any client: run_tasks is replaced
+    with _hf.open_checkpoint(source) as ckpt:
+        size = {name: int(np.prod(ckpt.info(name).shape)) for name in seen}
+        rank = {name: k for k, name in enumerate(ckpt.names)}
+    assert sorted(seen, key=rank.__getitem__) != seen  # not the source order
+    for a, b in zip(seen, seen[1:]):  # largest first; equal sizes in source order
+        assert size[a] > size[b] or (size[a] == size[b] and rank[a] < rank[b]), (a, b)
+    assert files(out) == files(serial[0])
 
 
 def test_dask_output_is_byte_identical_to_serial(source, serial, client, tmp_path):
