@@ -67,6 +67,13 @@ rm -rf "$REPORTS" && mkdir -p "$REPORTS"
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$REPORTS/asan"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$REPORTS/ubsan"
 reports() { ls "$REPORTS" 2>/dev/null | wc -l; }
+# GCC links libubsan beside libasan with its own copy of the runtime, and that copy writes its reports to
+# stderr whatever log_path says (measured: no file, with log_path in UBSAN_OPTIONS or ASAN_OPTIONS). So
+# each stage's stderr is kept too, and a sanitizer report in it goes to the reports folder.
+SANITIZER_MARKERS="runtime error:|ERROR: AddressSanitizer|ERROR: LeakSanitizer"
+keep_stderr_reports() {  # $1: a stage's stderr file
+  if grep -Eq "$SANITIZER_MARKERS" "$1" 2>/dev/null; then cp "$1" "$REPORTS/$(basename "$1")"; fi
+}
 fail_on_reports() {
   if [ "$(reports)" -ne 0 ]; then
     for f in "$REPORTS"/*; do echo "---- sanitizer report $f"; cat "$f"; done
@@ -77,7 +84,8 @@ fail_on_reports() {
 # The canaries must be caught: a non-zero status and a report naming the bug. $1: what to look for.
 expect_caught() {
   local want="$1"; shift
-  if "$@" >/dev/null 2>&1; then echo "FAILED: the canary '$*' was not stopped: the sanitizers are not live"; exit 1; fi
+  if "$@" >/dev/null 2>"$BUILD/canary.stderr"; then echo "FAILED: the canary '$*' was not stopped: the sanitizers are not live"; exit 1; fi
+  keep_stderr_reports "$BUILD/canary.stderr"
   if ! cat "$REPORTS"/* 2>/dev/null | grep -q "$want"; then
     echo "FAILED: the canary '$*' left no report with '$want'"; ls -l "$REPORTS"; exit 1
   fi
@@ -97,8 +105,12 @@ expect_caught "heap-buffer-overflow" env LD_PRELOAD="$PRELOAD" "$PYTHON" -c \
 say "canaries caught"
 
 say "C++ core test under ASan+UBSan"
-"$BUILD/test_core" || { fail_on_reports "the C++ core test"; echo "FAILED: the C++ core test"; exit 1; }
+core_status=0
+"$BUILD/test_core" 2> >(tee "$BUILD/test_core.stderr" >&2) || core_status=$?
+wait  # the tee
+keep_stderr_reports "$BUILD/test_core.stderr"
 fail_on_reports "the C++ core test"
+if [ "$core_status" -ne 0 ]; then echo "FAILED: the C++ core test (status $core_status)"; exit 1; fi
 
 # The mpo package from this checkout with the sanitized _core beside it.
 PKG="$BUILD/pkg"
@@ -124,8 +136,13 @@ say "_core tests and the fuzz pass (${FUZZ_SECONDS} s) under ASan+UBSan"
 cd "$BUILD"
 status=0
 MPO_FUZZ_SECONDS=$((FUZZ_SECONDS / 2)) MPO_READER_FUZZ_SECONDS=$((FUZZ_SECONDS - FUZZ_SECONDS / 2)) \
-  "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" --rootdir "$ROOT" \
-  "$ROOT/tests/test_core_module.py" "$ROOT/tests/fuzz_core.py" "$ROOT/tests/fuzz_readers.py" || status=$?
+  "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" --capture=sys --rootdir "$ROOT" \
+  "$ROOT/tests/test_core_module.py" "$ROOT/tests/fuzz_core.py" "$ROOT/tests/fuzz_readers.py" \
+  2> >(tee "$BUILD/pytest.stderr" >&2) || status=$?
+wait
+# --capture=sys: pytest captures Python's sys.stderr only, so a report written to file descriptor 2 by
+# the runtime reaches the stage's stderr (fd capture would hold it, and lose it when the report halts).
+keep_stderr_reports "$BUILD/pytest.stderr"
 fail_on_reports "the _core tests and the fuzz pass"
 if [ "$status" -ne 0 ]; then echo "FAILED: the _core tests and the fuzz pass (pytest status $status)"; exit 1; fi
 say "clean: no sanitizer report"

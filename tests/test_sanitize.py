@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "sanitize.sh"
 FUZZ_SECONDS = os.environ.get("MPO_FUZZ_SECONDS", "60")
-# Far above the stage's 6 minutes on a quiet machine: only a hang should reach it.
+# Far above the stage's 6 minutes from a cold build on a quiet 2-core machine: only a hang should reach it.
 TIMEOUT = float(os.environ.get("MPO_SANITIZE_TIMEOUT", "3600"))
 
 

@@ -276,14 +276,18 @@ void register_decompose(py::module_& m) {
         // triangle, i.e. the upper triangle of the array as NumPy stores it.
         const Eigen::MatrixXd matrix = Eigen::Map<const Eigen::MatrixXd>(a.data(), a.shape(0), a.shape(1));
         SymmetricEigen result;
+        bool solved = true;
         {
           py::gil_scoped_release release;
           if (chosen < 0) {
             result = symmetric_eigen(matrix, count);
-          } else if (!symmetric_eigen_route(matrix, count, static_cast<EigenRoute>(chosen), &result)) {
-            return py::none();
+          } else {
+            solved = symmetric_eigen_route(matrix, count, static_cast<EigenRoute>(chosen), &result);
           }
         }
+        // Python objects (even None) only once the GIL is back: the sanitizer stage's debug build found
+        // py::none() made inside the released block (pybind11's inc_ref GIL check).
+        if (!solved) return py::none();
         Matrix<double> vectors = result.vectors;  // row-major for NumPy
         const std::vector<py::ssize_t> shape{vectors.rows(), vectors.cols()};
         return py::make_tuple(to_numpy(result.values), to_numpy<double>(std::move(vectors), shape),

@@ -14,6 +14,8 @@
 #pragma once
 
 #include "mpo/types.hpp"
+#include <cstdint>
+#include <limits>
 
 namespace mpo {
 
@@ -36,13 +38,20 @@ struct SplitOptions {
   bool k_vector = true;      // shortcut: a capped split may compute only the k kept eigenvectors
 };
 
-// The randomized range finder's sample width for a cap (the cap plus oversampling).
-inline Index range_finder_width(Index cap) { return cap + 10 + cap / 10; }
+// The randomized range finder's sample width for a cap (the cap plus oversampling), saturated at the
+// largest Index: a cap near it means "no practical cap" and must not overflow (the sanitizer stage's
+// fuzz pass found max_bond = 2**63 - 1 overflowing here).
+inline Index range_finder_width(Index cap) {
+  const Index extra = 10 + cap / 10;
+  return cap > std::numeric_limits<Index>::max() - extra ? std::numeric_limits<Index>::max() : cap + extra;
+}
 
 // Whether a split along a side of m rows (or columns) takes the randomized route: a pass costs m·N·width
 // and the Gram route m²·N plus an m × m eigensolve, so only when the kept width is a small fraction of m.
+// (6·width < m, written so that it cannot overflow: for m >= 1 it is width <= (m - 1) / 6.)
 inline bool takes_range_finder(Index m, const SplitOptions& options) {
-  return options.allow_randomized && options.max_rank > 0 && 6 * range_finder_width(options.max_rank) < m;
+  return options.allow_randomized && options.max_rank > 0 && m >= 1 &&
+         range_finder_width(options.max_rank) <= (m - 1) / 6;
 }
 
 // Singular values at or below this fraction of the largest one are zeros: they are dropped.

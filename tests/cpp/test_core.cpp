@@ -5,6 +5,7 @@
 #include "mpo/decompose.hpp"
 #include "mpo/measures.hpp"
 #include "mpo/parallel.hpp"
+#include "mpo/split.hpp"
 #include "mpo/sweep.hpp"
 #include "mpo/symmetric.hpp"
 
@@ -323,6 +324,18 @@ int main() {
     const double err = relative_error(small, mpo::rebuild(d.cores));
     check(std::abs(d.norm / (m.norm() * 1e-170) - 1) < 1e-12, "norm of a 1e-170 matrix", d.norm);
     check(err < 1e-12, "exact rebuild of a 1e-170 matrix", err);
+  }
+
+  {  // A cap near the largest Index means "no practical cap": no overflow, and never the randomized route.
+    const mpo::Index top = std::numeric_limits<mpo::Index>::max();
+    mpo::SplitOptions huge;
+    huge.max_rank = top;
+    check(mpo::range_finder_width(top) == top && !mpo::takes_range_finder(top, huge),
+          "range finder width saturates at the largest cap", 0);
+    mpo::SplitOptions small;  // 6 * (8 + 10 + 0) = 108: the randomized route from m = 109 on
+    small.max_rank = 8;
+    check(!mpo::takes_range_finder(108, small) && mpo::takes_range_finder(109, small),
+          "randomized route exactly when 6 * width < m", 0);
   }
 
   std::printf("%d failed\n", failures);
