@@ -14,7 +14,7 @@ from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 import mpo
-from mpo import _budget, _core
+from mpo import _budget, _core, _scaled
 from mpo._data import load_minilm
 from mpo.baselines import uniform_max_bond
 from strategies import (
@@ -453,3 +453,26 @@ def test_central_bound_pieces_give_the_sweeps_error_for_every_cut_of_bond_c_minu
         sweep.central_probe(rows.shape[0] + 1)
     with pytest.raises(ValueError, match=r"last_left_rows needs n >= 3"):
         core_sweep(M, (6, 8), (8, 8)).last_left_rows([1])
+
+
+def _unit_by_float64(*arrays) -> float:
+    """The old way of ``_scaled.unit``: every array copied to float64, then max |x| (the oracle)."""
+    values = [np.asarray(a, dtype=np.float64) for a in arrays]
+    top = max((float(np.max(np.abs(v))) for v in values if v.size), default=0.0)
+    if not (top > 0 and math.isfinite(top)):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1])
+
+
+@given(st.sampled_from([np.float32, np.float64, np.int64, np.float16]),
+       st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=0, max_size=12),
+       st.floats(-300, 300))
+def test_budget_unit_reads_the_matrix_without_a_float64_copy_and_agrees_with_the_copy(dtype, values, exponent):
+    # Budget mode scales the padded matrix by _scaled.unit; it now takes max |x| as max(|max|, |min|) in
+    # the data's own dtype. Same power of two as the float64 copy, for any sign, NaN, inf or empty input.
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = (np.array(values, dtype=np.float64) * 2.0**exponent).astype(dtype) if values else np.zeros(0, dtype)
+    assert _scaled.unit(a) == _unit_by_float64(a)
+    assert _scaled.unit(a, -a[::-1], 3) == _unit_by_float64(a, -a[::-1], 3)
+
+
