@@ -1,6 +1,7 @@
 // Algorithm 1 under any per-bond max_bond, scored exactly; see include/mpo/sweep.hpp.
 #include "mpo/sweep.hpp"
 
+#include "decompose/shortcuts.hpp"
 #include "mpo/contract.hpp"
 #include "mpo/symmetric.hpp"
 
@@ -160,13 +161,7 @@ Decomposition<T> Sweep<T>::build(const std::vector<Index>& max_bond) {
   out.cut.assign(n - 1, false);
   out.norm = std::sqrt(energy_);
   auto place = [&](std::size_t k, Index left, Index right, Matrix<T> data) {
-    Core<T>& core = out.cores[k];
-    core.left_bond = left;
-    core.rows = factors_.in_shape[k];
-    core.cols = factors_.out_shape[k];
-    core.right_bond = right;
-    core.data = std::move(data);
-    core.data.resize(left * core.rows * core.cols, right);  // a view change: same coefficients
+    out.cores[k] = make_core<T>(left, factors_.in_shape[k], factors_.out_shape[k], right, std::move(data));
   };
   bool cut = false;
   Path prefix;

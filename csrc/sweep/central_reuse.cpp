@@ -94,13 +94,7 @@ bool Sweep<T>::build_right_from_bound(const Path& caps, const Path& prefix, bool
   if (!(cut_before || keep < nonzero)) return false;  // nothing cut: order_bonds would not run
 
   auto place = [&](std::size_t k, Index left, Index right, Matrix<T> data) {
-    Core<T>& core = out.cores[k];
-    core.left_bond = left;
-    core.rows = factors_.in_shape[k];
-    core.cols = factors_.out_shape[k];
-    core.right_bond = right;
-    core.data = std::move(data);
-    core.data.resize(left * core.rows * core.cols, right);  // a view change: same coefficients
+    out.cores[k] = make_core<T>(left, factors_.in_shape[k], factors_.out_shape[k], right, std::move(data));
   };
   for (std::size_t t = central_; t + 1 < caps.size(); ++t) {
     const std::size_t bond = steps_[t];
