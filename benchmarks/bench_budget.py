@@ -8,12 +8,23 @@ exactly. The totals line is the figure issue 14 asks about (budget CPU / uniform
 
     python benchmarks/bench_budget.py                 # all matrices, ratio 0.3 against max_bond 64
     python benchmarks/bench_budget.py --quick         # three matrices, a smoke run
+    python benchmarks/bench_budget.py --cli 7         # issue 14's figure: `mpo compress` of the checkpoint
+
+``--cli N`` times the command issue 14 states its target for, ``mpo compress CHECKPOINT -o OUT --force``
+with ``--ratio RHO`` and with ``--max-bond CAP``, N times each, alternating (so that a change of load hits
+both alike), in child processes, and prints each run's CPU seconds (user + system, the children's
+rusage) and wall seconds, their medians and the ratio of the medians (the target: at most 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,11 +57,52 @@ class _Counting:
         return found
 
 
+def _compress_seconds(checkpoint: str, out: str, flags: list[str]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one ``mpo compress`` run in a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mpo", "compress", checkpoint, "-o", out, "--force", *flags],
+                   check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
+
+
+def cli_timing(runs: int, ratio: float, max_bond: int) -> dict:
+    """``mpo compress`` of the MiniLM checkpoint, --ratio against --max-bond, ``runs`` alternating pairs."""
+    checkpoint = str(minilm_checkpoint())
+    commands = {"ratio": ["--ratio", str(ratio)], "max_bond": ["--max-bond", str(max_bond)]}
+    times: dict[str, list[tuple[float, float]]] = {key: [] for key in commands}
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "out.safetensors")
+        for run in range(runs):
+            order = list(commands) if run % 2 == 0 else list(commands)[::-1]
+            for key in order:
+                times[key].append(_compress_seconds(checkpoint, out, commands[key]))
+    table = []
+    for run in range(runs):
+        (rc, rw), (uc, uw) = times["ratio"][run], times["max_bond"][run]
+        table.append([str(run + 1), f"{rc:.2f}", f"{uc:.2f}", f"{rc / uc:.2f}", f"{rw:.2f}", f"{uw:.2f}"])
+    cpu = {key: statistics.median(t[0] for t in values) for key, values in times.items()}
+    wall = {key: statistics.median(t[1] for t in values) for key, values in times.items()}
+    table.append(["median", f"{cpu['ratio']:.2f}", f"{cpu['max_bond']:.2f}", f"{cpu['ratio'] / cpu['max_bond']:.2f}",
+                  f"{wall['ratio']:.2f}", f"{wall['max_bond']:.2f}"])
+    print(C.format_table(["run", f"--ratio {ratio} cpu s", f"--max-bond {max_bond} cpu s", "cpu ratio",
+                          "wall s", "wall s"], table))
+    print(f"mpo compress: --ratio {ratio} / --max-bond {max_bond}: median CPU {cpu['ratio'] / cpu['max_bond']:.2f}x, "
+          f"median wall {wall['ratio'] / wall['max_bond']:.2f}x over {runs} alternating pairs (target: at most 2x)")
+    return {"runs": {key: [list(t) for t in values] for key, values in times.items()},
+            "median_cpu": cpu, "median_wall": wall, "cpu_ratio": cpu["ratio"] / cpu["max_bond"],
+            "wall_ratio": wall["ratio"] / wall["max_bond"]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratio", type=float, default=0.3, help="budget mode's ratio (default 0.3)")
     p.add_argument("--max-bond", type=int, default=64, help="the uniform max_bond compared (default 64)")
     p.add_argument("--quick", action="store_true", help="three small matrices only")
+    p.add_argument("--cli", type=int, default=0, metavar="N",
+                   help="also time `mpo compress` of the checkpoint, --ratio against --max-bond, N alternating pairs")
     p.add_argument("--threads", type=int, default=1, help="BLAS and mpo threads (default 1)")
     p.add_argument("--out", type=Path, default=C.RESULTS_DIR / "bench_budget.json")
     args = p.parse_args()
@@ -87,9 +139,11 @@ def main() -> int:
     total, total_uniform = sum(r["cpu"] for r in rows), sum(r["uniform_cpu"] for r in rows)
     print(f"total cpu: ratio {args.ratio} {total:.2f} s, max_bond {args.max_bond} {total_uniform:.2f} s, "
           f"{total / total_uniform:.2f}x")
+    cli = cli_timing(args.cli, args.ratio, args.max_bond) if args.cli > 0 else None
     C.write_json(args.out, {"benchmark": "bench_budget", "quick": args.quick, "ratio": args.ratio,
                             "max_bond": args.max_bond, "versions": versions, "machine": machine,
-                            "matrices": rows, "total_cpu": total, "total_uniform_cpu": total_uniform})
+                            "matrices": rows, "total_cpu": total, "total_uniform_cpu": total_uniform,
+                            "cli": cli})
     return 0
 
 

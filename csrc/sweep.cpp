@@ -1,6 +1,7 @@
 // Algorithm 1 under any per-bond max_bond, scored exactly; see include/mpo/sweep.hpp.
 #include "mpo/sweep.hpp"
 
+#include "decompose/shortcuts.hpp"
 #include "mpo/contract.hpp"
 #include "mpo/symmetric.hpp"
 
@@ -15,7 +16,8 @@
 namespace mpo {
 
 template <class T>
-Sweep<T>::Sweep(const T* data, Index rows, Index cols, const Factors& factors) : factors_(factors) {
+Sweep<T>::Sweep(const T* data, Index rows, Index cols, const Factors& factors, const SweepShortcuts& shortcuts)
+    : factors_(factors), shortcuts_(shortcuts) {
   factors_.validate();
   if (factors_.rows() != rows || factors_.cols() != cols)
     throw std::invalid_argument("mpo: the factors multiply to " + std::to_string(factors_.rows()) + "x" +
@@ -62,13 +64,23 @@ typename Sweep<T>::Node& Sweep<T>::split_at(const Path& prefix) {
   const Index rows = from_left(t) ? node.left * pair(bond) : size / (pair(bond + 1) * node.right);
   const ConstMatrixMap<T> unfolding(node.remainder.data(), rows, size / rows);
   node.split = from_left(t) ? left_split<T>(unfolding) : right_split<T>(unfolding);
-  // Counted as the Gram matrix of the short side (m of them), m·size multiply-adds: the split's
-  // projection costs as much again, but the search's work limit (python/mpo/_budget.py) was set in
-  // units of Gram matrices plus kept projections, and a smaller count would end the search sooner.
-  work_ += static_cast<double>(std::min(rows, size / rows)) * static_cast<double>(size);
+  count_work(node, rows);
   node.has_split = true;
   node.remainder = Matrix<T>();
   return node;
+}
+
+// Counted as the Gram matrix of the short side (m of them), m·size multiply-adds, once per node (a cut
+// scored by values_only and split later is one split): the split's projection costs as much again, but
+// the search's work limit (python/mpo/_budget.py) was set in units of Gram matrices plus kept
+// projections, and a smaller count would end the search sooner. The shortcuts count what the plain
+// split counts, so that the search's limits, and with them its choices, do not depend on them.
+template <class T>
+void Sweep<T>::count_work(Node& node, Index rows) {
+  if (node.counted) return;
+  const Index size = node.remainder.size();
+  work_ += static_cast<double>(std::min(rows, size / rows)) * static_cast<double>(size);
+  node.counted = true;
 }
 
 // How many directions a cut to `cap` keeps: the split has already dropped the zeros.
@@ -115,6 +127,15 @@ std::vector<Index> Sweep<T>::evaluate(const std::vector<Index>& max_bond, double
   double error = 0;
   Path prefix;
   for (std::size_t t = 0; t < caps.size(); ++t) {
+    if (t + 1 == caps.size()) {
+      Index keep = 0;
+      double dropped = 0;
+      if (last_cut_from_values(nodes_.at(prefix), caps[t], &keep, &dropped)) {
+        error += dropped;
+        bonds[steps_[t]] = keep;
+        break;
+      }
+    }
     const Node& node = split_at(prefix);
     const Index keep = kept(node, caps[t]);
     error += discarded(node, keep);
@@ -140,17 +161,15 @@ Decomposition<T> Sweep<T>::build(const std::vector<Index>& max_bond) {
   out.cut.assign(n - 1, false);
   out.norm = std::sqrt(energy_);
   auto place = [&](std::size_t k, Index left, Index right, Matrix<T> data) {
-    Core<T>& core = out.cores[k];
-    core.left_bond = left;
-    core.rows = factors_.in_shape[k];
-    core.cols = factors_.out_shape[k];
-    core.right_bond = right;
-    core.data = std::move(data);
-    core.data.resize(left * core.rows * core.cols, right);  // a view change: same coefficients
+    out.cores[k] = make_core<T>(left, factors_.in_shape[k], factors_.out_shape[k], right, std::move(data));
   };
   bool cut = false;
   Path prefix;
   for (std::size_t t = 0; t < caps.size(); ++t) {
+    if (t == central_ && build_right_from_bound(caps, prefix, cut, out)) {
+      out.spectra = order_bonds(out.cores, true);  // the shortcut applies only where something was cut
+      return out;
+    }
     const Node& node = split_at(prefix);
     const Index keep = kept(node, caps[t]);
     const std::size_t bond = steps_[t];
@@ -280,10 +299,16 @@ Spectrum Sweep<T>::central_probe(Index b) const {
   const Index rows = nodes_.at(bound_.prefix).split.r.rows();
   if (b < 1 || b > rows)
     throw std::invalid_argument("mpo: b must be in [1, " + std::to_string(rows) + "], got " + std::to_string(b));
+  return descending_eigenvalues(bound_gram_at(b));
+}
+
+// G(b) from the reference's by the rows between (lower triangle).
+template <class T>
+Eigen::MatrixXd Sweep<T>::bound_gram_at(Index b) const {
   Eigen::MatrixXd gram = bound_.gram;
   if (b > bound_.b) add_rows(gram, bound_.b, b, 1.0);
   else add_rows(gram, b, bound_.b, -1.0);
-  return descending_eigenvalues(gram);
+  return gram;
 }
 
 template class Sweep<float>;

@@ -96,8 +96,13 @@ def test_machine_record_and_its_header():
 
 
 def test_bench_budget_quick_json(tmp_path):
-    data = run("bench_budget.py", tmp_path / "budget.json")
+    data = run("bench_budget.py", tmp_path / "budget.json", "--cli", "1")
     assert data["benchmark"] == "bench_budget" and data["quick"] is True
+    # --cli: one alternating pair of `mpo compress` runs, each timed; the ratio is of the medians.
+    cli = data["cli"]
+    assert [len(cli["runs"][key]) for key in ("ratio", "max_bond")] == [1, 1]
+    assert all(cpu > 0 and wall > 0 for key in ("ratio", "max_bond") for cpu, wall in cli["runs"][key])
+    assert cli["cpu_ratio"] == cli["median_cpu"]["ratio"] / cli["median_cpu"]["max_bond"]
     check_machine(data["machine"])
     assert len(data["matrices"]) == 3
     for row in data["matrices"]:

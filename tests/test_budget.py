@@ -14,10 +14,11 @@ from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 import mpo
-from mpo import _budget, _core
+from mpo import _budget, _core, _scaled
 from mpo._data import load_minilm
 from mpo.baselines import uniform_max_bond
 from strategies import (
+    assert_same_decomposition,
     cases,
     contract_cores,
     dense_error,
@@ -453,3 +454,112 @@ def test_central_bound_pieces_give_the_sweeps_error_for_every_cut_of_bond_c_minu
         sweep.central_probe(rows.shape[0] + 1)
     with pytest.raises(ValueError, match=r"last_left_rows needs n >= 3"):
         core_sweep(M, (6, 8), (8, 8)).last_left_rows([1])
+
+
+def _unit_by_float64(*arrays) -> float:
+    """The old way of ``_scaled.unit``: every array copied to float64, then max |x| (the oracle)."""
+    values = [np.asarray(a, dtype=np.float64) for a in arrays]
+    top = max((float(np.max(np.abs(v))) for v in values if v.size), default=0.0)
+    if not (top > 0 and math.isfinite(top)):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1])
+
+
+@given(st.sampled_from([np.float32, np.float64, np.int64, np.float16]),
+       st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=0, max_size=12),
+       st.floats(-300, 300))
+def test_budget_unit_reads_the_matrix_without_a_float64_copy_and_agrees_with_the_copy(dtype, values, exponent):
+    # Budget mode scales the padded matrix by _scaled.unit; it now takes max |x| as max(|max|, |min|) in
+    # the data's own dtype. Same power of two as the float64 copy, for any sign, NaN, inf or empty input.
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = (np.array(values, dtype=np.float64) * 2.0**exponent).astype(dtype) if values else np.zeros(0, dtype)
+    assert _scaled.unit(a) == _unit_by_float64(a)
+    assert _scaled.unit(a, -a[::-1], 3) == _unit_by_float64(a, -a[::-1], 3)
+
+
+
+# ---------------------------------------------------- the scorer's shortcuts (SweepShortcuts) vs the plain route
+
+
+def plain_and_shortcut_sweeps(M, in_shape, out_shape):
+    """The scorer with every shortcut off (the plain sweep) and with the defaults (all on)."""
+    padded = pad(M, (math.prod(in_shape), math.prod(out_shape)))
+    plain = _core.Sweep(padded, list(in_shape), list(out_shape), values_only=False, reuse_bound=False)
+    return plain, _core.Sweep(padded, list(in_shape), list(out_shape))
+
+
+def budget_problem(M, in_shape, out_shape, rho):
+    """(pairs, limits, allowed, start) as mpo._decompose's budget driver poses them; start None when the
+    full bonds fit or no uniform cap does."""
+    pairs = pair_products(in_shape, out_shape)
+    limits = list(mpo.decompose(M, (in_shape, out_shape)).full_bond_dims)
+    allowed = rho * M.shape[0] * M.shape[1]
+    if _budget.layout_params(pairs, limits) <= allowed:
+        return pairs, limits, allowed, None
+    return pairs, limits, allowed, _budget.uniform_start(pairs, limits, allowed)
+
+
+@given(cases(), st.data())
+def test_values_only_scores_every_cut_as_the_plain_split(case, data):
+    """values_only: the last step's cut scored from its Gram matrix's eigenvalues gives the plain split's
+    kept bonds, its squared error to the data's rounding, and the same work count (the search's limits)."""
+    M = case.M
+    full = mpo.decompose(M, case.shape).full_bond_dims
+    plain, fast = plain_and_shortcut_sweeps(M, case.in_shape, case.out_shape)
+    for draw in range(3):
+        caps = [data.draw(st.integers(1, f), label=f"caps {draw}, bond {k}") for k, f in enumerate(full)]
+        bonds_plain, err_plain = plain.evaluate(caps)
+        bonds_fast, err_fast = fast.evaluate(caps)
+        assert bonds_fast == bonds_plain
+        assert abs(err_fast - err_plain) <= exact_rtol(M.dtype) * plain.energy
+    assert fast.work == plain.work
+    assert plain.shortcuts_taken == {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0}
+
+
+@given(cases(ns=(3, 4, 5, 7)), rhos)
+def test_reuse_bound_builds_the_plain_mpo(case, rho):
+    """reuse_bound: the search's final MPO, its last step split from the central-pair bound's Gram
+    matrix, is the plain build's: the same matrix, spectra, truncation errors and cuts (to rounding)."""
+    M = case.M
+    assume(rho >= smallest_ratio(case))
+    pairs, limits, allowed, start = budget_problem(M, case.in_shape, case.out_shape, rho)
+    assume(start is not None)
+    plain, fast = plain_and_shortcut_sweeps(M, case.in_shape, case.out_shape)
+    caps = _budget.search(fast, pairs, start, limits, allowed).max_bond
+    first, second = fast.build(caps), plain.build(caps)
+    note(f"caps {caps} taken {fast.shortcuts_taken}")
+    assert_same_decomposition(first, second, M, case.in_shape, case.out_shape)
+    dense_first = contract_cores(first["cores"], case.in_shape, case.out_shape)
+    dense_second = contract_cores(second["cores"], case.in_shape, case.out_shape)
+    assert dense_error(dense_first, dense_second) <= 2 * exact_rtol(M.dtype) * fro(M) + 1e-9 * fro(M)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scorer_shortcuts_change_no_choice_and_are_taken(dtype):
+    """On MiniLM layer 0's query and both FFN matrices (the CLI's float32, and float64) and on a Gaussian
+    matrix: the search with the shortcuts picks the plain route's bonds at the same error and work, its
+    build is the plain MPO, and both shortcuts ran (the bound's own eigenvectors included)."""
+    names = [f"encoder.layer.0.{x}.weight" for x in ("attention.self.query", "intermediate.dense", "output.dense")]
+    try:
+        matrices = list(load_minilm(names).values())
+    except (FileNotFoundError, ImportError) as exc:
+        pytest.fail(f"the real checkpoint is part of the test set-up: {exc}")
+    matrices.append(np.random.default_rng(5).standard_normal((256, 384)))
+    taken = {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0}
+    for M in matrices:
+        M = np.asarray(M, dtype=dtype)
+        exact = mpo.decompose(M)
+        shape = (exact.in_shape, exact.out_shape)
+        pairs, limits, allowed, start = budget_problem(M, *shape, 0.3)
+        plain, fast = plain_and_shortcut_sweeps(M, *shape)
+        found_plain = _budget.search(plain, pairs, start, limits, allowed)
+        found_fast = _budget.search(fast, pairs, start, limits, allowed)
+        assert found_fast.max_bond == found_plain.max_bond
+        assert found_fast.evaluations == found_plain.evaluations
+        assert abs(found_fast.squared_error - found_plain.squared_error) <= 1e-9 * found_plain.squared_error
+        first, second = fast.build(found_fast.max_bond), plain.build(found_plain.max_bond)
+        assert [c.shape for c in first["cores"]] == [c.shape for c in second["cores"]]
+        assert_same_decomposition(first, second, M, *shape)
+        for key, count in fast.shortcuts_taken.items():
+            taken[key] += count
+    assert all(count > 0 for count in taken.values()), taken

@@ -65,11 +65,11 @@ struct TypedSweep {
 };
 
 template <class T>
-std::unique_ptr<Sweep<T>> make_sweep(const py::array& matrix, const Factors& factors) {
+std::unique_ptr<Sweep<T>> make_sweep(const py::array& matrix, const Factors& factors, const SweepShortcuts& shortcuts) {
   auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(matrix);
   if (!a) throw py::type_error("Sweep: expected a numeric array");
   py::gil_scoped_release release;  // the array is read; only C++ state from here on
-  return std::make_unique<Sweep<T>>(a.data(), a.shape(0), a.shape(1), factors);
+  return std::make_unique<Sweep<T>>(a.data(), a.shape(0), a.shape(1), factors, shortcuts);
 }
 
 }  // namespace
@@ -80,22 +80,37 @@ void register_decompose(py::module_& m) {
   py::class_<TypedSweep>(m, "Sweep",
                          "Algorithm 1 under any per-bond max_bond, scored exactly, splits cached by prefix.")
       .def(py::init([](const py::array& matrix, const std::vector<Index>& in_shape,
-                       const std::vector<Index>& out_shape) {
+                       const std::vector<Index>& out_shape, bool values_only, bool reuse_bound) {
              if (matrix.ndim() != 2)
                throw py::value_error("Sweep: expected a 2-D array, got " + std::to_string(matrix.ndim()) +
                                      " dimensions");
              const Factors factors{in_shape, out_shape};
+             SweepShortcuts shortcuts;
+             shortcuts.values_only = values_only;
+             shortcuts.reuse_bound = reuse_bound;
              auto sweep = std::make_unique<TypedSweep>();
              if (py::isinstance<py::array_t<float>>(matrix)) {
-               sweep->single = make_sweep<float>(matrix, factors);
+               sweep->single = make_sweep<float>(matrix, factors, shortcuts);
              } else if (py::isinstance<py::array_t<double>>(matrix)) {
-               sweep->full = make_sweep<double>(matrix, factors);
+               sweep->full = make_sweep<double>(matrix, factors, shortcuts);
              } else {
                throw py::type_error("Sweep: expected float32 or float64, got " + dtype_name(matrix));
              }
              return sweep;
            }),
-           py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"))
+           py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"), py::kw_only(),
+           py::arg("values_only") = true, py::arg("reuse_bound") = true)
+      .def_property_readonly(
+          "shortcuts_taken",
+          [](TypedSweep& s) {
+            const SweepShortcutCounts c = s.run([](auto& x) { return x.shortcuts_taken(); });
+            py::dict out;
+            out["values_only"] = c.values_only;
+            out["reuse_bound"] = c.reuse_bound;
+            out["reuse_vectors"] = c.reuse_vectors;
+            return out;
+          },
+          "How often each shortcut (SweepShortcuts, include/mpo/sweep.hpp) was taken.")
       .def_property_readonly(
           "steps", [](TypedSweep& s) { return s.run([](auto& x) { return x.steps(); }); },
           "Bonds in the order the sweep cuts them.")

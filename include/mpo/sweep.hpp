@@ -14,6 +14,9 @@
 // that is the optimal cut (Eckart–Young), the one a capped split makes, so a cut is a slice and not a
 // new split. Splits are cached by the max_bond of the steps before them. No shortcut of decompose()
 // (block or whole steps, randomized or float32 Gram routes) is taken: the search scores the plain sweep.
+// The scorer has two shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
+// and MPO up to rounding: the last step scored from eigenvalues alone, and the final build's last step
+// from the central-pair bound's Gram matrix.
 #pragma once
 
 #include "mpo/decompose.hpp"
@@ -25,6 +28,26 @@
 
 namespace mpo {
 
+// The scorer's shortcuts, each in its own file of csrc/sweep/ behind its own switch (all on by default).
+// Each gives the plain sweep's result up to rounding; tests/test_budget.py compares each with the plain
+// route and asserts it was taken.
+struct SweepShortcuts {
+  // evaluate(): the last step's cut scored from the eigenvalues of its Gram matrix alone, without its
+  // eigenvectors and its remainder (csrc/sweep/values_only.cpp).
+  bool values_only = true;
+  // build(): the last step split from the central-pair bound's Gram matrix G(b), and with the bound's own
+  // eigenvectors when b is its reference, instead of forming that matrix again; the whole right steps
+  // before it become identity cores (csrc/sweep/central_reuse.cpp).
+  bool reuse_bound = true;
+};
+
+// How often each shortcut was taken.
+struct SweepShortcutCounts {
+  long values_only = 0;    // last cuts scored from eigenvalues alone
+  long reuse_bound = 0;    // builds whose last step came from the bound's Gram matrix
+  long reuse_vectors = 0;  // of those, builds that reused the bound's eigenvectors too
+};
+
 template <class T>
 class Sweep {
  public:
@@ -32,7 +55,9 @@ class Sweep {
 
   // The sweep of the row-major rows × cols matrix at `data` (copied, interleaved). Throws
   // std::invalid_argument for factors that do not multiply to the matrix's sides or n < 2.
-  Sweep(const T* data, Index rows, Index cols, const Factors& factors);
+  Sweep(const T* data, Index rows, Index cols, const Factors& factors, const SweepShortcuts& shortcuts = {});
+
+  const SweepShortcutCounts& shortcuts_taken() const { return taken_; }
 
   // Bonds in the order the sweep cuts them: 0..c-1 from the left, then n-2 down to c from the right
   // (c = (n-1)/2, the central index).
@@ -86,7 +111,9 @@ class Sweep {
     Matrix<T> remainder;  // 1 × size, read as the step's unfolding
     Index left = 1, right = 1;  // the bonds around it (d of the cores cut so far on either side)
     bool has_split = false;
+    bool counted = false;  // its split's work is in work_ (made, or scored by values_only)
     Split<T> split;  // q: m × r (L for a right step), r: r × N (Qᵀ for a right step)
+    Spectrum energies;  // values_only: the eigenvalues of the last step's Gram matrix, descending
   };
   using Path = std::vector<Index>;  // max_bond of the steps made, in step order
 
@@ -97,6 +124,14 @@ class Sweep {
   Node& advance(const Path& prefix, Index cap);
   Index kept(const Node& node, Index cap) const;
   double discarded(const Node& node, Index keep) const;
+  void count_work(Node& node, Index rows);
+  // values_only.cpp: the last step's cut (kept bond, discarded λ²) from its Gram matrix's eigenvalues;
+  // false where the plain split must decide (shortcut off, split cached, no cap or a cap near the zeros).
+  bool last_cut_from_values(Node& node, Index cap, Index* keep, double* discarded);
+  // central_reuse.cpp: build()'s right steps (bonds n-2 … c, cores c … n-1) from the central-pair bound,
+  // for the path `caps` whose left steps end at `prefix`; false (nothing written) where it does not apply.
+  bool build_right_from_bound(const Path& caps, const Path& prefix, bool cut_before, Decomposition<T>& out);
+  Eigen::MatrixXd bound_gram_at(Index b) const;
 
   // The central-pair bound's state: whose rows, the reference b, G(b) (lower triangle) and its eigenvectors.
   struct CentralBound {
@@ -109,6 +144,8 @@ class Sweep {
   void add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const;
 
   Factors factors_;
+  SweepShortcuts shortcuts_;
+  SweepShortcutCounts taken_;
   CentralBound bound_;
   std::size_t central_ = 0;
   std::vector<std::size_t> steps_;

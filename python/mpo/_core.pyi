@@ -34,8 +34,16 @@ class Sweep:
 
     # An ndarray, float32 or float64 (as for decompose: the binding converts no nested lists).
     def __init__(
-        self, matrix: npt.NDArray[np.floating[Any]], in_shape: Sequence[int], out_shape: Sequence[int]
+        self,
+        matrix: npt.NDArray[np.floating[Any]],
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        *,
+        values_only: bool = True,
+        reuse_bound: bool = True,
     ) -> None: ...
+    @property
+    def shortcuts_taken(self) -> dict[str, int]: ...
     @property
     def steps(self) -> list[int]: ...
     @property
