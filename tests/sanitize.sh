@@ -41,7 +41,7 @@ if [ ! -f "$BUILD/CMakeCache.txt" ] && ! "${configure[@]}" >"$BUILD/configure.lo
   tail -n 40 "$BUILD/configure.log"; exit 1
 fi
 say "building test_core and _core with ASan+UBSan, one compiler at a time"
-# One compiler process, whatever CMAKE_BUILD_PARALLEL_LEVEL says: an instrumented split.cpp or apply.cpp
+# One compiler process, whatever CMAKE_BUILD_PARALLEL_LEVEL says: an instrumented split.cpp
 # takes about 2 GB, and CI machines are shared.
 if ! cmake --build "$BUILD" --target test_core _core --parallel 1 >"$BUILD/build.log" 2>&1; then
   grep -v '^\[' "$BUILD/build.log" | tail -n 60; exit 1
