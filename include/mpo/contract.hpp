@@ -39,7 +39,9 @@ void copy_runs_any(const T* from, Index stride, Index middle, Index run, T* to) 
 }  // namespace detail
 
 // Copy the row-major tensor `source` of dimensions `dims` into `target` with its axes reordered:
-// target axis a is source axis perm[a].
+// target axis a is source axis perm[a]. The one permute kernel of the core (interleave, the apply kernel's
+// states and packed cores, the row lookup): neighbouring axes are merged first, transposes go through
+// SIMD tiles, everything else through an odometer with compile-time run lengths.
 template <class T>
 void permute(const T* source, const std::vector<Index>& dims, const std::vector<std::size_t>& perm,
              T* target);

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <numeric>
 #include <new>
 #include <random>
 #include <stdexcept>
@@ -207,6 +208,61 @@ int main() {
     threw = true;
   }
   check(threw, "mismatched factors throw std::invalid_argument", 0);
+
+  // The one permute kernel (contract.hpp), which the apply kernel and interleave share, against a plain
+  // loop over every target index. Random ranks 1-6 with odd extents and unit axes, and the shapes its
+  // fast routes take: neighbouring axes merged into a 2-D transpose or a batch of transposes (SIMD tiles
+  // with remainders on both sides), an identity (a copy), an empty tensor.
+  {
+    std::mt19937 engine(5);
+    int mismatched = 0, trials = 0;
+    auto compare = [&](auto zero, const std::vector<mpo::Index>& dims, const std::vector<std::size_t>& perm) {
+      using T = decltype(zero);
+      const std::size_t rank = dims.size();
+      mpo::Index total = 1;
+      for (mpo::Index d : dims) total *= d;
+      std::vector<T> source(static_cast<std::size_t>(total)), fast(source.size(), T(-1)), slow(source.size());
+      for (std::size_t i = 0; i < source.size(); ++i) source[i] = static_cast<T>(i);
+      mpo::permute(source.data(), dims, perm, fast.data());
+      std::vector<mpo::Index> stride(rank, 1);  // the source's row-major strides
+      for (std::size_t a = rank; a-- > 1;) stride[a - 1] = stride[a] * dims[a];
+      for (mpo::Index t = 0; t < total; ++t) {
+        mpo::Index rest = t, offset = 0;  // target digits, last axis fastest, mapped to the source
+        for (std::size_t a = rank; a-- > 0;) {
+          offset += (rest % dims[perm[a]]) * stride[perm[a]];
+          rest /= dims[perm[a]];
+        }
+        slow[static_cast<std::size_t>(t)] = source[static_cast<std::size_t>(offset)];
+      }
+      ++trials;
+      if (fast != slow) ++mismatched;
+    };
+    auto both = [&](const std::vector<mpo::Index>& dims, const std::vector<std::size_t>& perm) {
+      compare(0.0f, dims, perm);
+      compare(0.0, dims, perm);
+    };
+    for (int t = 0; t < 240; ++t) {
+      const std::size_t rank = 1 + static_cast<std::size_t>(t % 6);
+      std::vector<mpo::Index> dims(rank);
+      for (auto& d : dims) d = 1 + static_cast<mpo::Index>(engine() % (rank <= 3 ? 40 : 6));
+      std::vector<std::size_t> perm(rank);
+      std::iota(perm.begin(), perm.end(), std::size_t{0});
+      if (rank == 3 && t % 4 == 2)
+        perm = {0, 2, 1};  // a batch of transposes (a merged core packed for its GEMM)
+      else
+        std::shuffle(perm.begin(), perm.end(), engine);
+      both(dims, perm);
+    }
+    both({37, 29}, {1, 0});                       // a transpose, remainders on both sides
+    both({3, 17, 19}, {0, 2, 1});                 // a batch of transposes
+    both({5, 4, 3, 18}, {0, 3, 1, 2});            // axes 1-2 merge: a batch of transposes
+    both({9, 2, 3, 11, 1}, {3, 4, 0, 1, 2});      // two blocks of axes swap: one transpose
+    both({7, 1, 13, 1}, {2, 0, 3, 1});            // unit axes
+    both({4, 5, 6}, {0, 1, 2});                   // the identity: a copy
+    both({0, 5}, {1, 0});                         // empty
+    check(mismatched == 0, "permute equals a plain loop (odd shapes, merges, tiles)", mismatched);
+    check(trials == 494, "permute trials run", trials);
+  }
 
   // Applying the cores to a batch equals the dense product for every plan, both orientations.
   {
