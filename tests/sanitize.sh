@@ -42,8 +42,8 @@ BUILD="$(cd "$BUILD" && pwd)"  # absolute: the checks below compare it with modu
 if [ ! -f "$BUILD/CMakeCache.txt" ] && ! "${configure[@]}" >"$BUILD/configure.log" 2>&1; then
   tail -n 40 "$BUILD/configure.log"; exit 1
 fi
-# Compilers side by side only where memory allows: an instrumented split.cpp takes about 2 GB
-#, so one per 3 GB available (MemAvailable), at most one per core, at least one; whatever
+# Compilers side by side only where memory allows: an instrumented split.cpp takes about 2 GB, so one
+# per 3 GB available (MemAvailable), at most one per core, at least one; whatever
 # CMAKE_BUILD_PARALLEL_LEVEL says, since CI machines are shared. MPO_SANITIZE_JOBS overrides.
 jobs="${MPO_SANITIZE_JOBS:-}"
 if [ -z "$jobs" ]; then
