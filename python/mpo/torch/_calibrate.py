@@ -568,12 +568,15 @@ def sensitivity(
         baseline = float(evaluate(model))
     rows = []
     for count, (name, module) in enumerate(chosen.items(), 1):
-        variant = _whitened_variant(module, calibration[name], n, max_bond, ratio, scaling)
+        linear = cast(nn.Linear, module)  # chosen holds only the Linears
+        layer: nn.Module
+        variant = _whitened_variant(linear, calibration[name], n, max_bond, ratio, scaling)
         if variant is None:
-            layer, fit = activation_layer(
-                module, calibration[name], n=n, max_bond=max_bond, ratio=ratio, scaling=scaling
+            fitted, fit = activation_layer(
+                linear, calibration[name], n=n, max_bond=max_bond, ratio=ratio, scaling=scaling
             )
-            params, dense_params, act_error = layer.num_params, math.prod(layer.matrix_shape), fit.activation_error
+            layer, params, dense_params = fitted, fitted.num_params, math.prod(fitted.matrix_shape)
+            act_error = fit.activation_error
         else:
             layer, params, dense_params, act_error = variant
         parent_name, _, child = name.rpartition(".")
