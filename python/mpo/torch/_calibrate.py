@@ -499,7 +499,8 @@ def _whitened_variant(
     apply (n > 2, another scaling, no single rank): the same function as :func:`activation_layer`'s
     MPOLinear up to rounding, from one eigendecomposition (:func:`mpo.whitened_basis`) instead of a
     decomposition, the fold and the layer's set-up."""
-    if n != 2 or scaling != "whiten" or (ratio is None and not isinstance(max_bond, int)):
+    one_rank = isinstance(max_bond, int) and not isinstance(max_bond, bool)
+    if n != 2 or scaling != "whiten" or (ratio is None and not one_rank):
         return None
     basis = whitened_basis(_matrix(module), stats)
     rank, approx, error = basis.fit(ratio=ratio, max_bond=max_bond)
