@@ -265,3 +265,30 @@ def test_svd_layout_budget_is_the_largest_rank_that_fits():
         assert plain.mpo.bond_dims == (rank,) and plain.num_params <= ratio * M.size
     with pytest.raises(ValueError, match="rank-1"):
         mpo.decompose_activations(M, stats, n=2, ratio=0.01)
+
+
+@pytest.mark.parametrize("rows,cols", [(24, 18), (12, 30)])
+def test_whitened_basis_gives_the_whitened_svd_of_every_rank(rows, cols):
+    # Both sides of the smaller Gram: right vectors (I > J) and left vectors with the triangular solve (I < J).
+    M, X = _data(rows=rows, cols=cols)
+    stats = mpo.ActivationStats.from_inputs(X)
+    basis = mpo.whitened_basis(M, stats)
+    assert basis.side == ("left" if rows <= cols else "right")
+    want = mpo.whitened_svd(M, 1, stats)
+    np.testing.assert_allclose(basis.spectrum, want.spectrum, rtol=1e-9, atol=1e-9 * want.spectrum[0])
+    for r in (1, 5, min(rows, cols) - 1):
+        approx = basis.truncation(r)
+        oracle = mpo.whitened_svd(M, r, stats).to_dense()
+        np.testing.assert_allclose(approx, oracle, atol=1e-9 * np.abs(M).max())
+        assert basis.activation_error(approx) == pytest.approx(mpo.activation_error(M, approx, stats), rel=1e-9)
+    for ratio in (0.3, 0.5):
+        rank, approx, error = basis.fit(ratio=ratio)
+        fit = mpo.decompose_activations(M, stats, n=2, ratio=ratio)
+        assert rank * (rows + cols) == fit.num_params
+        np.testing.assert_allclose(approx, fit.mpo.to_dense(), atol=1e-9 * np.abs(M).max())
+        assert error == pytest.approx(fit.activation_error, rel=1e-9)
+    assert basis.fit(max_bond=3)[0] == 3
+    with pytest.raises(ValueError, match="needs ratio"):
+        basis.fit()
+    with pytest.raises(ValueError, match="shape"):
+        basis.activation_error(M[:, :2])

@@ -54,3 +54,5 @@ def test_quick_run_writes_a_consistent_table(tmp_path):
         rows["alloc_sens"]["seconds"] + data["calibration_seconds"] + data["sensitivity_seconds"])
     assert all(e["epoch_seconds"] == data["epoch_seconds"] for e in rows.values())
     assert set(data["targets"]["total_faster_than_one_epoch"]) == {f"{m}@0.5" for m in rows}
+    # alloc_sens scores its sensitivity on 8 calibration sentences; --quick leaves out the all-sentence check.
+    assert data["sensitivity_sentences"] == 8 and "sensitivity_subsample_within_0.005" not in data["targets"]

@@ -1,6 +1,8 @@
 """mpo.torch.calibrate, compress(weights="activations" / allocate="model") and sensitivity on small
 models, each checked against a direct computation."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,19 @@ def test_calibrate_streams_x_transpose_x_of_the_real_tokens():
         mt.calibrate(model, batches, include="nothing*", progress=False)
     with pytest.raises(ValueError, match="no batch"):
         mt.calibrate(model, [], progress=False)
+
+
+def test_calibrate_sums_the_same_statistics_without_scipy(monkeypatch):
+    # With scipy the upper triangle is summed by BLAS's syrk; without it, by the full product.
+    from mpo.torch import _calibrate
+
+    model, batches = _model(), _batches()
+    X = _captured(model, batches)
+    monkeypatch.setattr(_calibrate, "_syrk", lambda: None)
+    cal = mt.calibrate(model, batches, progress=False)
+    for name in ("a", "b"):
+        np.testing.assert_allclose(cal[name].gram, X[name].T @ X[name], rtol=1e-12, atol=1e-12)
+        assert np.array_equal(cal[name].gram, cal[name].gram.T)
 
 
 def test_compress_with_activations_is_the_whitened_svd():
@@ -171,6 +186,36 @@ def _tiny_bert():
     batches = [{"input_ids": torch.randint(0, 50, (3, 10), generator=g),
                 "attention_mask": torch.ones(3, 10, dtype=torch.long)} for _ in range(2)]
     return model, batches
+
+
+def test_sensitivity_whitened_route_scores_as_the_mpo_layers_do():
+    # sensitivity's n = 2 whitened layers are dense products of one eigendecomposition's truncation; the
+    # oracle swaps in activation_layer's MPOLinear (the decomposition, the fold) and scores the model.
+    model, batches = _tiny_bert()  # float32; value 32 -> 32, intermediate 32 -> 64, output 64 -> 32
+    cal = mt.calibrate(model, batches, include="encoder.*", progress=False)
+    with torch.no_grad():
+        want = [model(**b).last_hidden_state for b in batches]
+
+    def evaluate(m):
+        with torch.no_grad():
+            return float(sum(torch.nn.functional.cosine_similarity(m(**b).last_hidden_state, w, dim=-1).mean()
+                             for b, w in zip(batches, want)))
+
+    chosen = ["*.0.attention.self.value", "*.1.intermediate.dense", "*.2.output.dense"]
+    report = mt.sensitivity(model, cal, evaluate, include=chosen, n=2, ratio=0.5, progress=False)
+    assert len(report.rows) == 3
+    for row in report.rows:
+        other = copy.deepcopy(model)
+        mt.compress(other, include=row.name, n=2, ratio=0.5, weights="activations", calibration=cal,
+                    scaling="whiten", progress=False, force=True)
+        layer, module = other.get_submodule(row.name), model.get_submodule(row.name)
+        fit = mpo.decompose_activations(module.weight.detach().double().numpy().T, cal[row.name], n=2, ratio=0.5)
+        assert isinstance(layer, mt.MPOLinear)
+        assert row.params == layer.num_params and row.dense_params == module.weight.numel()
+        assert row.activation_error == pytest.approx(fit.activation_error, rel=1e-9)
+        # float32 layers: the dense product and the two-factor product round differently.
+        assert abs(row.score - evaluate(other)) <= 1e-5 and row.loss > 0
+    assert all(isinstance(model.get_submodule(r.name), nn.Linear) for r in report.rows)  # put back
 
 
 @pytest.mark.parametrize("shifting", [False, True])

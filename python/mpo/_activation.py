@@ -52,12 +52,14 @@ __all__ = [
     "Allocation",
     "Calibration",
     "LayerCurve",
+    "WhitenedBasis",
     "Whitening",
     "activation_error",
     "allocate",
     "decompose_activations",
     "kronecker_factors",
     "svd_curve",
+    "whitened_basis",
     "whitened_svd",
     "whitening",
 ]
@@ -378,6 +380,113 @@ def whitened_svd(M: object, rank: int, stats: ActivationStats, *, damping: float
     )
 
 
+def _ratio_rank(rows: int, cols: int, ratio: float, max_bond: object) -> int:
+    """The SVD layout's rank for ``ratio``: one bond, so the budget is the largest r with
+    r (I + J) <= ratio I J (any scaling folds into the left factor), capped by ``max_bond``."""
+    rank = int(parse_ratio(ratio) * rows * cols // (rows + cols))
+    if rank < 1:
+        raise ValueError(f"ratio {ratio} is below a rank-1 SVD's share {(rows + cols) / (rows * cols):.4g}")
+    caps = parse_max_bond(max_bond, 1)
+    return rank if caps is None else min(rank, caps[0])
+
+
+def _small_gram(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A A^T when A has no more rows than columns, else A^T A, and whether it was A A^T: the smaller
+    Gram, whose eigenvalues are the squared singular values of A."""
+    return (a @ a.T, True) if a.shape[0] <= a.shape[1] else (a.T @ a, False)
+
+
+@dataclass(frozen=True)
+class WhitenedBasis:
+    """The whitened SVD of M (in x out) read from one symmetric eigendecomposition: what
+    :func:`whitened_basis` returns.
+
+    With C + lam I = L L^T and A = L^T M, the squared singular values of A are the eigenvalues of its
+    smaller Gram (A A^T when in <= out, A^T A otherwise), and its eigenvectors are A's singular vectors
+    on that side. The rank-r whitened SVD (:func:`whitened_svd`'s M', the optimum of ||L^T (M - M')||)
+    is then M V_r V_r^T (right vectors: no triangular solve, as L^-T A = M) or L^-T U_r U_r^T A (left
+    vectors). ``spectrum`` (descending) is A's; ``basis`` holds the singular vectors of the chosen
+    ``side`` ("left" or "right") as columns in the same order.
+
+    Why: one ``eigh`` of a min(in, out)-square matrix costs a fraction of an SVD of A with vectors
+    (LAPACK's gesdd) or of :func:`mpo.decompose`, and any rank is then a projection. The eigenvalues'
+    absolute accuracy is eps * s_1^2, not eps * s_k s_1, so singular values below about 1e-8 s_1 are
+    not resolved; an error of the truncation is computed from its residual, not from the tail of the
+    spectrum, and is exact to rounding.
+    """
+
+    matrix: np.ndarray
+    whitened: np.ndarray
+    factor: np.ndarray
+    lam: float
+    spectrum: np.ndarray
+    basis: np.ndarray
+    side: str
+
+    def truncation(self, rank: int) -> np.ndarray:
+        """M' (in x out, float64): the rank-``rank`` whitened SVD of M."""
+        return self._truncate(_check_rank(rank, self.matrix))[0]
+
+    def _truncate(self, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """(M', L^T M'): the truncation and its whitened form, both from the basis (no product with L)."""
+        if self.side == "right":
+            v = self.basis[:, :r]
+            return (self.matrix @ v) @ v.T, (self.whitened @ v) @ v.T
+        u = self.basis[:, :r]
+        projected = u.T @ self.whitened
+        return _solve_upper(self.factor.T, u) @ projected, u @ projected
+
+    def _error(self, approx: np.ndarray, white_approx: np.ndarray) -> float:
+        # ||X E||^2 = ||L^T E||^2 - lam ||E||^2 with L L^T = C + lam I (as in decompose_activations).
+        num = float(np.sum((self.whitened - white_approx) ** 2)) - self.lam * float(np.sum((self.matrix - approx) ** 2))
+        den = float(np.sum(self.whitened**2)) - self.lam * float(np.sum(self.matrix**2))
+        return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+
+    def activation_error(self, approx: object) -> float:
+        """||X (M - approx)||_F / ||X M||_F with the undamped C, for any ``approx`` of M's shape."""
+        a = np.asarray(approx, dtype=np.float64)
+        if a.shape != self.matrix.shape:
+            raise ValueError(f"approx must have M's shape {self.matrix.shape}, got {a.shape}")
+        return self._error(a, self.factor.T @ a)
+
+    def fit(self, *, ratio: float | None = None, max_bond: int | None = None) -> tuple[int, np.ndarray, float]:
+        """(rank, M', activation error of M') for a share ``ratio`` of M's parameters in the SVD layout
+        (r (I + J) <= ratio I J, capped by ``max_bond``) or for the rank ``max_bond`` alone: the rank
+        the n = 2 form of :func:`decompose_activations` takes for the same arguments, and the error
+        it reports (undamped C), here read from the basis without a product with L."""
+        rows, cols = self.matrix.shape
+        if ratio is not None:
+            rank = _ratio_rank(rows, cols, ratio, max_bond)
+        elif isinstance(max_bond, numbers.Integral) and not isinstance(max_bond, bool) and max_bond >= 1:
+            rank = min(int(max_bond), rows, cols)
+        else:
+            raise ValueError(f"WhitenedBasis.fit needs ratio, or max_bond as one integer rank >= 1, got max_bond={max_bond!r}")
+        approx, white = self._truncate(rank)
+        return rank, approx, self._error(approx, white)
+
+
+def whitened_basis(M: object, stats: ActivationStats, *, damping: float = DAMPING) -> WhitenedBasis:
+    """The whitened SVD of M for ``stats`` from one eigendecomposition of the smaller Gram of L^T M
+    (:class:`WhitenedBasis`): every rank's truncation and activation error without a new factorisation.
+    The Cholesky factor is the statistics' cached one (:meth:`ActivationStats.whitening`)."""
+    a = as_matrix(M).astype(np.float64)
+    _check_features(stats, a.shape[0])
+    w = stats.whitening(damping)
+    white = w.factor.T @ a
+    gram, left = _small_gram(white)
+    values, vectors = np.linalg.eigh(gram)
+    order = slice(None, None, -1)  # eigh is ascending; the singular values are wanted descending
+    return WhitenedBasis(
+        matrix=a,
+        whitened=white,
+        factor=w.factor,
+        lam=w.lam,
+        spectrum=np.sqrt(np.clip(values[order], 0.0, None)),
+        basis=np.ascontiguousarray(vectors[:, order]),
+        side="left" if left else "right",
+    )
+
+
 # ------------------------------------------------------------------------------------ Kronecker whitening
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -521,13 +630,7 @@ def decompose_activations(
         shape = ((rows, 1), (1, cols))
     plan = parse_shape(shape, n, rows, cols)
     if svd_layout and ratio is not None:
-        # One bond: the budget is the largest rank r with r (I + J) <= ratio I J (any scaling folds into
-        # the left factor here), so no budget search is needed.
-        rank = int(parse_ratio(ratio) * rows * cols // (rows + cols))
-        if rank < 1:
-            raise ValueError(f"ratio {ratio} is below a rank-1 SVD's share {(rows + cols) / (rows * cols):.4g}")
-        caps = parse_max_bond(max_bond, 1)
-        max_bond, ratio = (rank if caps is None else min(rank, caps[0])), None
+        max_bond, ratio = _ratio_rank(rows, cols, ratio, max_bond), None
     weights = {"diagonal": None if activations is None else activations.diagonal, "fisher": row_weights}.get(scaling)
     alpha = None
     whitened_parts = None  # (L^T M, its truncation, lam) when L L^T = C + lam I exactly: the error's cheap form
@@ -647,8 +750,12 @@ def svd_curve(name: str, M: object, stats: ActivationStats, *, damping: float = 
     rows, cols = a.shape
     _check_features(stats, rows)
     L = stats.whitening(damping).factor
-    s = np.linalg.svd(L.T @ a, compute_uv=False)
-    energy = s**2
+    # The squared singular values of L^T M are the eigenvalues of its smaller Gram: eigvalsh of a
+    # min(I, J)-square matrix costs a fraction of an SVD of L^T M (the error of the tail sums is
+    # eps * s_1^2 absolute, far below any error the allocation compares).
+    gram, _ = _small_gram(L.T @ a)
+    energy = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
+    s = np.sqrt(energy)
     total = float(energy.sum())
     tail = np.concatenate([np.cumsum(energy[::-1])[::-1][1:], [0.0]])  # tail[r-1] = sum_{k >= r} s_k^2
     ranks = [r for r in range(1, len(s) + 1) if r * (rows + cols) < rows * cols]
