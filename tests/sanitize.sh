@@ -48,7 +48,9 @@ fi
 jobs="${MPO_SANITIZE_JOBS:-}"
 if [ -z "$jobs" ]; then
   avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
-  cores=$(nproc 2>/dev/null || echo 1)
+  # The cores this process may run on, not nproc's default answer: that honours OMP_NUM_THREADS, which
+  # the test run sets to 1 (measured: CI's cold build ran one compiler on two idle cores).
+  cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
   jobs=$(( ${avail_kb:-0} / 3000000 ))
   [ "$jobs" -gt "$cores" ] && jobs=$cores
   [ "$jobs" -lt 1 ] && jobs=1

@@ -76,9 +76,12 @@ def test_local_workers_start_with_the_allocator_settings_and_report_their_own_pe
     mine = _hf.peak_rss_kb()
     assert mine is not None and mine > 400_000
     del big
+    before = {name: os.environ.get(name) for name in (*_dask.KEEP_FREED_MEMORY, "OMP_NUM_THREADS")}
     with _dask.local_client(1) as fresh:
         (peak,) = fresh.run(_hf.peak_rss_kb).values()
     assert 0 < peak < mine - 300_000
+    # The nanny wrote its spawn environment into this process's os.environ; closing put it back.
+    assert {name: os.environ.get(name) for name in before} == before
 
 
 def files(folder) -> dict[str, bytes]:

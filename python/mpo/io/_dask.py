@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -79,10 +80,21 @@ def local_client(workers: int, **cluster_kwargs: Any) -> Iterator[Any]:
     kwargs.update(cluster_kwargs)
     # Read by each nanny when it is made, and again when it restarts a worker that died.
     pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **KEEP_FREED_MEMORY}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}), \
-            distributed.LocalCluster(**kwargs) as cluster, \
-            distributed.Client(cluster, set_as_default=False) as client:
-        yield client
+    # A nanny writes these into this process's own os.environ before it spawns a worker (Dask's way of
+    # passing them on); they are put back as they were when the cluster closes, so that programs this
+    # process starts later do not inherit one kernel thread and an allocator that never gives back.
+    saved = {name: os.environ.get(name) for name in pre_spawn}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}), \
+                distributed.LocalCluster(**kwargs) as cluster, \
+                distributed.Client(cluster, set_as_default=False) as client:
+            yield client
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def connect(address: str):
