@@ -322,8 +322,10 @@ def main(argv=None) -> int:
         "benchmark": "bench_distributed", "quick": args.quick, "machine": machine,
         "checkpoint": {"layers": args.layers, "spec": spec, **sizes, "decoder_matrices": len(decoder),
                        "decoder_bytes": matrix_bytes},
-        "settings": settings, "runs": runs, "speedup_2_over_1": speedup, "speedup_2_over_1_end_to_end": speedup_wall,
-        "efficiency": efficiency, "overhead": overhead, "assembly_s_per_gb": assembly_s_per_gb, "shape_seconds": seconds, "shapes_estimated_not_timed": estimated,
+        "settings": settings, "runs": runs,
+        "speedup_2_over_1": speedup, "speedup_2_over_1_end_to_end": speedup_wall, "efficiency": efficiency,
+        "overhead": overhead, "assembly_s_per_gb": assembly_s_per_gb,
+        "shape_seconds": seconds, "shapes_estimated_not_timed": estimated,
         "projection_hours": projection, "projection_models": {"llama-3-8b": full, "llama-3-70b": big},
         "projection_note": "a projection, not a measurement: per-shape decomposition times measured on this "
                            "machine x the task overhead, divided by workers x the measured 2-worker efficiency, "

@@ -49,7 +49,8 @@ jobs="${MPO_SANITIZE_JOBS:-}"
 if [ -z "$jobs" ]; then
   avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
   # The cores this process may run on, not nproc's default answer: that honours OMP_NUM_THREADS, which
-  # the test run sets to 1 (measured: CI's cold build ran one compiler on two idle cores).
+  # a caller may have set to 1 for its own kernels (measured: a Dask nanny had written it into the test
+  # process, and CI's cold build ran one compiler on two idle cores).
   cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
   jobs=$(( ${avail_kb:-0} / 3000000 ))
   [ "$jobs" -gt "$cores" ] && jobs=$cores

@@ -18,8 +18,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["INSTALL_HINT", "KEEP_FREED_MEMORY", "require_distributed", "worker_env", "local_client", "connect", "run_tasks",
-           "worker_count", "is_killed_worker"]
+__all__ = [
+    "INSTALL_HINT", "KEEP_FREED_MEMORY", "connect", "is_killed_worker", "local_client", "require_distributed",
+    "run_tasks", "worker_count", "worker_env",
+]
 
 INSTALL_HINT = 'compressing on Dask workers needs dask.distributed: pip install "mpo[distributed]"'
 

@@ -551,15 +551,13 @@ def compress_task(task: MatrixTask, settings: Settings, fit: Mapping | None = No
 
     ``fit``: decompose_activations' arguments for a Linear fitted to its inputs (serial runs only).
     Returns the tensor name, the reason it stays dense (or None), its cores in the output dtype (then its
-    row scale, when the entry names one), its manifest entry and table row, and the process's pid and
-    peak resident set (kB) for reports.
+    row scale, when the entry names one), and its manifest entry and table row.
     """
     with SafetensorsReader(task.file) as reader:
         raw = reader.read(task.name)
     reason, cores, entry, row = _compress_one(module_path(task.name), raw, settings, fit)
     del raw
-    return {"name": task.name, "reason": reason, "cores": cores, "entry": entry, "row": row,
-            "pid": os.getpid(), "max_rss_kb": peak_rss_kb()}
+    return {"name": task.name, "reason": reason, "cores": cores, "entry": entry, "row": row}
 
 
 def peak_rss_kb() -> int | None:
