@@ -292,3 +292,39 @@ def test_whitened_basis_gives_the_whitened_svd_of_every_rank(rows, cols):
         basis.fit()
     with pytest.raises(ValueError, match="shape"):
         basis.activation_error(M[:, :2])
+
+
+@pytest.mark.parametrize("features", [1, 5, 127, 128, 129, 300])
+def test_from_upper_reads_the_upper_triangle_only(features):
+    rng = np.random.default_rng(features)
+    X = rng.standard_normal((max(2 * features, 3), features))
+    want = mpo.ActivationStats.from_inputs(X)
+    # What syrk leaves: the upper triangle summed, the lower untouched (here: garbage it must not read).
+    upper = np.triu(want.gram) + np.tril(rng.standard_normal((features, features)) * 1e9, -1)
+    for order, copy in itertools.product("CF", (True, False)):
+        given = np.array(upper, order=order)
+        got = mpo.ActivationStats.from_upper(given, X.shape[0], copy=copy)
+        np.testing.assert_array_equal(got.gram, want.gram)
+        assert got.tokens == X.shape[0] and not got.gram.flags.writeable
+        np.testing.assert_array_equal(got.diagonal, want.diagonal)
+        # copy=False takes the array over (no second C); copy=True leaves the caller's array as it was.
+        assert np.shares_memory(got.gram, given) == (not copy)
+        if copy:
+            np.testing.assert_array_equal(given, upper)
+    # An array it cannot take over (float32) is copied even with copy=False.
+    small = np.triu(want.gram).astype(np.float32)
+    assert not np.shares_memory(mpo.ActivationStats.from_upper(small, X.shape[0], copy=False).gram, small)
+
+
+def test_from_upper_rejects_what_the_constructor_rejects():
+    good = np.eye(3)
+    with pytest.raises(ValueError, match="square"):
+        mpo.ActivationStats.from_upper(np.ones((2, 3)), 4)
+    with pytest.raises(TypeError, match="real numbers"):
+        mpo.ActivationStats.from_upper(good.astype(complex), 4)
+    with pytest.raises(ValueError, match="finite"):
+        mpo.ActivationStats.from_upper(np.triu(np.full((3, 3), np.nan)), 4)
+    with pytest.raises(ValueError, match=r"gram\[1, 1\] = -1"):
+        mpo.ActivationStats.from_upper(np.diag([1.0, -1.0, 1.0]), 4)
+    with pytest.raises(ValueError, match="tokens must be an integer >= 1"):
+        mpo.ActivationStats.from_upper(good, 0)

@@ -790,3 +790,33 @@ def test_whole_outer_steps_equal_the_split_ones(shape, caps, dtype, rank):
         np.testing.assert_allclose(s, r[: len(s)], rtol=0, atol=tol * top)
     bound = math.sqrt(sum(e * e for e in whole["truncation_errors"]))
     assert dense_error(M, dense_whole) <= bound * (1 + 1e-6) + exact_rtol(dtype) * fro(M)
+
+
+# ------------------------------------------------------------------ from_cores(mixed_canonical=True)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_from_cores_mixed_canonical_equals_the_three_sweeps(n, dtype):
+    rng = np.random.default_rng(n)
+    M = rng.standard_normal((64, 48)).astype(dtype)
+    m = mpo.decompose(M, n=n, max_bond=6)
+    cores = [c.copy() for c in m.cores]
+    c = m.central_index
+    cores[c] = cores[c] * np.linspace(0.5, 2.0, cores[c].shape[1]).astype(dtype)[None, :, None, None]
+    plain = mpo.MPO.from_cores(cores, shape=m.shape)
+    fast = mpo.MPO.from_cores(cores, shape=m.shape, mixed_canonical=True)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    scale = float(np.linalg.norm(plain.to_dense()))
+    np.testing.assert_allclose(fast.to_dense(), plain.to_dense(), atol=tol * scale)
+    assert fast.bond_dims == plain.bond_dims
+    for a, b in zip(fast.spectra, plain.spectra):
+        np.testing.assert_allclose(a, b, atol=tol * scale)
+
+
+def test_from_cores_mixed_canonical_refuses_cores_that_are_not():
+    m = mpo.decompose(np.random.default_rng(3).standard_normal((32, 32)), n=3, max_bond=4)
+    cores = [c.copy() for c in m.cores]
+    cores[2] = cores[2] * 3.0  # right of the central core, no longer right-orthonormal
+    with pytest.raises(ValueError, match=r"core 2 right-orthonormal \(central index 1\)"):
+        mpo.MPO.from_cores(cores, mixed_canonical=True)
+    # The plain route takes any cores.
+    assert mpo.MPO.from_cores(cores).bond_dims == m.bond_dims

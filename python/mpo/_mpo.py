@@ -35,6 +35,32 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+#: How far from the identity an orthonormal core's Gram matrix may be (largest entry's deviation):
+#: rounding of the splits that made it, with room for long chains and wide bonds.
+_ORTHONORMAL_TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
+
+
+def _check_mixed_canonical(cores: Sequence[np.ndarray]) -> None:
+    """ValueError unless cores left of the central index are left-orthonormal and those right of it
+    right-orthonormal (what ``MPO.from_cores(..., mixed_canonical=True)`` relies on)."""
+    c = (len(cores) - 1) // 2
+    for k, core in enumerate(cores):
+        if k == c:
+            continue
+        d, i, j, e = core.shape
+        # Left of the centre the columns of the (d i j) x e unfolding are orthonormal; right, the rows of d x (i j e).
+        unfolding = core.reshape(d * i * j, e) if k < c else core.reshape(d, i * j * e).T
+        gram = unfolding.T.astype(np.float64) @ unfolding.astype(np.float64)
+        deviation = float(np.abs(gram - np.eye(gram.shape[0])).max())
+        tol = _ORTHONORMAL_TOL[core.dtype]
+        if deviation > tol:
+            side = "left" if k < c else "right"
+            raise ValueError(
+                f"mixed_canonical=True needs core {k} {side}-orthonormal (central index {c}); its Gram matrix "
+                f"is {deviation:.3g} from the identity (tolerance {tol:g}): use mixed_canonical=False"
+            )
+
+
 class MPO:
     """A matrix M (I x J) as a Matrix Product Operator: n cores T_k[d_{k-1}, i_k, j_k, d_k].
 
@@ -159,7 +185,12 @@ class MPO:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_cores(
-        cls, cores: Sequence[np.ndarray], shape: tuple[int, int] | None = None, *, row_scale: object = None
+        cls,
+        cores: Sequence[np.ndarray],
+        shape: tuple[int, int] | None = None,
+        *,
+        row_scale: object = None,
+        mixed_canonical: bool = False,
     ) -> MPO:
         """Bring arbitrary cores (for instance trained ones) to canonical form and measure their spectra.
 
@@ -168,9 +199,15 @@ class MPO:
         ``row_scale`` (I values > 0) makes a row-weighted MPO, diag(row_scale) @ (the cores' matrix), as
         ``decompose(..., row_weights=)`` does: cuts stay optimal in the weighted norm, and the plain
         spectra are measured by one exact sweep of the plain matrix.
+
+        ``mixed_canonical=True`` says the cores are in mixed canonical form already: those left of the
+        central core left-orthonormal, those right of it right-orthonormal, as ``decompose`` leaves them
+        and as a change of the central core alone keeps them. Then one split per bond orders them
+        instead of three sweeps. The claim is checked (each such core's Gram matrix within rounding of
+        the identity; ValueError otherwise), since a false one would give wrong spectra.
         """
         if row_scale is not None:
-            base = cls.from_cores(cores, shape)
+            base = cls.from_cores(cores, shape, mixed_canonical=mixed_canonical)
             scale = np.asarray(row_scale, dtype=np.float64)
             rows, cols = base.shape
             if scale.shape != (rows,):
@@ -197,7 +234,11 @@ class MPO:
                 raise ValueError(f"core {k} must be 4-way (d_(k-1), i_k, j_k, d_k), got shape {c.shape}")
             if not np.isfinite(c).all():
                 raise ValueError(f"core {k} must be finite, it holds NaN or inf")
-        new_cores, spectra = _core.canonicalize(cores, np.dtype(dtype).name)
+        if mixed_canonical:
+            _check_mixed_canonical(cores)
+            new_cores, spectra = _core.order_bonds(cores, np.dtype(dtype).name)
+        else:
+            new_cores, spectra = _core.canonicalize(cores, np.dtype(dtype).name)
         padded = (math.prod(c.shape[1] for c in cores), math.prod(c.shape[2] for c in cores))
         norm = float(np.linalg.norm(spectra[0]))
         return cls(

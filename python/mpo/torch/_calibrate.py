@@ -173,7 +173,7 @@ def calibrate(
     missing = [n for n, c in counts.items() if c == 0]
     if missing:
         raise ValueError(f"these layers saw no input during calibration (not used by the forward pass?): {missing}")
-    return Calibration({n: ActivationStats(np.triu(g) + np.triu(g, 1).T, counts[n]) for n, g in grams.items()})
+    return Calibration({n: ActivationStats.from_upper(g, counts[n], copy=False) for n, g in grams.items()})
 
 
 def _syrk() -> Callable | None:
