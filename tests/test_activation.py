@@ -328,3 +328,24 @@ def test_from_upper_rejects_what_the_constructor_rejects():
         mpo.ActivationStats.from_upper(np.diag([1.0, -1.0, 1.0]), 4)
     with pytest.raises(ValueError, match="tokens must be an integer >= 1"):
         mpo.ActivationStats.from_upper(good, 0)
+
+
+@pytest.mark.parametrize("blas", [True, False])
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (7, 3), (3, 7), (64, 64)])
+def test_whitening_product_is_l_transpose_times_m(rows, cols, blas, monkeypatch):
+    # L^T M by BLAS's triangular product (scipy) or the plain one: the same matrix either way, and only
+    # L's lower triangle is read (the factor is lower-triangular; junk above it must not matter).
+    import sys
+
+    from mpo._activation import _whiten
+
+    if not blas:
+        monkeypatch.setitem(sys.modules, "scipy.linalg.blas", None)
+    rng = np.random.default_rng(rows * 100 + cols)
+    L = np.tril(rng.standard_normal((rows, rows))) + 3 * np.eye(rows)
+    M = rng.standard_normal((rows, cols))
+    want = L.T @ M
+    junk = L + (np.triu(rng.standard_normal((rows, rows)), 1) if blas else 0)
+    got = _whiten(junk, M)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    assert got.shape == (rows, cols)

@@ -354,11 +354,12 @@ def whitening(gram: object, damping: float = DAMPING) -> Whitening:
     mean = float(np.mean(np.diag(c)))
     if not mean > 0:
         raise ValueError("the statistics are all zero (mean(diag C) = 0): there is no activation to whiten by")
-    eye = np.eye(c.shape[0])
     for alpha in _damping_ladder(float(damping)):
         lam = alpha * mean
+        shifted = np.array(c)  # C + lam I without an identity matrix beside it
+        shifted.flat[:: c.shape[0] + 1] += lam
         try:
-            return Whitening(np.linalg.cholesky(c + lam * eye), alpha, lam)
+            return Whitening(np.linalg.cholesky(shifted), alpha, lam)
         except np.linalg.LinAlgError:
             continue
     raise ValueError("C + mean(diag C) I is not positive definite: the statistics are not a Gram matrix X^T X")
@@ -372,6 +373,21 @@ def activation_error(M: object, approx: object, stats: ActivationStats) -> float
     num = float(np.sum((c @ e) * e))
     den = float(np.sum((c @ m) * m))
     return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+
+
+def _whiten(L: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """L^T a for a lower-triangular whitening factor L (its upper triangle is not read), C-ordered: BLAS's triangular product
+    when scipy is there (half the multiplications of L.T @ a; measured 35 ms against 44 ms for
+    1536 x 1536 times 1536 x 384 on one thread), the plain product otherwise."""
+    try:
+        from scipy.linalg.blas import dtrmm
+    except ImportError:  # scipy is optional
+        return L.T @ a
+    # In Fortran order a (C order, I x J) is a^T and L (C order) is the upper-triangular L^T: the product
+    # a^T (L^T)^T = a^T L, transposed back, is L^T a, with no copy of either.
+    b = np.ascontiguousarray(a, dtype=np.float64)
+    lower = np.ascontiguousarray(L, dtype=np.float64)
+    return np.asarray(dtrmm(1.0, lower.T, b.T, side=1, lower=0, trans_a=1)).T
 
 
 def _solve_upper(U: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -411,7 +427,7 @@ def whitened_svd(M: object, rank: int, stats: ActivationStats, *, damping: float
     _check_features(stats, a.shape[0])
     work = a.astype(np.float64)
     L = whitening(stats.gram, damping).factor
-    u, s, vt = np.linalg.svd(L.T @ work, full_matrices=False)
+    u, s, vt = np.linalg.svd(_whiten(L, work), full_matrices=False)
     left = _solve_upper(L.T, u[:, :r] * s[:r])  # L^-T (U_r S_r): a triangular solve, no inverse formed
     right = vt[:r]
     return LowRank(
@@ -493,7 +509,7 @@ class WhitenedBasis:
         a = np.asarray(approx, dtype=np.float64)
         if a.shape != self.matrix.shape:
             raise ValueError(f"approx must have M's shape {self.matrix.shape}, got {a.shape}")
-        return self._error(a, self.factor.T @ a)
+        return self._error(a, _whiten(self.factor, a))
 
     def fit(self, *, ratio: float | None = None, max_bond: int | None = None) -> tuple[int, np.ndarray, float]:
         """(rank, M', activation error of M') for a share ``ratio`` of M's parameters in the SVD layout
@@ -518,7 +534,7 @@ def whitened_basis(M: object, stats: ActivationStats, *, damping: float = DAMPIN
     a = as_matrix(M).astype(np.float64)
     _check_features(stats, a.shape[0])
     w = stats.whitening(damping)
-    white = w.factor.T @ a
+    white = _whiten(w.factor, a)
     gram, left = _small_gram(white)
     values, vectors = np.linalg.eigh(gram)
     order = slice(None, None, -1)  # eigh is ascending; the singular values are wanted descending
@@ -573,6 +589,8 @@ def _along_rows(matrix: np.ndarray, mats: Sequence[np.ndarray], transpose: bool)
     sizes = [m.shape[0] for m in mats]
     x = matrix.reshape(sizes + [matrix.shape[1]])
     for k, a in enumerate(mats):
+        if a.shape == (1, 1) and a[0, 0] == 1.0:
+            continue  # a unit factor (i_k = 1): the identity, not a pass over the whole matrix
         op = a.T if transpose else a
         x = np.moveaxis(np.tensordot(op, x, axes=([1], [k])), 0, k)
     return x.reshape(matrix.shape)
@@ -731,7 +749,8 @@ def decompose_activations(
             cores_ratio = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
             if not cores_ratio > 0:
                 raise ValueError(f"ratio {ratio} leaves no parameter for the cores beside the {rows} row scales")
-        whitened = _along_rows(work, factors, transpose=True)
+        # One wide in factor: its L^T acts on the rows directly (the others are 1 x 1 ones).
+        whitened = _whiten(factors[wide[0]], work) if len(wide) == 1 else _along_rows(work, factors, transpose=True)
         inner = decompose(whitened, (plan.in_shape, plan.out_shape), max_bond=max_bond, ratio=cores_ratio, tol=tol)
         bound = inner.relative_error_bound()
         folded = _fold(inner.cores, factors)
@@ -803,7 +822,7 @@ def svd_curve(name: str, M: object, stats: ActivationStats, *, damping: float = 
     # The squared singular values of L^T M are the eigenvalues of its smaller Gram: eigvalsh of a
     # min(I, J)-square matrix costs a fraction of an SVD of L^T M (the error of the tail sums is
     # eps * s_1^2 absolute, far below any error the allocation compares).
-    gram, _ = _small_gram(L.T @ a)
+    gram, _ = _small_gram(_whiten(L, a))
     energy = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
     s = np.sqrt(energy)
     total = float(energy.sum())
