@@ -169,3 +169,23 @@ def test_unknown_plan_names_every_plan():
     m = mpo.decompose(np.eye(12), ((3, 4), (4, 3)))
     with pytest.raises(ValueError, match=r"plan must be one of \('auto', 'left', 'right', 'central', 'kernel', 'blas'\), got 'fast'"):
         m.rmatmul(np.ones((2, 12)), plan="fast")
+
+
+def test_deterministic_runs_the_kernel_without_timing(monkeypatch):
+    # MPO_DETERMINISTIC=1: the BLAS route is never timed or taken, so a product repeats bit for bit.
+    def never():
+        raise AssertionError("a route was timed under MPO_DETERMINISTIC=1")
+
+    monkeypatch.setenv("MPO_DETERMINISTIC", "1")
+    assert _apply_route.choose(("det", 1), 1e6, 1e6, never, never) == ("kernel", None)
+    shapes = [(1, 2, 2, 3), (3, 2, 2, 1)]
+    on = _apply_route.route_key(shapes, False, False, 64, np.float32)
+    monkeypatch.setenv("MPO_DETERMINISTIC", "0")
+    assert _apply_route.route_key(shapes, False, False, 64, np.float32) != on
+    # Through X @ m at a batch where the BLAS route would be considered: the kernel's own answer.
+    m = mpo.decompose(np.random.default_rng(5).standard_normal((64, 48)), n=3, max_bond=8)
+    X = np.random.default_rng(6).standard_normal((256, 64))
+    monkeypatch.setenv("MPO_DETERMINISTIC", "1")
+    _apply_route.clear()
+    np.testing.assert_array_equal(X @ m, m.rmatmul(X, plan="kernel"))
+    assert _apply_route.chosen(_apply_route.route_key([c.shape for c in m.cores], False, False, 256, X.dtype)) == "kernel"

@@ -177,3 +177,49 @@ def test_embedding_auto_is_timed_once_per_kind_of_lookup(grad, monkeypatch):
     assert timed[0][0] == "embedding" and _autotune.chosen(timed[0]) == pick
     torch.testing.assert_close(first.detach(), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(second.detach(), by_mode[pick], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("how", ["torch", "env"])
+def test_reproducible_auto_takes_the_cheaper_mode_without_timing(how, monkeypatch):
+    # Under torch.use_deterministic_algorithms(True) or MPO_DETERMINISTIC=1 "auto" must pick the same
+    # mode on every run: the one needing fewer FLOPs, never a timing.
+    def never(mode):
+        raise AssertionError("timed although a reproducible choice was asked for")
+
+    was = torch.are_deterministic_algorithms_enabled()
+    if how == "torch":
+        torch.use_deterministic_algorithms(True)
+    else:
+        monkeypatch.setenv("MPO_DETERMINISTIC", "1")
+    try:
+        assert _autotune.reproducible()
+        assert _autotune.choose(("r", 1), 1.0, 1.2, never) == "contract"
+        assert _autotune.choose(("r", 2), 1.2, 1.0, never) == "rebuild"
+        assert _autotune.choose(("r", 3), 1.0, 1.0, never) == "contract"  # a tie: contract
+        # A real layer: the pick is the FLOP rule's, and the answer the dense one's.
+        torch.manual_seed(0)
+        layer = MPOLinear.from_linear(nn.Linear(96, 80), max_bond=6)
+        x = torch.randn(40, 96)
+        with torch.no_grad():
+            flops = layer.forward_flops(40, autograd=False)
+            want = "contract" if flops["contract"] <= flops["rebuild"] else "rebuild"
+            assert _autotune.settled(flops["contract"], flops["rebuild"]) or layer.auto_mode(x) == want
+            torch.testing.assert_close(layer(x), layer(x, mode="rebuild"), rtol=1e-4, atol=1e-4)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    # A timed choice and a reproducible one are filed apart: the timed kind is chosen afresh.
+    monkeypatch.delenv("MPO_DETERMINISTIC", raising=False)
+    key = _autotune.mode_key("linear", list(layer.cores), (96, 80), 40, False)
+    monkeypatch.setenv("MPO_DETERMINISTIC", "1")
+    assert _autotune.mode_key("linear", list(layer.cores), (96, 80), 40, False) != key
+
+
+def test_deterministic_variable_is_checked(monkeypatch):
+    from mpo import _timed_choice
+
+    for value, want in (("", False), ("0", False), ("1", True), (" 1 ", True)):
+        monkeypatch.setenv("MPO_DETERMINISTIC", value)
+        assert _timed_choice.deterministic() is want
+    monkeypatch.setenv("MPO_DETERMINISTIC", "yes")
+    with pytest.raises(ValueError, match=r"MPO_DETERMINISTIC must be 0 or 1 \(or unset\), got 'yes'"):
+        _timed_choice.deterministic()

@@ -8,7 +8,8 @@ so where the BLAS route is close enough in FLOPs to win, the first product of ea
 direction, dtype, batch rounded up to a power of two, thread settings) times both routes a few times,
 interleaved, and every later product of that kind takes the faster one. The choice lives for the
 process: it is a property of this machine, this load and these libraries, none of which a file on disk
-could vouch for later.
+could vouch for later. With ``MPO_DETERMINISTIC=1`` nothing is timed and the kernel runs (the same
+plan, so the same rounding, on every run).
 
 Below ``BLAS_MIN_BATCH`` rows the kernel always runs: there the product is small next to multiplying out
 the cores, which both routes pay, and the kernel's sweep (or its fused rebuild) wins by construction.
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ._timed_choice import Choices, fastest
+from ._timed_choice import Choices, deterministic, fastest
 
 __all__ = ["BLAS_MIN_BATCH", "FLOP_SLACK", "ROUNDS", "choose", "chosen", "clear", "multiply_out_flops", "route_key"]
 
@@ -66,7 +67,7 @@ def route_key(shapes: Sequence[Sequence[int]], transposed: bool, batch_last: boo
     bucket = 1 << max(0, int(batch) - 1).bit_length()  # batch rounded up to a power of two
     threads = tuple(os.environ.get(v) for v in _THREAD_VARS)
     cores = tuple(tuple(int(d) for d in s) for s in shapes)
-    return (cores, bool(transposed), bool(batch_last), bucket, np.dtype(dtype).name, threads)
+    return (cores, bool(transposed), bool(batch_last), bucket, np.dtype(dtype).name, threads, deterministic())
 
 
 def chosen(key: tuple) -> str | None:
@@ -94,7 +95,8 @@ def choose(
     known = chosen(key)
     if known is not None:
         return known, None
-    if not math.isfinite(blas_flops) or blas_flops > FLOP_SLACK * kernel_flops:
+    if not math.isfinite(blas_flops) or blas_flops > FLOP_SLACK * kernel_flops or deterministic():
+        # MPO_DETERMINISTIC: the kernel, whose plan FLOPs choose, on every run.
         _choices.set(key, "kernel")
         return "kernel", None
     route, last = fastest({"kernel": run_kernel, "blas": run_blas}, ROUNDS)

@@ -12,6 +12,11 @@ on a random input of the same size a few times, interleaved, with the backward p
 is on (``torch.autograd.grad``, so no ``.grad`` of the layer is touched), and later passes of that
 kind take the faster mode. Where FLOPs alone settle it (one mode needs far fewer), nothing is timed.
 The choice lives for the process; :func:`clear` forgets it.
+
+A timed choice can differ between runs where the two modes are close, and the modes round differently,
+so a training run that must repeat bit for bit turns timing off: under
+``torch.use_deterministic_algorithms(True)`` or ``MPO_DETERMINISTIC=1`` "auto" takes the mode that
+needs fewer FLOPs, the same on every run and machine (:func:`reproducible`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .._timed_choice import Choices, fastest
+from .._timed_choice import Choices, deterministic, fastest
 
-__all__ = ["FLOP_SLACK", "ROUNDS", "choose", "chosen", "clear", "mode_key", "probe_runner", "settled"]
+__all__ = ["FLOP_SLACK", "ROUNDS", "choose", "chosen", "clear", "mode_key", "probe_runner", "reproducible", "settled"]
 
 #: Modes whose FLOPs differ by more than this factor are not timed: the cheaper one is taken.
 FLOP_SLACK = 50.0
@@ -46,7 +51,7 @@ def mode_key(
     bucket = 1 << max(0, int(batch) - 1).bit_length()
     shapes = tuple(tuple(c.shape) for c in cores)
     return (kind, shapes, features, str(ref.dtype), str(ref.device), bool(autograd), bucket,
-            torch.get_num_threads(), extras)
+            torch.get_num_threads(), extras, reproducible())
 
 
 def chosen(key: tuple) -> str | None:
@@ -57,6 +62,12 @@ def chosen(key: tuple) -> str | None:
 def clear() -> None:
     """Forget every choice: the next forward pass of each kind is timed again."""
     _choices.clear()
+
+
+def reproducible() -> bool:
+    """Whether "auto" must pick the same mode on every run: ``torch.use_deterministic_algorithms(True)``
+    or ``MPO_DETERMINISTIC=1``. Then the mode needing fewer FLOPs runs ("contract" on a tie), untimed."""
+    return torch.are_deterministic_algorithms_enabled() or deterministic()
 
 
 def settled(contract_flops: float, rebuild_flops: float) -> str | None:
@@ -75,6 +86,8 @@ def choose(key: tuple, contract_flops: float, rebuild_flops: float, run: Callabl
     if known is not None:
         return known
     mode = settled(contract_flops, rebuild_flops)
+    if mode is None and reproducible():
+        mode = "contract" if contract_flops <= rebuild_flops else "rebuild"
     if mode is None:
         mode, _ = fastest({name: functools.partial(run, name) for name in ("contract", "rebuild")}, ROUNDS)
     _choices.set(key, mode)
