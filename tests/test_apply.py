@@ -458,9 +458,11 @@ def test_kept_merges_live_with_the_cores_and_within_the_memory_bound(monkeypatch
     m32 = _issue_mpo(np.float32)
     np.ones(3072) @ m32  # float64 X: the cores are cast for this call, and nothing is kept
     assert len(_apply._merge_cache) == 1
+    kept_core = m.stored_cores[0]  # a caller holding one core: the entry must still go with the others
     del m, entry
     gc.collect()
     assert len(_apply._merge_cache) == 0  # dropped with the cores
+    del kept_core
     monkeypatch.setattr(_apply, "MERGE_CACHE_FACTOR", 1.0)  # below what these merges need
     assert not m32.matmul_flops(1)["kept_merges"]
     np.ones(3072, dtype=np.float32) @ m32

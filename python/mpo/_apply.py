@@ -143,8 +143,10 @@ def _merged(cores: list[np.ndarray], groups: tuple[int, ...]) -> list[np.ndarray
     with _merge_lock:
         if key not in _merge_cache:
             _merge_cache[key] = merged
-            # Dropped with the first core: its id cannot be reused for other cores while the entry lives.
-            weakref.finalize(cores[0], _merge_cache.pop, key, None)
+            # Dropped when any of the cores dies: no id in the key can be reused by other cores while
+            # the entry lives (one finalizer per core: a caller may keep one core alive, not the others).
+            for core in cores:
+                weakref.finalize(core, _merge_cache.pop, key, None)
         return _merge_cache[key]
 
 
