@@ -403,3 +403,69 @@ def test_large_batches_run_in_chunks_and_stay_exact(dtype):
     for plan in PLANS:
         assert_close(m.rmatmul(X, plan=plan), want, scale, dtype)
     assert_close(m.T @ X.T, want.T, scale, dtype)
+
+
+# ------------------------------------------------------------------ merged cores kept across products
+def _issue_mpo(dtype=np.float64):
+    # Issue 20's shape: at batch 1 the kernel's plan merges cores 1-3 and 4-5 before its sweep.
+    M = np.random.default_rng(20).standard_normal((3072, 768)).astype(dtype)
+    return mpo.decompose(M, ((4, 4, 8, 6, 4), (3, 4, 4, 4, 4)), max_bond=48)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kept_merges_give_the_kernels_product(dtype, monkeypatch):
+    from mpo import _apply
+
+    m = _issue_mpo(dtype)
+    D = contract_cores(m.cores, (4, 4, 8, 6, 4), (3, 4, 4, 4, 4))
+    flops = m.matmul_flops(1)
+    assert flops["kept_merges"] and flops["per_call"] == flops["mpo"] - flops["merge_flops"] < 0.4 * flops["mpo"]
+    rng = np.random.default_rng(1)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    for batch in (1, 2, 5):
+        X = rng.standard_normal((batch, 3072)).astype(dtype)
+        kept = X @ m
+        again = X @ m  # the kept merges themselves
+        Y = rng.standard_normal((768, batch)).astype(dtype)
+        kept_left = m @ Y
+        with monkeypatch.context() as patch:
+            patch.setattr(_apply, "MERGE_CACHE_FACTOR", 0.0)  # nothing kept: the kernel merges per call
+            _apply.clear_merge_cache()
+            plain, plain_left = X @ m, m @ Y
+        assert kept.dtype == dtype and np.array_equal(kept, again)
+        scale = np.linalg.norm(X.astype(np.float64) @ D)
+        assert np.linalg.norm(kept - X.astype(np.float64) @ D) <= tol * scale
+        assert np.linalg.norm(kept - plain) <= tol * scale
+        assert np.linalg.norm(kept_left - plain_left) <= tol * np.linalg.norm(D @ Y.astype(np.float64))
+
+
+def test_kept_merges_live_with_the_cores_and_within_the_memory_bound(monkeypatch):
+    import gc
+
+    from mpo import _apply
+
+    _apply.clear_merge_cache()
+    m = _issue_mpo()
+    x = np.ones(3072)
+    x @ m
+    (entry,) = _apply._merge_cache.values()
+    merged = sum(c.size for c in entry)
+    assert 2 * sum(c.size for c in m.cores) < merged <= _apply.MERGE_CACHE_FACTOR * sum(c.size for c in m.cores)
+    x @ m.T.T  # another view of the same cores: the same entry
+    assert len(_apply._merge_cache) == 1
+    x.astype(np.float32) @ m  # float32 X with a float64 MPO: float64 product, the same cores
+    assert len(_apply._merge_cache) == 1
+    m32 = _issue_mpo(np.float32)
+    np.ones(3072) @ m32  # float64 X: the cores are cast for this call, and nothing is kept
+    assert len(_apply._merge_cache) == 1
+    kept_core = m.stored_cores[0]  # a caller holding one core: the entry must still go with the others
+    del m, entry
+    gc.collect()
+    assert len(_apply._merge_cache) == 0  # dropped with the cores
+    del kept_core
+    monkeypatch.setattr(_apply, "MERGE_CACHE_FACTOR", 1.0)  # below what these merges need
+    assert not m32.matmul_flops(1)["kept_merges"]
+    np.ones(3072, dtype=np.float32) @ m32
+    assert len(_apply._merge_cache) == 0
+    # An explicit sweep order is the kernel's own plan, merges and all, every call.
+    assert not m32.matmul_flops(1, plan="right")["kept_merges"]
