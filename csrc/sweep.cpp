@@ -16,9 +16,12 @@
 namespace mpo {
 
 template <class T>
-Sweep<T>::Sweep(const T* data, Index rows, Index cols, const Factors& factors, const SweepShortcuts& shortcuts)
+Sweep<T>::Sweep(const T* data, Index rows, Index cols, const Factors& factors, const SweepShortcuts& shortcuts,
+                double unit)
     : factors_(factors), shortcuts_(shortcuts) {
   factors_.validate();
+  if (!(unit > 0) || !std::isfinite(unit))
+    throw std::invalid_argument("mpo: the Sweep's unit must be positive and finite, got " + std::to_string(unit));
   if (factors_.rows() != rows || factors_.cols() != cols)
     throw std::invalid_argument("mpo: the factors multiply to " + std::to_string(factors_.rows()) + "x" +
                                 std::to_string(factors_.cols()) + " but the matrix is " +
@@ -30,8 +33,11 @@ Sweep<T>::Sweep(const T* data, Index rows, Index cols, const Factors& factors, c
   Node root;
   root.remainder.resize(1, rows * cols);
   interleave(data, factors_, root.remainder.data());
+  T* values = root.remainder.data();
   for (Index i = 0; i < root.remainder.size(); ++i) {
-    const double x = static_cast<double>(root.remainder.data()[i]);
+    // In double: exact for a power-of-two unit, and 1/unit may not exist in T.
+    const double x = unit == 1.0 ? static_cast<double>(values[i]) : static_cast<double>(values[i]) / unit;
+    values[i] = static_cast<T>(x);
     energy_ += x * x;
   }
   nodes_.emplace(Path{}, std::move(root));
@@ -238,12 +244,22 @@ ConstMatrixMap<T> Sweep<T>::central_rows(Index begin, Index end) const {
   return ConstMatrixMap<T>(r.data() + begin * r.cols(), (end - begin) * per_row, bound_.side);
 }
 
+namespace {
+// Rows of R cast to double at a time: a few MB, so that no copy of a whole window (69 MB for MiniLM's
+// embedding) is allocated, page-faulted and freed per call.
+Index rows_per_chunk(Index values_per_row) {
+  return std::max<Index>(1, (Index{1} << 19) / std::max<Index>(1, values_per_row));
+}
+}  // namespace
+
 // gram += sign · Σ_{begin <= a < end} X_aᵀX_a, lower triangle, in double.
 template <class T>
 void Sweep<T>::add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const {
-  if (end <= begin) return;
-  const Eigen::MatrixXd block = central_rows(begin, end).template cast<double>();
-  gram.template selfadjointView<Eigen::Lower>().rankUpdate(block.transpose(), sign);
+  const Index step = rows_per_chunk(nodes_.at(bound_.prefix).split.r.cols());
+  for (Index a = begin; a < end; a += step) {
+    const Eigen::MatrixXd block = central_rows(a, std::min(end, a + step)).template cast<double>();
+    gram.template selfadjointView<Eigen::Lower>().rankUpdate(block.transpose(), sign);
+  }
 }
 
 namespace {
@@ -254,7 +270,7 @@ Spectrum descending_eigenvalues(const Eigen::MatrixXd& lower) {
 }  // namespace
 
 template <class T>
-Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index side, Index b) {
+Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index side, Index b, Index count) {
   const Path prefix = last_left_prefix(max_bond);
   const Matrix<T>& r = nodes_.at(prefix).split.r;
   if (side < 1 || r.cols() % side != 0)
@@ -262,6 +278,9 @@ Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index s
                                 std::to_string(r.cols()) + " columns of the last left split");
   if (b < 1 || b > r.rows())
     throw std::invalid_argument("mpo: b must be in [1, " + std::to_string(r.rows()) + "], got " + std::to_string(b));
+  if (count < 0 || count > side)
+    throw std::invalid_argument("mpo: count must be in [0, " + std::to_string(side) + "] (0 = all), got " +
+                                std::to_string(count));
   if (prefix != bound_.prefix || side != bound_.side || bound_.gram.rows() != side) {
     bound_ = CentralBound{prefix, side, 0, Eigen::MatrixXd::Zero(side, side), Eigen::MatrixXd()};
   }
@@ -274,22 +293,27 @@ Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index s
   if (b > bound_.b) add_rows(bound_.gram, bound_.b, b, 1.0);
   else add_rows(bound_.gram, b, bound_.b, -1.0);
   bound_.b = b;
-  const SymmetricEigen eigen = symmetric_eigen(bound_.gram, side);
-  bound_.vectors = eigen.vectors;
-  return eigen.values;
+  reference_eigen(count == 0 ? side : count);
+  return bound_.values.head(count == 0 ? side : count);
 }
 
 template <class T>
 Eigen::MatrixXd Sweep<T>::central_bound(Index lo, Index hi, Index used) const {
   if (bound_.b == 0) throw std::invalid_argument("mpo: central_bound needs a central_reference first");
   const Index rows = nodes_.at(bound_.prefix).split.r.rows();
-  if (lo < 0 || hi > rows || lo > hi || used < 1 || used > bound_.side)
-    throw std::invalid_argument("mpo: central_bound rows or directions out of range");
-  const Eigen::MatrixXd block = central_rows(lo, hi).template cast<double>();
-  const Eigen::MatrixXd projected = (block * bound_.vectors.leftCols(used)).cwiseAbs2();
-  const Index width = hi > lo ? projected.rows() / (hi - lo) : 1;
+  if (lo < 0 || hi > rows || lo > hi || used < 1 || used > bound_.vectors.cols())
+    throw std::invalid_argument("mpo: central_bound rows or directions out of range (used <= " +
+                                std::to_string(bound_.vectors.cols()) + ", the reference's count)");
+  const Index per_row = nodes_.at(bound_.prefix).split.r.cols();
+  const Index width = per_row / bound_.side;
+  const Index step = rows_per_chunk(per_row);
   Eigen::MatrixXd out = Eigen::MatrixXd::Zero(hi - lo, used);
-  for (Index a = 0; a < hi - lo; ++a) out.row(a) = projected.middleRows(a * width, width).colwise().sum();
+  for (Index a0 = lo; a0 < hi; a0 += step) {
+    const Index a1 = std::min(hi, a0 + step);
+    const Eigen::MatrixXd block = central_rows(a0, a1).template cast<double>();
+    const Eigen::MatrixXd projected = (block * bound_.vectors.leftCols(used)).cwiseAbs2();
+    for (Index a = a0; a < a1; ++a) out.row(a - lo) = projected.middleRows((a - a0) * width, width).colwise().sum();
+  }
   return out;
 }
 

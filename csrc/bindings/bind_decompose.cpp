@@ -65,11 +65,12 @@ struct TypedSweep {
 };
 
 template <class T>
-std::unique_ptr<Sweep<T>> make_sweep(const py::array& matrix, const Factors& factors, const SweepShortcuts& shortcuts) {
+std::unique_ptr<Sweep<T>> make_sweep(const py::array& matrix, const Factors& factors, const SweepShortcuts& shortcuts,
+                                     double unit) {
   auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(matrix);
   if (!a) throw py::type_error("Sweep: expected a numeric array");
   py::gil_scoped_release release;  // the array is read; only C++ state from here on
-  return std::make_unique<Sweep<T>>(a.data(), a.shape(0), a.shape(1), factors, shortcuts);
+  return std::make_unique<Sweep<T>>(a.data(), a.shape(0), a.shape(1), factors, shortcuts, unit);
 }
 
 }  // namespace
@@ -80,7 +81,8 @@ void register_decompose(py::module_& m) {
   py::class_<TypedSweep>(m, "Sweep",
                          "Algorithm 1 under any per-bond max_bond, scored exactly, splits cached by prefix.")
       .def(py::init([](const py::array& matrix, const std::vector<Index>& in_shape,
-                       const std::vector<Index>& out_shape, bool values_only, bool reuse_bound) {
+                       const std::vector<Index>& out_shape, double unit, bool values_only, bool reuse_bound,
+                       bool kept_vectors) {
              if (matrix.ndim() != 2)
                throw py::value_error("Sweep: expected a 2-D array, got " + std::to_string(matrix.ndim()) +
                                      " dimensions");
@@ -88,18 +90,19 @@ void register_decompose(py::module_& m) {
              SweepShortcuts shortcuts;
              shortcuts.values_only = values_only;
              shortcuts.reuse_bound = reuse_bound;
+             shortcuts.kept_vectors = kept_vectors;
              auto sweep = std::make_unique<TypedSweep>();
              if (py::isinstance<py::array_t<float>>(matrix)) {
-               sweep->single = make_sweep<float>(matrix, factors, shortcuts);
+               sweep->single = make_sweep<float>(matrix, factors, shortcuts, unit);
              } else if (py::isinstance<py::array_t<double>>(matrix)) {
-               sweep->full = make_sweep<double>(matrix, factors, shortcuts);
+               sweep->full = make_sweep<double>(matrix, factors, shortcuts, unit);
              } else {
                throw py::type_error("Sweep: expected float32 or float64, got " + dtype_name(matrix));
              }
              return sweep;
            }),
-           py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"), py::kw_only(),
-           py::arg("values_only") = true, py::arg("reuse_bound") = true)
+           py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"), py::kw_only(), py::arg("unit") = 1.0,
+           py::arg("values_only") = true, py::arg("reuse_bound") = true, py::arg("kept_vectors") = true)
       .def_property_readonly(
           "shortcuts_taken",
           [](TypedSweep& s) {
@@ -108,6 +111,7 @@ void register_decompose(py::module_& m) {
             out["values_only"] = c.values_only;
             out["reuse_bound"] = c.reuse_bound;
             out["reuse_vectors"] = c.reuse_vectors;
+            out["kept_vectors"] = c.kept_vectors;
             return out;
           },
           "How often each shortcut (SweepShortcuts, include/mpo/sweep.hpp) was taken.")
@@ -184,16 +188,17 @@ void register_decompose(py::module_& m) {
           py::arg("max_bond"), "How many rows last_left_rows(max_bond) has (nothing copied).")
       .def(
           "central_reference",
-          [](TypedSweep& s, const std::vector<Index>& max_bond, Index side, Index b) {
+          [](TypedSweep& s, const std::vector<Index>& max_bond, Index side, Index b, Index count) {
             Spectrum values;
             {
               py::gil_scoped_release release;
-              values = s.run([&](auto& x) { return x.central_reference(max_bond, side, b); });
+              values = s.run([&](auto& x) { return x.central_reference(max_bond, side, b, count); });
             }
             return to_numpy(values);
           },
-          py::arg("max_bond"), py::arg("side"), py::arg("b"),
-          "Make b the central-pair bound's reference; the eigenvalues of G(b), descending.")
+          py::arg("max_bond"), py::arg("side"), py::arg("b"), py::arg("count") = 0,
+          "Make b the central-pair bound's reference; the count (0 = all) largest eigenvalues of G(b), "
+          "descending.")
       .def(
           "central_bound",
           [](TypedSweep& s, Index lo, Index hi, Index used) {

@@ -74,22 +74,31 @@ bool Sweep<T>::build_right_from_bound(const Path& caps, const Path& prefix, bool
     if (!(energy[energy.size() - 1] > 1e-10 * energy.sum())) return false;
     whole_spectra[bond] = energy.cwiseSqrt();
   }
-  // The last step (bond c): the eigenvectors of G(b), descending, the bound's own at its reference.
+  // The last step (bond c): the eigenvectors of G(b), descending, the bound's own at its reference; only
+  // the kept ones where that gives the plain cut (kept_vectors.cpp), which then also gives the discarded
+  // energy from G(b)'s eigenvalues.
+  const Index cap = caps.back();
   Eigen::MatrixXd vectors;
-  const bool reuse = b == bound_.b && bound_.vectors.cols() == side;
-  if (reuse) {
-    vectors = bound_.vectors;
-  } else {
-    SymmetricEigen eigen = symmetric_eigen(gram, side, false);  // the plain split's full solver
-    vectors = std::move(eigen.vectors);
+  double tail = 0;
+  bool reuse = false;
+  const bool few = kept_eigenvectors(gram, b, cap, &vectors, &tail, &reuse);
+  if (!few) {
+    reuse = b == bound_.b && bound_.vectors.cols() == side;
+    if (reuse) {
+      vectors = bound_.vectors;
+    } else {
+      SymmetricEigen eigen = symmetric_eigen(gram, side, false);  // the plain split's full solver
+      vectors = std::move(eigen.vectors);
+    }
   }
   Matrix<T> basis = vectors.template cast<T>();
   const ConstMatrixMap<T> x = central_rows(0, b);
   // Lᵀ = Vᵀ·Xᵀ: the plain split's L = X·V, one row per candidate so that assemble_rows orders and cuts it.
   Matrix<T> l_t = multiply<T>(basis.transpose(), x.transpose());
-  const Split<T> split = assemble_rows<T>(std::move(basis), std::move(l_t), 0, 0.0, true);
-  const Index nonzero = split.spectrum.size();
-  const Index cap = caps.back();
+  Split<T> split = assemble_rows<T>(std::move(basis), std::move(l_t), 0, few ? gram.trace() : 0.0, !few);
+  // With the kept vectors alone the plain split keeps `cap` of more nonzero directions (checked there).
+  const Index nonzero = few ? cap + 1 : split.spectrum.size();
+  if (few) split.discarded = tail;
   const Index keep = cap == 0 ? nonzero : std::min(cap, nonzero);
   if (!(cut_before || keep < nonzero)) return false;  // nothing cut: order_bonds would not run
 
@@ -107,7 +116,7 @@ bool Sweep<T>::build_right_from_bound(const Path& caps, const Path& prefix, bool
   place(central_, b, keep, split.r.topRows(keep).transpose());
   out.spectra[central_] = split.spectrum.head(keep);
   out.truncation_errors[central_] =
-      std::sqrt(split.discarded + split.spectrum.tail(nonzero - keep).squaredNorm());
+      std::sqrt(split.discarded + split.spectrum.tail(split.spectrum.size() - keep).squaredNorm());
   out.cut[central_] = keep < nonzero;
   ++taken_.reuse_bound;
   if (reuse) ++taken_.reuse_vectors;

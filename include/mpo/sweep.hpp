@@ -14,9 +14,9 @@
 // that is the optimal cut (Eckart–Young), the one a capped split makes, so a cut is a slice and not a
 // new split. Splits are cached by the max_bond of the steps before them. No shortcut of decompose()
 // (block or whole steps, randomized or float32 Gram routes) is taken: the search scores the plain sweep.
-// The scorer has two shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
-// and MPO up to rounding: the last step scored from eigenvalues alone, and the final build's last step
-// from the central-pair bound's Gram matrix.
+// The scorer has three shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
+// and MPO up to rounding: the last step scored from eigenvalues alone, the final build's last step from
+// the central-pair bound's Gram matrix, and only the eigenvectors that the bound reads and the build keeps.
 #pragma once
 
 #include "mpo/decompose.hpp"
@@ -39,6 +39,11 @@ struct SweepShortcuts {
   // eigenvectors when b is its reference, instead of forming that matrix again; the whole right steps
   // before it become identity cores (csrc/sweep/central_reuse.cpp).
   bool reuse_bound = true;
+  // central_reference() and build(): only the eigenvectors of G(b) that are used, the `count` the bound
+  // reads and the max_bond the last step keeps, by the k-vector route where it pays (a full solver pays
+  // ~6m³ flops for the rotations of all m); the build's last step projects X on the kept ones only and
+  // reads the discarded energy off ‖X‖² (csrc/sweep/kept_vectors.cpp).
+  bool kept_vectors = true;
 };
 
 // How often each shortcut was taken.
@@ -46,6 +51,7 @@ struct SweepShortcutCounts {
   long values_only = 0;    // last cuts scored from eigenvalues alone
   long reuse_bound = 0;    // builds whose last step came from the bound's Gram matrix
   long reuse_vectors = 0;  // of those, builds that reused the bound's eigenvectors too
+  long kept_vectors = 0;   // references and builds that computed or used only the kept eigenvectors
 };
 
 template <class T>
@@ -53,9 +59,12 @@ class Sweep {
  public:
   using value_type = T;
 
-  // The sweep of the row-major rows × cols matrix at `data` (copied, interleaved). Throws
-  // std::invalid_argument for factors that do not multiply to the matrix's sides or n < 2.
-  Sweep(const T* data, Index rows, Index cols, const Factors& factors, const SweepShortcuts& shortcuts = {});
+  // The sweep of the row-major rows × cols matrix at `data` divided by `unit` (copied, interleaved; a
+  // power of two makes that exact, and budget mode passes one near the largest entry so that Gram matrices
+  // cannot overflow, without a scaled copy of its own). Throws std::invalid_argument for factors that do
+  // not multiply to the matrix's sides, n < 2, or a unit that is not positive and finite.
+  Sweep(const T* data, Index rows, Index cols, const Factors& factors, const SweepShortcuts& shortcuts = {},
+        double unit = 1.0);
 
   const SweepShortcutCounts& shortcuts_taken() const { return taken_; }
 
@@ -98,9 +107,12 @@ class Sweep {
   //
   // central_reference makes b the reference: G(b) is formed from the previous reference's by the rows
   // between (or from scratch for new rows or side) and its eigenvalues returned, descending; its
-  // eigenvectors are kept for central_bound. Throws std::invalid_argument for b or side out of range.
-  Spectrum central_reference(const std::vector<Index>& max_bond, Index side, Index b);
-  // W[a - lo, j] = ‖X_a v_j‖² for rows a in [lo, hi) and the reference's first `used` eigenvectors.
+  // eigenvectors are kept for central_bound. Only the `count` largest are returned and kept (0 = all
+  // side; with kept_vectors off all are computed and the first `count` returned). Throws
+  // std::invalid_argument for b, side or count out of range.
+  Spectrum central_reference(const std::vector<Index>& max_bond, Index side, Index b, Index count = 0);
+  // W[a - lo, j] = ‖X_a v_j‖² for rows a in [lo, hi) and the reference's first `used` eigenvectors
+  // (used <= the count of the reference).
   Eigen::MatrixXd central_bound(Index lo, Index hi, Index used) const;
   // The eigenvalues of G(b), descending; the reference is unchanged.
   Spectrum central_probe(Index b) const;
@@ -132,12 +144,22 @@ class Sweep {
   // for the path `caps` whose left steps end at `prefix`; false (nothing written) where it does not apply.
   bool build_right_from_bound(const Path& caps, const Path& prefix, bool cut_before, Decomposition<T>& out);
   Eigen::MatrixXd bound_gram_at(Index b) const;
+  // kept_vectors.cpp: the last step's eigenvectors of G(b) (lower triangle `gram`) for
+  // build_right_from_bound, only the `cap` it keeps, and the eigenvalues' sum beyond them (`tail`), where
+  // that gives the plain split's cut; false (the caller takes every vector) where it does not apply.
+  bool kept_eigenvectors(const Eigen::MatrixXd& gram, Index b, Index cap, Eigen::MatrixXd* vectors, double* tail,
+                         bool* reused);
+  // The reference's eigenpairs from bound_.gram: the `count` largest by the k-vector route with
+  // kept_vectors (where it pays), else all of them (the plain route).
+  void reference_eigen(Index count);
 
-  // The central-pair bound's state: whose rows, the reference b, G(b) (lower triangle) and its eigenvectors.
+  // The central-pair bound's state: whose rows, the reference b, G(b) (lower triangle) and its eigenpairs
+  // (the `count` largest, or all side of them).
   struct CentralBound {
     Path prefix;
     Index side = 0, b = 0;
     Eigen::MatrixXd gram, vectors;
+    Eigen::VectorXd values;
   };
   Path last_left_prefix(const std::vector<Index>& max_bond);
   ConstMatrixMap<T> central_rows(Index begin, Index end) const;

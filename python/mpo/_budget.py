@@ -145,19 +145,20 @@ def central_pair(
 
     ranked: list[tuple[float, bool, int]] = []
     for _ in range(_ROUNDS):
-        values = np.maximum(sweep.central_reference(caps, side, b), 0.0)
+        # The bound for b' in [lo, hi]: diag(V^T G(b') V) = values -+ the rows between b and b'. Only
+        # the directions a cut in the window can keep are needed (fewer columns: still a bound), so the
+        # reference computes only those eigenpairs.
+        reach = max(4, b // 4)
+        lo, hi = max(1, b - reach), min(top, b + reach)
+        keeps = [with_left(other)[1] for other in range(lo, hi + 1)]
+        used = min(side, max(keeps) + 8)
+        values = np.maximum(sweep.central_reference(caps, side, b, used), 0.0)
         count += 1
         here, keep = with_left(b)
         if keep >= 1:
             err = max(energy - float(values[:keep].sum()), 0.0)
             if err < best_err:
                 best, best_err = here, err
-        # The bound for b' in [lo, hi]: diag(V^T G(b') V) = values -+ the rows between b and b'. Only
-        # the directions a cut in the window can keep are needed (fewer columns: still a bound).
-        reach = max(4, b // 4)
-        lo, hi = max(1, b - reach), min(top, b + reach)
-        keeps = [with_left(other)[1] for other in range(lo, hi + 1)]
-        used = min(side, max(keeps) + 8)
         cumulative = np.vstack([np.zeros(used), np.cumsum(sweep.central_bound(lo, hi, used), axis=0)])
         ranked = []
         for other, keep in zip(range(lo, hi + 1), keeps):
