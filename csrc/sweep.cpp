@@ -282,7 +282,7 @@ Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index s
     throw std::invalid_argument("mpo: count must be in [0, " + std::to_string(side) + "] (0 = all), got " +
                                 std::to_string(count));
   if (prefix != bound_.prefix || side != bound_.side || bound_.gram.rows() != side) {
-    bound_ = CentralBound{prefix, side, 0, Eigen::MatrixXd::Zero(side, side), Eigen::MatrixXd()};
+    bound_ = CentralBound{prefix, side, 0, Eigen::MatrixXd::Zero(side, side), Eigen::MatrixXd(), Eigen::VectorXd()};
   }
   // From the old reference by the rows between, unless recomputing from nothing is cheaper. Taking rows
   // away loses digits near ε‖G‖, far below the differences the search compares.

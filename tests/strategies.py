@@ -40,6 +40,11 @@ def fro(a) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64)))
 
 
+def slack(M) -> float:
+    """Rounding allowance on an absolute Frobenius error of M's size."""
+    return exact_rtol(M.dtype) * fro(M)
+
+
 def dense_error(M, R) -> float:
     """||M - R||_F computed in float64."""
     return fro(np.asarray(M, dtype=np.float64) - np.asarray(R, dtype=np.float64))

@@ -27,11 +27,8 @@ from strategies import (
     pad,
     pair_products,
     reference_spectra,
+    slack,
 )
-
-
-def slack(M) -> float:
-    return exact_rtol(M.dtype) * fro(M)
 
 
 def smallest_ratio(case) -> float:

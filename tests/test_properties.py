@@ -29,13 +29,9 @@ from strategies import (
     reference_spectra,
     rel_error,
     route_rtol,
+    slack,
     spectrum_rtol,
 )
-
-
-def slack(M) -> float:
-    """Rounding allowance on an absolute Frobenius error."""
-    return exact_rtol(M.dtype) * fro(M)
 
 
 def check_invariants(m, case):

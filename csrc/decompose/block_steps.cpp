@@ -260,7 +260,7 @@ bool left_block_in(const T* matrix, const Factors& f, std::size_t steps, const s
   Eigen::MatrixXd chain = Eigen::MatrixXd::Ones(1, 1);
   for (std::size_t j = 0; j < steps; ++j) {
     const Index pair = f.in_shape[j] * f.out_shape[j];
-    const Index before = chain.rows(), bond = chain.cols();
+    const Index before = chain.rows();
     const Index trailing = p_total / (before * pair);
     // Tr_{>j} G: the Gram matrix of M's unfolding at this step.
     const Index side = before * pair;
