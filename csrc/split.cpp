@@ -144,17 +144,6 @@ Split<T> assemble_columns(Matrix<T>&& l, Matrix<T>&& basis_t, Index cap, double 
   return out;
 }
 
-// The Gram matrix of A's rows, formed in double: for float32 data a float32 Gram matrix would put
-// noise of ~1e-5·σ_max into the small singular values and the bases that separate them.
-template <class T, class A>
-Matrix<double> gram_double(const A& a) {
-  if constexpr (std::is_same<T, double>::value) {
-    return gram<double>(a);
-  } else {
-    return gram<double>(a.template cast<double>());
-  }
-}
-
 }  // namespace
 
 // The eigensolver always runs in double: orthonormality of the basis to double rounding is what makes
@@ -188,11 +177,13 @@ Split<T> gram_split(const Eigen::Ref<const Matrix<T>>& a, Index cap, bool float_
     total = squared_norm<T>(a);
     float_gram = float_gram_in_range(total, a.size());
   }
+  // The Gram matrix is formed in double: for float32 data a float32 Gram matrix would put noise of
+  // ~1e-5·σ_max into the small singular values and the bases that separate them (unless float_gram).
   auto gram_of = [&]() -> Eigen::MatrixXd {
     if constexpr (std::is_same<T, float>::value) {
       if (float_gram) return by_rows ? float32_gram_of_rows(a) : float32_gram_of_columns(a);
     }
-    return by_rows ? gram_double<T>(a) : gram_double<T>(a.transpose());
+    return by_rows ? gram<double>(a) : gram<double>(a.transpose());
   };
   const Eigen::MatrixXd g = gram_of();
   if (capped && !float_gram) total = g.trace();

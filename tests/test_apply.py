@@ -469,3 +469,20 @@ def test_kept_merges_live_with_the_cores_and_within_the_memory_bound(monkeypatch
     assert len(_apply._merge_cache) == 0
     # An explicit sweep order is the kernel's own plan, merges and all, every call.
     assert not m32.matmul_flops(1, plan="right")["kept_merges"]
+
+
+def test_clear_merge_cache_forgets_kept_merges_and_products_stay_equal():
+    from mpo import _apply
+
+    _apply.clear_merge_cache()
+    m = _issue_mpo()
+    x = np.random.default_rng(3).standard_normal((2, 3072))
+    first = x @ m
+    (entry,) = _apply._merge_cache.values()
+    _apply.clear_merge_cache()
+    assert _apply._merge_cache == {}
+    again = x @ m  # merged anew, kept anew: a new entry of new arrays, the same product
+    (fresh,) = _apply._merge_cache.values()
+    assert all(a is not b and np.array_equal(a, b) for a, b in zip(entry, fresh))
+    assert np.array_equal(first, again)
+    _apply.clear_merge_cache()

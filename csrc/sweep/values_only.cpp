@@ -36,8 +36,7 @@ bool Sweep<T>::last_cut_from_values(Node& node, Index cap, Index* keep, double* 
   if (node.energies.size() == 0) {
     const ConstMatrixMap<T> unfolding(node.remainder.data(), rows, cols);
     // The short side's Gram matrix, as the plain split forms it (lower triangle, double).
-    const Eigen::MatrixXd g = rows >= cols ? gram<double>(unfolding.transpose().template cast<double>())
-                                           : gram<double>(unfolding.template cast<double>());
+    const Eigen::MatrixXd g = rows >= cols ? gram<double>(unfolding.transpose()) : gram<double>(unfolding);
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(g, Eigen::EigenvaluesOnly);
     if (eigen.info() != Eigen::Success) return false;
     node.energies = eigen.eigenvalues().reverse().cwiseMax(0.0);

@@ -12,7 +12,9 @@
 #include <cstdlib>
 #include <exception>
 #include <limits>
+#include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace mpo {
@@ -96,37 +98,50 @@ Out summed_gram(Index p, Index range, int blocks, Add add) {
 }
 }  // namespace detail
 
-// out = lhs · rhs for any Eigen expressions, written into `out` (a Matrix or a Map over a reused
-// buffer) of the right size. Splits the longest of the output's rows, its columns, or the inner
-// dimension (then sums the partial products).
+// What the product routine reads: a row-major block with unit inner stride (a Matrix, a Map, a block of
+// rows), used as it is or transposed. Any other expression is evaluated into one where the call binds
+// it, as Eigen's own product does.
+template <class T>
+using Operand = Eigen::Ref<const Matrix<T>, 0, Eigen::OuterStride<>>;
+// What it writes: a block of a Matrix or a Map of the product's size.
+template <class T>
+using Target = Eigen::Ref<Matrix<T>, 0, Eigen::OuterStride<>>;
+
+namespace detail {
+// out = op(lhs) · op(rhs), op the transpose where flagged. The one product routine behind multiply_into
+// (csrc/parallel.cpp), compiled once per scalar type: written as a template over the operands'
+// expression types, every call site instantiated four Eigen products of its own (split.cpp's front end
+// alone took 45 s of the build).
+template <class T>
+void multiply_operands(Target<T> out, const Operand<T>& lhs, bool lhs_transposed, const Operand<T>& rhs,
+                       bool rhs_transposed);
+
+template <class E>
+struct is_transpose : std::false_type {};
+template <class E>
+struct is_transpose<Eigen::Transpose<E>> : std::true_type {};
+
+// The expression a transpose wraps, or the expression itself.
+template <class E>
+decltype(auto) untransposed(const E& e) {
+  if constexpr (is_transpose<E>::value) {
+    return e.nestedExpression();
+  } else {
+    return (e);
+  }
+}
+}  // namespace detail
+
+// out = lhs · rhs for Eigen expressions of scalar T, written into `out` (a Matrix, resized, or a Map over
+// a reused buffer of the product's size). Large products split the longest of the output's rows, its
+// columns, or the inner dimension (then sum the partial products) across threads.
 template <class T, class Out, class Lhs, class Rhs>
 void multiply_into(Out&& out, const Lhs& lhs, const Rhs& rhs) {
-  const Index rows = lhs.rows(), cols = rhs.cols(), depth = lhs.cols();
-  const double work = static_cast<double>(rows) * cols * depth;
-  const int blocks = detail::block_count(work);
-  if (blocks <= 1 || std::max({rows, cols, depth}) < 2 * blocks) {
-    out.noalias() = lhs * rhs;
-    return;
-  }
-  if (depth >= 4 * std::max(rows, cols)) {
-    std::vector<Matrix<T>> partial(static_cast<std::size_t>(blocks));
-    detail::run_blocks(blocks, [&](int b) {
-      const auto [start, length] = detail::block_range(depth, blocks, b);
-      partial[b].noalias() = lhs.middleCols(start, length) * rhs.middleRows(start, length);
-    });
-    out = partial[0];
-    for (int b = 1; b < blocks; ++b) out += partial[b];
-  } else if (rows >= cols) {
-    detail::run_blocks(blocks, [&](int b) {
-      const auto [start, length] = detail::block_range(rows, blocks, b);
-      out.middleRows(start, length).noalias() = lhs.middleRows(start, length) * rhs;
-    });
-  } else {
-    detail::run_blocks(blocks, [&](int b) {
-      const auto [start, length] = detail::block_range(cols, blocks, b);
-      out.middleCols(start, length).noalias() = lhs * rhs.middleCols(start, length);
-    });
-  }
+  if constexpr (std::is_same<std::decay_t<Out>, Matrix<T>>::value) out.resize(lhs.rows(), rhs.cols());
+  if (out.rows() != lhs.rows() || out.cols() != rhs.cols() || lhs.cols() != rhs.rows())
+    throw std::logic_error("mpo: a product's target or operands have the wrong shape");
+  detail::multiply_operands<T>(out, detail::untransposed(lhs), detail::is_transpose<Lhs>::value,
+                               detail::untransposed(rhs), detail::is_transpose<Rhs>::value);
 }
 
 // out = lhs · rhs, returned as a new matrix.
@@ -137,21 +152,25 @@ Matrix<T> multiply(const Lhs& lhs, const Rhs& rhs) {
   return out;
 }
 
-// The Gram matrix A·Aᵀ. Only its lower triangle is accumulated (half the work of a general product),
-// in blocks of A's columns, one per thread.
+namespace detail {
+// op(a)·op(a)ᵀ accumulated in T from data of scalar S (csrc/parallel.cpp; T = S, or double from float).
+template <class T, class S>
+Matrix<T> gram_operand(const Operand<S>& a, bool transposed);
+}  // namespace detail
+
+// The Gram matrix A·Aᵀ, accumulated in T (A's scalar, or double for float data). Only its lower triangle
+// is accumulated (half the work of a general product), in blocks of A's columns, one per thread. A is a
+// Matrix, Map or block, or the transpose of one: an expression (a cast, say) is refused at compile time,
+// since it would be evaluated whole first (a double copy of the embedding's first unfolding is 94 MB);
+// the routine casts a chunk of columns at a time instead.
 template <class T, class A>
 Matrix<T> gram(const A& a) {
-  const Index m = a.rows(), depth = a.cols();
-  const double work = 0.5 * static_cast<double>(m) * m * depth;
-  // Each block is taken in chunks of columns: Eigen evaluates an expression argument (a float32 matrix
-  // cast to double, say) into a temporary, and a chunk keeps that temporary to ~8 MB instead of a
-  // double copy of the whole block (94 MB for the embedding's first unfolding, mostly page faults).
-  const Index chunk = std::max<Index>(256, (Index{1} << 20) / std::max<Index>(m, 1));
-  auto add = [&](auto& g, Index start, Index length) {
-    for (Index c = start; c < start + length; c += chunk)
-      g.template selfadjointView<Eigen::Lower>().rankUpdate(a.middleCols(c, std::min(chunk, start + length - c)));
-  };
-  return detail::summed_gram<Matrix<T>>(m, depth, detail::block_count(work), add);
+  const auto& data = detail::untransposed(a);
+  using Data = std::decay_t<decltype(data)>;
+  static_assert(bool(Eigen::internal::traits<Data>::Flags & Eigen::DirectAccessBit),
+                "mpo::gram takes stored data (Matrix, Map, block) or its transpose, not an expression");
+  using S = typename Data::Scalar;
+  return detail::gram_operand<T, S>(data, detail::is_transpose<A>::value);
 }
 
 }  // namespace mpo

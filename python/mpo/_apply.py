@@ -109,15 +109,20 @@ def _merge_run(run: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
+def _runs(seq: list, groups: tuple[int, ...]) -> list[list]:
+    """``seq`` cut into consecutive runs of ``groups[k]`` items."""
+    starts = np.cumsum((0, *groups))
+    return [seq[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
 def _keeps(shapes: list, groups: tuple[int, ...]) -> bool:
     """Whether merging runs of ``groups`` cores keeps at most ``MERGE_CACHE_FACTOR`` times their numbers,
     leaving a chain (one run of all cores is the rebuilt matrix: the kernel's rebuild route, not a chain)."""
     if len(groups) < 2:
         return False
-    starts = np.cumsum((0, *groups))
-    runs = [shapes[a:b] for a, b in zip(starts[:-1], starts[1:])]
-    merged = sum(run[0][0] * math.prod(s[1] * s[2] for s in run) * run[-1][3] for run in runs if len(run) > 1)
-    replaced = sum(math.prod(s) for run in runs if len(run) > 1 for s in run)
+    runs = [run for run in _runs(shapes, groups) if len(run) > 1]
+    merged = sum(run[0][0] * math.prod(s[1] * s[2] for s in run) * run[-1][3] for run in runs)
+    replaced = sum(math.prod(s) for run in runs for s in run)
     return merged <= MERGE_CACHE_FACTOR * replaced
 
 
@@ -137,9 +142,7 @@ def _merged(cores: list[np.ndarray], groups: tuple[int, ...]) -> list[np.ndarray
         return found
     if not _keeps([c.shape for c in cores], groups):
         return None
-    starts = np.cumsum((0, *groups))
-    runs = [cores[a:b] for a, b in zip(starts[:-1], starts[1:])]
-    merged = [run[0] if len(run) == 1 else _merge_run(run) for run in runs]
+    merged = [run[0] if len(run) == 1 else _merge_run(run) for run in _runs(cores, groups)]
     with _merge_lock:
         if key not in _merge_cache:
             _merge_cache[key] = merged
@@ -156,12 +159,28 @@ def clear_merge_cache() -> None:
         _merge_cache.clear()
 
 
+# The kernel's merge groups per (core shapes, batch, transposed): the plan depends on nothing else (it
+# is chosen by FLOPs), and planning at every small product cost as much as a tenth of the product.
+_groups_cache: dict[tuple, tuple[int, ...]] = {}
+
+
+def _plan_groups(cores: list[np.ndarray], batch: int, transposed: bool) -> tuple[int, ...]:
+    key = (tuple(c.shape for c in cores), batch, transposed)
+    groups = _groups_cache.get(key)
+    if groups is None:
+        groups = tuple(_core.apply_plan([list(c.shape) for c in cores], batch, transposed, "auto")[3])
+        if len(_groups_cache) >= 4096:  # a bound, not a policy: shapes x batches seen by one process
+            _groups_cache.clear()
+        _groups_cache[key] = groups
+    return groups
+
+
 def _kernel(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_last: bool, out_width: int,
             plan: str, keep_merges: bool) -> np.ndarray:
     """``_core.apply``; with ``keep_merges`` and the kernel's own plan, merged cores kept across calls."""
     if keep_merges and plan in ("auto", "kernel"):
         batch = x.shape[1] if batch_last else x.shape[0]
-        groups = tuple(_core.apply_plan([list(c.shape) for c in cores], batch, transposed, "auto")[3])
+        groups = _plan_groups(cores, batch, transposed)
         if any(g > 1 for g in groups):
             merged = _merged(cores, groups)
             if merged is not None:

@@ -20,6 +20,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -392,6 +393,52 @@ int main() {
     small.max_rank = 8;
     check(!mpo::takes_range_finder(108, small) && mpo::takes_range_finder(109, small),
           "randomized route exactly when 6 * width < m", 0);
+  }
+
+  {  // The one product routine (csrc/parallel.cpp) against Eigen's plain product: every transposition of
+    // the operands, and shapes that take each route (one block; rows, columns or the inner dimension
+    // split across threads where the machine has more than one).
+    const mpo::Index shapes[][3] = {{7, 5, 3}, {600, 300, 300}, {300, 300, 600}, {100, 6000, 100}};
+    double worst = 0, worst_float = 0;
+    for (const auto& s : shapes) {
+      const mpo::Index rows = s[0], depth = s[1], cols = s[2];
+      const mpo::Matrix<double> l = random_matrix(rows, depth, 11), r = random_matrix(depth, cols, 12);
+      const mpo::Matrix<double> lt = l.transpose(), rt = r.transpose();
+      const mpo::Matrix<double> plain = l * r;
+      worst = std::max({worst, relative_error(plain, mpo::multiply<double>(l, r)),
+                        relative_error(plain, mpo::multiply<double>(lt.transpose(), r)),
+                        relative_error(plain, mpo::multiply<double>(l, rt.transpose())),
+                        relative_error(plain, mpo::multiply<double>(lt.transpose(), rt.transpose()))});
+      const mpo::Matrix<float> lf = l.cast<float>(), rtf = rt.cast<float>();
+      worst_float = std::max(worst_float, relative_error(plain, mpo::multiply<float>(lf, rtf.transpose()).cast<double>()));
+      std::vector<double> buffer(static_cast<std::size_t>(rows * cols));  // a Map target over a buffer
+      mpo::MatrixMap<double> target(buffer.data(), rows, cols);
+      mpo::multiply_into<double>(target, l, r);
+      worst = std::max(worst, relative_error(plain, target));
+    }
+    check(worst < 1e-12, "products equal Eigen's for every transposition and route", worst);
+    check(worst_float < 1e-5, "float32 products equal Eigen's", worst_float);
+    const mpo::Matrix<double> a = random_matrix(4, 3, 13), b = random_matrix(3, 2, 14);
+    std::vector<double> buffer(6);
+    mpo::MatrixMap<double> wrong(buffer.data(), 3, 2);
+    bool refused = false;
+    try {
+      mpo::multiply_into<double>(wrong, a, b);
+    } catch (const std::logic_error&) {
+      refused = true;
+    }
+    check(refused, "a product target of the wrong shape is refused", 0);
+
+    // Gram matrices: float data accumulated in double (cast a chunk at a time), either side.
+    const mpo::Matrix<double> g = random_matrix(70, 1500, 15);
+    const mpo::Matrix<float> gf = g.cast<float>();
+    const mpo::Matrix<double> gd = gf.cast<double>(), gdt = gd.transpose();
+    const mpo::Matrix<float> gft = gdt.cast<float>();
+    const mpo::Matrix<double> oracle = gd * gd.transpose();
+    const double gram_gap = std::max({relative_error(oracle, mpo::gram<double>(gf)),
+                                      relative_error(oracle, mpo::gram<double>(gft.transpose())),
+                                      relative_error(oracle, mpo::gram<double>(gdt.transpose()))});
+    check(gram_gap < 1e-13, "Gram matrices of float data formed in double, either side", gram_gap);
   }
 
   std::printf("%d failed\n", failures);
