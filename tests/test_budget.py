@@ -708,3 +708,22 @@ def test_minilm_budget_bonds_and_errors_kept_by_the_speed_ups():
         assert m.bond_dims == bonds, name
         # Relative error to the rounding of the pinned 7 decimals and of float32 sweeps.
         assert m.relative_error() <= before + 1e-6, f"{name}: {m.relative_error():.7f} > {before}"
+
+
+def test_budget_search_is_reported_on_the_mpo_budget_logger(caplog):
+    """DEBUG records of ``mpo.budget`` carry the chosen max_bond, the start, the candidates scored and
+    the true error: the public way to see what a search cost (bench_budget reads it)."""
+    M = np.random.default_rng(7).standard_normal((64, 48))
+    with caplog.at_level("DEBUG", logger="mpo.budget"):
+        m = mpo.decompose(M, ((4, 4, 4), (4, 4, 3)), ratio=0.3)
+    records = [r for r in caplog.records if r.name == "mpo.budget"]
+    assert len(records) == 1
+    record = records[0]
+    assert list(m.bond_dims) == record.max_bond
+    assert record.evaluations >= 1 and len(record.start) == len(record.max_bond)
+    assert math.isclose(record.error, np.linalg.norm(M - m.to_dense()), rel_tol=1e-9)
+    # A budget the bonds (here capped at 2) already fit runs no search and logs nothing.
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="mpo.budget"):
+        mpo.decompose(M, ((4, 4, 4), (4, 4, 3)), ratio=0.5, max_bond=2)
+    assert not [r for r in caplog.records if r.name == "mpo.budget"]

@@ -8,6 +8,8 @@ tol and ratio then cut from the result is the truncation policy's (``mpo._trunca
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +21,11 @@ from ._validation import as_matrix, parse_max_bond, parse_ratio, parse_shape, pa
 from ._weighted import plain_measures, weigh_rows
 
 __all__ = ["decompose"]
+
+#: Budget mode reports its search here at DEBUG level (``logging.getLogger("mpo.budget")``): the
+#: chosen and starting max_bond, the candidates scored and the sweep's true error, also as record
+#: attributes ``max_bond``, ``start``, ``evaluations`` and ``error``.
+_LOG = logging.getLogger("mpo.budget")
 
 _SVD_METHODS = ("auto", "exact")
 
@@ -59,7 +66,14 @@ def _budget_decompose(
     # as it copies the matrix (no scaled copy here: 47 MB for MiniLM's embedding).
     unit = _scaled.unit(padded)
     sweep = _core.Sweep(padded, list(plan.in_shape), list(plan.out_shape), unit=unit)
-    best = _budget.search(sweep, pairs, start, limits, allowed).max_bond
+    found = _budget.search(sweep, pairs, start, limits, allowed)
+    best = found.max_bond
+    if _LOG.isEnabledFor(logging.DEBUG):
+        # The search's cost, for a user (or a benchmark) asking why budget mode took its time.
+        _LOG.debug("budget search: %dx%d at ratio %g: max_bond %s from uniform %s, %d candidates scored",
+                   rows, cols, ratio, best, start, found.evaluations,
+                   extra={"max_bond": list(best), "start": list(start), "evaluations": found.evaluations,
+                          "error": math.sqrt(found.squared_error) * unit})
     raw = sweep.build(best)
     central = (len(raw["cores"]) - 1) // 2
     cores = [np.ascontiguousarray(c, dtype=dtype) for c in raw["cores"]]
