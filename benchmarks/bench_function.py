@@ -22,13 +22,15 @@ alloc_sens_all and checks that the two allocations' cosines agree within 0.005 (
 Targets (issue 17): every activation-aware method beats its plain form at every share; the best
 configuration beats wsvd by >= 0.1 mean cosine at 0.7 and 0.5; calibration plus the decomposition of the
 encoder takes less time than one epoch of fine-tuning on the calibration sentences (AdamW, batch 8,
-distillation to the original embeddings), measured in the same run. Each method's cost is reported as
+distillation to the original embeddings), measured in the same run, and again as the medians of
+``--cost-rounds`` interleaved rounds (a fresh calibration, wsvd and alloc at the first share, an epoch),
+from which the target is read. Each method's cost is reported as
 "seconds" (its decomposition of the encoder) and "total s": that plus the passes over the calibration
 sentences it needs (calibration; for fisher_mpo the Fisher pass; for alloc_sens the sensitivity pass,
 measured once and shared by every share); the timing target is checked per method on the total.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_function.py [--quick] [--shares 0.7 0.5 0.3] [--out PATH]
-        [--sensitivity-sentences N] [--[no-]check-sensitivity]
+        [--sensitivity-sentences N] [--[no-]check-sensitivity] [--cost-rounds K]
 """
 
 from __future__ import annotations
@@ -117,7 +119,16 @@ def main() -> None:
         help="also run alloc_sens with the sensitivity scored on all calibration sentences and report both "
         "(the subsample's check; default: on in the full run, off with --quick)",
     )
+    parser.add_argument(
+        "--cost-rounds", type=int, default=None,
+        help="interleaved rounds of calibration, wsvd and alloc at the first share, and one fine-tuning epoch, "
+        "for the cost target's medians (default 5; 1 with --quick)",
+    )
     args = parser.parse_args()
+    if args.cost_rounds is None:
+        args.cost_rounds = 1 if args.quick else 5
+    if args.cost_rounds < 0:
+        parser.error(f"--cost-rounds must be >= 0, got {args.cost_rounds}")
     shares = args.shares or ([0.5] if args.quick else list(SHARES))
     methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
     out_path = args.out or RESULTS_DIR / ("function-quick.json" if args.quick else "function.json")
@@ -294,16 +305,38 @@ def main() -> None:
             )
 
     # One epoch of fine-tuning on the calibration sentences: the cost a training-free start is set against.
-    student = copy.deepcopy(model).train()
     teacher = [embed(model, [b]) for b in cal_batches]
-    optimizer = torch.optim.AdamW(student.parameters(), lr=2e-5)
-    t0 = time.perf_counter()
-    for b, want in zip(cal_batches, teacher):
-        optimizer.zero_grad()
-        got = mean_pool(student(**b).last_hidden_state, b["attention_mask"])
-        (1 - torch.nn.functional.cosine_similarity(got, want, dim=-1)).mean().backward()
-        optimizer.step()
-    epoch_seconds = time.perf_counter() - t0
+
+    def one_epoch() -> float:
+        student = copy.deepcopy(model).train()
+        optimizer = torch.optim.AdamW(student.parameters(), lr=2e-5)
+        t0 = time.perf_counter()
+        for b, want in zip(cal_batches, teacher):
+            optimizer.zero_grad()
+            got = mean_pool(student(**b).last_hidden_state, b["attention_mask"])
+            (1 - torch.nn.functional.cosine_similarity(got, want, dim=-1)).mean().backward()
+            optimizer.step()
+        return time.perf_counter() - t0
+
+    epoch_seconds = one_epoch()
+    # The cost target again in interleaved rounds (a fresh calibration, so no cached factor, then wsvd and
+    # alloc at the first share, then an epoch): on a shared machine one epoch's time moves by 40 % with
+    # the load, more than the margin, so the target is read from the medians of the rounds.
+    cost_rounds = []
+    for _ in range(args.cost_rounds):
+        t0 = time.perf_counter()
+        fresh = mt.calibrate(model, cal_batches, include=include, progress=False)
+        round_times = {"calibration": time.perf_counter() - t0}
+        for method, kwargs in (("wsvd", {"n": 2, "weights": "activations", "scaling": "whiten"}),
+                               ("alloc", {"allocate": "model"})):
+            m = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            mt.compress(m, ratio=shares[0], calibration=fresh, include=include, progress=False, lightweight=False,
+                        **kwargs)
+            round_times[method] = time.perf_counter() - t0
+        round_times["epoch"] = one_epoch()
+        cost_rounds.append(round_times)
+        print("cost round: " + ", ".join(f"{k} {v:.2f} s" for k, v in round_times.items()), flush=True)
     whitened = [e for e in summary if e["method"] in ("wsvd", "alloc")]
     decomposition_seconds = max(e["seconds"] for e in whitened) if whitened else None
     for e in summary:
@@ -322,6 +355,18 @@ def main() -> None:
             }
     if decomposition_seconds is not None:
         targets["faster_than_one_epoch"] = calibration_seconds + decomposition_seconds < epoch_seconds
+    cost_medians = None
+    if cost_rounds:
+        median = {k: float(np.median([r[k] for r in cost_rounds])) for k in cost_rounds[0]}
+        cost_medians = {
+            **median,
+            **{f"calibration+{m}": float(np.median([r["calibration"] + r[m] for r in cost_rounds])) for m in ("wsvd", "alloc")},
+        }
+        for m in ("wsvd", "alloc"):
+            cost_medians[f"ratio_{m}"] = cost_medians[f"calibration+{m}"] / median["epoch"]
+        targets["faster_than_one_epoch_median"] = {
+            m: cost_medians[f"calibration+{m}"] < median["epoch"] for m in ("wsvd", "alloc")
+        }
     targets["total_faster_than_one_epoch"] = {
         f"{e['method']}@{e['share']:g}": e["total_seconds"] < epoch_seconds for e in summary
         if e["method"] != "alloc_sens_all"
@@ -348,6 +393,13 @@ def main() -> None:
         f"calibration {calibration_seconds:.2f} s, sensitivity {sensitivity_seconds} s, Fisher {fisher_seconds} s; "
         f"decomposition (wsvd/alloc) {decomposition_seconds} s; one fine-tuning epoch {epoch_seconds:.2f} s"
     )
+    if cost_medians is not None:
+        print(
+            f"cost over {len(cost_rounds)} rounds (medians): calibration {cost_medians['calibration']:.2f} s, "
+            f"wsvd {cost_medians['wsvd']:.2f} s, alloc {cost_medians['alloc']:.2f} s, epoch {cost_medians['epoch']:.2f} s; "
+            f"calibration + wsvd {cost_medians['ratio_wsvd']:.2f}x an epoch, calibration + alloc "
+            f"{cost_medians['ratio_alloc']:.2f}x (target: below 1)"
+        )
     print("targets:", targets)
     write_json(out_path, {
         "benchmark": "function",
@@ -366,6 +418,8 @@ def main() -> None:
         "layer_weights": layer_weights,
         "epoch_seconds": epoch_seconds,
         "decomposition_seconds": decomposition_seconds,
+        "cost_rounds": cost_rounds,
+        "cost_medians": cost_medians,
         "summary": summary,
         "targets": targets,
         "records": records,

@@ -349,3 +349,38 @@ def test_whitening_product_is_l_transpose_times_m(rows, cols, blas, monkeypatch)
     got = _whiten(junk, M)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
     assert got.shape == (rows, cols)
+
+
+@pytest.mark.parametrize("rows,cols,rank", [(24, 18, 5), (12, 30, 4), (20, 20, 7), (24, 18, 17), (12, 30, 11)])
+@pytest.mark.parametrize("deficient", [False, True])
+def test_svd_layout_eigen_route_equals_the_decomposition_route(rows, cols, rank, deficient):
+    """decompose_activations' SVD layout at a given rank reads the whitened SVD from one eigendecomposition
+    of the smaller Gram (in > out: of M^T (C + lam I) M, no Cholesky); ``tol=0`` takes the plain route
+    (decompose L^T M, fold L^-T back). Same matrix, errors, bound and damping, on both sides, for an
+    M of lower rank than asked (zero singular values inside the kept ones) and for a fit so close that
+    its error must come from the residual, not from the Gram."""
+    M, X = _data(rows=rows, cols=cols)
+    if deficient:
+        u, s, vt = np.linalg.svd(M, full_matrices=False)
+        M = (u[:, :3] * s[:3]) @ vt[:3]
+    elif rank >= min(rows, cols) - 1:
+        u, s, vt = np.linalg.svd(M, full_matrices=False)
+        s[rank:] *= 1e-7  # relative activation error ~1e-7: below the Gram's resolution
+        M = (u * s) @ vt
+    stats = mpo.ActivationStats.from_inputs(X[:150])
+    held = mpo.ActivationStats.from_inputs(X[150:])
+    fast = mpo.decompose_activations(M, stats, n=2, max_bond=rank, held_out=held)
+    plain = mpo.decompose_activations(M, stats, n=2, max_bond=rank, tol=0.0, held_out=held)
+    scale = np.abs(M).max()
+    np.testing.assert_allclose(fast.mpo.to_dense(), plain.mpo.to_dense(), atol=1e-9 * scale)
+    assert fast.mpo.bond_dims == plain.mpo.bond_dims
+    direct = np.linalg.norm(X[:150] @ (M - fast.mpo.to_dense())) / np.linalg.norm(X[:150] @ M)
+    assert fast.activation_error == pytest.approx(direct, rel=1e-6, abs=1e-12)
+    assert fast.activation_error == pytest.approx(plain.activation_error, rel=1e-6, abs=1e-12)
+    assert fast.held_out_error == pytest.approx(plain.held_out_error, rel=1e-6, abs=1e-12)
+    assert fast.weight_error == pytest.approx(plain.weight_error, rel=1e-6, abs=1e-12)
+    assert fast.bound == pytest.approx(plain.bound, rel=1e-6, abs=1e-12)
+    assert fast.alpha == plain.alpha == DAMPING
+    # The MPO is canonical: its spectra are those of its own matrix.
+    np.testing.assert_allclose(fast.mpo.spectra[0], np.linalg.svd(fast.mpo.to_dense(), compute_uv=False)[: fast.mpo.bond_dims[0]],
+                               rtol=1e-8, atol=1e-10 * scale)

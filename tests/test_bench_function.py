@@ -46,6 +46,13 @@ def test_quick_run_writes_a_consistent_table(tmp_path):
     assert len(layers) == len(data["layers"]) == 12
     assert data["calibration_seconds"] > 0 and data["epoch_seconds"] > 0
     assert "targets" in data and "faster_than_one_epoch" in data["targets"]
+    # The cost target's interleaved rounds (one with --quick): every part timed, the medians read from them.
+    (round_,) = data["cost_rounds"]
+    assert set(round_) == {"calibration", "wsvd", "alloc", "epoch"} and all(v > 0 for v in round_.values())
+    medians = data["cost_medians"]
+    assert medians["ratio_wsvd"] == pytest.approx((round_["calibration"] + round_["wsvd"]) / round_["epoch"])
+    assert data["targets"]["faster_than_one_epoch_median"] == {
+        m: medians[f"calibration+{m}"] < medians["epoch"] for m in ("wsvd", "alloc")}
     # Each method's cost: its decomposition, plus the passes over the calibration text it needs; the epoch
     # it is set against is measured in the same run.
     assert rows["svd"]["total_seconds"] == rows["svd"]["seconds"]

@@ -23,7 +23,8 @@ to alpha = 1. lam is relative to C's own scale, so rescaling C (more tokens, a s
 nothing, and C = c I gives L = sqrt(c (1 + alpha)) I: the plain method.
 
 Errors are reported with the undamped C: the damping only chooses the factor, the activation error is
-that of the statistics themselves.
+that of the statistics themselves. The SVD layout's rank-r fit for in >= out
+(:func:`_whitened_layout_fit`) multiplies by C + lam I and never factors it: alpha is taken as given.
 """
 
 from __future__ import annotations
@@ -549,6 +550,104 @@ def whitened_basis(M: object, stats: ActivationStats, *, damping: float = DAMPIN
     )
 
 
+def _damping_alpha(damping: object) -> float:
+    """``damping`` checked as :func:`whitening` checks it."""
+    if isinstance(damping, bool) or not isinstance(damping, numbers.Real) or not 0 <= damping <= 1:
+        raise ValueError(f"damping must be a number in [0, 1] (alpha of lam = alpha * mean(diag C)), got {damping!r}")
+    return float(damping)
+
+
+#: Below this squared relative activation error (1e-3 relative) a right-side fit's error is recomputed
+#: from its residual: read from the Gram it carries an absolute error of about eps * tr(M^T C M).
+_RESOLVED = 1e-6
+
+
+@dataclass(frozen=True)
+class _LayoutFit:
+    """The rank-r whitened SVD in the SVD layout: M' = left @ right (right's rows orthonormal), its
+    relative activation error (undamped C), its relative whitened error (the bound) and the alpha."""
+
+    left: np.ndarray
+    right: np.ndarray
+    approx: np.ndarray
+    activation_error: float
+    bound: float
+    alpha: float
+
+
+def _layout_gram(a: np.ndarray, stats: ActivationStats, damping: float) -> tuple[np.ndarray, float, float]:
+    """(the smaller Gram of A = L^T M, alpha, lam) for the SVD layout's whitened SVD: for I >= J,
+    A^T A = M^T (C + lam I) M with lam = damping * mean(diag C) and no factor of C (so no ladder);
+    for I < J, A A^T with L the statistics' cached factor (the damping rule's ladder)."""
+    rows, cols = a.shape
+    if rows < cols:
+        w = stats.whitening(damping)
+        white = _whiten(w.factor, a)
+        return white @ white.T, w.alpha, w.lam
+    alpha = _damping_alpha(damping)
+    c = stats.gram
+    mean = float(np.mean(np.diag(c)))
+    if not mean > 0:
+        raise ValueError("the statistics are all zero (mean(diag C) = 0): there is no activation to whiten by")
+    lam = alpha * mean
+    damped = c @ a
+    damped += lam * a
+    gram = a.T @ damped
+    return (gram + gram.T) / 2, alpha, lam
+
+
+def _whitened_layout_fit(a: np.ndarray, stats: ActivationStats, rank: int, damping: float) -> _LayoutFit:
+    """SVD-LLM's rank-``rank`` whitened SVD of M (in x out, float64) from one eigendecomposition of the
+    smaller Gram of A = L^T M (L L^T = C + lam I): the same M' as truncating an SVD of A and folding
+    L^-T back (:func:`whitened_svd`), at a fraction of its cost (:class:`WhitenedBasis` explains why).
+
+    - in >= out (right side): A^T A = M^T (C + lam I) M needs no factor of C at all, and M' = M V_r V_r^T.
+      Without a Cholesky factorisation there is no damping ladder: lam = damping * mean(diag C) as
+      given (C + lam I is only multiplied, never factored, so it need not be positive definite).
+    - in < out (left side): L is the statistics' cached factor (the ladder as usual), A A^T's top
+      eigenvectors U_r give U_r^T A = S_r V_r^T, whose right vectors come from a QR factorisation
+      (orthonormal to rounding, no division by small singular values): M' = L^-T U_r R^T Q^T.
+    """
+    rows, cols = a.shape
+    r = min(rank, rows, cols)
+    c = stats.gram
+    if rows >= cols:
+        gram, alpha, lam = _layout_gram(a, stats, damping)
+        _, vectors = np.linalg.eigh(gram)
+        v = vectors[:, ::-1][:, :r]
+        left = a @ v
+        right = np.ascontiguousarray(v.T)
+        approx = left @ right
+        e = a - approx
+        lost = lam * float(np.sum(e**2))
+        # ||L^T E||^2 = tr((I - P) A^T A (I - P)) = tr(A^T A) - tr(V_r^T A^T A V_r) for E = M (I - P),
+        # P = V_r V_r^T, and ||X E||^2 = ||L^T E||^2 - lam ||E||^2 (lam's part from E itself).
+        white_norm = float(np.trace(gram))
+        den = white_norm - lam * float(np.sum(a**2))
+        num = white_norm - float(np.sum((gram @ v) * v)) - lost
+        if den > 0 and num < _RESOLVED * den:
+            num = float(np.sum((c @ e) * e))  # too small to read from the Gram: the residual itself
+        bound = math.sqrt(max(num + lost, 0.0) / white_norm) if white_norm > 0 else 0.0
+    else:
+        w = stats.whitening(damping)
+        alpha, lam = w.alpha, w.lam
+        white = _whiten(w.factor, a)
+        _, vectors = np.linalg.eigh(white @ white.T)
+        u = vectors[:, ::-1][:, :r]
+        projected = u.T @ white  # S_r V_r^T
+        q, tri = np.linalg.qr(projected.T)
+        left = _solve_upper(w.factor.T, u @ tri.T)
+        right = np.ascontiguousarray(q.T)
+        approx = left @ right
+        residual = float(np.sum((white - u @ projected) ** 2))
+        white_norm = float(np.sum(white**2))
+        num = residual - lam * float(np.sum((a - approx) ** 2))
+        den = white_norm - lam * float(np.sum(a**2))
+        bound = math.sqrt(residual / white_norm) if white_norm > 0 else 0.0
+    error = math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+    return _LayoutFit(left, right, approx, error, bound, alpha)
+
+
 # ------------------------------------------------------------------------------------ Kronecker whitening
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -698,7 +797,20 @@ def decompose_activations(
     weights = {"diagonal": None if activations is None else activations.diagonal, "fisher": row_weights}.get(scaling)
     alpha = None
     whitened_parts = None  # (L^T M, its truncation, lam) when L L^T = C + lam I exactly: the error's cheap form
-    if scaling == "none" or (weights is not None and not svd_layout):
+    layout: _LayoutFit | None = None
+    if svd_layout and scaling == "whiten" and tol is None and activations is not None:
+        # SVD-LLM at a given rank: one eigendecomposition of the smaller Gram of L^T M, not a decomposition
+        # of it, the fold and two rebuilds (the same M' to rounding; tests/test_activation.py).
+        caps = parse_max_bond(max_bond, 1)
+        if caps is not None:
+            layout = _whitened_layout_fit(a, activations, caps[0], damping)
+    if layout is not None:
+        r = layout.right.shape[0]
+        # The left factor is the central core and the right one's rows are orthonormal: mixed canonical.
+        m = MPO.from_cores([layout.left.reshape(1, rows, 1, r), layout.right.reshape(r, 1, cols, 1)],
+                           shape=(rows, cols), mixed_canonical=True)
+        bound, alpha = layout.bound, layout.alpha
+    elif scaling == "none" or (weights is not None and not svd_layout):
         # A diagonal over the multi-index (i_1..i_n) does not fold into one core: decompose's row weights.
         m = decompose(a, shape, n=n, row_weights=weights, max_bond=max_bond, ratio=ratio, tol=tol)
         bound = m.relative_error_bound(weighted=m.row_scale is not None)
@@ -762,9 +874,11 @@ def decompose_activations(
         exact_c = len(wide) == 1 and activations is not None and pieces[wide[0]] is activations.gram
         if exact_c and activations is not None and whitened.shape == a.shape:
             whitened_parts = (whitened, inner.to_dense(), activations.whitening(damping).lam)
-    approx = m.to_dense()
+    approx = m.to_dense() if layout is None else layout.approx
     act_error: float | None
-    if whitened_parts is not None:
+    if layout is not None:
+        act_error = layout.activation_error
+    elif whitened_parts is not None:
         # ||X E||^2 = tr(E^T C E) = ||L^T E||^2 - lam ||E||^2 with L L^T = C + lam I, and L^T E is the
         # whitened matrix less its truncation: the same value as activation_error without its two
         # I x I x J products.
@@ -818,12 +932,11 @@ def svd_curve(name: str, M: object, stats: ActivationStats, *, damping: float = 
     a = as_matrix(M).astype(np.float64)
     rows, cols = a.shape
     _check_features(stats, rows)
-    L = stats.whitening(damping).factor
     # The squared singular values of L^T M are the eigenvalues of its smaller Gram: eigvalsh of a
     # min(I, J)-square matrix costs a fraction of an SVD of L^T M (the error of the tail sums is
-    # eps * s_1^2 absolute, far below any error the allocation compares).
-    gram, _ = _small_gram(_whiten(L, a))
-    energy = np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
+    # eps * s_1^2 absolute, far below any error the allocation compares). For I >= J that Gram is
+    # M^T (C + lam I) M, with no factor of C, as in the fit the allocation then makes.
+    energy = np.clip(np.linalg.eigvalsh(_layout_gram(a, stats, damping)[0])[::-1], 0.0, None)
     s = np.sqrt(energy)
     total = float(energy.sum())
     tail = np.concatenate([np.cumsum(energy[::-1])[::-1][1:], [0.0]])  # tail[r-1] = sum_{k >= r} s_k^2
