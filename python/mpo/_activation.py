@@ -342,6 +342,14 @@ def _damping_ladder(alpha: float) -> Iterator[float]:
         yield step
 
 
+def _damping_alpha(damping: object) -> float:
+    """``damping`` as alpha of the damping rule, or ValueError naming the rule."""
+    value = float(damping) if isinstance(damping, numbers.Real) and not isinstance(damping, bool) else math.nan
+    if not 0 <= value <= 1:  # also NaN and non-numbers
+        raise ValueError(f"damping must be a number in [0, 1] (alpha of lam = alpha * mean(diag C)), got {damping!r}")
+    return value
+
+
 def whitening(gram: object, damping: float = DAMPING) -> Whitening:
     """The lower Cholesky factor L of C + lam I by the damping rule of this module's docstring.
 
@@ -349,13 +357,12 @@ def whitening(gram: object, damping: float = DAMPING) -> Whitening:
     (from 1e-12 when ``damping`` is 0), up to 1. Raises ValueError for a C whose diagonal is all zero
     (no activation was seen), a ``damping`` outside [0, 1], or a C that is not a Gram matrix.
     """
-    if isinstance(damping, bool) or not isinstance(damping, numbers.Real) or not 0 <= damping <= 1:
-        raise ValueError(f"damping must be a number in [0, 1] (alpha of lam = alpha * mean(diag C)), got {damping!r}")
+    alpha0 = _damping_alpha(damping)
     c = np.asarray(gram, dtype=np.float64)
     mean = float(np.mean(np.diag(c)))
     if not mean > 0:
         raise ValueError("the statistics are all zero (mean(diag C) = 0): there is no activation to whiten by")
-    for alpha in _damping_ladder(float(damping)):
+    for alpha in _damping_ladder(alpha0):
         lam = alpha * mean
         shifted = np.array(c)  # C + lam I without an identity matrix beside it
         shifted.flat[:: c.shape[0] + 1] += lam
@@ -548,13 +555,6 @@ def whitened_basis(M: object, stats: ActivationStats, *, damping: float = DAMPIN
         basis=np.ascontiguousarray(vectors[:, order]),
         side="left" if left else "right",
     )
-
-
-def _damping_alpha(damping: object) -> float:
-    """``damping`` checked as :func:`whitening` checks it."""
-    if isinstance(damping, bool) or not isinstance(damping, numbers.Real) or not 0 <= damping <= 1:
-        raise ValueError(f"damping must be a number in [0, 1] (alpha of lam = alpha * mean(diag C)), got {damping!r}")
-    return float(damping)
 
 
 #: Below this squared relative activation error (1e-3 relative) a right-side fit's error is recomputed
