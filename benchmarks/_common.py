@@ -123,15 +123,21 @@ def time_interleaved(
 ) -> Dict[str, Tuple[float, List[float], object]]:
     """Time several callables round-robin: each repeat runs every callable once, in turn.
 
-    Interleaving keeps the ratios fair when the machine's load drifts during a run. Returns
+    Interleaving keeps the ratios fair when the machine's load drifts during a run. The order
+    rotates by one place each round, so no callable always runs right after the same other one:
+    with a fixed order, a callable that follows a large dense GEMM was measured 10-20 % slower than
+    the same code run first (caches and the core's clock after the GEMM). Returns
     label -> (median seconds, all timed seconds, result of the last call). A callable that
     raises is dropped from later rounds and its entry is the exception instead.
     """
     times: Dict[str, List[float]] = {k: [] for k in fns}
     results: Dict[str, object] = {}
     failed: Dict[str, BaseException] = {}
+    labels = list(fns)
     for rnd in range(warmup + max(1, repeats)):
-        for label, fn in fns.items():
+        shift = rnd % len(labels) if labels else 0
+        for label in labels[shift:] + labels[:shift]:
+            fn = fns[label]
             if label in failed:
                 continue
             t0 = time.perf_counter()

@@ -128,3 +128,27 @@ def test_caps_is_a_deprecated_name_of_max_bond():
     with pytest.warns(FutureWarning, match=r"--caps is deprecated: use --max-bond"):
         assert parser.parse_args(["--caps", "4", "16"]).max_bond == [4, 16]
     assert "--caps" not in parser.format_help()
+
+
+def test_interleaved_timing_rotates_the_order_and_drops_a_failing_callable():
+    """Each round starts one place later, so no callable always follows the same other one."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _common as C
+    finally:
+        sys.path.remove(str(BENCH))
+    calls: list = []
+
+    def recorder(label: str):
+        def fn():
+            calls.append(label)
+            if label == "c" and calls.count("c") == 2:
+                raise ValueError("second call fails")
+            return label
+        return fn
+
+    out = C.time_interleaved({k: recorder(k) for k in "abc"}, repeats=3, warmup=1)
+    # Round 0 (warm-up) a b c, round 1 b c(fails) a, round 2 a b (c rotated first, dropped), round 3 a b.
+    assert calls == ["a", "b", "c", "b", "c", "a", "a", "b", "a", "b"]
+    assert isinstance(out["c"], ValueError)
+    assert [len(out[k][1]) for k in "ab"] == [3, 3] and out["a"][2] == "a"
