@@ -342,6 +342,9 @@ def test_multiply_out_equals_rebuild(m):
     want = _core.rebuild(m._base, "float64")
     assert dense.shape == want.shape and dense.dtype == m.dtype
     assert_close(dense, want, np.linalg.norm(want), m.dtype)
+    # Written straight into an array NumPy allocated (NumPy asks for huge pages for large ones): no
+    # second buffer owned by a capsule.
+    assert dense.flags.owndata and dense.flags.c_contiguous and dense.flags.writeable
 
 
 def test_rebuild_then_multiply_plans_agree_with_the_dense_product():

@@ -85,6 +85,39 @@ def test_blas_route_matches_the_kernel_on_the_issue_shape():
         assert np.linalg.norm(m.rmatmul(X, plan=route) - want) <= 1e-10 * scale
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_route_keeps_two_halves_and_multiplies_out_only_their_product(dtype, monkeypatch):
+    from mpo import _apply
+
+    # Issue 20's MPO: 3072 x 768 at max_bond 48, bonds (12, 48, 48, 16).
+    M = np.random.default_rng(20).standard_normal((3072, 768)).astype(dtype)
+    m = mpo.decompose(M, ((4, 4, 8, 6, 4), (3, 4, 4, 4, 4)), max_bond=48)
+    shapes = [c.shape for c in m.cores]
+    # The narrowest bond whose halves stay within MERGE_CACHE_FACTOR: bond 12 (after core 1) and bond 16
+    # (before core 5) leave a half the size of the matrix; after core 3 the halves hold 313 K numbers.
+    assert _apply._blas_halves(shapes) == (3, 2)
+    _apply.clear_merge_cache()
+    X = np.random.default_rng(1).standard_normal((64, 3072)).astype(dtype)
+    got = m.rmatmul(X, plan="blas")
+    (entry,) = _apply._merge_cache.values()
+    assert [c.shape for c in entry] == [(1, 128, 48, 48), (48, 24, 16, 1)]
+    flops = m.matmul_flops(64, plan="blas")
+    product = 2.0 * 64 * 3072 * 768
+    assert flops["kept_merges"] and flops["per_call"] == 2.0 * 48 * 3072 * 768 + product < flops["mpo"]
+    want = X.astype(np.float64) @ oracle(m)
+    tol = (1e-4 if dtype == np.float32 else 1e-11) * np.linalg.norm(want)
+    assert got.dtype == dtype and np.linalg.norm(got - want) <= tol
+    assert np.array_equal(m.rmatmul(X, plan="blas"), got)  # the kept halves give the same product
+    # Nothing kept: the whole chain multiplied out at every product, the same matrix to rounding.
+    monkeypatch.setattr(_apply, "MERGE_CACHE_FACTOR", 0.0)
+    _apply.clear_merge_cache()
+    assert _apply._blas_halves(shapes) is None
+    plain = m.rmatmul(X, plan="blas")
+    assert not _apply._merge_cache and np.linalg.norm(plain - want) <= tol
+    flops = m.matmul_flops(64, plan="blas")
+    assert not flops["kept_merges"] and flops["per_call"] == flops["mpo"]
+
+
 def test_multiply_out_flops_is_the_kernels_merge_count():
     # Where the kernel's plan multiplies out every core, its merge FLOPs are the tree's.
     rng = np.random.default_rng(3)

@@ -155,15 +155,31 @@ MPO_INSTANTIATE(double)
 }  // namespace apply_internal
 
 template <class T>
-Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
+void multiply_out_into(const std::vector<CoreView<T>>& cores, T* out) {
   const std::vector<CoreShape> shapes = apply_internal::shapes_of(cores);
   check_chain(shapes);
-  std::vector<std::unique_ptr<T[]>> storage;
-  const std::vector<CoreView<T>> merged = apply_internal::merge_cores(cores, {cores.size()}, &storage);
-  const CoreShape& c = merged[0].shape;
-  return ConstMatrixMap<T>(merged[0].data, c.rows, c.cols);
+  const std::size_t n = cores.size();  // >= 2 (check_chain)
+  // The tree's root product writes into `out`; the runs below it keep their own buffers.
+  const apply_internal::MergeTree tree = apply_internal::merge_tree(shapes);
+  const std::size_t s = tree.split[0][n - 1];
+  std::unique_ptr<T[]> left_storage, right_storage;
+  const T* left = apply_internal::multiply_run(cores, tree, 0, s, &left_storage);
+  const T* right = apply_internal::multiply_run(cores, tree, s + 1, n - 1, &right_storage);
+  apply_internal::merge_pair(left, apply_internal::run_shape(cores, 0, s), right,
+                             apply_internal::run_shape(cores, s + 1, n - 1), out);
 }
 
+template <class T>
+Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
+  check_chain(apply_internal::shapes_of(cores));
+  const CoreShape whole = apply_internal::run_shape(cores, 0, cores.size() - 1);
+  Matrix<T> dense(whole.rows, whole.cols);
+  multiply_out_into(cores, dense.data());
+  return dense;
+}
+
+template void multiply_out_into<float>(const std::vector<CoreView<float>>&, float*);
+template void multiply_out_into<double>(const std::vector<CoreView<double>>&, double*);
 template Matrix<float> multiply_out<float>(const std::vector<CoreView<float>>&);
 template Matrix<double> multiply_out<double>(const std::vector<CoreView<double>>&);
 

@@ -1,6 +1,7 @@
 #include "pybind.hpp"
 
 #include "mpo/apply.hpp"
+#include "mpo/checked.hpp"
 
 namespace mpo::bindings {
 
@@ -62,13 +63,23 @@ template <class T>
 py::array multiply_out_typed(const py::list& cores) {
   std::vector<py::array_t<T>> owners;
   const std::vector<CoreView<T>> views = core_views<T>(cores, &owners);
-  Matrix<T> dense;
+  std::vector<CoreShape> shapes;
+  for (const CoreView<T>& c : views) shapes.push_back(c.shape);
+  check_chain(shapes);  // before the sizes below are trusted: it refuses sides that overflow
+  Index rows = 1, cols = 1;
+  for (const CoreShape& c : shapes) {
+    rows *= c.rows;
+    cols *= c.cols;
+  }
+  checked_product({rows, cols}, "the multiplied-out matrix");
+  // NumPy's allocator, not Eigen's: it asks for huge pages for a large array (see multiply_out_into).
+  py::array_t<T> out({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+  T* target = out.mutable_data();
   {
     py::gil_scoped_release release;  // after all casting: the kernel reads only C++ buffers
-    dense = multiply_out<T>(views);
+    multiply_out_into<T>(views, target);
   }
-  const std::vector<py::ssize_t> shape{dense.rows(), dense.cols()};
-  return to_numpy<T>(std::move(dense), shape);
+  return std::move(out);
 }
 
 std::vector<CoreShape> shapes_from(const std::vector<std::vector<Index>>& shapes) {
