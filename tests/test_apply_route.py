@@ -108,6 +108,13 @@ def test_blas_route_keeps_two_halves_and_multiplies_out_only_their_product(dtype
     tol = (1e-4 if dtype == np.float32 else 1e-11) * np.linalg.norm(want)
     assert got.dtype == dtype and np.linalg.norm(got - want) <= tol
     assert np.array_equal(m.rmatmul(X, plan="blas"), got)  # the kept halves give the same product
+    # The matrix is formed in this thread's scratch: a later product must not change an earlier result.
+    kept = got.copy()
+    other = m.rmatmul(2 * X, plan="blas")
+    assert np.array_equal(got, kept) and np.linalg.norm(other - 2 * want) <= 2 * tol
+    monkeypatch.setattr(_apply, "SCRATCH_LIMIT", 0)  # a fresh array at every product: the same product
+    assert np.array_equal(m.rmatmul(X, plan="blas"), got)
+    monkeypatch.undo()
     # Nothing kept: the whole chain multiplied out at every product, the same matrix to rounding.
     monkeypatch.setattr(_apply, "MERGE_CACHE_FACTOR", 0.0)
     _apply.clear_merge_cache()

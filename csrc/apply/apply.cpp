@@ -3,6 +3,8 @@
 // every core, rebuild-then-multiply a block of M at a time.
 #include "apply/internal.hpp"
 
+#include "mpo/runtime_gemm.hpp"
+
 #include "mpo/contract.hpp"
 #include "mpo/parallel.hpp"
 
@@ -47,7 +49,9 @@ void apply_rebuilt(const std::vector<CoreView<T>>& cores, bool transposed, const
   // X · Mᵀ and the batch-last forms write disjoint parts of y instead.
   const bool sums = !transposed;
   const double work = static_cast<double>(tree.cost[0][n - 1]) / 2 + static_cast<double>(batch) * rows * cols;
-  const int blocks = detail::block_count(work, static_cast<double>(chunks));
+  // With a runtime GEMM (include/mpo/runtime_gemm.hpp) one block: the BLAS threads its products itself.
+  const bool runtime = has_runtime_gemm();
+  const int blocks = runtime ? 1 : detail::block_count(work, static_cast<double>(chunks));
   std::vector<std::vector<T>> partial(static_cast<std::size_t>(sums ? blocks - 1 : 0));
   if (sums) std::fill(y, y + batch * out_side, T(0));
   detail::run_blocks(blocks, [&](int b) {
@@ -60,9 +64,12 @@ void apply_rebuilt(const std::vector<CoreView<T>>& cores, bool transposed, const
     const auto scratch = uninitialised<T>(chunk * per_p), block = uninitialised<T>(chunk * per_p);
     for (Index c = first; c < first + count; ++c) {
       const Index p0 = c * chunk, m = std::min(chunk, l.rows - p0);
-      merge_block(left, l, right, r, p0, m, 0, r.rows, scratch.get(), block.get());
+      merge_block(left, l, right, r, p0, m, 0, r.rows, scratch.get(), block.get(), runtime);
       const Index r0 = p0 * r.rows, height = m * r.rows;  // rows [r0, r0 + height) of M
       const ConstMatrixMap<T> mb(block.get(), height, cols);
+      if (runtime && !batch_last && !transposed && static_cast<double>(batch) * height * cols >= kRuntimeGemmMin &&
+          runtime_gemm<T>(batch, cols, height, x + r0, in, block.get(), cols, target, out_side, true))
+        continue;  // Y += X[:, rows r0..] · M_block
       if (!batch_last) {
         const ConstMatrixMap<T> xs(x, batch, in);
         MatrixMap<T> ys(target, batch, out_side);
@@ -178,6 +185,13 @@ void apply(const std::vector<CoreView<T>>& given, bool transposed, const T* x, I
       // The core as (shared × new): its own buffer when the shared axes come first in storage order,
       // the transpose of its own buffer when they come last, else a packed copy (only for plans that
       // run against the storage order, e.g. a transposed MPO contracted from the left).
+      // A large step whose core is already (shared × new) goes to the runtime GEMM where one is set
+      // (include/mpo/runtime_gemm.hpp), from the calling thread only (`fork`: not inside parallel sweeps).
+      if (fork && is_identity(s.core_perm) && s.flops() / 2 >= kRuntimeGemmMin &&
+          runtime_gemm<T>(s.kept, s.fresh, s.inner, lhs, s.inner, core, s.fresh, product, s.fresh)) {
+        current = product;
+        continue;
+      }
       const std::size_t shared_count = s.shared_axes;
       std::vector<std::size_t> swapped;
       for (std::size_t c = shared_count; c < s.core_perm.size(); ++c) swapped.push_back(s.core_perm[c]);

@@ -174,10 +174,11 @@ void merge_pair(const T* left, const CoreShape& l, const T* right, const CoreSha
 
 // Rows [p0, p0 + m) of (d, I_L) and values [q0, q0 + w) of i_R of the product merge_pair describes,
 // written to out (which points at row p0), through scratch (m·J_L·w·J_R·d' values) when J_L and I_R
-// must swap.
+// must swap. `runtime`: the GEMM may go to the runtime GEMM (include/mpo/runtime_gemm.hpp); callers pass
+// it only from the calling thread, never from parallel blocks.
 template <class T>
 void merge_block(const T* left, const CoreShape& l, const T* right, const CoreShape& r, Index p0, Index m,
-                 Index q0, Index w, T* scratch, T* out);
+                 Index q0, Index w, T* scratch, T* out, bool runtime);
 
 // Cores a..b multiplied out along the merge tree, grouped as (d_{a-1}, i_a…i_b, j_a…j_b, d_b): a single
 // core is its caller's buffer (no copy), a longer run is written to `storage`.

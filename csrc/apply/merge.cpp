@@ -5,6 +5,7 @@
 
 #include "mpo/contract.hpp"
 #include "mpo/parallel.hpp"
+#include "mpo/runtime_gemm.hpp"
 
 #include <algorithm>
 
@@ -41,21 +42,31 @@ MergeTree merge_tree(const std::vector<CoreShape>& cores) {
   return tree;
 }
 
+// The block's GEMM, (m·j_L × bond) · (bond × w·run) into `to` (leading dimension ld): with `runtime`,
+// the runtime GEMM where one is set and the block is large enough to pay its call
+// (include/mpo/runtime_gemm.hpp), else Eigen's.
+template <class T>
+void block_product(const T* lhs, const T* rhs, Index rows, Index bond, Index cols, Index rhs_ld, T* to, Index ld,
+                   bool runtime) {
+  if (runtime && static_cast<double>(rows) * bond * cols >= kRuntimeGemmMin &&
+      runtime_gemm<T>(rows, cols, bond, lhs, bond, rhs, rhs_ld, to, ld))
+    return;
+  using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+  Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>(to, rows, cols, Eigen::OuterStride<>(ld)).noalias() =
+      ConstMatrixMap<T>(lhs, rows, bond) * Strided(rhs, bond, cols, Eigen::OuterStride<>(rhs_ld));
+}
+
 template <class T>
 void merge_block(const T* left, const CoreShape& l, const T* right, const CoreShape& r, Index p0, Index m,
-                 Index q0, Index w, T* scratch, T* out) {
+                 Index q0, Index w, T* scratch, T* out, bool runtime) {
   const Index jl = l.cols, bond = l.right_bond, ir = r.rows, run = r.cols * r.right_bond;
-  using Strided = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
-  const ConstMatrixMap<T> lhs(left + p0 * jl * bond, m * jl, bond);
-  const Strided rhs(right + q0 * run, bond, w * run, Eigen::OuterStride<>(ir * run));
+  const T* lhs = left + p0 * jl * bond;
+  const T* rhs = right + q0 * run;
   if (jl == 1 || ir == 1) {  // the GEMM's layout is already the grouped one
-    Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>(out + q0 * jl * run, m * jl, w * run,
-                                                   Eigen::OuterStride<>(ir * run))
-        .noalias() = lhs * rhs;
+    block_product(lhs, rhs, m * jl, bond, w * run, ir * run, out + q0 * jl * run, ir * run, runtime);
     return;
   }
-  MatrixMap<T> block(scratch, m * jl, w * run);  // (p, j_L, q, ·)
-  block.noalias() = lhs * rhs;
+  block_product(lhs, rhs, m * jl, bond, w * run, ir * run, scratch, w * run, runtime);  // (p, j_L, q, ·)
   for (Index p = 0; p < m; ++p) {
     for (Index q = 0; q < w; ++q) {
       const T* from = scratch + (p * jl * w + q) * run;  // (p, 0, q, ·)
@@ -90,14 +101,17 @@ void merge_pair(const T* left, const CoreShape& l, const T* right, const CoreSha
                        static_cast<double>(q_chunks) * rows * jl * bond;
   const Index chunks = by_rows ? row_chunks : q_chunks;
   const double work = static_cast<double>(rows) * jl * bond * ir * run;
-  const int blocks = detail::block_count(work, static_cast<double>(chunks));
+  // With a runtime GEMM the blocks run on the calling thread and the BLAS threads each block's product
+  // as it is configured: its threads and the core's would otherwise compete for the same cores.
+  const bool runtime = has_runtime_gemm();
+  const int blocks = runtime ? 1 : detail::block_count(work, static_cast<double>(chunks));
   detail::run_blocks(blocks, [&](int b) {
     const auto [first, count] = detail::block_range(chunks, blocks, b);
     const auto scratch = uninitialised<T>(by_rows ? row_chunk * jl * ir * run : rows * jl * q_chunk * run);
     for (Index c = first; c < first + count; ++c) {
       const Index p0 = by_rows ? c * row_chunk : 0, m = by_rows ? std::min(row_chunk, rows - p0) : rows;
       const Index q0 = by_rows ? 0 : c * q_chunk, w = by_rows ? ir : std::min(q_chunk, ir - q0);
-      merge_block(left, l, right, r, p0, m, q0, w, scratch.get(), out + p0 * ir * jl * run);
+      merge_block(left, l, right, r, p0, m, q0, w, scratch.get(), out + p0 * ir * jl * run, runtime);
     }
   });
 }
@@ -142,7 +156,7 @@ std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, cons
 #define MPO_INSTANTIATE(T)                                                                                  \
   template void merge_pair<T>(const T*, const CoreShape&, const T*, const CoreShape&, T*);                 \
   template void merge_block<T>(const T*, const CoreShape&, const T*, const CoreShape&, Index, Index, Index, \
-                               Index, T*, T*);                                                             \
+                               Index, T*, T*, bool);                                                             \
   template const T* multiply_run<T>(const std::vector<CoreView<T>>&, const MergeTree&, std::size_t,        \
                                     std::size_t, std::unique_ptr<T[]>*);                                   \
   template std::vector<CoreView<T>> merge_cores<T>(const std::vector<CoreView<T>>&,                         \

@@ -2,6 +2,10 @@
 
 #include "mpo/apply.hpp"
 #include "mpo/checked.hpp"
+#include "mpo/parallel.hpp"
+#include "mpo/runtime_gemm.hpp"
+
+#include <cstring>
 
 namespace mpo::bindings {
 
@@ -93,9 +97,47 @@ std::vector<CoreShape> shapes_from(const std::vector<std::vector<Index>>& shapes
   return out;
 }
 
+// The function pointer in a SciPy cython_blas capsule, after checking that the capsule's name is the
+// signature mpo calls (a capsule from anywhere is not trusted: a wrong pointer would crash the process).
+template <class Fn>
+Fn gemm_from_capsule(const py::handle& capsule, const char* scalar, const char* what) {
+  if (!PyCapsule_CheckExact(capsule.ptr()))
+    throw py::type_error(std::string("set_runtime_gemm: ") + what + " must be a capsule, got " +
+                         py::str(py::type::of(capsule)).cast<std::string>());
+  const char* name = PyCapsule_GetName(capsule.ptr());
+  const std::string expected = std::string("void (char *, char *, int *, int *, int *, ") + scalar;
+  if (name == nullptr || std::strncmp(name, expected.c_str(), expected.size()) != 0 ||
+      std::string(name).find("cython_blas") == std::string::npos)
+    throw py::value_error(std::string("set_runtime_gemm: ") + what +
+                          " must be scipy.linalg.cython_blas's capsule of that name, got a capsule named " +
+                          (name == nullptr ? std::string("(none)") : std::string(name)));
+  void* pointer = PyCapsule_GetPointer(capsule.ptr(), name);
+  if (pointer == nullptr) throw py::error_already_set();
+  return reinterpret_cast<Fn>(pointer);
+}
+
 }  // namespace
 
 void register_apply(py::module_& m) {
+  m.def(
+      "set_runtime_gemm",
+      [](const py::object& sgemm, const py::object& dgemm) {
+        if (sgemm.is_none() && dgemm.is_none()) {
+          set_runtime_gemm(nullptr, nullptr);
+          return;
+        }
+        if (sgemm.is_none() || dgemm.is_none())
+          throw py::value_error("set_runtime_gemm: give both sgemm and dgemm, or None for both to clear");
+        const auto s = gemm_from_capsule<SgemmFn>(sgemm, "__pyx_t_5scipy_6linalg_11cython_blas_s *", "sgemm");
+        const auto d = gemm_from_capsule<DgemmFn>(dgemm, "__pyx_t_5scipy_6linalg_11cython_blas_d *", "dgemm");
+        set_runtime_gemm(s, d);
+      },
+      py::arg("sgemm"), py::arg("dgemm"),
+      "Merge products through these GEMMs (scipy.linalg.cython_blas.__pyx_capi__['sgemm'], ['dgemm']);\n"
+      "None, None clears them (Eigen's GEMM everywhere).");
+  m.def("has_runtime_gemm", &has_runtime_gemm, "Whether a runtime GEMM is set (see set_runtime_gemm).");
+  m.def("runtime_gemm_calls", &runtime_gemm_calls, "Products the runtime GEMM has made in this process.");
+  m.def("kernel_threads", &thread_count, "Threads the core's large products use (MPO_NUM_THREADS, read once).");
   m.def(
       "apply",
       [](const py::list& cores, bool transposed, const py::array& x, bool batch_last, Index out_width,

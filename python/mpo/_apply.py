@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import _apply_route, _core
+from . import _apply_route, _core, _runtime_gemm
 
 __all__ = [
-    "MERGE_CACHE_FACTOR", "ORDERS", "PLANS", "Operator", "aslinearoperator", "clear_merge_cache", "matmul",
+    "MERGE_CACHE_FACTOR", "ORDERS", "PLANS", "SCRATCH_LIMIT", "Operator", "aslinearoperator", "clear_merge_cache", "matmul",
     "matmul_flops", "rmatmul", "rows",
 ]
 
@@ -86,13 +86,57 @@ def _blas_product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batc
     """
     groups = _blas_halves([c.shape for c in cores]) if keep_merges else None
     halves = _merged(cores, groups) if groups is not None else None
-    dense = _core.multiply_out(halves if halves is not None else cores, x.dtype.name)
+    dense = _core.multiply_out(cores, x.dtype.name) if halves is None else _multiply_halves(*halves)
     width = x.shape[0] if batch_last else x.shape[1]
     if transposed:
         factor = dense[:out_width, :width]  # P[:out, :in], used transposed
         return factor @ x if batch_last else x @ factor.T
     factor = dense[:width, :out_width]
     return factor.T @ x if batch_last else x @ factor
+
+
+#: The padded matrix the BLAS route forms for one product is written into a buffer kept per thread
+#: while it takes at most this many bytes (larger ones are allocated per product): a fresh array at
+#: every product cost its page faults and zeroing, a third of a batch-32 product on issue 20's MPO.
+SCRATCH_LIMIT = 64 << 20
+_scratch = threading.local()
+
+
+def _scratch_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array of ``shape``, in this thread's kept buffer where it fits ``SCRATCH_LIMIT``."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > SCRATCH_LIMIT:
+        return np.empty(shape, dtype=dtype)
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        _scratch.buffer = buffer
+    return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def _multiply_halves(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The padded matrix of a chain kept as two merged halves (1, I_L, J_L, d) and (d, I_R, J_R, 1), by
+    NumPy's BLAS, in this thread's scratch (see ``SCRATCH_LIMIT``; valid until its next product): a
+    block of I_L values at a time, the product (i_L, j_L, (i_R, j_R)) written to the matrix's
+    (i_L, i_R, j_L, j_R) order while it is in cache.
+
+    Every GEMM of the BLAS route then runs in NumPy's one pool of BLAS threads: at two threads the
+    core's own threads and OpenBLAS's spinning ones took each other's cores.
+    """
+    _, il, jl, bond = left.shape
+    _, ir, jr, _ = right.shape
+    lhs = left.reshape(il * jl, bond)
+    rhs = right.reshape(bond, ir * jr)
+    dtype = np.result_type(left, right)
+    dense = _scratch_array((il, ir, jl, jr), dtype)
+    step = max(1, (1 << 18) // (jl * ir * jr))  # ~1 MB of float32 product per block
+    block = np.empty((step * jl, ir * jr), dtype=dtype)
+    for a in range(0, il, step):
+        rows = min(step, il - a)
+        out = block[: rows * jl]
+        np.matmul(lhs[a * jl : (a + rows) * jl], rhs, out=out)
+        np.copyto(dense[a : a + rows], out.reshape(rows, jl, ir, jr).transpose(0, 2, 1, 3))
+    return dense.reshape(il * ir, jl * jr)
 
 
 def _blas_halves(shapes: list) -> tuple[int, int] | None:
@@ -215,9 +259,12 @@ def _product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_las
              keep_merges: bool = False) -> np.ndarray:
     """``_core.apply`` with the routing of ``plan`` (see PLANS); ``keep_merges`` when ``cores`` are an
     MPO's own (read-only) arrays, not a per-call cast."""
+    batch = x.shape[1] if batch_last else x.shape[0]
+    if batch >= _apply_route.BLAS_MIN_BATCH:
+        # Large products may multiply cores out: their block products go to the process's BLAS.
+        _runtime_gemm.install(load=True)
     if plan == "blas":
         return _blas_product(cores, transposed, x, batch_last, out_width, keep_merges)
-    batch = x.shape[1] if batch_last else x.shape[0]
 
     def kernel() -> np.ndarray:
         return _kernel(cores, transposed, x, batch_last, out_width, plan, keep_merges)

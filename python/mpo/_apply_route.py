@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from . import _core
 from ._timed_choice import Choices, deterministic, fastest
 
 __all__ = ["BLAS_MIN_BATCH", "FLOP_SLACK", "ROUNDS", "choose", "chosen", "clear", "multiply_out_flops", "route_key"]
@@ -67,7 +68,8 @@ def route_key(shapes: Sequence[Sequence[int]], transposed: bool, batch_last: boo
     bucket = 1 << max(0, int(batch) - 1).bit_length()  # batch rounded up to a power of two
     threads = tuple(os.environ.get(v) for v in _THREAD_VARS)
     cores = tuple(tuple(int(d) for d in s) for s in shapes)
-    return (cores, bool(transposed), bool(batch_last), bucket, np.dtype(dtype).name, threads, deterministic())
+    return (cores, bool(transposed), bool(batch_last), bucket, np.dtype(dtype).name, threads, deterministic(),
+            _core.has_runtime_gemm())
 
 
 def chosen(key: tuple) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _apply, _core, _scaled, _truncation, io
+from . import _apply, _core, _runtime_gemm, _scaled, _truncation, io
 from ._result import measured_relative_error
 from ._shape import full_bonds
 from ._validation import check_mpo_arrays, parse_max_bond, parse_ratio, parse_tol
@@ -495,6 +495,7 @@ class MPO:
         """Contract the cores into the I x J matrix (padding removed), in the MPO's dtype."""
         # The cheapest tree of pairwise products (the apply kernel's merge): up to 4x faster than the
         # left-to-right chain of `_core.rebuild` on capped MPOs, which stays as the tests' oracle.
+        _runtime_gemm.install(load=False)  # the process's BLAS, where something has loaded it
         dense = _core.multiply_out(self._base, self.dtype.name)
         if self._transposed:
             dense = dense.T
