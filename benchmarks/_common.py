@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shlex
 import statistics
 import sys
@@ -123,10 +124,12 @@ def time_interleaved(
 ) -> Dict[str, Tuple[float, List[float], object]]:
     """Time several callables round-robin: each repeat runs every callable once, in turn.
 
-    Interleaving keeps the ratios fair when the machine's load drifts during a run. The order
-    rotates by one place each round, so no callable always runs right after the same other one:
-    with a fixed order, a callable that follows a large dense GEMM was measured 10-20 % slower than
-    the same code run first (caches and the core's clock after the GEMM). Returns
+    Interleaving keeps the ratios fair when the machine's load drifts during a run. The order is
+    shuffled each round (seeded, so a run repeats its orders): a callable that runs right after a large
+    dense GEMM was measured 10-20 % slower than the same code run first (caches and the core's clock
+    after the GEMM), and a fixed order, or one only rotated (which keeps who follows whom), put the
+    same callable after the same one in most rounds (bench_torch's "auto" after nn.Linear in 3 of 5).
+    Returns
     label -> (median seconds, all timed seconds, result of the last call). A callable that
     raises is dropped from later rounds and its entry is the exception instead.
     """
@@ -134,9 +137,11 @@ def time_interleaved(
     results: Dict[str, object] = {}
     failed: Dict[str, BaseException] = {}
     labels = list(fns)
+    order = random.Random(len(labels))
     for rnd in range(warmup + max(1, repeats)):
-        shift = rnd % len(labels) if labels else 0
-        for label in labels[shift:] + labels[:shift]:
+        if rnd > 0:
+            order.shuffle(labels)
+        for label in list(labels):
             fn = fns[label]
             if label in failed:
                 continue

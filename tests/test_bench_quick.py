@@ -130,25 +130,39 @@ def test_caps_is_a_deprecated_name_of_max_bond():
     assert "--caps" not in parser.format_help()
 
 
-def test_interleaved_timing_rotates_the_order_and_drops_a_failing_callable():
-    """Each round starts one place later, so no callable always follows the same other one."""
+def test_interleaved_timing_varies_who_follows_whom_and_drops_a_failing_callable():
+    """Each round's order is shuffled (seeded): no callable keeps the same successor in every round, as
+    a fixed or merely rotated order would make it, and a run repeats its orders."""
     sys.path.insert(0, str(BENCH))
     try:
         import _common as C
     finally:
         sys.path.remove(str(BENCH))
+    labels = "abcde"
+
+    def record(calls: list, fail: str = ""):
+        def make(label: str):
+            def fn():
+                calls.append(label)
+                if label == fail and calls.count(label) == 3:
+                    raise ValueError("third call fails")
+                return label
+            return fn
+        return {k: make(k) for k in labels}
+
     calls: list = []
-
-    def recorder(label: str):
-        def fn():
-            calls.append(label)
-            if label == "c" and calls.count("c") == 2:
-                raise ValueError("second call fails")
-            return label
-        return fn
-
-    out = C.time_interleaved({k: recorder(k) for k in "abc"}, repeats=3, warmup=1)
-    # Round 0 (warm-up) a b c, round 1 b c(fails) a, round 2 a b (c rotated first, dropped), round 3 a b.
-    assert calls == ["a", "b", "c", "b", "c", "a", "a", "b", "a", "b"]
-    assert isinstance(out["c"], ValueError)
-    assert [len(out[k][1]) for k in "ab"] == [3, 3] and out["a"][2] == "a"
+    out = C.time_interleaved(record(calls), repeats=12, warmup=1)
+    rounds = [calls[k : k + 5] for k in range(0, len(calls), 5)]
+    assert len(rounds) == 13 and all(sorted(r) == list(labels) for r in rounds)
+    assert rounds[0] == list(labels)  # the warm-up round in the given order
+    successors = {x: {r[r.index(x) + 1] for r in rounds[1:] if r.index(x) < 4} for x in labels}
+    assert all(len(s) >= 2 for s in successors.values())  # "b" does not always follow "a", ...
+    assert [len(out[k][1]) for k in labels] == [12] * 5 and out["a"][2] == "a"
+    again: list = []
+    C.time_interleaved(record(again), repeats=12, warmup=1)
+    assert again == calls  # seeded: the same orders in every run
+    # A callable that raises is dropped from later rounds; its entry is the exception.
+    failing: list = []
+    out = C.time_interleaved(record(failing, fail="e"), repeats=12, warmup=1)
+    assert isinstance(out["e"], ValueError) and failing.count("e") == 3
+    assert [len(out[k][1]) for k in "abcd"] == [12] * 4
