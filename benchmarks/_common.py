@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shlex
 import statistics
 import sys
@@ -119,29 +118,46 @@ def pad_to(M: np.ndarray, padded_shape: Sequence[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def balanced_orders(n: int) -> List[List[int]]:
+    """Orders of n callables in which each one immediately follows every other one equally often.
+
+    A Williams design: the first order is 0, 1, n-1, 2, n-2, ...; order r adds r (mod n) to it. For
+    even n the n orders hold every ordered pair (a, b), a != b, as neighbours exactly once; for odd n
+    the n orders and their reverses hold each exactly twice.
+    """
+    first, lo, hi = [0], 1, n - 1
+    while lo <= hi:
+        first.append(lo)
+        lo += 1
+        if lo <= hi:
+            first.append(hi)
+            hi -= 1
+    orders = [[(x + r) % n for x in first] for r in range(n)] if n > 0 else [[]]
+    return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
+
+
 def time_interleaved(
     fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 0
 ) -> Dict[str, Tuple[float, List[float], object]]:
     """Time several callables round-robin: each repeat runs every callable once, in turn.
 
-    Interleaving keeps the ratios fair when the machine's load drifts during a run. The order is
-    shuffled each round (seeded, so a run repeats its orders): a callable that runs right after a large
-    dense GEMM was measured 10-20 % slower than the same code run first (caches and the core's clock
-    after the GEMM), and a fixed order, or one only rotated (which keeps who follows whom), put the
-    same callable after the same one in most rounds (bench_torch's "auto" after nn.Linear in 3 of 5).
-    Returns
-    label -> (median seconds, all timed seconds, result of the last call). A callable that
-    raises is dropped from later rounds and its entry is the exception instead.
+    Interleaving keeps the ratios fair when the machine's load drifts during a run. The timed rounds
+    follow :func:`balanced_orders`, so each callable runs right after every other one equally often: a
+    callable run right after a large dense GEMM was measured 10-20 % slower than the same code run
+    first (caches and the core's clock after the GEMM), and a fixed order, a rotated one (which keeps
+    who follows whom) or a seeded shuffle put bench_torch's "auto" right after nn.Linear in 3 of 5
+    rounds. Warm-up rounds run in the given order. Returns label -> (median seconds, all timed
+    seconds, result of the last call). A callable that raises is dropped from later rounds and its
+    entry is the exception instead.
     """
     times: Dict[str, List[float]] = {k: [] for k in fns}
     results: Dict[str, object] = {}
     failed: Dict[str, BaseException] = {}
     labels = list(fns)
-    order = random.Random(len(labels))
+    orders = balanced_orders(len(labels))
     for rnd in range(warmup + max(1, repeats)):
-        if rnd > 0:
-            order.shuffle(labels)
-        for label in list(labels):
+        order = range(len(labels)) if rnd < warmup else orders[(rnd - warmup) % len(orders)]
+        for label in (labels[k] for k in order):
             fn = fns[label]
             if label in failed:
                 continue
