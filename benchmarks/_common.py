@@ -250,12 +250,10 @@ def _blas() -> List[Dict[str, object]]:
 
 
 def _mpo_threads() -> Optional[int]:
-    # The kernel's rule (include/mpo/parallel.hpp): MPO_NUM_THREADS when >= 1, else every core.
-    try:
-        value = int(os.environ.get("MPO_NUM_THREADS", ""))
-    except ValueError:
-        value = 0
-    return value if value >= 1 else os.cpu_count()
+    # The count the kernel itself uses (include/mpo/parallel.hpp: MPO_NUM_THREADS, else every core).
+    from mpo import _core
+
+    return _core.kernel_threads()
 
 
 def machine_info() -> Dict[str, object]:

@@ -1,6 +1,6 @@
 // Merging runs of neighbouring cores into one (a product of cores that does not involve X): the merge
 // tree of the cheapest pairwise products, and the products themselves written grouped, so that a run
-// multiplied out needs no permutation afterwards. Merging all cores is multiply_out.
+// multiplied out needs no permutation afterwards. Merging all cores is multiply_out_into.
 #include "apply/internal.hpp"
 
 #include "mpo/contract.hpp"
@@ -156,7 +156,7 @@ std::vector<CoreView<T>> merge_cores(const std::vector<CoreView<T>>& cores, cons
 #define MPO_INSTANTIATE(T)                                                                                  \
   template void merge_pair<T>(const T*, const CoreShape&, const T*, const CoreShape&, T*);                 \
   template void merge_block<T>(const T*, const CoreShape&, const T*, const CoreShape&, Index, Index, Index, \
-                               Index, T*, T*, bool);                                                             \
+                               Index, T*, T*, bool);                                                       \
   template const T* multiply_run<T>(const std::vector<CoreView<T>>&, const MergeTree&, std::size_t,        \
                                     std::size_t, std::unique_ptr<T[]>*);                                   \
   template std::vector<CoreView<T>> merge_cores<T>(const std::vector<CoreView<T>>&,                         \
@@ -183,18 +183,7 @@ void multiply_out_into(const std::vector<CoreView<T>>& cores, T* out) {
                              apply_internal::run_shape(cores, s + 1, n - 1), out);
 }
 
-template <class T>
-Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores) {
-  check_chain(apply_internal::shapes_of(cores));
-  const CoreShape whole = apply_internal::run_shape(cores, 0, cores.size() - 1);
-  Matrix<T> dense(whole.rows, whole.cols);
-  multiply_out_into(cores, dense.data());
-  return dense;
-}
-
 template void multiply_out_into<float>(const std::vector<CoreView<float>>&, float*);
 template void multiply_out_into<double>(const std::vector<CoreView<double>>&, double*);
-template Matrix<float> multiply_out<float>(const std::vector<CoreView<float>>&);
-template Matrix<double> multiply_out<double>(const std::vector<CoreView<double>>&);
 
 }  // namespace mpo

@@ -61,14 +61,11 @@ void apply(const std::vector<CoreView<T>>& cores, bool transposed, const T* x, I
            bool allow_merge = true);
 
 // The padded dense matrix of the cores (Π i_k × Π j_k, row-major), multiplied out along the cheapest
-// tree of pairwise products (the merge of a plan whose one group is all cores).
-template <class T>
-Matrix<T> multiply_out(const std::vector<CoreView<T>>& cores);
-
-// The same written into `out` (Π i_k · Π j_k values, row-major), which the last product of the tree
-// fills directly: no second buffer and no copy. The bindings pass a NumPy array here, whose allocator
-// asks the kernel for huge pages: a fresh 9 MB buffer in 4 KB pages cost ~2,300 page faults, as much
-// time as the product that fills it (3072 × 768 at max_bond 48).
+// tree of pairwise products (the merge of a plan whose one group is all cores), written into `out`
+// (Π i_k · Π j_k values), which the last product of the tree fills directly: no second buffer and no
+// copy. The bindings pass a NumPy array here, whose allocator asks the kernel for huge pages: a fresh
+// 9 MB buffer in 4 KB pages cost ~2,300 page faults, as much time as the product that fills it
+// (3072 × 768 at max_bond 48). Throws std::invalid_argument for cores that do not form a chain.
 template <class T>
 void multiply_out_into(const std::vector<CoreView<T>>& cores, T* out);
 
