@@ -146,6 +146,59 @@ def test_kronecker_factors_recover_an_exact_product_and_fold_exactly():
     assert cut.num_params == plain.num_params
 
 
+def test_shrink_kronecker_runs_from_the_normalised_factor_to_the_identity():
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((5, 5))
+    f = [a @ a.T + 0.1 * np.eye(5), np.diag([4.0, 1.0, 0.25])]
+    zero, half, one = (mpo.shrink_kronecker(f, beta) for beta in (0.0, 0.5, 1.0))
+    for k, c in enumerate(f):
+        unit = c / np.mean(np.diag(c))
+        np.testing.assert_allclose(zero[k], unit, rtol=1e-12)
+        np.testing.assert_allclose(one[k], np.eye(c.shape[0]), rtol=1e-12)
+        np.testing.assert_allclose(half[k], (unit + np.eye(c.shape[0])) / 2, rtol=1e-12)
+        assert np.linalg.eigvalsh(half[k]).min() > 0
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="shrinkage must be 'auto' or a number in \\[0, 1\\]"):
+            mpo.shrink_kronecker(f, bad)
+
+
+def test_kronecker_shrinkage_ends_and_the_auto_choice():
+    M, X = _data(rows=24, cols=18, seed=5)
+    stats = mpo.ActivationStats.from_inputs(X)
+    held = mpo.ActivationStats.from_inputs(_data(rows=24, cols=18, seed=6)[1])
+    shape = ((4, 6), (3, 6))
+    plain = mpo.decompose_activations(M, stats, shape=shape, max_bond=3, scaling="none")
+    assert plain.shrinkage is None
+    # beta = 1 is no whitening: the plain cut, to rounding.
+    ident = mpo.decompose_activations(M, stats, shape=shape, max_bond=3, shrinkage=1.0)
+    assert ident.shrinkage == 1.0
+    np.testing.assert_allclose(ident.mpo.to_dense(), plain.mpo.to_dense(), atol=1e-9 * np.abs(M).max())
+    fixed = {beta: mpo.decompose_activations(M, stats, shape=shape, max_bond=3, shrinkage=beta)
+             for beta in mpo.SHRINKAGES}
+    auto = mpo.decompose_activations(M, stats, shape=shape, max_bond=3, held_out=held)
+    errors = {beta: fit.activation_error for beta, fit in fixed.items()}
+    best = min(errors, key=errors.get)
+    assert auto.shrinkage == best
+    assert auto.activation_error == pytest.approx(errors[best], rel=1e-12)
+    np.testing.assert_allclose(auto.mpo.to_dense(), fixed[best].mpo.to_dense(), atol=1e-12 * np.abs(M).max())
+    assert auto.activation_error <= plain.activation_error * (1 + 1e-12)
+    # The betas really differ here (a test of the choice, not of a tie).
+    assert max(errors.values()) > 1.01 * min(errors.values())
+    # The held-out statistics only score the result: the same MPO without them.
+    np.testing.assert_array_equal(
+        mpo.decompose_activations(M, stats, shape=shape, max_bond=3).mpo.to_dense(), auto.mpo.to_dense()
+    )
+    assert auto.held_out_error == pytest.approx(mpo.activation_error(M, auto.mpo.to_dense(), held), rel=1e-12)
+    # The SVD layout whitens by C itself: nothing to shrink.
+    assert mpo.decompose_activations(M, stats, n=2, max_bond=3).shrinkage is None
+    with pytest.raises(ValueError, match="whitens by C itself, so it must be 'auto' or 0, got 0.5"):
+        mpo.decompose_activations(M, stats, n=2, max_bond=3, shrinkage=0.5)
+    with pytest.raises(ValueError, match="shrinkage must be 'auto' or a number in \\[0, 1\\], got 'best'"):
+        mpo.decompose_activations(M, stats, shape=shape, max_bond=3, shrinkage="best")
+    with pytest.raises(ValueError, match="shrinkage acts on a Kronecker whitening .* with scaling 'diagonal'"):
+        mpo.decompose_activations(M, stats, shape=shape, max_bond=3, scaling="diagonal", shrinkage=0.5)
+
+
 def test_fisher_and_held_out_on_the_same_interface():
     M, X = _data()
     fisher = np.random.default_rng(5).exponential(size=24)

@@ -13,8 +13,10 @@ float64 over calibration tokens): with C = L L^T, ||X E||_F^2 = tr(E^T C E) = ||
   Kronecker product by a rank-one fit of the rearranged C (Van Loan-Pitsianis, alternating over the
   factors). L = L_1 (x) ... (x) L_n then folds into the cores at no parameter cost: core k's i_k index
   is multiplied by L_k^-T. For n = 2 in the SVD layout ((I, 1) x (1, J)) the product is C itself and
-  this is the whitened SVD. Whether it beats the diagonal form for n > 2 is measured, not assumed
-  (benchmarks/bench_function.py, docs/RESULTS.md).
+  this is the whitened SVD. For n > 2 each factor is shrunk toward the identity by a beta chosen on the
+  calibration statistics (:func:`shrink_kronecker`): the nearest product alone loses to no whitening
+  on MiniLM. Whether it beats the diagonal form is measured, not assumed (benchmarks/bench_function.py,
+  docs/RESULTS.md).
 
 The damping rule, for a C that is singular (fewer tokens than features, dead features) or indefinite by
 rounding: factor C + lam I with lam = alpha * mean(diag C), alpha = ``damping`` (default 1e-4); when the
@@ -48,6 +50,7 @@ __all__ = [
     "ACTIVATIONS_VERSION",
     "DAMPING",
     "SCALINGS",
+    "SHRINKAGES",
     "ActivationFit",
     "ActivationStats",
     "Allocation",
@@ -59,6 +62,7 @@ __all__ = [
     "allocate",
     "decompose_activations",
     "kronecker_factors",
+    "shrink_kronecker",
     "svd_curve",
     "whitened_basis",
     "whitened_svd",
@@ -73,6 +77,11 @@ ACTIVATIONS_FORMAT = "mpo.activations"
 ACTIVATIONS_VERSION = 1
 #: How ``decompose_activations`` uses the statistics.
 SCALINGS = ("none", "diagonal", "whiten", "diagonal+whiten", "fisher")
+#: The shrinkages beta that ``shrinkage="auto"`` tries for a Kronecker whitening (n > 2), each scored by
+#: its activation error on the calibration statistics: 0 is the nearest Kronecker product itself, 1 no
+#: whitening (the plain or diagonal form), so the choice is never worse on the statistics than either.
+#: On MiniLM-L6 the best beta per layer was spread over 0.3-1 (docs/RESULTS.md, issue 17).
+SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -683,6 +692,38 @@ def kronecker_factors(gram: object, factors: Sequence[int], *, sweeps: int = 8) 
     return out
 
 
+def shrink_kronecker(factors: Sequence[np.ndarray], shrinkage: float) -> list[np.ndarray]:
+    """Each Kronecker factor pulled toward the identity: (1 - beta) C_k / mean(diag C_k) + beta I.
+
+    The nearest Kronecker product of C spreads a few outlier features' weight over whole slices of the
+    in factors, and whitening by it can lose more than it gains (docs/ALGORITHMS.md §14). Shrinking each
+    factor toward the identity (as a shrinkage estimator of a covariance does) keeps the product
+    Kronecker, so it still folds into the cores; beta = 0 is the nearest product (up to scale, which
+    whitening ignores), beta = 1 the identity (no whitening). Raises ValueError for beta outside [0, 1].
+    """
+    beta = _shrinkage_value(shrinkage)
+    out = []
+    for c in factors:
+        c = np.asarray(c, dtype=np.float64)
+        mean = float(np.mean(np.diag(c)))
+        unit = c / mean if mean > 0 else np.zeros_like(c)  # a PSD factor of unit norm has mean > 0
+        out.append((1.0 - beta) * unit + beta * np.eye(c.shape[0]))
+    return out
+
+
+def _shrinkage_value(shrinkage: object) -> float:
+    """beta in [0, 1] as a float, or ValueError naming the rule."""
+    if isinstance(shrinkage, bool) or not isinstance(shrinkage, numbers.Real) or not 0.0 <= float(shrinkage) <= 1.0:
+        raise ValueError(f"shrinkage must be 'auto' or a number in [0, 1], got {shrinkage!r}")
+    return float(shrinkage)
+
+
+def _psd_sqrt(c: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a PSD matrix (negative eigenvalues from rounding clipped to 0)."""
+    w, v = np.linalg.eigh(c)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def _along_rows(matrix: np.ndarray, mats: Sequence[np.ndarray], transpose: bool) -> np.ndarray:
     """(A_1 (x) ... (x) A_n) X (or with every A_k^T) for X of shape (i_1..i_n, J), row-major."""
     sizes = [m.shape[0] for m in mats]
@@ -718,7 +759,8 @@ class ActivationFit:
     without statistics), ``held_out_error`` the same on ``held_out`` statistics (None without them),
     ``weight_error`` ||M - M'||_F / ||M||_F, and ``bound`` the decomposition's relative error bound in
     the norm it minimised (whitened, scaled or plain: MPOP Eq. 4 there). ``alpha`` is the damping the
-    rule settled on (None when nothing was factored).
+    rule settled on (None when nothing was factored). ``shrinkage`` is the beta of a Kronecker whitening
+    (:func:`shrink_kronecker`; None where C was not approximated by a Kronecker product).
     """
 
     mpo: MPO
@@ -728,6 +770,7 @@ class ActivationFit:
     weight_error: float
     bound: float
     alpha: float | None
+    shrinkage: float | None = None
 
     @property
     def num_params(self) -> int:
@@ -748,6 +791,7 @@ def decompose_activations(
     row_weights: object = None,
     damping: float = DAMPING,
     held_out: ActivationStats | None = None,
+    shrinkage: float | str = "auto",
 ) -> ActivationFit:
     """Decompose M (in x out: ``W.T`` of a Linear) for the activations it meets: one call for every form.
 
@@ -771,6 +815,12 @@ def decompose_activations(
         alpha of the damping rule (module docstring).
     held_out : ActivationStats, optional
         Statistics of tokens the fit did not see, for ``held_out_error``.
+    shrinkage : "auto" or float in [0, 1]
+        For a Kronecker whitening (n > 2), how far each factor is pulled toward the identity
+        (:func:`shrink_kronecker`; 0: the nearest Kronecker product, 1: no whitening). "auto" decomposes
+        at every beta of ``SHRINKAGES`` and keeps the one of lowest activation error on ``activations``
+        (never ``held_out``): len(SHRINKAGES) decompositions. Where C itself whitens (the SVD layout) the
+        whitening is exact and only "auto" or 0 is accepted.
 
     Returns
     -------
@@ -778,6 +828,8 @@ def decompose_activations(
     """
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+    if not (isinstance(shrinkage, str) and shrinkage == "auto"):
+        _shrinkage_value(shrinkage)
     a = as_matrix(M).astype(np.float64)
     rows, cols = a.shape
     if activations is not None:
@@ -792,11 +844,20 @@ def decompose_activations(
     if svd_layout:
         shape = ((rows, 1), (1, cols))
     plan = parse_shape(shape, n, rows, cols)
+    if not isinstance(shrinkage, str):
+        if scaling not in ("whiten", "diagonal+whiten"):
+            raise ValueError(f"shrinkage acts on a Kronecker whitening (scaling 'whiten' or 'diagonal+whiten'), "
+                             f"got shrinkage={shrinkage!r} with scaling {scaling!r}")
+        if sum(s > 1 for s in plan.in_shape) <= 1 and float(shrinkage) != 0.0:
+            raise ValueError(f"shrinkage applies to a Kronecker whitening (n > 2); this layout whitens by C itself, "
+                             f"so it must be 'auto' or 0, got {shrinkage!r}")
     if svd_layout and ratio is not None:
         max_bond, ratio = _ratio_rank(rows, cols, ratio, max_bond), None
     weights = {"diagonal": None if activations is None else activations.diagonal, "fisher": row_weights}.get(scaling)
     alpha = None
     whitened_parts = None  # (L^T M, its truncation, lam) when L L^T = C + lam I exactly: the error's cheap form
+    scored: tuple[np.ndarray, float] | None = None  # a Kronecker whitening's approximation and activation error
+    shrunk: float | None = None
     layout: _LayoutFit | None = None
     if svd_layout and scaling == "whiten" and tol is None and activations is not None:
         # SVD-LLM at a given rank: one eigendecomposition of the smaller Gram of L^T M, not a decomposition
@@ -840,44 +901,66 @@ def decompose_activations(
             work = padded
         sizes = list(plan.in_shape)
         wide = [k for k, s in enumerate(sizes) if s > 1]
-        if len(wide) == 1:
-            # One nontrivial in factor (the SVD layout): the Kronecker product is C itself.
-            pieces = {wide[0]: gram}
-        else:
-            pieces = dict(enumerate(kronecker_factors(gram, sizes)))
-        factors, alphas = [], []
-        for k, s in enumerate(sizes):
-            if s == 1:
-                factors.append(np.ones((1, 1)))
-                continue
-            w = (activations.whitening(damping) if activations is not None and pieces[k] is activations.gram
-                 else whitening(pieces[k], damping))
-            factors.append(w.factor)
-            alphas.append(w.alpha)
-        alpha = max(alphas) if alphas else None
         cores_ratio = ratio
         if scale is not None and ratio is not None:
             # The row scale kept beside the cores costs I parameters: the cores get what is left.
             cores_ratio = (ratio * rows * cols - rows) / (plan.padded_shape[0] * plan.padded_shape[1])
             if not cores_ratio > 0:
                 raise ValueError(f"ratio {ratio} leaves no parameter for the cores beside the {rows} row scales")
-        # One wide in factor: its L^T acts on the rows directly (the others are 1 x 1 ones).
-        whitened = _whiten(factors[wide[0]], work) if len(wide) == 1 else _along_rows(work, factors, transpose=True)
-        inner = decompose(whitened, (plan.in_shape, plan.out_shape), max_bond=max_bond, ratio=cores_ratio, tol=tol)
-        bound = inner.relative_error_bound()
-        folded = _fold(inner.cores, factors)
         # A fold that changes only the central core keeps decompose's mixed canonical form (the SVD layout:
         # L^-T acts on the left factor alone), so the bonds need ordering, not three sweeps.
         central = (len(sizes) - 1) // 2
-        m = MPO.from_cores(folded, shape=(rows, cols), row_scale=scale,
-                           mixed_canonical=all(s == 1 for k, s in enumerate(sizes) if k != central))
-        exact_c = len(wide) == 1 and activations is not None and pieces[wide[0]] is activations.gram
-        if exact_c and activations is not None and whitened.shape == a.shape:
-            whitened_parts = (whitened, inner.to_dense(), activations.whitening(damping).lam)
-    approx = m.to_dense() if layout is None else layout.approx
+        canonical = all(s == 1 for k, s in enumerate(sizes) if k != central)
+
+        def fit(pieces: dict[int, np.ndarray]) -> tuple[MPO, MPO, np.ndarray, float | None]:
+            """Whitened by the factors of ``pieces`` (in factor -> its C_k) and folded back: (the MPO, the
+            whitened matrix's MPO, the whitened matrix, the damping alpha)."""
+            factors, alphas = [], []
+            for k, s in enumerate(sizes):
+                if s == 1:
+                    factors.append(np.ones((1, 1)))
+                    continue
+                w = (activations.whitening(damping) if activations is not None and pieces[k] is activations.gram
+                     else whitening(pieces[k], damping))
+                factors.append(w.factor)
+                alphas.append(w.alpha)
+            # One wide in factor: its L^T acts on the rows directly (the others are 1 x 1 ones).
+            white = _whiten(factors[wide[0]], work) if len(wide) == 1 else _along_rows(work, factors, transpose=True)
+            inner = decompose(white, (plan.in_shape, plan.out_shape), max_bond=max_bond, ratio=cores_ratio, tol=tol)
+            folded = MPO.from_cores(_fold(inner.cores, factors), shape=(rows, cols), row_scale=scale,
+                                    mixed_canonical=canonical)
+            return folded, inner, white, (max(alphas) if alphas else None)
+
+        if len(wide) == 1:
+            # One nontrivial in factor (the SVD layout): the Kronecker product is C itself, the whitening
+            # exact, and nothing to shrink.
+            m, inner, whitened, alpha = fit({wide[0]: gram})
+            bound = inner.relative_error_bound()
+            if activations is not None and gram is activations.gram and whitened.shape == a.shape:
+                whitened_parts = (whitened, inner.to_dense(), activations.whitening(damping).lam)
+        else:
+            # Every Kronecker route comes with statistics ("whiten" and "diagonal+whiten" need them).
+            assert activations is not None
+            # The nearest Kronecker product of C^(1/2), squared: (K_1 (x) ... (x) K_n)^2 = K_1^2 (x) ... (x)
+            # K_n^2 ~ C. The square root narrows the outlier features' dynamic range, so a few of them no
+            # longer decide the fit (on MiniLM-L6 it lowered the held-out activation error of 24-27 of the 36
+            # encoder layers against the product of C itself, docs/RESULTS.md); an exact product stays exact.
+            nearest = [k @ k for k in kronecker_factors(_psd_sqrt(gram), sizes)]
+            betas = SHRINKAGES if isinstance(shrinkage, str) else (float(shrinkage),)
+            for beta in betas:
+                trial, inner, _, trial_alpha = fit(dict(enumerate(shrink_kronecker(nearest, beta))))
+                trial_approx = trial.to_dense()
+                # Scored on the fitted statistics only, so that held_out stays unseen by the choice.
+                trial_error = activation_error(a, trial_approx, activations)
+                if scored is None or trial_error < scored[1]:
+                    m, bound, alpha, shrunk = trial, inner.relative_error_bound(), trial_alpha, beta
+                    scored = (trial_approx, trial_error)
+    approx = layout.approx if layout is not None else scored[0] if scored is not None else m.to_dense()
     act_error: float | None
     if layout is not None:
         act_error = layout.activation_error
+    elif scored is not None:
+        act_error = scored[1]
     elif whitened_parts is not None:
         # ||X E||^2 = tr(E^T C E) = ||L^T E||^2 - lam ||E||^2 with L L^T = C + lam I, and L^T E is the
         # whitened matrix less its truncation: the same value as activation_error without its two
@@ -896,6 +979,7 @@ def decompose_activations(
         weight_error=float(np.linalg.norm(a - approx) / np.linalg.norm(a)),
         bound=bound,
         alpha=alpha,
+        shrinkage=shrunk,
     )
 
 
