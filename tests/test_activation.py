@@ -294,6 +294,15 @@ def test_allocate_is_optimal_for_what_it_spends_and_beats_a_uniform_share():
             uniform += fits[-1] if fits else 1.0
         assert plan.summed_error <= uniform + 1e-12
         assert "summed squared activation error" in str(plan)
+        # The allocation reports that comparison itself, layer by layer.
+        for c in curves:
+            fits = [e for p, e in zip(c.params, c.errors) if p <= plan.budget / plan.dense_params * c.dense_params]
+            assert plan.uniform_errors[c.name] == (fits[-1] if fits else None)
+        if all(v is not None for v in plan.uniform_errors.values()):
+            assert plan.uniform_summed_error == pytest.approx(sum(plan.uniform_errors.values()), rel=1e-12)
+            assert f"summed squared activation error {plan.uniform_summed_error:.4g}" in str(plan).splitlines()[-1]
+        else:
+            assert plan.uniform_summed_error is None and "no setting that small" in str(plan)
     with pytest.raises(ValueError, match="exactly one"):
         mpo.allocate(curves)
     with pytest.raises(ValueError, match="below the smallest"):

@@ -71,6 +71,38 @@ def test_cli_equals_torch_compress_tensor_for_tensor(bert, tmp_path, capsys, arg
         assert all(e["in_factors"][1] == 1 for e in manifest["modules"].values())  # whitened SVDs
 
 
+def test_held_out_statistics_score_each_fitted_layer_and_change_nothing(bert, tmp_path, capsys):
+    folder, stats, calibration = bert
+    held = stats_of(transformers.BertModel.from_pretrained(folder).eval(), seed=7)
+    held_path = tmp_path / "held.safetensors"
+    held.save(held_path)
+    base = ["compress", str(folder), "--include", INCLUDE, "--calibration", str(stats), "--n", "2", "--ratio", "0.5"]
+    assert main([*base, "-o", str(tmp_path / "plain")]) == 0
+    assert "held_out" not in capsys.readouterr().out.splitlines()[0]
+    assert main([*base, "-o", str(tmp_path / "scored"), "--held-out", str(held_path)]) == 0
+    table = capsys.readouterr().out
+    header = table.splitlines()[0].split()
+    assert header[header.index("act_error") + 1] == "held_out"
+    got, want = mt.from_pretrained(tmp_path / "scored").state_dict(), mt.from_pretrained(tmp_path / "plain").state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    layer = "encoder.layer.1.output.dense"
+    M = mt.from_pretrained(tmp_path / "scored").get_submodule(layer).weight_matrix().detach().double().numpy()
+    dense = transformers.BertModel.from_pretrained(folder).get_submodule(layer).weight.detach().double().numpy().T
+    row = next(line for line in table.splitlines() if line.startswith(layer + " ")).split()
+    assert row[-4] == f"{mpo.activation_error(dense, M, held[layer]):.4f}"
+    assert row[-5] == f"{mpo.activation_error(dense, M, calibration[layer]):.4f}"
+    assert row[-4] != row[-5]
+    # Refused with one line and exit 2: without --calibration, and statistics of another model.
+    code = main(["compress", str(folder), "-o", str(tmp_path / "x"), "--ratio", "0.5", "--held-out", str(held_path)])
+    assert code == 2 and "--held-out scores the layers --calibration fits" in capsys.readouterr().err
+    other = tmp_path / "other.safetensors"
+    stats_of(tiny_bert(hidden=32)).save(other)
+    code = main([*base, "-o", str(tmp_path / "y"), "--held-out", str(other)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("mpo: error: --held-out"), err
+    assert not (tmp_path / "y").exists()
+
+
 def write_grams(path, grams, tokens=None):
     from safetensors.numpy import save_file
     meta = {"format": "mpo.activations", "version": "1",

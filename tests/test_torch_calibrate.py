@@ -104,6 +104,44 @@ def test_compress_with_activations_is_the_whitened_svd():
         mt.compress(_model(), weights="activations", n=2, max_bond=3, progress=False, force=True)
 
 
+def test_compress_reports_weight_activation_and_held_out_errors(capsys):
+    model, batches = _model(), _batches(4)
+    cal = mt.calibrate(model, batches[:3], progress=False)
+    held = mt.calibrate(model, batches[3:], progress=False)
+    W = {n: getattr(model, n).weight.detach().numpy().T.copy() for n in ("a", "b")}
+    report = mt.compress(model, n=2, max_bond=3, weights="activations", calibration=cal, held_out=held,
+                         progress=True, force=True)
+    err = capsys.readouterr().err
+    for r in report.layers:
+        approx = getattr(model, r.name).weight_matrix().detach().numpy()
+        assert r.weight_error == pytest.approx(np.linalg.norm(W[r.name] - approx) / np.linalg.norm(W[r.name]), rel=1e-9)
+        assert r.activation_error == pytest.approx(mpo.activation_error(W[r.name], approx, cal[r.name]), rel=1e-9)
+        assert r.held_out_error == pytest.approx(mpo.activation_error(W[r.name], approx, held[r.name]), rel=1e-9)
+        assert r.held_out_error != pytest.approx(r.activation_error, rel=1e-6)  # other tokens, another value
+        assert f"({r.held_out_error:.3g} held out)" in err
+    table = str(report)
+    assert "weight err" in table and "act. err" in table and "held out" in table
+    # The held-out statistics only score: the layers are those of a run without them.
+    again = _model()
+    mt.compress(again, n=2, max_bond=3, weights="activations", calibration=cal, progress=False, force=True)
+    for n in ("a", "b"):
+        np.testing.assert_array_equal(getattr(again, n).weight_matrix().detach().numpy(),
+                                      getattr(model, n).weight_matrix().detach().numpy())
+    # Plain layers report no activation errors, and their table has no such columns.
+    plain = mt.compress(_model(), n=2, max_bond=3, progress=False, force=True)
+    assert all(r.activation_error is None and r.held_out_error is None for r in plain.layers)
+    assert "act. err" not in str(plain)
+    with pytest.raises(ValueError, match="held_out scores the layers fitted to their inputs"):
+        mt.compress(_model(), n=2, max_bond=3, held_out=held, progress=False, force=True)
+    with pytest.raises(ValueError, match="held_out must be an mpo.Calibration"):
+        mt.compress(_model(), n=2, max_bond=3, weights="activations", calibration=cal, held_out={"a": 1},
+                    progress=False, force=True)
+    only_a = mt.calibrate(_model(), batches[3:], include="a", progress=False)
+    with pytest.raises(ValueError, match=r"held_out has no statistics for the fitted layers \['b'\]"):
+        mt.compress(_model(), n=2, max_bond=3, weights="activations", calibration=cal, held_out=only_a,
+                    progress=False, force=True)
+
+
 def test_model_allocation_spends_one_budget_and_beats_the_uniform_share(capsys):
     model, batches = _model(), _batches(6)
     cal = mt.calibrate(model, batches, progress=False)

@@ -36,7 +36,7 @@ import math
 import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -1037,13 +1037,16 @@ def svd_curve(name: str, M: object, stats: ActivationStats, *, damping: float = 
 @dataclass(frozen=True)
 class Allocation:
     """One setting per layer from :func:`allocate`; ``settings``, ``params``, ``errors`` (relative squared
-    activation errors) and ``dense`` (the dense layers' parameters) by layer name."""
+    activation errors) and ``dense`` (the dense layers' parameters) by layer name. ``uniform_errors`` is the
+    comparison: each layer's relative squared error at the same share of its own parameters (budget over
+    the dense total; the largest setting within it), None for a layer with no setting that small."""
 
     settings: dict
     params: dict
     errors: dict
     dense: dict
     budget: int
+    uniform_errors: dict = field(default_factory=dict)
 
     @property
     def total_params(self) -> int:
@@ -1060,18 +1063,35 @@ class Allocation:
         """The objective (unweighted): the sum over layers of the relative squared activation errors."""
         return float(sum(self.errors.values()))
 
+    @property
+    def uniform_summed_error(self) -> float | None:
+        """The same sum at the same share on every layer (None when some layer has no setting that small)."""
+        values = [self.uniform_errors.get(name) for name in self.settings]
+        known = [float(v) for v in values if v is not None]
+        return None if not values or len(known) < len(values) else float(sum(known))
+
     def __str__(self) -> str:
-        lines = [f"{'layer':<48} {'setting':<12} {'params':>10} {'share':>7} {'act. error':>10}"]
+        share = self.budget / self.dense_params if self.dense_params else 0.0
+        lines = [f"{'layer':<48} {'setting':<12} {'params':>10} {'share':>7} {'act. error':>10} "
+                 f"{f'at {share:.3f}':>10}"]
         for name, setting in self.settings.items():
             label = " ".join(str(x) for x in setting)
+            uniform = self.uniform_errors.get(name)
             lines.append(
                 f"{name:<48} {label:<12} {self.params[name]:>10} "
-                f"{self.params[name] / self.dense[name]:>7.3f} {math.sqrt(self.errors[name]):>10.4f}"
+                f"{self.params[name] / self.dense[name]:>7.3f} {math.sqrt(self.errors[name]):>10.4f} "
+                f"{'-' if uniform is None else f'{math.sqrt(uniform):.4f}':>10}"
             )
         lines.append(
             f"{len(self.settings)} layers: {self.dense_params} -> {self.total_params} parameters "
             f"(share {self.total_params / self.dense_params:.4f}, budget {self.budget}); "
             f"summed squared activation error {self.summed_error:.4g}"
+        )
+        uniform_sum = self.uniform_summed_error
+        lines.append(
+            f"the same share {share:.4f} on every layer (last column): "
+            + ("some layer has no setting that small" if uniform_sum is None
+               else f"summed squared activation error {uniform_sum:.4g}")
         )
         return "\n".join(lines)
 
@@ -1170,4 +1190,10 @@ def allocate(
         settings[n] = ("dense",) if k < 0 else tuple(by_name[n].settings[k])
         params[n] = int(p)
         errors[n] = 0.0 if k < 0 else float(by_name[n].errors[k])
-    return Allocation(settings, params, errors, {c.name: c.dense_params for c in curves}, int(budget))
+    # The comparison: every layer at the same share of its own parameters (its largest setting within it).
+    share = budget / dense
+    uniform: dict[str, float | None] = {}
+    for c in curves:
+        within = [float(e) for p, e in zip(c.params, c.errors) if p <= share * c.dense_params]
+        uniform[c.name] = 0.0 if c.dense_params <= share * c.dense_params else (within[-1] if within else None)
+    return Allocation(settings, params, errors, {c.name: c.dense_params for c in curves}, int(budget), uniform)

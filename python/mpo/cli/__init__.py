@@ -1,7 +1,7 @@
 """The ``mpo`` command: compress a checkpoint, inspect and rebuild the result, compare with SVD/CP/Tucker.
 
     mpo compress CHECKPOINT -o OUT [--n 5] (--max-bond B | --ratio R | --tol T | --exact) [--force] [--dtype D]
-                 [--include GLOB]... [--exclude GLOB]... [--calibration STATS [--scaling S] [--allocate model]]
+                 [--include GLOB]... [--exclude GLOB]... [--calibration STATS [--held-out STATS] [--scaling S] [--allocate model]]
                  [--workers N | --scheduler ADDRESS]
     mpo calibrate MODEL_DIR --text FILE -o STATS [--include GLOB]... [--exclude GLOB]...
     mpo inspect OUT
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation statistics of this model folder (mpo.torch.calibrate(...).save(FILE), or mpo "
                         "calibrate): its untied Linear layers with statistics are fitted to their inputs, as "
                         "mpo.torch.compress(weights='activations') does; needs torch and transformers")
+    p.add_argument("--held-out", metavar="FILE",
+                   help="with --calibration: statistics of other text (mpo calibrate on other lines); each fitted "
+                        "layer's activation error on them is reported as held_out (nothing is fitted to them)")
     p.add_argument("--scaling", choices=["auto", "none", "diagonal", "whiten", "diagonal+whiten"], default="auto",
                    help="how --calibration's statistics are used (default auto: whiten for --n 2, diagonal for n > 2)")
     p.add_argument("--allocate", choices=["model"],

@@ -109,6 +109,8 @@ def check_compress_args(args: argparse.Namespace) -> None:
         raise UsageError(f"-o {out!r} is the input {source!r} (or lies inside it, or contains it); "
                          "choose an output elsewhere")
     calibration, allocate = getattr(args, "calibration", None), getattr(args, "allocate", None)
+    if getattr(args, "held_out", None) is not None and calibration is None:
+        raise UsageError("--held-out scores the layers --calibration fits: give --calibration too")
     if allocate and (calibration is None or args.ratio is None or args.max_bond is not None or args.tol is not None):
         raise UsageError("--allocate model spends --ratio over all calibrated Linear layers: give --calibration and "
                          "--ratio, and neither --max-bond nor --tol")
@@ -140,6 +142,13 @@ def activation_fits(args: argparse.Namespace) -> dict[str, dict | None]:
         mt.check_calibration(model, calibration)
     except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError, OSError) as exc:
         raise UsageError(f"--calibration {str(args.calibration)!r}: {_one_line(exc)}") from None
+    held_out = None
+    if getattr(args, "held_out", None) is not None:
+        try:
+            held_out = Calibration.load(args.held_out)
+            mt.check_calibration(model, held_out)
+        except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as exc:
+            raise UsageError(f"--held-out {str(args.held_out)!r}: {_one_line(exc)}") from None
     linears = [name for name in mt.activation_candidates(model) if name in calibration]
     with open_checkpoint(args.checkpoint) as ckpt:
         matrices = {path: ckpt.info(name).shape for path, name in candidate_matrices(ckpt).items()}
@@ -152,9 +161,15 @@ def activation_fits(args: argparse.Namespace) -> dict[str, dict | None]:
         scaling = args.scaling
         if scaling == "auto":
             scaling = "whiten" if args.n == 2 or args.allocate else "diagonal"
+        if held_out is not None:
+            missing = [name for name in linears if name not in held_out]
+            if missing:
+                raise UsageError(f"--held-out {str(args.held_out)!r} has no statistics for the fitted layers {missing}")
+        scored = {} if held_out is None else {name: {"held_out": held_out[name]} for name in linears}
         if not args.allocate:
             return {name: {"activations": calibration[name], "n": args.n, "max_bond": args.max_bond,
-                           "ratio": args.ratio, "tol": args.tol, "scaling": scaling} for name in linears}
+                           "ratio": args.ratio, "tol": args.tol, "scaling": scaling, **scored.get(name, {})}
+                    for name in linears}
         if not linears:
             raise UsageError("--allocate model: no chosen Linear layer has statistics in --calibration")
         curves = []
@@ -170,7 +185,8 @@ def activation_fits(args: argparse.Namespace) -> dict[str, dict | None]:
         raise UsageError(f"--allocate model: {_one_line(exc)}") from None
     print(plan, file=sys.stderr, flush=True)
     return {name: None if setting[0] == "dense" else
-            {"activations": calibration[name], "n": 2, "max_bond": setting[1], "scaling": scaling}
+            {"activations": calibration[name], "n": 2, "max_bond": setting[1], "scaling": scaling,
+             **scored.get(name, {})}
             for name, setting in plan.settings.items()}
 
 

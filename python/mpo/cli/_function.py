@@ -21,11 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["FUNCTION_SHARE", "SENSITIVITY_SENTENCES", "function_table", "plot_function", "run_function", "sentences"]
+__all__ = ["FUNCTION_SHARE", "SENSITIVITY_SENTENCES", "SENSITIVITY_SHARE", "function_table", "plot_function", "run_function", "sentences"]
 
 DATA = Path(__file__).resolve().parent / "data"
 #: The share of the encoder Linears' parameters every method keeps.
 FUNCTION_SHARE = 0.5
+#: The share each layer is compressed to, alone, when its sensitivity is measured, whatever the share of the
+#: compression: the weights only rank the layers (bench_function measures them the same way).
+SENSITIVITY_SHARE = 0.5
 _BATCH = 8
 #: Calibration sentences (evenly spaced) the sensitivity is scored on: the allocation it chooses scored
 #: within 0.001 of the all-96-sentence one in bench_function, at 8/96 of the forward passes.
@@ -98,7 +101,7 @@ def run_function(folder: Path, out: Path, share: float = FUNCTION_SHARE, layers:
             mt.compress(m, include=encoder, progress=False, lightweight=False, ratio=share, n=5)
         else:
             report = mt.sensitivity(model, calibration, calibration_cosine, include=encoder, n=2,
-                                    ratio=FUNCTION_SHARE, progress=False)
+                                    ratio=SENSITIVITY_SHARE, progress=False)
             plan = mt.allocation(model, calibration, share, include=encoder, layer_weights=report.layer_weights())
             mt.compress(m, include=encoder, progress=False, lightweight=False, ratio=share, allocate=plan,
                         calibration=calibration)

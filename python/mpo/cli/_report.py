@@ -78,7 +78,9 @@ _FOLDER_HEADER = ["module", "shape", "factors", "bonds", "rho", "rel_error", "re
 def print_folder_report(result: Any, activations: bool = False) -> None:
     """The table of a compressed model folder (mpo.io._hf.CompressResult): one row per compressed module,
     then every candidate matrix left dense with the reason, then the totals. ``activations`` adds the
-    column act_error, ||X(M - M')|| / ||XM|| on the calibration statistics ("-" where a matrix had none)."""
+    column act_error, ||X(M - M')|| / ||XM|| on the calibration statistics ("-" where a matrix had none),
+    and held_out, the same on --held-out's statistics, when some matrix has it."""
+    held = activations and any(r.get("held_out_error") is not None for r in result.rows)
     rows = []
     for r in result.rows:
         entropy = r["entropy"]
@@ -92,9 +94,14 @@ def print_folder_report(result: Any, activations: bool = False) -> None:
         if activations:
             act = r.get("act_error")
             rows[-1].insert(6, "-" if act is None else f"{act:.4f}")
+            if held:
+                out = r.get("held_out_error")
+                rows[-1].insert(7, "-" if out is None else f"{out:.4f}")
     header = list(_FOLDER_HEADER)
     if activations:
         header.insert(6, "act_error")
+        if held:
+            header.insert(7, "held_out")
     print(table(rows, header))
     print_dense(result.dense)
     dense = sum(r["dense_params"] for r in result.rows)

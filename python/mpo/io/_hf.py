@@ -615,7 +615,8 @@ def compress_checkpoint(
     of :func:`mpo.decompose_activations` (``activations`` and the cut; the matrix is M = W.T, stored
     "transposed" as ``mpo.torch.compress(weights="activations")`` holds it), or to None for a layer a
     model-wide allocation keeps dense. Their rows carry ``act_error``, ||X(M - M')|| / ||XM|| on the
-    statistics; every other row has ``act_error`` None. Fits run in this process (the statistics are not
+    statistics, and ``held_out_error``, the same on the fit's ``held_out`` statistics (None without them);
+    every other row has both None. Fits run in this process (the statistics are not
     shipped to workers): ``fits`` with a ``client`` is refused.
 
     Resumable: finished matrices are kept in ``out/.mpo-partial`` (see ``mpo.io._workfolder``); the same
@@ -669,7 +670,7 @@ def _describe_fit(fit: Mapping | None) -> object:
         return "dense"
     out: dict = {}
     for key, value in sorted(fit.items()):
-        if key == "activations":  # C determines the statistics (its diagonal is read off it)
+        if key in ("activations", "held_out"):  # C determines the statistics (its diagonal is read off it)
             out[key] = hashlib.sha256(np.ascontiguousarray(value.gram).tobytes()).hexdigest()
         else:
             out[key] = value if value is None or isinstance(value, (int, float, str)) else repr(value)
@@ -781,9 +782,8 @@ def _compress_one(path: str, raw: np.ndarray, settings: Settings, fit: Mapping |
         return reason, [], None, None
     start = time.perf_counter()
     matrix = _as_float(raw)
-    act_error = None
+    act_error = held_out_error = None
     try:
-        act_error = None
         if fit is None:
             m = decompose(matrix, n=settings.n, max_bond=settings.max_bond, tol=settings.tol, ratio=settings.ratio)
         else:
@@ -791,6 +791,7 @@ def _compress_one(path: str, raw: np.ndarray, settings: Settings, fit: Mapping |
             found = decompose_activations(matrix.T, **fit)
             m = found.mpo
             act_error = None if found.activation_error is None else float(found.activation_error)
+            held_out_error = None if found.held_out_error is None else float(found.held_out_error)
     except ValueError as exc:  # a ratio the matrix cannot meet, say
         return f"cannot meet the setting: {exc}", [], None, None
     seconds = time.perf_counter() - start
@@ -821,5 +822,5 @@ def _compress_one(path: str, raw: np.ndarray, settings: Settings, fit: Mapping |
            "out_factors": [int(x) for x in m.out_shape], "bonds": [int(x) for x in m.bond_dims],
            "rho": float(m.compression_ratio), "error": float(error), "bound": float(bound),
            "seconds": float(seconds), "dense_params": int(rows * cols), "params": int(m.num_params),
-           "entropy": [float(x) for x in m.entropy()], "act_error": act_error}
+           "entropy": [float(x) for x in m.entropy()], "act_error": act_error, "held_out_error": held_out_error}
     return None, arrays, entry, row

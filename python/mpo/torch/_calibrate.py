@@ -234,12 +234,15 @@ def activation_layer(
     tol: float | None = None,
     scaling: str = "whiten",
     mode: str = "auto",
+    held_out: ActivationStats | None = None,
 ) -> tuple[MPOLinear, Any]:
-    """An MPOLinear for ``module`` fitted to its activations (:func:`mpo.decompose_activations`), and the fit."""
+    """An MPOLinear for ``module`` fitted to its activations (:func:`mpo.decompose_activations`), and the fit
+    (its ``held_out_error`` on ``held_out``, statistics of tokens the fit did not see, when given)."""
     if not isinstance(module, nn.Linear):
         raise TypeError(f"activation-aware layers replace nn.Linear, got {type(module).__name__}")
     fit = decompose_activations(
-        _matrix(module), stats, n=n, shape=shape, max_bond=max_bond, ratio=ratio, tol=tol, scaling=scaling
+        _matrix(module), stats, n=n, shape=shape, max_bond=max_bond, ratio=ratio, tol=tol, scaling=scaling,
+        held_out=held_out,
     )
     weight = module.weight
     return MPOLinear(fit.mpo, module.bias, mode=mode, dtype=weight.dtype, device=weight.device), fit

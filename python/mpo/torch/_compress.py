@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .._activation import Allocation
+from .._activation import Allocation, Calibration
 from .._mpo import MPO
 from .._validation import match_names
 from ..io import TORCH_MODEL, atomic_path
@@ -62,7 +62,10 @@ class LayerReport:
     """One compressed matrix: its MPO's bonds and size, and the decomposition's error bound.
 
     A matrix tied across modules (GPT-2's wte and lm_head) is one report: ``name`` holds the MPO
-    layer, ``tied`` the other module names that share it, and its parameters count once.
+    layer, ``tied`` the other module names that share it, and its parameters count once. A layer fitted
+    to its inputs (``weights="activations"`` or ``allocate``) also reports ``weight_error``
+    (||M - M'|| / ||M||), ``activation_error`` (||X(M - M')|| / ||XM|| on the calibration statistics) and
+    ``held_out_error`` (the same on ``held_out`` statistics, when given); the others have None there.
     """
 
     name: str
@@ -74,6 +77,9 @@ class LayerReport:
     relative_error_bound: float
     seconds: float
     tied: tuple[str, ...] = ()
+    weight_error: float | None = None
+    activation_error: float | None = None
+    held_out_error: float | None = None
 
     @property
     def compression_ratio(self) -> float:
@@ -109,13 +115,23 @@ class CompressionReport:
         return sum(r.mpo_params for r in self.layers)
 
     def __str__(self) -> str:
-        lines = [f"{'layer':<48} {'matrix':>13} {'bonds':<22} {'rho':>7} {'rel. bound':>10}"]
+        fitted = any(r.activation_error is not None for r in self.layers)
+        held = any(r.held_out_error is not None for r in self.layers)
+
+        def cell(value: float | None) -> str:
+            return f"{'-':>10}" if value is None else f"{value:>10.3g}"
+
+        header = f"{'layer':<48} {'matrix':>13} {'bonds':<22} {'rho':>7} {'rel. bound':>10}"
+        if fitted:
+            header += f" {'weight err':>10} {'act. err':>10}" + (f" {'held out':>10}" if held else "")
+        lines = [header]
         for r in self.layers:
             shape = f"{r.matrix_shape[0]}x{r.matrix_shape[1]}"
-            lines.append(
-                f"{r.name:<48} {shape:>13} {str(r.bond_dims):<22} {r.compression_ratio:>7.4f} "
-                f"{r.relative_error_bound:>10.3g}"
-            )
+            line = (f"{r.name:<48} {shape:>13} {str(r.bond_dims):<22} {r.compression_ratio:>7.4f} "
+                    f"{r.relative_error_bound:>10.3g}")
+            if fitted:
+                line += f" {cell(r.weight_error)} {cell(r.activation_error)}" + (f" {cell(r.held_out_error)}" if held else "")
+            lines.append(line)
             if r.tied:
                 lines.append(f"  shared with: {', '.join(r.tied)}")
         total = self.mpo_params / self.dense_params if self.dense_params else 0.0
@@ -291,6 +307,7 @@ def compress(
     calibration=None,
     allocate: str | Allocation | None = None,
     scaling: str = "auto",
+    held_out=None,
 ) -> CompressionReport:
     """Replace matching Linear, Conv1D and Embedding modules of ``model`` by MPO layers, in place.
 
@@ -352,6 +369,11 @@ def compress(
         An Allocation (:func:`mpo.torch.allocation`, for instance with sensitivity weights) is used as given.
     scaling : str
         :data:`mpo.SCALINGS` member or "auto" (whitening for n = 2, diagonal for n > 2).
+    held_out : mpo.Calibration, optional
+        Statistics of tokens the calibration did not see (:func:`mpo.torch.calibrate` on other batches):
+        each layer fitted to its inputs reports its activation error on them too (``held_out_error``),
+        beside the weight error, the activation error on ``calibration`` and the bound. They score the
+        result only; nothing is fitted to them.
 
     Returns
     -------
@@ -381,6 +403,16 @@ def compress(
         ratio=ratio, tol=tol, scaling=scaling, progress=progress,
     )
     activations = weights == "activations" or allocate is not None
+    if held_out is not None:
+        if not activations:
+            raise ValueError("held_out scores the layers fitted to their inputs: it goes with "
+                             "weights='activations' or allocate=, which are not given")
+        if not isinstance(held_out, Calibration):
+            raise ValueError(f"held_out must be an mpo.Calibration (mpo.torch.calibrate on other batches), "
+                             f"got {type(held_out).__name__}")
+        missing = [name for name, setting in fitted.items() if setting is not None and name not in held_out]
+        if missing:
+            raise ValueError(f"held_out has no statistics for the fitted layers {missing}")
     row_weights = {} if activations else _row_weights(model, plain_linears, weights, data, loss_fn, progress)
     layers, swaps = [], {}
     for count, group in enumerate(todo, 1):
@@ -393,9 +425,11 @@ def compress(
             kept.append(KeptDense(name, type(module).__name__, _matrix_shape(module, kind), reason))
             continue
         layer: MPOLayer
+        fit = None
         try:
             if name in fitted:
-                layer, _ = activation_layer(module, calibration[name], shape=group_shape, mode=mode, **fitted[name])
+                layer, fit = activation_layer(module, calibration[name], shape=group_shape, mode=mode,
+                                              held_out=None if held_out is None else held_out[name], **fitted[name])
             else:
                 layer = _build(group, group_shape, n, max_bond, tol, ratio, mode, row_weights.get(name))
         except (ValueError, TypeError) as exc:
@@ -426,13 +460,20 @@ def compress(
             relative_error_bound=layer.decomposition_bound,
             seconds=time.perf_counter() - start,
             tied=tuple(k for k in group.names if k != name),
+            weight_error=None if fit is None else fit.weight_error,
+            activation_error=None if fit is None else fit.activation_error,
+            held_out_error=None if fit is None else fit.held_out_error,
         )
         layers.append(report)
         if progress:
+            errors = "" if fit is None else (
+                f", weight error {fit.weight_error:.3g}, activation error {fit.activation_error:.3g}"
+                + ("" if fit.held_out_error is None else f" ({fit.held_out_error:.3g} held out)")
+            )
             print(
                 f"[{count}/{len(todo)}] {name}: {report.matrix_shape[0]}x{report.matrix_shape[1]} -> bonds "
                 f"{report.bond_dims}, rho {report.compression_ratio:.4f}, relative bound "
-                f"{report.relative_error_bound:.3g} ({report.seconds:.2f} s)",
+                f"{report.relative_error_bound:.3g}{errors} ({report.seconds:.2f} s)",
                 file=sys.stderr,
                 flush=True,
             )
