@@ -66,13 +66,15 @@ typename Sweep<T>::Node& Sweep<T>::split_at(const Path& prefix) {
   if (node.has_split) return node;
   const std::size_t t = prefix.size();
   const std::size_t bond = steps_[t];
-  const Index size = node.remainder.size();
+  const Index size = remainder_size(node);
   const Index rows = from_left(t) ? node.left * pair(bond) : size / (pair(bond + 1) * node.right);
-  const ConstMatrixMap<T> unfolding(node.remainder.data(), rows, size / rows);
+  const ConstMatrixMap<T> unfolding(remainder_data(node), rows, size / rows);
   node.split = from_left(t) ? left_split<T>(unfolding) : right_split<T>(unfolding);
   count_work(node, rows);
   node.has_split = true;
   node.remainder = Matrix<T>();
+  node.shared = nullptr;
+  node.shared_size = 0;
   return node;
 }
 
@@ -84,7 +86,7 @@ typename Sweep<T>::Node& Sweep<T>::split_at(const Path& prefix) {
 template <class T>
 void Sweep<T>::count_work(Node& node, Index rows) {
   if (node.counted) return;
-  const Index size = node.remainder.size();
+  const Index size = remainder_size(node);
   work_ += static_cast<double>(std::min(rows, size / rows)) * static_cast<double>(size);
   node.counted = true;
 }
@@ -116,7 +118,7 @@ typename Sweep<T>::Node& Sweep<T>::advance(const Path& prefix, Index keep) {
   child.left = parent.left;
   child.right = parent.right;
   if (from_left(prefix.size())) {  // R = Qᵀ·A: its first rows, contiguous
-    child.remainder = parent.split.r.topRows(keep);
+    if (!share_rows(parent, keep, child)) child.remainder = parent.split.r.topRows(keep);
     child.left = keep;
   } else {  // L = A·Q: its first columns
     child.remainder = parent.split.q.leftCols(keep);
@@ -191,7 +193,8 @@ Decomposition<T> Sweep<T>::build(const std::vector<Index>& max_bond) {
     prefix.push_back(keep);
   }
   const Node& last = nodes_.at(prefix);
-  place(central_, last.left, last.right, last.remainder);
+  place(central_, last.left, last.right,
+        ConstMatrixMap<T>(remainder_data(last), 1, remainder_size(last)));  // the last step is a right step: owned
   // A cut changes the remainders later steps split, so the bonds cut before the last step are not
   // exactly ordered by the MPO's own unfoldings: one rotation per bond from the small cores restores
   // that, as decompose() does. The last step split bond c in order (order_bonds' promise).

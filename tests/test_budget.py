@@ -727,3 +727,26 @@ def test_budget_search_is_reported_on_the_mpo_budget_logger(caplog):
     with caplog.at_level("DEBUG", logger="mpo.budget"):
         mpo.decompose(M, ((4, 4, 4), (4, 4, 3)), ratio=0.5, max_bond=2)
     assert not [r for r in caplog.records if r.name == "mpo.budget"]
+
+
+@given(cases(ns=(3, 4, 5, 7)), rhos)
+def test_shared_rows_searches_and_builds_bitwise_as_the_copying_route(case, rho):
+    """shared_rows: left-step remainders read in place from the parent's R instead of copied. The same
+    numbers at another address: the search and its MPO are bitwise the copying route's, and only the
+    shortcut's count tells them apart."""
+    M = case.M
+    assume(rho >= smallest_ratio(case))
+    pairs, limits, allowed, start = budget_problem(M, case.in_shape, case.out_shape, rho)
+    assume(start is not None)
+    padded = pad(M, (math.prod(case.in_shape), math.prod(case.out_shape)))
+    copying = _core.Sweep(padded, list(case.in_shape), list(case.out_shape), shared_rows=False)
+    shared = _core.Sweep(padded, list(case.in_shape), list(case.out_shape))
+    found_copying = _budget.search(copying, pairs, start, limits, allowed)
+    found_shared = _budget.search(shared, pairs, start, limits, allowed)
+    assert found_shared == found_copying  # caps, squared error (a float, compared exactly), scorings
+    built_copying, built_shared = copying.build(found_copying.max_bond), shared.build(found_shared.max_bond)
+    for a, b in zip(built_copying["cores"], built_shared["cores"]):
+        assert np.array_equal(a, b)
+    assert np.array_equal(built_copying["truncation_errors"], built_shared["truncation_errors"])
+    assert copying.rows_shared == 0
+    assert shared.rows_shared > 0  # n >= 3: every search makes a left step's child

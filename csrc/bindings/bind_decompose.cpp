@@ -82,7 +82,7 @@ void register_decompose(py::module_& m) {
                          "Algorithm 1 under any per-bond max_bond, scored exactly, splits cached by prefix.")
       .def(py::init([](const py::array& matrix, const std::vector<Index>& in_shape,
                        const std::vector<Index>& out_shape, double unit, bool values_only, bool reuse_bound,
-                       bool kept_vectors) {
+                       bool kept_vectors, bool shared_rows) {
              if (matrix.ndim() != 2)
                throw py::value_error("Sweep: expected a 2-D array, got " + std::to_string(matrix.ndim()) +
                                      " dimensions");
@@ -91,6 +91,7 @@ void register_decompose(py::module_& m) {
              shortcuts.values_only = values_only;
              shortcuts.reuse_bound = reuse_bound;
              shortcuts.kept_vectors = kept_vectors;
+             shortcuts.shared_rows = shared_rows;
              auto sweep = std::make_unique<TypedSweep>();
              if (py::isinstance<py::array_t<float>>(matrix)) {
                sweep->single = make_sweep<float>(matrix, factors, shortcuts, unit);
@@ -102,7 +103,8 @@ void register_decompose(py::module_& m) {
              return sweep;
            }),
            py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"), py::kw_only(), py::arg("unit") = 1.0,
-           py::arg("values_only") = true, py::arg("reuse_bound") = true, py::arg("kept_vectors") = true)
+           py::arg("values_only") = true, py::arg("reuse_bound") = true, py::arg("kept_vectors") = true,
+           py::arg("shared_rows") = true)
       .def_property_readonly(
           "shortcuts_taken",
           [](TypedSweep& s) {
@@ -115,6 +117,11 @@ void register_decompose(py::module_& m) {
             return out;
           },
           "How often each shortcut (SweepShortcuts, include/mpo/sweep.hpp) was taken.")
+      .def_property_readonly(
+          "rows_shared",
+          [](TypedSweep& s) { return s.run([](auto& x) { return x.shortcuts_taken().shared_rows; }); },
+          "How many left-step remainders the shared_rows shortcut read in place (a count of its own, so that "
+          "shortcuts_taken keeps its keys).")
       .def_property_readonly(
           "steps", [](TypedSweep& s) { return s.run([](auto& x) { return x.steps(); }); },
           "Bonds in the order the sweep cuts them.")

@@ -28,13 +28,13 @@ template <class T>
 bool Sweep<T>::last_cut_from_values(Node& node, Index cap, Index* keep, double* discarded) {
   if (!shortcuts_.values_only || node.has_split || cap <= 0) return false;
   const std::size_t bond = steps_.back();  // the last step is a right step (bond c)
-  const Index size = node.remainder.size();
+  const Index size = remainder_size(node);
   const Index rows = size / (pair(bond + 1) * node.right);
   const Index cols = size / rows;
   const Index m = std::min(rows, cols);
   if (cap >= m) return false;  // the cap cuts nothing: only the zero rule decides the bond
   if (node.energies.size() == 0) {
-    const ConstMatrixMap<T> unfolding(node.remainder.data(), rows, cols);
+    const ConstMatrixMap<T> unfolding(remainder_data(node), rows, cols);
     // The short side's Gram matrix, as the plain split forms it (lower triangle, double).
     const Eigen::MatrixXd g = rows >= cols ? gram<double>(unfolding.transpose()) : gram<double>(unfolding);
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(g, Eigen::EigenvaluesOnly);

@@ -14,9 +14,10 @@
 // that is the optimal cut (Eckart–Young), the one a capped split makes, so a cut is a slice and not a
 // new split. Splits are cached by the max_bond of the steps before them. No shortcut of decompose()
 // (block or whole steps, randomized or float32 Gram routes) is taken: the search scores the plain sweep.
-// The scorer has three shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
+// The scorer has four shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
 // and MPO up to rounding: the last step scored from eigenvalues alone, the final build's last step from
-// the central-pair bound's Gram matrix, and only the eigenvectors that the bound reads and the build keeps.
+// the central-pair bound's Gram matrix, only the eigenvectors that the bound reads and the build keeps,
+// and left-step remainders read in place (bitwise the plain results).
 #pragma once
 
 #include "mpo/decompose.hpp"
@@ -44,6 +45,10 @@ struct SweepShortcuts {
   // ~6m³ flops for the rotations of all m); the build's last step projects X on the kept ones only and
   // reads the discarded energy off ‖X‖² (csrc/sweep/kept_vectors.cpp).
   bool kept_vectors = true;
+  // advance(): a left step's remainder (the first rows of its parent's R, contiguous) read in place
+  // instead of copied; on MiniLM's embedding that copy was 47 MB per search, and its page faults and
+  // memcpy ~3 % of the search (csrc/sweep/shared_rows.cpp). Bitwise the same results.
+  bool shared_rows = true;
 };
 
 // How often each shortcut was taken.
@@ -52,6 +57,7 @@ struct SweepShortcutCounts {
   long reuse_bound = 0;    // builds whose last step came from the bound's Gram matrix
   long reuse_vectors = 0;  // of those, builds that reused the bound's eigenvectors too
   long kept_vectors = 0;   // references and builds that computed or used only the kept eigenvectors
+  long shared_rows = 0;    // left-step remainders read in place from their parent's R
 };
 
 template <class T>
@@ -120,7 +126,12 @@ class Sweep {
  private:
   // The remainder before one step, and (once made) that step's uncapped split.
   struct Node {
-    Matrix<T> remainder;  // 1 × size, read as the step's unfolding
+    Matrix<T> remainder;  // 1 × size, read as the step's unfolding (empty while `shared` is set)
+    // shared_rows: the remainder is the first `shared_size` values of the parent node's R, read in place.
+    // The parent outlives it: nodes_ is a std::map (its nodes never move), a node is made on its parent's
+    // path, forget_all_but keeps every prefix of a kept path, and the parent's split is never changed.
+    const T* shared = nullptr;
+    Index shared_size = 0;
     Index left = 1, right = 1;  // the bonds around it (d of the cores cut so far on either side)
     bool has_split = false;
     bool counted = false;  // its split's work is in work_ (made, or scored by values_only)
@@ -135,6 +146,12 @@ class Sweep {
   Node& split_at(const Path& prefix);
   Node& advance(const Path& prefix, Index cap);
   Index kept(const Node& node, Index cap) const;
+  // The remainder before a node's step (owned or shared_rows' view of the parent's R) and its size.
+  static const T* remainder_data(const Node& node) { return node.shared ? node.shared : node.remainder.data(); }
+  static Index remainder_size(const Node& node) { return node.shared ? node.shared_size : node.remainder.size(); }
+  // shared_rows.cpp: the left step's child keeps the parent's first `keep` rows of R in place; false (the
+  // caller copies them) where the switch is off.
+  bool share_rows(const Node& parent, Index keep, Node& child);
   double discarded(const Node& node, Index keep) const;
   void count_work(Node& node, Index rows);
   // values_only.cpp: the last step's cut (kept bond, discarded λ²) from its Gram matrix's eigenvalues;
