@@ -78,6 +78,36 @@ def test_calibrate_streams_x_transpose_x_of_the_real_tokens():
         mt.calibrate(model, [], progress=False)
 
 
+class InPlace(nn.Module):
+    """Changes a Linear's input in place after the Linear has read it (as in-place residuals can)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 4)
+
+    def forward(self, x):
+        y = self.a(x)
+        x.mul_(3.0)
+        return y
+
+
+@pytest.mark.parametrize("limit", [0, None])
+def test_calibrate_sums_the_inputs_as_the_layer_saw_them(limit, monkeypatch):
+    # The sums run after each forward pass (or once PENDING_LIMIT bytes are held): what they sum must be
+    # the input as the layer read it, not as the forward left it.
+    from mpo.torch import _calibrate
+
+    if limit is not None:
+        monkeypatch.setattr(_calibrate, "PENDING_LIMIT", limit)  # sum inside the hook, at once
+    torch.manual_seed(2)
+    model = InPlace().double()
+    batches = [torch.randn(5, 6, dtype=torch.float64) for _ in range(3)]
+    seen = torch.cat([b.clone() for b in batches]).numpy()
+    cal = mt.calibrate(model, batches, progress=False)
+    np.testing.assert_allclose(cal["a"].gram, seen.T @ seen, rtol=1e-12)
+    assert cal["a"].tokens == 15
+
+
 def test_calibrate_sums_the_same_statistics_without_scipy(monkeypatch):
     # With scipy the upper triangle is summed by BLAS's syrk; without it, by the full product.
     from mpo.torch import _calibrate

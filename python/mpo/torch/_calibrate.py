@@ -123,6 +123,18 @@ def calibrate(
     grams = {n: np.zeros((_in_features(m), _in_features(m)), order="F") for n, m in chosen.items()}
     counts = {n: 0 for n in chosen}
     state: dict = {"mask": None}
+    # The sums run between forward passes, not inside the hooks. Alternating torch's threads (the forward)
+    # and the BLAS's (syrk) layer by layer left each pool's idle threads spinning beside the other's
+    # work: with the default two threads of each on a 2-core machine, calibrating MiniLM-L6 took 8.3 s
+    # against 1.6 s with either pool at one thread. Held inputs are bounded by PENDING_LIMIT bytes.
+    pending: list[tuple[str, np.ndarray]] = []
+    held = {"bytes": 0}
+
+    def flush() -> None:
+        for name, rows in pending:
+            _add_gram(syrk, grams[name], rows)
+        pending.clear()
+        held["bytes"] = 0
 
     def hook(name: str):
         def record(_module, inputs, _output):
@@ -131,9 +143,13 @@ def calibrate(
             flat = x.reshape(-1, x.shape[-1])
             if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
                 flat = flat[mask.reshape(-1).to(flat.device)]
-            rows = flat.to("cpu", torch.float64).numpy()
+            # A copy: the sum comes later, and the forward may still change its input in place.
+            rows = flat.to("cpu", torch.float64, copy=True).numpy()
             if rows.shape[0]:
-                _add_gram(syrk, grams[name], rows)
+                pending.append((name, rows))
+                held["bytes"] += rows.nbytes
+                if held["bytes"] > PENDING_LIMIT:
+                    flush()
             counts[name] += rows.shape[0]
 
         return record
@@ -154,6 +170,7 @@ def calibrate(
                 else:
                     state["mask"] = None
                     model(batch)
+                flush()
                 tokens = max(counts.values())
                 if callable(progress):
                     progress(seen, total, tokens)
@@ -174,6 +191,11 @@ def calibrate(
     if missing:
         raise ValueError(f"these layers saw no input during calibration (not used by the forward pass?): {missing}")
     return Calibration({n: ActivationStats.from_upper(g, counts[n], copy=False) for n, g in grams.items()})
+
+
+#: Bytes of layer inputs :func:`calibrate` holds before summing them into the statistics (each batch's are
+#: summed after its forward pass, or earlier once they pass this).
+PENDING_LIMIT = 256 * 2**20
 
 
 def _syrk() -> Callable | None:
