@@ -160,6 +160,18 @@ def test_shrink_kronecker_runs_from_the_normalised_factor_to_the_identity():
     for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
         with pytest.raises(ValueError, match="shrinkage must be 'auto' or a number in \\[0, 1\\]"):
             mpo.shrink_kronecker(f, bad)
+    nan = np.eye(3)
+    nan[1, 2] = np.nan
+    for factors, message in [
+        ([np.ones(3)], r"factor 0 must be a square matrix, got shape \(3,\)"),
+        ([np.eye(2), np.ones((2, 3))], r"factor 1 must be a square matrix, got shape \(2, 3\)"),
+        ([nan], "factor 0 has non-finite entries"),
+        ([np.zeros((3, 3))], "factor 0 must have a positive mean diagonal"),
+        ([-np.eye(2)], "factor 0 must have a positive mean diagonal"),
+        (np.eye(4), r"a sequence of square matrices C_k, got one array of shape \(4, 4\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            mpo.shrink_kronecker(factors, 0.5)
 
 
 def test_kronecker_shrinkage_ends_and_the_auto_choice():
@@ -197,6 +209,20 @@ def test_kronecker_shrinkage_ends_and_the_auto_choice():
         mpo.decompose_activations(M, stats, shape=shape, max_bond=3, shrinkage="best")
     with pytest.raises(ValueError, match="shrinkage acts on a Kronecker whitening .* with scaling 'diagonal'"):
         mpo.decompose_activations(M, stats, shape=shape, max_bond=3, scaling="diagonal", shrinkage=0.5)
+
+
+def test_kronecker_auto_with_tol_alone_keeps_the_smallest_fit():
+    # With tol alone each beta's fit is as small as its own norm allows: auto keeps the smallest (then the
+    # lower activation error), not a larger fit that wins on error by its size.
+    M, X = _data(rows=24, cols=18, seed=5)
+    stats = mpo.ActivationStats.from_inputs(X)
+    shape = ((4, 6), (3, 6))
+    fixed = {b: mpo.decompose_activations(M, stats, shape=shape, tol=0.3, shrinkage=b) for b in mpo.SHRINKAGES}
+    sizes = {b: f.num_params for b, f in fixed.items()}
+    assert len(set(sizes.values())) > 1  # the sizes really differ here
+    want = min(fixed, key=lambda b: (sizes[b], fixed[b].activation_error))
+    auto = mpo.decompose_activations(M, stats, shape=shape, tol=0.3)
+    assert auto.shrinkage == want and auto.num_params == min(sizes.values())
 
 
 def test_fisher_and_held_out_on_the_same_interface():
@@ -294,7 +320,8 @@ def test_allocate_is_optimal_for_what_it_spends_and_beats_a_uniform_share():
             uniform += fits[-1] if fits else 1.0
         assert plan.summed_error <= uniform + 1e-12
         assert "summed squared activation error" in str(plan)
-        # The allocation reports that comparison itself, layer by layer.
+        # The allocation reports that comparison itself, layer by layer (svd_curve's points are sorted by
+        # size; an unsorted curve is checked below).
         for c in curves:
             fits = [e for p, e in zip(c.params, c.errors) if p <= plan.budget / plan.dense_params * c.dense_params]
             assert plan.uniform_errors[c.name] == (fits[-1] if fits else None)
@@ -303,6 +330,15 @@ def test_allocate_is_optimal_for_what_it_spends_and_beats_a_uniform_share():
             assert f"summed squared activation error {plan.uniform_summed_error:.4g}" in str(plan).splitlines()[-1]
         else:
             assert plan.uniform_summed_error is None and "no setting that small" in str(plan)
+    # A curve's points need not be sorted: the comparison takes the largest setting within the share.
+    unsorted = mpo.LayerCurve("u", 100, (40, 10, 20), (0.1, 0.5, 0.3), (("a",), ("b",), ("c",)))
+    assert mpo.allocate([unsorted], ratio=0.5).uniform_errors == {"u": 0.1}
+    other = mpo.LayerCurve("v", 1000, (5, 500), (0.9, 0.1), (("d",), ("e",)))
+    tight = mpo.allocate([unsorted, other], ratio=0.08)  # feasible, but u has no setting within 8 %
+    assert tight.uniform_errors == {"u": None, "v": 0.9} and tight.uniform_summed_error is None
+    assert "no setting that small" in str(tight)
+    full = mpo.allocate([unsorted], ratio=1.0)  # the whole share: the dense layer, no error
+    assert full.uniform_errors == {"u": 0.0} and full.uniform_summed_error == 0.0
     with pytest.raises(ValueError, match="exactly one"):
         mpo.allocate(curves)
     with pytest.raises(ValueError, match="below the smallest"):

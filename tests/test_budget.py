@@ -490,7 +490,7 @@ def plain_and_shortcut_sweeps(M, in_shape, out_shape):
     """The scorer with every shortcut off (the plain sweep) and with the defaults (all on)."""
     padded = pad(M, (math.prod(in_shape), math.prod(out_shape)))
     plain = _core.Sweep(padded, list(in_shape), list(out_shape), values_only=False, reuse_bound=False,
-                        kept_vectors=False)
+                        kept_vectors=False, shared_rows=False)
     return plain, _core.Sweep(padded, list(in_shape), list(out_shape))
 
 
@@ -519,7 +519,8 @@ def test_values_only_scores_every_cut_as_the_plain_split(case, data):
         assert bonds_fast == bonds_plain
         assert abs(err_fast - err_plain) <= exact_rtol(M.dtype) * plain.energy
     assert fast.work == plain.work
-    assert plain.shortcuts_taken == {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0}
+    assert plain.shortcuts_taken == {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0,
+                                     "shared_rows": 0}
 
 
 @given(cases(ns=(3, 4, 5, 7)), rhos)
@@ -551,7 +552,7 @@ def test_scorer_shortcuts_change_no_choice_and_are_taken(dtype):
     except (FileNotFoundError, ImportError) as exc:
         pytest.fail(f"the real checkpoint is part of the test set-up: {exc}")
     matrices.append(np.random.default_rng(5).standard_normal((256, 384)))
-    taken = {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0}
+    taken = {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0, "shared_rows": 0}
     for M in matrices:
         M = np.asarray(M, dtype=dtype)
         exact = mpo.decompose(M)
@@ -748,5 +749,5 @@ def test_shared_rows_searches_and_builds_bitwise_as_the_copying_route(case, rho)
     for a, b in zip(built_copying["cores"], built_shared["cores"]):
         assert np.array_equal(a, b)
     assert np.array_equal(built_copying["truncation_errors"], built_shared["truncation_errors"])
-    assert copying.rows_shared == 0
-    assert shared.rows_shared > 0  # n >= 3: every search makes a left step's child
+    assert copying.shortcuts_taken["shared_rows"] == 0
+    assert shared.shortcuts_taken["shared_rows"] > 0  # n >= 3: every search makes a left step's child

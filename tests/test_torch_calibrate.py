@@ -163,13 +163,20 @@ def test_compress_reports_weight_activation_and_held_out_errors(capsys):
     assert "act. err" not in str(plain)
     with pytest.raises(ValueError, match="held_out scores the layers fitted to their inputs"):
         mt.compress(_model(), n=2, max_bond=3, held_out=held, progress=False, force=True)
-    with pytest.raises(ValueError, match="held_out must be an mpo.Calibration"):
+    with pytest.raises(TypeError, match="held_out must be an mpo.Calibration"):
         mt.compress(_model(), n=2, max_bond=3, weights="activations", calibration=cal, held_out={"a": 1},
                     progress=False, force=True)
     only_a = mt.calibrate(_model(), batches[3:], include="a", progress=False)
     with pytest.raises(ValueError, match=r"held_out has no statistics for the fitted layers \['b'\]"):
         mt.compress(_model(), n=2, max_bond=3, weights="activations", calibration=cal, held_out=only_a,
                     progress=False, force=True)
+    # Statistics of the wrong width are refused before any layer is fitted, naming the rule.
+    wrong = mpo.Calibration({"a": mpo.ActivationStats(np.eye(5), 3), "b": held["b"]})
+    fresh = _model()
+    with pytest.raises(ValueError, match=r"held_out: .*'a' are for 5 input features; the layer has 12"):
+        mt.compress(fresh, n=2, max_bond=3, weights="activations", calibration=cal, held_out=wrong,
+                    progress=False, force=True)
+    assert isinstance(fresh.a, nn.Linear) and isinstance(fresh.b, nn.Linear)
 
 
 def test_model_allocation_spends_one_budget_and_beats_the_uniform_share(capsys):

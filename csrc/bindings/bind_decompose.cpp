@@ -114,14 +114,10 @@ void register_decompose(py::module_& m) {
             out["reuse_bound"] = c.reuse_bound;
             out["reuse_vectors"] = c.reuse_vectors;
             out["kept_vectors"] = c.kept_vectors;
+            out["shared_rows"] = c.shared_rows;
             return out;
           },
           "How often each shortcut (SweepShortcuts, include/mpo/sweep.hpp) was taken.")
-      .def_property_readonly(
-          "rows_shared",
-          [](TypedSweep& s) { return s.run([](auto& x) { return x.shortcuts_taken().shared_rows; }); },
-          "How many left-step remainders the shared_rows shortcut read in place (a count of its own, so that "
-          "shortcuts_taken keeps its keys).")
       .def_property_readonly(
           "steps", [](TypedSweep& s) { return s.run([](auto& x) { return x.steps(); }); },
           "Bonds in the order the sweep cuts them.")

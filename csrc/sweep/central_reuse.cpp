@@ -54,8 +54,8 @@ bool Sweep<T>::build_right_from_bound(const Path& caps, const Path& prefix, bool
   const Index side = bound_.side;
   const Index width = pair(central_);
   const Index rows = b * width;
-  // X is the first b rows of the bound's R (the remainder before the right steps is their copy, which a
-  // scoring through this node may have released).
+  // X is the first b rows of the bound's R (the remainder before the right steps holds the same values, a
+  // copy or shared_rows' view, which a scoring through this node may have released).
   if (node.left != b || node.right != 1 || b > nodes_.at(bound_.prefix).split.r.rows() || rows < side) return false;
   // The whole right steps (bonds n-2 … c+1, in step order): each must be uncapped or capped at or above
   // its whole bond, with an unfolding at least as tall as wide and no spectral value near the zeros.

@@ -65,6 +65,11 @@ class Sweep {
  public:
   using value_type = T;
 
+  // Not copyable: with shared_rows a node reads its parent's R in place, and a copy's nodes would point
+  // into the original's.
+  Sweep(const Sweep&) = delete;
+  Sweep& operator=(const Sweep&) = delete;
+
   // The sweep of the row-major rows × cols matrix at `data` divided by `unit` (copied, interleaved; a
   // power of two makes that exact, and budget mode passes one near the largest entry so that Gram matrices
   // cannot overflow, without a scaled copy of its own). Throws std::invalid_argument for factors that do

@@ -9,9 +9,9 @@ float64 over calibration tokens): with C = L L^T, ||X E||_F^2 = tr(E^T C E) = ||
   exact minimiser of ||L^T (M - M')||_F over rank r (Eckart-Young in the whitened space).
 - Diagonal scaling (ASVD's idea): D = diag(sqrt(C_ii)), the root-mean-square of each input feature,
   decomposed as the row weights of ``mpo.decompose(M, row_weights=diag C)`` (D^-1 kept as ``row_scale``).
-- Kronecker whitening: C ~ C_1 (x) ... (x) C_n along the MPO's in factors (i_1..i_n), the nearest
-  Kronecker product by a rank-one fit of the rearranged C (Van Loan-Pitsianis, alternating over the
-  factors). L = L_1 (x) ... (x) L_n then folds into the cores at no parameter cost: core k's i_k index
+- Kronecker whitening: C ~ C_1 (x) ... (x) C_n along the MPO's in factors (i_1..i_n), C_k = K_k^2 with
+  K_1 (x) ... (x) K_n the nearest Kronecker product of C^(1/2), a rank-one fit of the rearranged matrix
+  (Van Loan-Pitsianis, alternating over the factors). L = L_1 (x) ... (x) L_n then folds into the cores at no parameter cost: core k's i_k index
   is multiplied by L_k^-T. For n = 2 in the SVD layout ((I, 1) x (1, J)) the product is C itself and
   this is the whitened SVD. For n > 2 each factor is shrunk toward the identity by a beta chosen on the
   calibration statistics (:func:`shrink_kronecker`): the nearest product alone loses to no whitening
@@ -78,9 +78,9 @@ ACTIVATIONS_VERSION = 1
 #: How ``decompose_activations`` uses the statistics.
 SCALINGS = ("none", "diagonal", "whiten", "diagonal+whiten", "fisher")
 #: The shrinkages beta that ``shrinkage="auto"`` tries for a Kronecker whitening (n > 2), each scored by
-#: its activation error on the calibration statistics: 0 is the nearest Kronecker product itself, 1 no
-#: whitening (the plain or diagonal form), so the choice is never worse on the statistics than either.
-#: On MiniLM-L6 the best beta per layer was spread over 0.3-1 (docs/RESULTS.md, issue 17).
+#: its activation error on the calibration statistics: 0 is the fitted Kronecker product unshrunk, 1 no
+#: whitening (the plain or diagonal form), so the choice is never worse on the statistics than the
+#: unwhitened form (docs/ALGORITHMS.md §14).
 SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
@@ -695,19 +695,27 @@ def kronecker_factors(gram: object, factors: Sequence[int], *, sweeps: int = 8) 
 def shrink_kronecker(factors: Sequence[np.ndarray], shrinkage: float) -> list[np.ndarray]:
     """Each Kronecker factor pulled toward the identity: (1 - beta) C_k / mean(diag C_k) + beta I.
 
-    The nearest Kronecker product of C spreads a few outlier features' weight over whole slices of the
-    in factors, and whitening by it can lose more than it gains (docs/ALGORITHMS.md §14). Shrinking each
-    factor toward the identity (as a shrinkage estimator of a covariance does) keeps the product
-    Kronecker, so it still folds into the cores; beta = 0 is the nearest product (up to scale, which
-    whitening ignores), beta = 1 the identity (no whitening). Raises ValueError for beta outside [0, 1].
+    A Kronecker product spreads a few outlier features' weight over whole slices of the in factors, and
+    whitening by it can lose more than it gains (docs/ALGORITHMS.md §14). Shrinking each factor toward
+    the identity (as a shrinkage estimator of a covariance does) keeps the product Kronecker, so it
+    still folds into the cores; beta = 0 is the product as given (up to scale, which whitening
+    ignores), beta = 1 the identity (no whitening). Raises ValueError for beta outside [0, 1] and for a
+    factor that is not a finite square matrix with a positive mean diagonal.
     """
     beta = _shrinkage_value(shrinkage)
+    if isinstance(factors, np.ndarray) and factors.ndim < 3:
+        raise ValueError(f"factors must be a sequence of square matrices C_k, got one array of shape {factors.shape}")
     out = []
-    for c in factors:
-        c = np.asarray(c, dtype=np.float64)
+    for k, raw in enumerate(factors):
+        c = np.asarray(raw, dtype=np.float64)
+        if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 1:
+            raise ValueError(f"Kronecker factor {k} must be a square matrix, got shape {c.shape}")
+        if not np.all(np.isfinite(c)):
+            raise ValueError(f"Kronecker factor {k} has non-finite entries")
         mean = float(np.mean(np.diag(c)))
-        unit = c / mean if mean > 0 else np.zeros_like(c)  # a PSD factor of unit norm has mean > 0
-        out.append((1.0 - beta) * unit + beta * np.eye(c.shape[0]))
+        if not mean > 0:
+            raise ValueError(f"Kronecker factor {k} must have a positive mean diagonal (a PSD factor), got {mean:.6g}")
+        out.append((1.0 - beta) * (c / mean) + beta * np.eye(c.shape[0]))
     return out
 
 
@@ -807,8 +815,9 @@ def decompose_activations(
     scaling : one of ``SCALINGS``
         "none": plain. "diagonal": ASVD's D = diag(sqrt(diag C)); kept as the row scale for n > 2 (I more
         parameters), folded into the left factor for n = 2. "whiten": whitening along the in factors by
-        the nearest Kronecker product of C, folded into the cores at no parameter cost (for n = 2
-        exactly SVD-LLM's whitened SVD). "diagonal+whiten": the diagonal first, then the Kronecker
+        a Kronecker product K_1^2 (x) ... (x) K_n^2 ~ C (K the nearest Kronecker product of C^(1/2)),
+        shrunk by ``shrinkage`` and folded into the cores at no parameter cost (for n = 2 in the SVD
+        layout C itself: exactly SVD-LLM's whitened SVD). "diagonal+whiten": the diagonal first, then the Kronecker
         whitening of D^-1 C D^-1. "fisher": ``row_weights`` (Fisher importances per input feature,
         FWSVD) as the diagonal.
     damping : float
@@ -817,9 +826,10 @@ def decompose_activations(
         Statistics of tokens the fit did not see, for ``held_out_error``.
     shrinkage : "auto" or float in [0, 1]
         For a Kronecker whitening (n > 2), how far each factor is pulled toward the identity
-        (:func:`shrink_kronecker`; 0: the nearest Kronecker product, 1: no whitening). "auto" decomposes
-        at every beta of ``SHRINKAGES`` and keeps the one of lowest activation error on ``activations``
-        (never ``held_out``): len(SHRINKAGES) decompositions. Where C itself whitens (the SVD layout) the
+        (:func:`shrink_kronecker`; 0: the fitted product, 1: no whitening). "auto" decomposes at every
+        beta of ``SHRINKAGES`` and keeps the one of lowest activation error on ``activations`` (never
+        ``held_out``): len(SHRINKAGES) decompositions. With ``tol`` alone the fits differ in size, and
+        the smallest is kept (then the lower error). Where C itself whitens (the SVD layout) the
         whitening is exact and only "auto" or 0 is accepted.
 
     Returns
@@ -947,12 +957,19 @@ def decompose_activations(
             # encoder layers against the product of C itself, docs/RESULTS.md); an exact product stays exact.
             nearest = [k @ k for k in kronecker_factors(_psd_sqrt(gram), sizes)]
             betas = SHRINKAGES if isinstance(shrinkage, str) else (float(shrinkage),)
+            # With max_bond or ratio every beta gets the same cut, and the lowest activation error wins. With
+            # tol alone each fit is as small as its own norm allows, so sizes differ: the smallest wins
+            # (then the lower error), as a tol asks for the smallest MPO within it.
+            by_size = tol is not None and max_bond is None and ratio is None
+            best_key: tuple[float, ...] | None = None
             for beta in betas:
                 trial, inner, _, trial_alpha = fit(dict(enumerate(shrink_kronecker(nearest, beta))))
                 trial_approx = trial.to_dense()
                 # Scored on the fitted statistics only, so that held_out stays unseen by the choice.
                 trial_error = activation_error(a, trial_approx, activations)
-                if scored is None or trial_error < scored[1]:
+                key = (float(trial.num_params), trial_error) if by_size else (trial_error,)
+                if best_key is None or key < best_key:
+                    best_key = key
                     m, bound, alpha, shrunk = trial, inner.relative_error_bound(), trial_alpha, beta
                     scored = (trial_approx, trial_error)
     approx = layout.approx if layout is not None else scored[0] if scored is not None else m.to_dense()
@@ -1194,6 +1211,8 @@ def allocate(
     share = budget / dense
     uniform: dict[str, float | None] = {}
     for c in curves:
-        within = [float(e) for p, e in zip(c.params, c.errors) if p <= share * c.dense_params]
-        uniform[c.name] = 0.0 if c.dense_params <= share * c.dense_params else (within[-1] if within else None)
+        # The largest setting within the share (a curve's points need not be sorted), the lower error of
+        # equal sizes; the dense layer when the share allows it.
+        within = [(int(p), -float(e)) for p, e in zip(c.params, c.errors) if p <= share * c.dense_params]
+        uniform[c.name] = 0.0 if c.dense_params <= share * c.dense_params else (-max(within)[1] if within else None)
     return Allocation(settings, params, errors, {c.name: c.dense_params for c in curves}, int(budget), uniform)

@@ -161,14 +161,20 @@ def activation_fits(args: argparse.Namespace) -> dict[str, dict | None]:
         scaling = args.scaling
         if scaling == "auto":
             scaling = "whiten" if args.n == 2 or args.allocate else "diagonal"
-        if held_out is not None:
-            missing = [name for name in linears if name not in held_out]
+
+        def scored(names: list[str]) -> dict[str, dict]:
+            """decompose_activations' held_out argument of each fitted layer (none without --held-out)."""
+            if held_out is None:
+                return {}
+            missing = [name for name in names if name not in held_out]
             if missing:
                 raise UsageError(f"--held-out {str(args.held_out)!r} has no statistics for the fitted layers {missing}")
-        scored = {} if held_out is None else {name: {"held_out": held_out[name]} for name in linears}
+            return {name: {"held_out": held_out[name]} for name in names}
+
         if not args.allocate:
+            extra = scored(linears)
             return {name: {"activations": calibration[name], "n": args.n, "max_bond": args.max_bond,
-                           "ratio": args.ratio, "tol": args.tol, "scaling": scaling, **scored.get(name, {})}
+                           "ratio": args.ratio, "tol": args.tol, "scaling": scaling, **extra.get(name, {})}
                     for name in linears}
         if not linears:
             raise UsageError("--allocate model: no chosen Linear layer has statistics in --calibration")
@@ -184,9 +190,10 @@ def activation_fits(args: argparse.Namespace) -> dict[str, dict | None]:
     except ValueError as exc:
         raise UsageError(f"--allocate model: {_one_line(exc)}") from None
     print(plan, file=sys.stderr, flush=True)
+    extra = scored([name for name, setting in plan.settings.items() if setting[0] != "dense"])
     return {name: None if setting[0] == "dense" else
             {"activations": calibration[name], "n": 2, "max_bond": setting[1], "scaling": scaling,
-             **scored.get(name, {})}
+             **extra.get(name, {})}
             for name, setting in plan.settings.items()}
 
 

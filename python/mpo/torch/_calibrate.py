@@ -182,6 +182,7 @@ def calibrate(
                         flush=True,
                     )
     finally:
+        pending.clear()  # after an error, do not keep up to PENDING_LIMIT bytes alive in the traceback
         for h in handles:
             h.remove()
         model.train(was_training)

@@ -21,7 +21,7 @@ from .._activation import Allocation, Calibration
 from .._mpo import MPO
 from .._validation import match_names
 from ..io import TORCH_MODEL, atomic_path
-from ._calibrate import activation_layer, activation_settings
+from ._calibrate import activation_layer, activation_settings, check_calibration
 from ._fisher import fisher_information
 from ._layers import MODES, MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, is_conv1d, layer_for, weight_of
 
@@ -408,11 +408,15 @@ def compress(
             raise ValueError("held_out scores the layers fitted to their inputs: it goes with "
                              "weights='activations' or allocate=, which are not given")
         if not isinstance(held_out, Calibration):
-            raise ValueError(f"held_out must be an mpo.Calibration (mpo.torch.calibrate on other batches), "
-                             f"got {type(held_out).__name__}")
+            raise TypeError(f"held_out must be an mpo.Calibration (mpo.torch.calibrate on other batches), "
+                            f"got {type(held_out).__name__}")
         missing = [name for name, setting in fitted.items() if setting is not None and name not in held_out]
         if missing:
             raise ValueError(f"held_out has no statistics for the fitted layers {missing}")
+        try:
+            check_calibration(model, held_out)  # every width, before any layer is fitted
+        except ValueError as exc:
+            raise ValueError(f"held_out: {exc}") from None
     row_weights = {} if activations else _row_weights(model, plain_linears, weights, data, loss_fn, progress)
     layers, swaps = [], {}
     for count, group in enumerate(todo, 1):
