@@ -128,13 +128,11 @@ def calibrate(
     # work: with the default two threads of each on a 2-core machine, calibrating MiniLM-L6 took 8.3 s
     # against 1.6 s with either pool at one thread. Held inputs are bounded by PENDING_LIMIT bytes.
     pending: list[tuple[str, np.ndarray]] = []
-    held = {"bytes": 0}
 
     def flush() -> None:
         for name, rows in pending:
             _add_gram(syrk, grams[name], rows)
         pending.clear()
-        held["bytes"] = 0
 
     def hook(name: str):
         def record(_module, inputs, _output):
@@ -147,8 +145,7 @@ def calibrate(
             rows = flat.to("cpu", torch.float64, copy=True).numpy()
             if rows.shape[0]:
                 pending.append((name, rows))
-                held["bytes"] += rows.nbytes
-                if held["bytes"] > PENDING_LIMIT:
+                if sum(r.nbytes for _, r in pending) > PENDING_LIMIT:  # a few dozen layers: a short sum
                     flush()
             counts[name] += rows.shape[0]
 
