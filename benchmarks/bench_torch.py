@@ -6,14 +6,15 @@ torch runs it on CPU), without autograd (inference) and with it (forward plus th
 parameters), in one run:
   * linear    ``F.linear`` through ``nn.Linear`` with the MPO's own dense matrix (the same product);
   * auto      ``MPOLinear`` in mode "auto" (timed on this machine once per kind of pass);
-  * contract  ``MPOLinear`` forced to contract (the C++ kernel without autograd, torch ops with it);
+  * contract  ``MPOLinear`` forced to contract (the C++ kernel; with autograd through its written-out
+              backward, ``mpo.torch._kernel.KernelProduct``);
   * rebuild   ``MPOLinear`` forced to rebuild the weight, then ``F.linear``.
 Times are medians of interleaved rounds; ratios are to ``linear`` in the same run. Every output is
 asserted against ``linear``'s. Two checks per row: auto against the faster of its own modes (time of
 the faster / time of auto >= 0.97), and, where the contraction needs at most 60 % of the dense FLOPs,
 auto against linear (linear's time / auto's >= 0.97). Writes benchmarks/results/bench_torch.json.
 
-    python benchmarks/bench_torch.py [--tokens 4096] [--repeats 5] [--quick] [--threads 1]
+    python benchmarks/bench_torch.py [--tokens 4096] [--repeats 8] [--quick] [--threads 1]
                                      [--max-bond 4 8 ...] [--dtypes float32 bfloat16] [--grad both|no|yes]
 """
 
@@ -108,8 +109,9 @@ def checks(record: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=4,
-                        help="timed rounds (default 4: a multiple of the 4 contenders keeps the balanced orders whole)")
+    parser.add_argument("--repeats", type=int, default=8,
+                        help="timed rounds (default 8: two whole cycles of the balanced orders of 4 contenders; "
+                             "with 4, bfloat16 rows spread by up to 15 %% between rounds on a quiet AVX2 machine)")
     parser.add_argument("--quick", action="store_true", help="skip the 4096x4096 matrix; max_bond 4 and 16")
     parser.add_argument("--threads", type=int, default=1, help="torch, BLAS and mpo threads (default 1)")
     C.add_max_bond_option(parser, None, "max_bond values (default 4 8 16 32 64; --quick: 4 16)")

@@ -30,6 +30,7 @@ from ._compress import (
     tied_modules,
 )
 from ._fisher import fisher_information
+from ._kernel import set_kernel_autograd
 from ._layers import MODES, MPOConv1D, MPOEmbedding, MPOLayer, MPOLinear, MPOTiedLinear, WeightView, layer_for
 from ._adapter import AdapterInfo, base_fingerprint, load_adapter, save_adapter
 from ._pretrained import from_pretrained, save_pretrained, skeleton
@@ -69,6 +70,7 @@ __all__ = [
     "parameter_report",
     "save",
     "sensitivity",
+    "set_kernel_autograd",
     "save_pretrained",
     "skeleton",
     "squeeze",

@@ -14,13 +14,15 @@ Two ways to run the forward pass:
 - "contract": pass the input through the cores one at a time (the O(n m d^3) route of MPOP Table 2);
 - "rebuild": contract the cores into M (what the authors' layers did) and call the dense op.
 
-Both run in torch ops, so gradients reach the cores, whenever autograd needs them (the cores or the
-input require gradients and grad mode is on). Otherwise, on CPU, "contract" runs the library's C++
-kernel (``mpo._core.apply`` and ``rows``, the code behind ``X @ m`` and ``m.rows``), which does the
-same contraction without the copies of torch's permutes. The kernel reads float32 and float64;
-bfloat16 and float16 layers run it in float32 (cores and input widen exactly, the output is rounded
-once to the layer's dtype), which is both faster than torch's half-precision ops on a CPU and closer
-to the exact product.
+On the CPU, "contract" runs the library's C++ kernel (``mpo._core.apply`` and ``rows``, the code
+behind ``X @ m`` and ``m.rows``), which does the contraction without the copies of torch's permutes.
+With autograd a Linear's kernel pass goes through ``_kernel.KernelProduct``, whose backward is the
+kernel again for the input's gradient and one dense GEMM sent back through the rebuild for the cores'
+(see ``mpo.torch._kernel``); an embedding's lookup with autograd, and any pass off the CPU, runs in
+torch ops, through which gradients reach the cores directly. The kernel reads float32 and float64;
+bfloat16 and float16 layers run it in float32 (cores and input widen exactly, each result is rounded
+once to its dtype), which is both faster than torch's half-precision ops on a CPU and closer to the
+exact product.
 
 ``mode="auto"`` takes the faster of the two as timed on this machine the first time a layer meets a
 kind of forward pass (``_autotune``: shapes, dtype, autograd or not, rows rounded up to a power of
@@ -41,7 +43,8 @@ from torch import nn
 from .. import _core
 from .._decompose import decompose
 from .._mpo import MPO
-from . import _autotune
+from . import _autotune, _kernel
+from ._kernel import KernelProduct, ProductSpec, kernel_arrays, kernel_dtype, kernel_product, matrix_of
 
 __all__ = [
     "MODES",
@@ -57,40 +60,8 @@ __all__ = [
 
 MODES = ("auto", "contract", "rebuild")
 
-#: Core dtypes the C++ kernel runs in directly, and the half types it runs in float32 (exact widening).
-_KERNEL_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-_WIDENED_DTYPES = (torch.bfloat16, torch.float16)
-
-
 def _needs_autograd(x: torch.Tensor, params) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
-
-
-def kernel_dtype(x: torch.Tensor, cores) -> np.dtype | None:
-    """The NumPy dtype the C++ kernel runs a product of ``x`` with ``cores`` in, or None where it cannot
-    (a tensor off the CPU, or a dtype it has no route for): then torch ops run it.
-
-    float32 and float64 cores run in their own dtype; bfloat16 and float16 cores run in float32: their
-    values widen exactly, so the kernel's float32 product is the exact product of the stored cores up
-    to float32 rounding, which the single rounding back to the layer's dtype then dominates.
-    """
-    if x.device.type != "cpu" or any(c.device.type != "cpu" for c in cores):
-        return None
-    dtypes = {c.dtype for c in cores}
-    if len(dtypes) != 1:
-        return None
-    (dtype,) = dtypes
-    if dtype in _KERNEL_DTYPES:
-        return np.dtype(_KERNEL_DTYPES[dtype])
-    if dtype in _WIDENED_DTYPES:
-        return np.dtype(np.float32)
-    return None
-
-
-def _kernel_arrays(cores, dtype: np.dtype) -> list[np.ndarray]:
-    """The cores as NumPy arrays of ``dtype`` (no copy when they already are)."""
-    target = torch.float32 if dtype == np.float32 else torch.float64
-    return [c.detach().to(target).numpy() for c in cores]
 
 
 def weight_of(module: nn.Module) -> torch.Tensor:
@@ -191,8 +162,8 @@ class _LinearProduct(nn.Module):
     """``y = x @ M + b`` (or ``x @ M.T + b``) through MPO cores: what MPOLinear and MPOTiedLinear share.
 
     A class using it sets in_features, out_features, mode, bias, row_scale and defines three hooks:
-    ``_product_cores()`` -> (cores, transposed), ``_product_matrix()`` -> the (in x out) matrix the
-    product uses, and ``_product_rebuild_flops()``.
+    ``_product_cores()`` -> (cores, transposed), ``_linear_weight()`` -> the product's matrix as
+    ``F.linear`` takes it ((out x in), contiguous), and ``_product_rebuild_flops()``.
     """
 
     in_features: int
@@ -204,14 +175,16 @@ class _LinearProduct(nn.Module):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         raise NotImplementedError
 
-    def _product_matrix(self) -> torch.Tensor:
+    def _linear_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
     def _product_rebuild_flops(self) -> int:
         raise NotImplementedError
 
     def contract_plan(self, batch: int) -> tuple[str, tuple[int, ...], float]:
-        """The sweep "contract" runs for ``batch`` rows: ("left" or "right", core groups, FLOPs).
+        """The torch-ops sweep of "contract" for ``batch`` rows: ("left" or "right", core groups, FLOPs).
+        It runs where the C++ kernel does not: off the CPU, or with autograd under
+        ``_kernel.KERNEL_AUTOGRAD = False``.
 
         The library's planner (the one :meth:`mpo.MPO.matmul_flops` reports) chooses which runs of
         neighbouring cores to multiply together first; of its orders the torch path runs the two
@@ -228,8 +201,10 @@ class _LinearProduct(nn.Module):
     def forward_flops(self, batch: int, *, autograd: bool = True) -> dict:
         """FLOPs of each mode for ``batch`` input rows and the mode "auto" picks.
 
-        ``autograd`` says which contraction runs: torch ops (True) or the C++ kernel (False), whose
-        plan may also start from the central core. "auto" is the mode FLOPs alone settle, else the one
+        "contract" counts the C++ kernel's plan, which may also start from the central core, where the
+        kernel runs this pass (on the CPU; with ``autograd`` too unless ``_kernel.KERNEL_AUTOGRAD`` is
+        off), else the torch-ops sweep of :meth:`contract_plan`; with autograd both count the forward
+        product only (each mode's backward adds a dense GEMM). "auto" is the mode FLOPs alone settle, else the one
         timed for this kind of pass in the layer's dtype (see :meth:`auto_mode`), else None (not yet
         timed: the first such forward pass times both).
         """
@@ -239,16 +214,16 @@ class _LinearProduct(nn.Module):
 
     # ----------------------------------------------------------------- mode="auto", timed
     def _mode_flops(self, batch: int, autograd: bool) -> tuple[float, float]:
-        if autograd:
-            contract = self.contract_plan(batch)[2]
-        else:
-            cores, transposed = self._product_cores()
+        cores, transposed = self._product_cores()
+        if _kernel.uses_kernel(cores[0], cores, autograd):  # the kernel's plan, with or without autograd
             contract = float(_core.apply_plan([list(c.shape) for c in cores], int(batch), transposed, "auto")[2])
+        else:
+            contract = self.contract_plan(batch)[2]
         return contract, float(self._product_rebuild_flops() + 2 * batch * self.in_features * self.out_features)
 
     def _mode_key(self, batch: int, autograd: bool) -> tuple:
         cores, transposed = self._product_cores()
-        extras = (self.bias is not None, self.row_scale is not None, transposed)
+        extras = (self.bias is not None, self.row_scale is not None, transposed, _kernel.uses_kernel(cores[0], cores, autograd))
         return _autotune.mode_key("linear", list(cores), (self.in_features, self.out_features), batch, autograd, extras)
 
     def auto_mode(self, x: torch.Tensor, *, autograd: bool | None = None) -> str:
@@ -274,11 +249,9 @@ class _LinearProduct(nn.Module):
     def _contract(self, x: torch.Tensor, autograd: bool) -> torch.Tensor:
         batch = x.shape[0]
         cores, transposed = self._product_cores()
-        dtype = None if autograd else kernel_dtype(x, cores)
-        if dtype is not None:
-            arrays = _kernel_arrays(cores, dtype)
-            flat = np.ascontiguousarray(_kernel_arrays([x], dtype)[0])
-            return torch.from_numpy(_core.apply(arrays, transposed, flat, False, self.out_features, "auto")).to(x.dtype)
+        if _kernel.uses_kernel(x, cores, autograd):
+            spec = ProductSpec(transposed, self.in_features, self.out_features)
+            return KernelProduct.apply(x, spec, *cores) if autograd else kernel_product(x, cores, spec)
         if transposed:
             # The MPO of M.T: each core's in and out factors swapped (a view, no copy).
             cores = [c.permute(0, 2, 1, 3) for c in cores]
@@ -320,7 +293,7 @@ class _LinearProduct(nn.Module):
         if self.row_scale is not None:
             x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
         if mode == "rebuild" or batch == 0:
-            return F.linear(x, self._product_matrix().T, self.bias)
+            return F.linear(x, self._linear_weight(), self.bias)
         out = self._contract(x.reshape(batch, x.shape[-1]), autograd)
         if self.bias is not None:
             out = out + self.bias
@@ -447,17 +420,7 @@ class MPOLayer(nn.Module):
     # ----------------------------------------------------------------- the matrix
     def weight_matrix(self) -> torch.Tensor:
         """M (I x J, padding removed) contracted from the cores, differentiable."""
-        cores = list(self.cores)
-        acc = cores[0].reshape(-1, cores[0].shape[3])  # rows: (i_1, j_1)
-        for c in cores[1:]:
-            acc = (acc @ c.reshape(c.shape[0], -1)).reshape(-1, c.shape[3])  # rows: (..., i_k, j_k)
-        n = len(cores)
-        grid = acc.reshape(*(s for c in cores for s in (c.shape[1], c.shape[2])))
-        # (i_1, j_1, ..., i_n, j_n) -> (i_1..i_n, j_1..j_n), the row-major layout of docs/ALGORITHMS.md §1.
-        order = [2 * k for k in range(n)] + [2 * k + 1 for k in range(n)]
-        dense = grid.permute(*order).reshape(self.padded_shape)
-        rows, cols = self.matrix_shape
-        return dense[:rows, :cols] if dense.shape != (rows, cols) else dense
+        return matrix_of(list(self.cores), self.matrix_shape)
 
     def rebuild_flops(self) -> int:
         """FLOPs of :meth:`weight_matrix`: one GEMM per core after the first."""
@@ -560,8 +523,10 @@ class MPOLinear(_LinearProduct, MPOLayer):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         return list(self.cores), False
 
-    def _product_matrix(self) -> torch.Tensor:
-        return MPOLayer.weight_matrix(self)  # without the row scale: forward scales x instead
+    def _linear_weight(self) -> torch.Tensor:
+        # M.T built in that layout (not a transposed view: torch's bfloat16 GEMM on a CPU took 10x as
+        # long with one), without the row scale: forward scales x instead.
+        return matrix_of(list(self.cores), self.matrix_shape, transpose=True)
 
     def _product_rebuild_flops(self) -> int:
         return self.rebuild_flops()
@@ -661,9 +626,9 @@ class MPOTiedLinear(_LinearProduct):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         return list(self._source.cores), self.transposed
 
-    def _product_matrix(self) -> torch.Tensor:
-        m = MPOLayer.weight_matrix(self._source)
-        return m.T if self.transposed else m
+    def _linear_weight(self) -> torch.Tensor:
+        # x @ M.T takes M as F.linear's weight; x @ M takes M.T, built in that layout.
+        return matrix_of(list(self._source.cores), self._source.matrix_shape, transpose=not self.transposed)
 
     def _product_rebuild_flops(self) -> int:
         return self._source.rebuild_flops()
@@ -787,9 +752,9 @@ class MPOEmbedding(MPOLayer):
         autograd = _needs_autograd(unique, self.cores)
         if mode == "auto" and self.auto_mode(len(unique), autograd=autograd) == "rebuild":
             return F.embedding(ids, self.weight_matrix(), self.padding_idx)
-        dtype = None if autograd else kernel_dtype(unique, self.cores)
+        dtype = None if autograd else kernel_dtype(unique, list(self.cores))
         if dtype is not None:
-            cores = _kernel_arrays(self.cores, dtype)
+            cores = kernel_arrays(list(self.cores), dtype)
             found = _core.rows(cores, False, unique.numpy().astype(np.int64), self.embedding_dim, dtype.name)
             table = torch.from_numpy(found).to(self.cores[0].dtype)
         else:
