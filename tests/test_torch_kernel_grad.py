@@ -164,7 +164,10 @@ def test_matrix_of_lays_out_the_transpose(dtype, size):
     m = _kernel.matrix_of(cores, layer.matrix_shape)
     t = _kernel.matrix_of(cores, layer.matrix_shape, transpose=True)
     assert m.shape == layer.matrix_shape and m.dtype == t.dtype == dtype
-    assert t.is_contiguous() and torch.equal(t, m.T)
+    assert t.is_contiguous()
+    # The two layouts sum the same products in another order: equal to rounding (one ulp in bfloat16).
+    tol = 1e-14 if dtype == torch.float64 else torch.finfo(dtype).eps
+    torch.testing.assert_close(t, m.T, rtol=tol, atol=tol * float(m.detach().abs().max()))
     # Half cores are contracted in float32 and rounded once: within half an ulp of the exact matrix of
     # the stored cores, plus float32's accumulation error (rounding after every product is not).
     exact = _kernel.matrix_of([c.double() for c in cores], layer.matrix_shape)
@@ -185,3 +188,24 @@ def test_set_kernel_autograd_switches_and_checks(monkeypatch):
     assert _kernel.uses_kernel(x, cores, autograd=True)
     with pytest.raises(TypeError, match="enabled must be a bool, got int"):
         mt.set_kernel_autograd(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("size", [(30, 42), (97, 61)])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_dense_weight_without_autograd_is_the_kernels_matrix(dtype, size, transpose, monkeypatch):
+    torch.manual_seed(7)
+    layer = MPOLinear.from_linear(nn.Linear(*size), n=3, max_bond=4).to(dtype)
+    cores = list(layer.cores)
+    calls = []
+    real = _kernel._core.multiply_out
+    monkeypatch.setattr(_kernel._core, "multiply_out", lambda *a: calls.append(a) or real(*a))
+    want = _kernel.matrix_of(cores, layer.matrix_shape, transpose=transpose).detach()
+    got = _kernel.dense_weight(cores, layer.matrix_shape, transpose=transpose, autograd=False)
+    assert len(calls) == 1 and got.dtype == dtype and got.is_contiguous() and got.shape == want.shape
+    tol = {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+    # With autograd the torch ops build it, so gradients reach the cores.
+    with torch.enable_grad():
+        traced = _kernel.dense_weight(cores, layer.matrix_shape, transpose=transpose, autograd=True)
+    assert len(calls) == 1 and traced.grad_fn is not None

@@ -44,7 +44,7 @@ from .. import _core
 from .._decompose import decompose
 from .._mpo import MPO
 from . import _autotune, _kernel
-from ._kernel import KernelProduct, ProductSpec, kernel_arrays, kernel_dtype, kernel_product, matrix_of
+from ._kernel import KernelProduct, ProductSpec, dense_weight, kernel_arrays, kernel_dtype, kernel_product, matrix_of
 
 __all__ = [
     "MODES",
@@ -162,8 +162,8 @@ class _LinearProduct(nn.Module):
     """``y = x @ M + b`` (or ``x @ M.T + b``) through MPO cores: what MPOLinear and MPOTiedLinear share.
 
     A class using it sets in_features, out_features, mode, bias, row_scale and defines three hooks:
-    ``_product_cores()`` -> (cores, transposed), ``_linear_weight()`` -> the product's matrix as
-    ``F.linear`` takes it ((out x in), contiguous), and ``_product_rebuild_flops()``.
+    ``_product_cores()`` -> (cores, transposed), ``_linear_weight(autograd)`` -> the product's matrix
+    as ``F.linear`` takes it ((out x in), contiguous), and ``_product_rebuild_flops()``.
     """
 
     in_features: int
@@ -175,7 +175,7 @@ class _LinearProduct(nn.Module):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         raise NotImplementedError
 
-    def _linear_weight(self) -> torch.Tensor:
+    def _linear_weight(self, autograd: bool) -> torch.Tensor:
         raise NotImplementedError
 
     def _product_rebuild_flops(self) -> int:
@@ -293,7 +293,7 @@ class _LinearProduct(nn.Module):
         if self.row_scale is not None:
             x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
         if mode == "rebuild" or batch == 0:
-            return F.linear(x, self._linear_weight(), self.bias)
+            return F.linear(x, self._linear_weight(autograd), self.bias)
         out = self._contract(x.reshape(batch, x.shape[-1]), autograd)
         if self.bias is not None:
             out = out + self.bias
@@ -523,10 +523,10 @@ class MPOLinear(_LinearProduct, MPOLayer):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         return list(self.cores), False
 
-    def _linear_weight(self) -> torch.Tensor:
+    def _linear_weight(self, autograd: bool) -> torch.Tensor:
         # M.T built in that layout (not a transposed view: torch's bfloat16 GEMM on a CPU took 10x as
         # long with one), without the row scale: forward scales x instead.
-        return matrix_of(list(self.cores), self.matrix_shape, transpose=True)
+        return dense_weight(list(self.cores), self.matrix_shape, transpose=True, autograd=autograd)
 
     def _product_rebuild_flops(self) -> int:
         return self.rebuild_flops()
@@ -626,9 +626,10 @@ class MPOTiedLinear(_LinearProduct):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         return list(self._source.cores), self.transposed
 
-    def _linear_weight(self) -> torch.Tensor:
+    def _linear_weight(self, autograd: bool) -> torch.Tensor:
         # x @ M.T takes M as F.linear's weight; x @ M takes M.T, built in that layout.
-        return matrix_of(list(self._source.cores), self._source.matrix_shape, transpose=not self.transposed)
+        cores, shape = list(self._source.cores), self._source.matrix_shape
+        return dense_weight(cores, shape, transpose=not self.transposed, autograd=autograd)
 
     def _product_rebuild_flops(self) -> int:
         return self._source.rebuild_flops()
