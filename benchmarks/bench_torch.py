@@ -14,7 +14,7 @@ asserted against ``linear``'s. Two checks per row: auto against the faster of it
 the faster / time of auto >= 0.97), and, where the contraction needs at most 60 % of the dense FLOPs,
 auto against linear (linear's time / auto's >= 0.97). Writes benchmarks/results/bench_torch.json.
 
-    python benchmarks/bench_torch.py [--tokens 4096] [--repeats 8] [--quick] [--threads 1]
+    python benchmarks/bench_torch.py [--tokens 4096] [--repeats 8] [--min-seconds 2] [--quick] [--threads 1]
                                      [--max-bond 4 8 ...] [--dtypes float32 bfloat16] [--grad both|no|yes]
 """
 
@@ -35,6 +35,8 @@ if __name__ == "__main__":
     C.rerun_without_openblas_coretype()
 
 import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -96,6 +98,22 @@ def pass_fn(module, x: torch.Tensor, grad: bool, **kwargs):
     return run
 
 
+def rounds(fns: dict, least: int, seconds: float) -> int:
+    """Runs each contender twice (the warm-up) and returns the timed rounds: at least ``least``, more
+    where the slowest second pass times them stays under ``seconds``, in whole cycles of the balanced
+    orders (so each contender still follows every other one equally often). The first pass is not
+    timed: "auto" times its two modes there."""
+    slowest = 0.0
+    for fn in fns.values():
+        fn()
+        start = time.perf_counter()
+        fn()
+        slowest = max(slowest, time.perf_counter() - start)
+    cycle = len(fns)
+    wanted = max(least, math.ceil(seconds / max(slowest, 1e-9)))
+    return cycle * math.ceil(wanted / cycle)
+
+
 def checks(record: dict) -> dict:
     """The two targets of a row: None where one does not apply."""
     t = record["median_s"]
@@ -110,8 +128,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=8,
-                        help="timed rounds (default 8: two whole cycles of the balanced orders of 4 contenders; "
-                             "with 4, bfloat16 rows spread by up to 15 %% between rounds on a quiet AVX2 machine)")
+                        help="timed rounds at least (default 8: two whole cycles of the balanced orders of 4 "
+                             "contenders; with 4, bfloat16 rows spread by up to 15 %% between rounds on a quiet "
+                             "AVX2 machine)")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="more rounds, in whole cycles of 4, until the slowest contender's warm-up pass "
+                             "times the rounds reaches this (default 2: a 55 ms row gets 40 rounds)")
     parser.add_argument("--quick", action="store_true", help="skip the 4096x4096 matrix; max_bond 4 and 16")
     parser.add_argument("--threads", type=int, default=1, help="torch, BLAS and mpo threads (default 1)")
     C.add_max_bond_option(parser, None, "max_bond values (default 4 8 16 32 64; --quick: 4 16)")
@@ -156,7 +178,7 @@ def main() -> None:
                         "contract": pass_fn(layer, x, grad, mode="contract"),
                         "rebuild": pass_fn(layer, x, grad, mode="rebuild"),
                     }
-                    timed = C.time_interleaved(fns, repeats=args.repeats, warmup=1)
+                    timed = C.time_interleaved(fns, repeats=rounds(fns, args.repeats, args.min_seconds), warmup=0)
                     want = timed["linear"][2].float()
                     scale = float(want.abs().max())
                     tol = 1e-4 if dtype == torch.float32 else 5e-2
@@ -175,6 +197,7 @@ def main() -> None:
                         "auto_picks": flops["auto"],
                         "flops_ratio_contract": flops["contract"] / (2.0 * args.tokens * m.shape[0] * m.shape[1]),
                         "median_s": {k: v[0] for k, v in timed.items()},
+                        "rounds": len(timed["linear"][1]),
                     }
                     base = record["median_s"]["linear"]
                     record["ratio_to_linear"] = {k: record["median_s"][k] / base for k in ("auto", "contract", "rebuild")}

@@ -58,7 +58,8 @@ def test_bench_apply_quick_json(tmp_path):
 
 def test_bench_torch_quick_json(tmp_path):
     pytest.importorskip("torch")
-    data = run("bench_torch.py", tmp_path / "torch.json", "--tokens", "64", "--repeats", "1", "--max-bond", "4")
+    data = run("bench_torch.py", tmp_path / "torch.json", "--tokens", "64", "--repeats", "1", "--min-seconds", "0",
+               "--max-bond", "4")
     assert data["benchmark"] == "bench_torch"
     check_machine(data["machine"])
     assert data["results"]
@@ -67,6 +68,7 @@ def test_bench_torch_quick_json(tmp_path):
     for r in data["results"]:
         assert set(r["median_s"]) == {"linear", "auto", "contract", "rebuild"}
         assert r["auto_picks"] in ("contract", "rebuild")
+        assert r["rounds"] == 4  # --repeats 1 rounds up to one whole cycle of the balanced orders
         assert set(r["checks"]) == {"auto_vs_modes", "auto_vs_linear"}
         assert isinstance(r["checks"]["auto_vs_modes"], bool)
         assert (r["checks"]["auto_vs_linear"] is None) == (r["flops_ratio_contract"] > data["flop_share"])

@@ -209,3 +209,29 @@ def test_dense_weight_without_autograd_is_the_kernels_matrix(dtype, size, transp
     with torch.enable_grad():
         traced = _kernel.dense_weight(cores, layer.matrix_shape, transpose=transpose, autograd=True)
     assert len(calls) == 1 and traced.grad_fn is not None
+
+
+def test_rebuild_takes_the_kernels_matrix_unless_a_core_needs_a_gradient(monkeypatch):
+    torch.manual_seed(8)
+    layer = MPOLinear.from_linear(nn.Linear(30, 42), max_bond=5).double()
+    table = MPOEmbedding.from_embedding(nn.Embedding(51, 30), n=3, max_bond=4).double()
+    calls = []
+    real = _kernel._core.multiply_out
+    monkeypatch.setattr(_kernel._core, "multiply_out", lambda *a: calls.append(a) or real(*a))
+    x = torch.randn(6, 30, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([[0, 50, 7], [7, 3, 0]])
+    with torch.enable_grad():
+        want = layer(x, mode="rebuild")  # the cores train: torch ops build the weight
+        (want_dx,) = torch.autograd.grad(want.sum(), x)
+        want_rows = table(ids, mode="rebuild")
+    assert calls == [] and want_rows.grad_fn is not None
+    for c in [*layer.cores, *table.cores]:
+        c.requires_grad_(False)
+    with torch.enable_grad():
+        got = layer(x, mode="rebuild")  # only x needs a gradient: the weight is a constant
+        (got_dx,) = torch.autograd.grad(got.sum(), x)
+        got_rows = table(ids, mode="rebuild")
+    assert len(calls) == 2
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_dx, want_dx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_rows, want_rows.detach(), rtol=1e-12, atol=1e-12)

@@ -60,6 +60,7 @@ __all__ = [
 
 MODES = ("auto", "contract", "rebuild")
 
+
 def _needs_autograd(x: torch.Tensor, params) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
@@ -183,8 +184,8 @@ class _LinearProduct(nn.Module):
 
     def contract_plan(self, batch: int) -> tuple[str, tuple[int, ...], float]:
         """The torch-ops sweep of "contract" for ``batch`` rows: ("left" or "right", core groups, FLOPs).
-        It runs where the C++ kernel does not: off the CPU, or with autograd under
-        ``_kernel.KERNEL_AUTOGRAD = False``.
+        It runs where the C++ kernel does not: off the CPU, or with autograd after
+        ``mpo.torch.set_kernel_autograd(False)``.
 
         The library's planner (the one :meth:`mpo.MPO.matmul_flops` reports) chooses which runs of
         neighbouring cores to multiply together first; of its orders the torch path runs the two
@@ -202,11 +203,11 @@ class _LinearProduct(nn.Module):
         """FLOPs of each mode for ``batch`` input rows and the mode "auto" picks.
 
         "contract" counts the C++ kernel's plan, which may also start from the central core, where the
-        kernel runs this pass (on the CPU; with ``autograd`` too unless ``_kernel.KERNEL_AUTOGRAD`` is
-        off), else the torch-ops sweep of :meth:`contract_plan`; with autograd both count the forward
-        product only (each mode's backward adds a dense GEMM). "auto" is the mode FLOPs alone settle, else the one
-        timed for this kind of pass in the layer's dtype (see :meth:`auto_mode`), else None (not yet
-        timed: the first such forward pass times both).
+        kernel runs this pass (on the CPU; with ``autograd`` too unless ``mpo.torch.set_kernel_autograd``
+        turned that off), else the torch-ops sweep of :meth:`contract_plan`; with autograd both modes
+        count the forward product only (the backward of each adds a dense GEMM). "auto" is the mode FLOPs
+        alone settle, else the one timed for this kind of pass in the layer's dtype (see
+        :meth:`auto_mode`), else None (not yet timed: the first such forward pass times both).
         """
         contract, rebuild = self._mode_flops(batch, autograd)
         pick = _autotune.settled(contract, rebuild) or _autotune.chosen(self._mode_key(batch, autograd))
@@ -293,7 +294,9 @@ class _LinearProduct(nn.Module):
         if self.row_scale is not None:
             x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
         if mode == "rebuild" or batch == 0:
-            return F.linear(x, self._linear_weight(autograd), self.bias)
+            # The weight needs autograd's graph only where a core needs a gradient (not for x's alone).
+            cores = self._product_cores()[0]
+            return F.linear(x, self._linear_weight(_needs_autograd(cores[0], cores)), self.bias)
         out = self._contract(x.reshape(batch, x.shape[-1]), autograd)
         if self.bias is not None:
             out = out + self.bias
@@ -741,18 +744,22 @@ class MPOEmbedding(MPOLayer):
         out = state.reshape(len(ids), self.padded_shape[1])
         return out[:, : self.embedding_dim] if out.shape[1] != self.embedding_dim else out
 
+    def _table(self, autograd: bool) -> torch.Tensor:
+        # M for F.embedding: by the C++ kernel where no gradient needs the torch ops' graph.
+        return dense_weight(list(self.cores), self.matrix_shape, transpose=False, autograd=autograd)
+
     def forward(self, ids: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """Rows of M for integer ``ids`` of any shape; ``mode`` overrides the layer's mode."""
         mode = _check_mode(mode or self.mode)
+        autograd = _needs_autograd(ids, self.cores)
         if mode == "rebuild" or ids.numel() == 0:
-            return F.embedding(ids, self.weight_matrix(), self.padding_idx)
+            return F.embedding(ids, self._table(autograd), self.padding_idx)
         unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
         if unique[0] < 0 or unique[-1] >= self.num_embeddings:
             bad = unique[0] if unique[0] < 0 else unique[-1]
             raise IndexError(f"id {int(bad)} is out of range for an embedding of {self.num_embeddings} rows")
-        autograd = _needs_autograd(unique, self.cores)
         if mode == "auto" and self.auto_mode(len(unique), autograd=autograd) == "rebuild":
-            return F.embedding(ids, self.weight_matrix(), self.padding_idx)
+            return F.embedding(ids, self._table(autograd), self.padding_idx)
         dtype = None if autograd else kernel_dtype(unique, list(self.cores))
         if dtype is not None:
             cores = kernel_arrays(list(self.cores), dtype)
