@@ -235,3 +235,51 @@ def test_rebuild_takes_the_kernels_matrix_unless_a_core_needs_a_gradient(monkeyp
     torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got_dx, want_dx, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got_rows, want_rows.detach(), rtol=1e-12, atol=1e-12)
+
+
+def _params_with(layer, change):
+    return {k: change(k, v.detach()) for k, v in layer.named_parameters()}
+
+
+@pytest.mark.parametrize("mode", ["contract", "rebuild"])
+def test_torch_func_and_forward_mode_take_torch_ops(mode):
+    # torch.func's wrappers have no storage the kernel could read, and a forward-mode tangent would be
+    # dropped by it: both go to torch ops, with the gradients and tangents of the plain route.
+    from torch.func import functional_call, grad, jvp
+
+    torch.manual_seed(9)
+    layer = MPOLinear.from_linear(nn.Linear(30, 42), n=3, max_bond=4).double()
+    x = torch.randn(3, 30, dtype=torch.float64)
+
+    def loss(params):
+        return functional_call(layer, params, (x,), {"mode": mode}).pow(2).sum()
+
+    got = grad(loss)(_params_with(layer, lambda k, v: v))
+    with torch.enable_grad():
+        want = torch.autograd.grad(layer(x, mode=mode).pow(2).sum(), list(layer.parameters()))
+    for (name, _), w in zip(layer.named_parameters(), want):
+        torch.testing.assert_close(got[name], w, rtol=1e-12, atol=1e-12)
+
+    # Tangent along every core's direction d: against a central difference of the output.
+    base = _params_with(layer, lambda k, v: v)
+    direction = {k: torch.randn_like(v) if k.startswith("cores") else torch.zeros_like(v) for k, v in base.items()}
+    _, tangent = jvp(lambda p: functional_call(layer, p, (x,), {"mode": mode}), (base,), (direction,))
+    step = 1e-6
+    ahead = functional_call(layer, {k: v + step * direction[k] for k, v in base.items()}, (x,), {"mode": mode})
+    behind = functional_call(layer, {k: v - step * direction[k] for k, v in base.items()}, (x,), {"mode": mode})
+    torch.testing.assert_close(tangent, (ahead - behind).detach() / (2 * step), rtol=1e-6, atol=1e-7)
+    with torch.autograd.forward_ad.dual_level():
+        duals = {k: torch.autograd.forward_ad.make_dual(v, direction[k]) for k, v in base.items()}
+        out = functional_call(layer.requires_grad_(False), duals, (x,), {"mode": mode})
+        dual_tangent = torch.autograd.forward_ad.unpack_dual(out).tangent
+    assert dual_tangent is not None
+    torch.testing.assert_close(dual_tangent, tangent, rtol=1e-12, atol=1e-12)
+
+
+def test_weight_of_a_padded_tied_head_is_contiguous_with_autograd():
+    torch.manual_seed(10)
+    source = MPOEmbedding.from_embedding(nn.Embedding(51, 30), n=3, max_bond=4)
+    assert source.padded_shape != source.matrix_shape
+    for transpose in (False, True):
+        weight = _kernel.dense_weight(list(source.cores), source.matrix_shape, transpose=transpose, autograd=True)
+        assert weight.is_contiguous() and weight.grad_fn is not None

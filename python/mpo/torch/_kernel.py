@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch.autograd.function import once_differentiable
 
 from .. import _core
@@ -71,15 +72,31 @@ def set_kernel_autograd(enabled: bool) -> bool:
     return previous
 
 
+# torch.func's wrappers (grad, vmap, jvp) have no storage the kernel could read; torch has no public test
+# for them, so a torch without this function (none known) just skips the check.
+_is_transformed = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a torch.func transform's wrapper or carries a forward-mode tangent: only torch
+    ops propagate those (the kernel would drop the tangent or fail on the wrapper)."""
+    if _is_transformed is not None and _is_transformed(t):
+        return True
+    return forward_ad.unpack_dual(t).tangent is not None
+
+
 def kernel_dtype(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> np.dtype | None:
     """The NumPy dtype the C++ kernel runs a product of ``x`` with ``cores`` in, or None where it cannot
-    (a tensor off the CPU, or a dtype it has no route for): then torch ops run it.
+    (a tensor off the CPU, a dtype it has no route for, or a tensor under a torch.func transform or
+    with a forward-mode tangent): then torch ops run it.
 
     float32 and float64 cores run in their own dtype; bfloat16 and float16 cores run in float32: their
     values widen exactly, so the kernel's float32 product is the exact product of the stored cores up
     to float32 rounding, which the single rounding back to the layer's dtype then dominates.
     """
     if x.device.type != "cpu" or any(c.device.type != "cpu" for c in cores):
+        return None
+    if any(_traced(t) for t in (x, *cores)):
         return None
     dtypes = {c.dtype for c in cores}
     if len(dtypes) != 1:
@@ -142,7 +159,9 @@ def dense_weight(
     """
     dtype = None if autograd else kernel_dtype(cores[0], cores)
     if dtype is None:
-        return matrix_of(cores, shape, transpose=transpose)
+        # Contiguous whichever way round: a sliced (padded) M is a view, and F.linear / F.embedding read
+        # a strided weight on slower paths (bfloat16 GEMM: 10x).
+        return matrix_of(cores, shape, transpose=transpose).contiguous()
     arrays = kernel_arrays(cores, dtype)
     if transpose:  # the MPO of M.T: each core's in and out factors swapped
         arrays = [np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in arrays]
