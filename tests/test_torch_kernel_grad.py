@@ -188,6 +188,14 @@ def test_set_kernel_autograd_switches_and_checks(monkeypatch):
     assert _kernel.uses_kernel(x, cores, autograd=True)
     with pytest.raises(TypeError, match="enabled must be a bool, got int"):
         mt.set_kernel_autograd(1)
+    # "auto" files its timed choices by route: a choice made for one route is not reused for the other.
+    layer = MPOLinear.from_linear(nn.Linear(30, 42), max_bond=5)
+    keys = {}
+    for enabled in (True, False):
+        mt.set_kernel_autograd(enabled)
+        keys[enabled] = (layer._mode_key(64, True), layer._mode_key(64, False))
+    mt.set_kernel_autograd(True)
+    assert keys[True][0] != keys[False][0] and keys[True][1] == keys[False][1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -163,8 +163,9 @@ class _LinearProduct(nn.Module):
     """``y = x @ M + b`` (or ``x @ M.T + b``) through MPO cores: what MPOLinear and MPOTiedLinear share.
 
     A class using it sets in_features, out_features, mode, bias, row_scale and defines three hooks:
-    ``_product_cores()`` -> (cores, transposed), ``_linear_weight(autograd)`` -> the product's matrix
-    as ``F.linear`` takes it ((out x in), contiguous), and ``_product_rebuild_flops()``.
+    ``_product_cores()`` -> (cores, transposed), ``_linear_weight(cores, autograd)`` -> the product's
+    matrix as ``F.linear`` takes it ((out x in), contiguous), and ``_product_rebuild_flops()``. A
+    forward pass reads the cores once (a ParameterList hands them out at ~2 us each) and passes them on.
     """
 
     in_features: int
@@ -176,7 +177,7 @@ class _LinearProduct(nn.Module):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         raise NotImplementedError
 
-    def _linear_weight(self, autograd: bool) -> torch.Tensor:
+    def _linear_weight(self, cores: list[torch.Tensor], autograd: bool) -> torch.Tensor:
         raise NotImplementedError
 
     def _product_rebuild_flops(self) -> int:
@@ -222,9 +223,11 @@ class _LinearProduct(nn.Module):
             contract = self.contract_plan(batch)[2]
         return contract, float(self._product_rebuild_flops() + 2 * batch * self.in_features * self.out_features)
 
-    def _mode_key(self, batch: int, autograd: bool) -> tuple:
-        cores, transposed = self._product_cores()
-        extras = (self.bias is not None, self.row_scale is not None, transposed, _kernel.uses_kernel(cores[0], cores, autograd))
+    def _mode_key(self, batch: int, autograd: bool, product: tuple[list[torch.Tensor], bool] | None = None) -> tuple:
+        cores, transposed = product or self._product_cores()
+        # With autograd the route also depends on the switch (the key already holds dtype and device).
+        route = bool(autograd and _kernel.KERNEL_AUTOGRAD)
+        extras = (self.bias is not None, self.row_scale is not None, transposed, route)
         return _autotune.mode_key("linear", list(cores), (self.in_features, self.out_features), batch, autograd, extras)
 
     def auto_mode(self, x: torch.Tensor, *, autograd: bool | None = None) -> str:
@@ -234,11 +237,14 @@ class _LinearProduct(nn.Module):
         ``x`` the first time (with the backward pass when autograd is on) and remembered for the
         process, unless FLOPs alone settle it. ``autograd`` defaults to whether this pass needs it.
         """
-        cores, _ = self._product_cores()
+        product = self._product_cores()
         if autograd is None:
-            autograd = _needs_autograd(x, cores)
+            autograd = _needs_autograd(x, product[0])
+        return self._auto(x, autograd, product)
+
+    def _auto(self, x: torch.Tensor, autograd: bool, product: tuple[list[torch.Tensor], bool]) -> str:
         batch = max(1, math.prod(x.shape[:-1]))
-        key = self._mode_key(batch, autograd)
+        key = self._mode_key(batch, autograd, product)
         known = _autotune.chosen(key)
         if known is not None:  # the common case: no FLOP count, no probe
             return known
@@ -247,9 +253,9 @@ class _LinearProduct(nn.Module):
         run = _autotune.probe_runner(lambda inp, mode: self(inp, mode=mode), like, list(self.parameters()), autograd)
         return _autotune.choose(key, contract, rebuild, run)
 
-    def _contract(self, x: torch.Tensor, autograd: bool) -> torch.Tensor:
+    def _contract(self, x: torch.Tensor, autograd: bool, product: tuple[list[torch.Tensor], bool]) -> torch.Tensor:
         batch = x.shape[0]
-        cores, transposed = self._product_cores()
+        cores, transposed = product
         if _kernel.uses_kernel(x, cores, autograd):
             spec = ProductSpec(transposed, self.in_features, self.out_features)
             return KernelProduct.apply(x, spec, *cores) if autograd else kernel_product(x, cores, spec)
@@ -288,16 +294,17 @@ class _LinearProduct(nn.Module):
             )
         lead = x.shape[:-1]
         batch = math.prod(lead)
-        autograd = _needs_autograd(x, self._product_cores()[0])
+        product = self._product_cores()
+        cores = product[0]
+        autograd = _needs_autograd(x, cores)
         if mode == "auto":
-            mode = self.auto_mode(x, autograd=autograd) if batch else "rebuild"
+            mode = self._auto(x, autograd, product) if batch else "rebuild"
         if self.row_scale is not None:
             x = x * self.row_scale  # x @ diag(s) C = (x * s) @ C
         if mode == "rebuild" or batch == 0:
             # The weight needs autograd's graph only where a core needs a gradient (not for x's alone).
-            cores = self._product_cores()[0]
-            return F.linear(x, self._linear_weight(_needs_autograd(cores[0], cores)), self.bias)
-        out = self._contract(x.reshape(batch, x.shape[-1]), autograd)
+            return F.linear(x, self._linear_weight(cores, _needs_autograd(cores[0], cores)), self.bias)
+        out = self._contract(x.reshape(batch, x.shape[-1]), autograd, product)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
@@ -526,10 +533,10 @@ class MPOLinear(_LinearProduct, MPOLayer):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         return list(self.cores), False
 
-    def _linear_weight(self, autograd: bool) -> torch.Tensor:
+    def _linear_weight(self, cores: list[torch.Tensor], autograd: bool) -> torch.Tensor:
         # M.T built in that layout (not a transposed view: torch's bfloat16 GEMM on a CPU took 10x as
         # long with one), without the row scale: forward scales x instead.
-        return dense_weight(list(self.cores), self.matrix_shape, transpose=True, autograd=autograd)
+        return dense_weight(cores, self.matrix_shape, transpose=True, autograd=autograd)
 
     def _product_rebuild_flops(self) -> int:
         return self.rebuild_flops()
@@ -629,9 +636,9 @@ class MPOTiedLinear(_LinearProduct):
     def _product_cores(self) -> tuple[list[torch.Tensor], bool]:
         return list(self._source.cores), self.transposed
 
-    def _linear_weight(self, autograd: bool) -> torch.Tensor:
+    def _linear_weight(self, cores: list[torch.Tensor], autograd: bool) -> torch.Tensor:
         # x @ M.T takes M as F.linear's weight; x @ M takes M.T, built in that layout.
-        cores, shape = list(self._source.cores), self._source.matrix_shape
+        shape = self._source.matrix_shape
         return dense_weight(cores, shape, transpose=not self.transposed, autograd=autograd)
 
     def _product_rebuild_flops(self) -> int:
