@@ -249,7 +249,7 @@ def _params_with(layer, change):
     return {k: change(k, v.detach()) for k, v in layer.named_parameters()}
 
 
-@pytest.mark.parametrize("mode", ["contract", "rebuild"])
+@pytest.mark.parametrize("mode", ["contract", "rebuild", "auto"])
 def test_torch_func_and_forward_mode_take_torch_ops(mode):
     # torch.func's wrappers have no storage the kernel could read, and a forward-mode tangent would be
     # dropped by it: both go to torch ops, with the gradients and tangents of the plain route.
@@ -282,6 +282,10 @@ def test_torch_func_and_forward_mode_take_torch_ops(mode):
         dual_tangent = torch.autograd.forward_ad.unpack_dual(out).tangent
     assert dual_tangent is not None
     torch.testing.assert_close(dual_tangent, tangent, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # vmap over a batch of inputs
+        batched = torch.stack([x, 2 * x])
+        torch.testing.assert_close(torch.vmap(lambda t: layer(t, mode=mode))(batched), layer(batched, mode=mode),
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_weight_of_a_padded_tied_head_is_contiguous_with_autograd():

@@ -48,6 +48,7 @@ __all__ = [
     "kernel_product",
     "matrix_of",
     "set_kernel_autograd",
+    "traced",
     "uses_kernel",
 ]
 
@@ -77,7 +78,7 @@ def set_kernel_autograd(enabled: bool) -> bool:
 _is_transformed = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
 
 
-def _traced(t: torch.Tensor) -> bool:
+def traced(t: torch.Tensor) -> bool:
     """Whether ``t`` is a torch.func transform's wrapper or carries a forward-mode tangent: only torch
     ops propagate those (the kernel would drop the tangent or fail on the wrapper)."""
     if _is_transformed is not None and _is_transformed(t):
@@ -96,7 +97,7 @@ def kernel_dtype(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> np.dtype | N
     """
     if x.device.type != "cpu" or any(c.device.type != "cpu" for c in cores):
         return None
-    if any(_traced(t) for t in (x, *cores)):
+    if any(traced(t) for t in (x, *cores)):
         return None
     dtypes = {c.dtype for c in cores}
     if len(dtypes) != 1:

@@ -249,6 +249,10 @@ class _LinearProduct(nn.Module):
         if known is not None:  # the common case: no FLOP count, no probe
             return known
         contract, rebuild = self._mode_flops(batch, autograd)
+        if any(_kernel.traced(t) for t in (x, *product[0])):
+            # Under a torch.func transform (vmap, grad, jvp) no probe can run (random inputs, extra
+            # passes): FLOPs decide, and the choice is not filed for untransformed passes.
+            return "contract" if contract <= rebuild else "rebuild"
         like = x.reshape(-1, x.shape[-1]) if x.numel() else x.new_zeros(batch, self.in_features)
         run = _autotune.probe_runner(lambda inp, mode: self(inp, mode=mode), like, list(self.parameters()), autograd)
         return _autotune.choose(key, contract, rebuild, run)
