@@ -109,7 +109,7 @@ def rounds(fns: dict, least: int, seconds: float) -> int:
         start = time.perf_counter()
         fn()
         slowest = max(slowest, time.perf_counter() - start)
-    cycle = len(fns)
+    cycle = len(C.balanced_orders(len(fns)))  # one whole set of the orders time_interleaved follows
     wanted = max(least, math.ceil(seconds / max(slowest, 1e-9)))
     return cycle * math.ceil(wanted / cycle)
 

@@ -12,11 +12,11 @@ float64 over calibration tokens): with C = L L^T, ||X E||_F^2 = tr(E^T C E) = ||
 - Kronecker whitening: C ~ C_1 (x) ... (x) C_n along the MPO's in factors (i_1..i_n), C_k = K_k^2 with
   K_1 (x) ... (x) K_n the nearest Kronecker product of C^(1/2), a rank-one fit of the rearranged matrix
   (Van Loan-Pitsianis, alternating over the factors). L = L_1 (x) ... (x) L_n then folds into the cores
-  at no parameter cost: core k's i_k index is multiplied by L_k^-T. For n = 2 in the SVD layout ((I, 1) x (1, J)) the product is C itself and
-  this is the whitened SVD. For n > 2 each factor is shrunk toward the identity by a beta chosen on the
-  calibration statistics (:func:`shrink_kronecker`): the nearest product alone loses to no whitening
-  on MiniLM. Whether it beats the diagonal form is measured, not assumed (benchmarks/bench_function.py,
-  docs/RESULTS.md).
+  at no parameter cost: core k's i_k index is multiplied by L_k^-T. For n = 2 in the SVD layout
+  ((I, 1) x (1, J)) the product is C itself and this is the whitened SVD. For n > 2 each factor is
+  shrunk toward the identity by a beta chosen on the calibration statistics (:func:`shrink_kronecker`):
+  the nearest product alone loses to no whitening on MiniLM. Whether it beats the diagonal form is
+  measured, not assumed (benchmarks/bench_function.py, docs/RESULTS.md).
 
 The damping rule, for a C that is singular (fewer tokens than features, dead features) or indefinite by
 rounding: factor C + lam I with lam = alpha * mean(diag C), alpha = ``damping`` (default 1e-4); when the
@@ -818,8 +818,8 @@ def decompose_activations(
         a Kronecker product K_1^2 (x) ... (x) K_n^2 ~ C (K the nearest Kronecker product of C^(1/2)),
         shrunk by ``shrinkage`` and folded into the cores at no parameter cost (for n = 2 in the SVD
         layout C itself: exactly SVD-LLM's whitened SVD). "diagonal+whiten": the diagonal first, then
-        the Kronecker whitening of D^-1 C D^-1. "fisher": ``row_weights`` (Fisher importances per input feature,
-        FWSVD) as the diagonal.
+        the Kronecker whitening of D^-1 C D^-1. "fisher": ``row_weights`` (Fisher importances per
+        input feature, FWSVD) as the diagonal.
     damping : float
         alpha of the damping rule (module docstring).
     held_out : ActivationStats, optional
