@@ -257,7 +257,12 @@ Index rows_per_chunk(Index values_per_row) {
 
 // gram += sign · Σ_{begin <= a < end} X_aᵀX_a, lower triangle, in double.
 template <class T>
-void Sweep<T>::add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const {
+void Sweep<T>::add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double sign) {
+  if (!add_rows_in_float(gram, begin, end, sign)) add_rows_in_double(gram, begin, end, sign);
+}
+
+template <class T>
+void Sweep<T>::add_rows_in_double(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const {
   const Index step = rows_per_chunk(nodes_.at(bound_.prefix).split.r.cols());
   for (Index a = begin; a < end; a += step) {
     const Eigen::MatrixXd block = central_rows(a, std::min(end, a + step)).template cast<double>();
@@ -285,7 +290,10 @@ Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index s
     throw std::invalid_argument("mpo: count must be in [0, " + std::to_string(side) + "] (0 = all), got " +
                                 std::to_string(count));
   if (prefix != bound_.prefix || side != bound_.side || bound_.gram.rows() != side) {
-    bound_ = CentralBound{prefix, side, 0, Eigen::MatrixXd::Zero(side, side), Eigen::MatrixXd(), Eigen::VectorXd()};
+    const Split<T>& split = nodes_.at(prefix).split;
+    bound_ = CentralBound{prefix, side, 0, float_bound_allowed(split.spectrum, r.size()),
+                          Eigen::MatrixXd::Zero(side, side),
+                          Eigen::MatrixXd(), Eigen::VectorXd()};
   }
   // From the old reference by the rows between, unless recomputing from nothing is cheaper. Taking rows
   // away loses digits near ε‖G‖, far below the differences the search compares.
@@ -301,16 +309,17 @@ Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index s
 }
 
 template <class T>
-Eigen::MatrixXd Sweep<T>::central_bound(Index lo, Index hi, Index used) const {
+Eigen::MatrixXd Sweep<T>::central_bound(Index lo, Index hi, Index used) {
   if (bound_.b == 0) throw std::invalid_argument("mpo: central_bound needs a central_reference first");
   const Index rows = nodes_.at(bound_.prefix).split.r.rows();
   if (lo < 0 || hi > rows || lo > hi || used < 1 || used > bound_.vectors.cols())
     throw std::invalid_argument("mpo: central_bound rows or directions out of range (used <= " +
                                 std::to_string(bound_.vectors.cols()) + ", the reference's count)");
+  Eigen::MatrixXd out = Eigen::MatrixXd::Zero(hi - lo, used);
+  if (bound_products_in_float(lo, hi, used, &out)) return out;
   const Index per_row = nodes_.at(bound_.prefix).split.r.cols();
   const Index width = per_row / bound_.side;
   const Index step = rows_per_chunk(per_row);
-  Eigen::MatrixXd out = Eigen::MatrixXd::Zero(hi - lo, used);
   for (Index a0 = lo; a0 < hi; a0 += step) {
     const Index a1 = std::min(hi, a0 + step);
     const Eigen::MatrixXd block = central_rows(a0, a1).template cast<double>();
@@ -321,7 +330,7 @@ Eigen::MatrixXd Sweep<T>::central_bound(Index lo, Index hi, Index used) const {
 }
 
 template <class T>
-Spectrum Sweep<T>::central_probe(Index b) const {
+Spectrum Sweep<T>::central_probe(Index b) {
   if (bound_.b == 0) throw std::invalid_argument("mpo: central_probe needs a central_reference first");
   const Index rows = nodes_.at(bound_.prefix).split.r.rows();
   if (b < 1 || b > rows)
@@ -331,7 +340,7 @@ Spectrum Sweep<T>::central_probe(Index b) const {
 
 // G(b) from the reference's by the rows between (lower triangle).
 template <class T>
-Eigen::MatrixXd Sweep<T>::bound_gram_at(Index b) const {
+Eigen::MatrixXd Sweep<T>::bound_gram_at(Index b) {
   Eigen::MatrixXd gram = bound_.gram;
   if (b > bound_.b) add_rows(gram, bound_.b, b, 1.0);
   else add_rows(gram, b, bound_.b, -1.0);

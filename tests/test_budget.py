@@ -127,9 +127,17 @@ def uniform_sweep(M, shape, rho):
     return mpo.decompose(M, shape, max_bond=cap, svd="exact")
 
 
+def padded_as_data(M, in_shape, out_shape):
+    """M zero-padded to its factors in its own dtype, as budget mode hands it to the scorer (float32 data
+    is swept in float32; strategies.pad would widen it to float64)."""
+    P = np.zeros((math.prod(in_shape), math.prod(out_shape)), dtype=M.dtype)
+    P[: M.shape[0], : M.shape[1]] = M
+    return P
+
+
 def core_sweep(M, in_shape, out_shape):
     """The C++ scorer budget mode searches with, on M zero-padded to its factors."""
-    padded = pad(M, (math.prod(in_shape), math.prod(out_shape)))
+    padded = padded_as_data(M, in_shape, out_shape)
     return _core.Sweep(padded, list(in_shape), list(out_shape))
 
 
@@ -149,7 +157,8 @@ def test_sweep_error_is_the_dense_error(case, data):
     note(f"caps {caps} bonds {bonds} err {math.sqrt(err2)} oracle {oracle}")
     # The final ordering (order_bonds) may drop a direction the cuts left without weight, never add one.
     assert all(c.shape[3] <= b <= cap for c, b, cap in zip(cores, bonds, caps))
-    tol = 1e-9 * fro(M) ** 2
+    # Exact to the data's rounding: float32 data is swept in float32.
+    tol = (1e-9 if M.dtype == np.float64 else 1e-6) * fro(M) ** 2
     assert abs(err2 - oracle**2) <= tol
     assert abs(float(np.sum(raw["truncation_errors"] ** 2)) - oracle**2) <= tol
     core = mpo.decompose(M, case.shape, max_bond=caps, svd="exact")
@@ -488,9 +497,9 @@ def test_budget_unit_reads_the_matrix_without_a_float64_copy_and_agrees_with_the
 
 def plain_and_shortcut_sweeps(M, in_shape, out_shape):
     """The scorer with every shortcut off (the plain sweep) and with the defaults (all on)."""
-    padded = pad(M, (math.prod(in_shape), math.prod(out_shape)))
+    padded = padded_as_data(M, in_shape, out_shape)
     plain = _core.Sweep(padded, list(in_shape), list(out_shape), values_only=False, reuse_bound=False,
-                        kept_vectors=False, shared_rows=False)
+                        kept_vectors=False, shared_rows=False, float32_gram=False)
     return plain, _core.Sweep(padded, list(in_shape), list(out_shape))
 
 
@@ -520,7 +529,7 @@ def test_values_only_scores_every_cut_as_the_plain_split(case, data):
         assert abs(err_fast - err_plain) <= exact_rtol(M.dtype) * plain.energy
     assert fast.work == plain.work
     assert plain.shortcuts_taken == {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0,
-                                     "shared_rows": 0}
+                                     "shared_rows": 0, "float32_gram": 0}
 
 
 @given(cases(ns=(3, 4, 5, 7)), rhos)
@@ -552,7 +561,11 @@ def test_scorer_shortcuts_change_no_choice_and_are_taken(dtype):
     except (FileNotFoundError, ImportError) as exc:
         pytest.fail(f"the real checkpoint is part of the test set-up: {exc}")
     matrices.append(np.random.default_rng(5).standard_normal((256, 384)))
-    taken = {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0, "shared_rows": 0}
+    taken = {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0, "shared_rows": 0,
+             "float32_gram": 0}
+    # float32_gram's sums carry float32 rounding (~1e-7 of the energy); every other shortcut is exact to
+    # double rounding.
+    rtol = 1e-6 if dtype == np.float32 else 1e-9
     for M in matrices:
         M = np.asarray(M, dtype=dtype)
         exact = mpo.decompose(M)
@@ -563,13 +576,15 @@ def test_scorer_shortcuts_change_no_choice_and_are_taken(dtype):
         found_fast = _budget.search(fast, pairs, start, limits, allowed)
         assert found_fast.max_bond == found_plain.max_bond
         assert found_fast.evaluations == found_plain.evaluations
-        assert abs(found_fast.squared_error - found_plain.squared_error) <= 1e-9 * found_plain.squared_error
+        assert abs(found_fast.squared_error - found_plain.squared_error) <= rtol * found_plain.squared_error
         first, second = fast.build(found_fast.max_bond), plain.build(found_plain.max_bond)
         assert [c.shape for c in first["cores"]] == [c.shape for c in second["cores"]]
         assert_same_decomposition(first, second, M, *shape)
         for key, count in fast.shortcuts_taken.items():
             taken[key] += count
-    assert all(count > 0 for count in taken.values()), taken
+    # float32_gram is for float32 data alone.
+    assert all(count > 0 for key, count in taken.items() if key != "float32_gram"), taken
+    assert (taken["float32_gram"] > 0) == (dtype == np.float32), taken
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])  # about half the shapes
@@ -588,7 +603,7 @@ def test_kept_vectors_searches_and_builds_as_the_plain_route(case, rho):
     assume(start is not None)
     c = (len(pairs) - 1) // 2
     assume(pairs[c] >= math.prod(pairs[c + 1 :]))
-    padded = pad(M, (math.prod(case.in_shape), math.prod(case.out_shape)))
+    padded = padded_as_data(M, case.in_shape, case.out_shape)
     every = _core.Sweep(padded, list(case.in_shape), list(case.out_shape), kept_vectors=False)
     kept = _core.Sweep(padded, list(case.in_shape), list(case.out_shape))
     found_every = _budget.search(every, pairs, start, limits, allowed)
@@ -628,7 +643,7 @@ def test_sweep_unit_is_the_sweep_of_the_divided_matrix(case, shift, data):
     cores to rounding only: Eigen's float32 sums of tiny products depend on where the data sits, which
     moves the zero rule's cut of a rank-deficient matrix: generic matrices here.)"""
     M = case.M
-    padded = pad(M, (math.prod(case.in_shape), math.prod(case.out_shape)))
+    padded = padded_as_data(M, case.in_shape, case.out_shape)
     # Around budget mode's own unit (a power of two near the largest entry): far from it the quotient's
     # squares overflow or underflow in float32 either way.
     unit = math.ldexp(_scaled.unit(padded), shift)
@@ -739,7 +754,7 @@ def test_shared_rows_searches_and_builds_bitwise_as_the_copying_route(case, rho)
     assume(rho >= smallest_ratio(case))
     pairs, limits, allowed, start = budget_problem(M, case.in_shape, case.out_shape, rho)
     assume(start is not None)
-    padded = pad(M, (math.prod(case.in_shape), math.prod(case.out_shape)))
+    padded = padded_as_data(M, case.in_shape, case.out_shape)
     copying = _core.Sweep(padded, list(case.in_shape), list(case.out_shape), shared_rows=False)
     shared = _core.Sweep(padded, list(case.in_shape), list(case.out_shape))
     found_copying = _budget.search(copying, pairs, start, limits, allowed)
@@ -751,3 +766,32 @@ def test_shared_rows_searches_and_builds_bitwise_as_the_copying_route(case, rho)
     assert np.array_equal(built_copying["truncation_errors"], built_shared["truncation_errors"])
     assert copying.shortcuts_taken["shared_rows"] == 0
     assert shared.shortcuts_taken["shared_rows"] > 0  # n >= 3: every search makes a left step's child
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(cases(ns=(3, 4, 5, 7), dtypes=(np.float32,)), rhos)
+def test_float32_gram_scores_exactly_and_builds_the_plain_mpo(case, rho):
+    """float32_gram: the central-pair bound of float32 data accumulated in float32. Whatever the search
+    then chooses, its score is the plain sweep's exact error of those caps (to float32 rounding of the
+    energy), its build is the plain build of them (G(b) formed again in double where the cut discards
+    too little, which the low-rank 'kron' and 'integers' matrices reach), and float64 data never takes it."""
+    M = case.M
+    assume(rho >= smallest_ratio(case))
+    pairs, limits, allowed, start = budget_problem(M, case.in_shape, case.out_shape, rho)
+    assume(start is not None)
+    padded = padded_as_data(M, case.in_shape, case.out_shape)
+    plain = _core.Sweep(padded, list(case.in_shape), list(case.out_shape), float32_gram=False)
+    fast = _core.Sweep(padded, list(case.in_shape), list(case.out_shape))
+    found = _budget.search(fast, pairs, start, limits, allowed)
+    note(f"found {found} taken {fast.shortcuts_taken}")
+    _, exact = plain.evaluate(found.max_bond)
+    assert abs(found.squared_error - exact) <= 1e-6 * plain.energy
+    first, second = fast.build(found.max_bond), plain.build(found.max_bond)
+    assert_same_decomposition(first, second, M, case.in_shape, case.out_shape)
+    dense_first = contract_cores(first["cores"], case.in_shape, case.out_shape)
+    dense_second = contract_cores(second["cores"], case.in_shape, case.out_shape)
+    assert dense_error(dense_first, dense_second) <= 2 * exact_rtol(M.dtype) * fro(M) + 1e-9 * fro(M)
+    assert plain.shortcuts_taken["float32_gram"] == 0
+    wide = _core.Sweep(padded.astype(np.float64), list(case.in_shape), list(case.out_shape))
+    _budget.search(wide, pairs, start, limits, allowed)
+    assert wide.shortcuts_taken["float32_gram"] == 0

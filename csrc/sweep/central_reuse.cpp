@@ -59,38 +59,62 @@ bool Sweep<T>::build_right_from_bound(const Path& caps, const Path& prefix, bool
   if (node.left != b || node.right != 1 || b > nodes_.at(bound_.prefix).split.r.rows() || rows < side) return false;
   // The whole right steps (bonds n-2 … c+1, in step order): each must be uncapped or capped at or above
   // its whole bond, with an unfolding at least as tall as wide and no spectral value near the zeros.
-  const Eigen::MatrixXd gram = bound_gram_at(b);
+  const Index cap = caps.back();
   std::vector<Index> whole(n, 1);  // whole[k]: the product of the pairs right of bond k (the whole bond)
   for (std::size_t k = n - 1; k-- > 0;) whole[k] = whole[k + 1] * pair(k + 1);
   if (whole[central_] != side) return false;
-  std::vector<Spectrum> whole_spectra(n - 1);
   for (std::size_t t = central_; t + 1 < caps.size(); ++t) {
     const std::size_t bond = steps_[t];
     if (caps[t] != 0 && caps[t] < whole[bond]) return false;
     if (rows * (side / whole[bond]) < whole[bond]) return false;
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(partial_trace(gram, whole[bond]), Eigen::EigenvaluesOnly);
-    if (eigen.info() != Eigen::Success) return false;
-    const Eigen::VectorXd energy = eigen.eigenvalues().reverse();
-    if (!(energy[energy.size() - 1] > 1e-10 * energy.sum())) return false;
-    whole_spectra[bond] = energy.cwiseSqrt();
   }
-  // The last step (bond c): the eigenvectors of G(b), descending, the bound's own at its reference; only
-  // the kept ones where that gives the plain cut (kept_vectors.cpp), which then also gives the discarded
-  // energy from G(b)'s eigenvalues.
-  const Index cap = caps.back();
+  // float32_gram: G(b) is the bound's float32 sums (float32_gram.cpp). Where a whole step shows directions
+  // within reach of float32 rounding, or the last cut discards too little for it, G(b) is formed again in
+  // double, and the bound's eigenvectors (float32 G(b)'s) are then not reused.
+  Eigen::MatrixXd gram = bound_gram_at(b);
+  bool in_float = bound_.in_float;
+  std::vector<Spectrum> whole_spectra(n - 1);
   Eigen::MatrixXd vectors;
   double tail = 0;
-  bool reuse = false;
-  const bool few = kept_eigenvectors(gram, b, cap, &vectors, &tail, &reuse);
-  if (!few) {
-    reuse = b == bound_.b && bound_.vectors.cols() == side;
-    if (reuse) {
-      vectors = bound_.vectors;
-    } else {
-      SymmetricEigen eigen = symmetric_eigen(gram, side, false);  // the plain split's full solver
-      vectors = std::move(eigen.vectors);
+  bool reuse = false, few = false;
+  enum class Outcome { done, refused, in_double };
+  auto last_steps = [&]() {
+    // The whole right steps (bonds n-2 … c+1): no spectral value near the zeros (a float32 G(b) shows
+    // ~1e-7 of its energy in directions that are zeros, so its floor is far above that).
+    const double floor = in_float ? 1e-5 : 1e-10;
+    for (std::size_t t = central_; t + 1 < caps.size(); ++t) {
+      const std::size_t bond = steps_[t];
+      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(partial_trace(gram, whole[bond]), Eigen::EigenvaluesOnly);
+      if (eigen.info() != Eigen::Success) return Outcome::refused;
+      const Eigen::VectorXd energy = eigen.eigenvalues().reverse();
+      if (!(energy[energy.size() - 1] > floor * energy.sum())) return in_float ? Outcome::in_double : Outcome::refused;
+      whole_spectra[bond] = energy.cwiseSqrt();
     }
+    // The last step (bond c): the eigenvectors of G(b), descending, the bound's own at its reference;
+    // only the kept ones where that gives the plain cut (kept_vectors.cpp), which then also gives the
+    // discarded energy from G(b)'s eigenvalues.
+    const bool own = in_float || !bound_.in_float;  // G(b) is the bound's, so are its eigenvectors
+    few = kept_eigenvectors(gram, b, cap, own, &vectors, &tail, &reuse);
+    if (in_float && (!few || float_gram_too_fine(tail, cap, gram.trace()))) return Outcome::in_double;
+    if (!few) {
+      reuse = own && b == bound_.b && bound_.vectors.cols() == side;
+      if (reuse) {
+        vectors = bound_.vectors;
+      } else {
+        SymmetricEigen eigen = symmetric_eigen(gram, side, false);  // the plain split's full solver
+        vectors = std::move(eigen.vectors);
+      }
+    }
+    return Outcome::done;
+  };
+  Outcome outcome = last_steps();
+  if (outcome == Outcome::in_double) {
+    gram.setZero();
+    add_rows_in_double(gram, 0, b, 1.0);
+    in_float = false;
+    outcome = last_steps();
   }
+  if (outcome != Outcome::done) return false;
   Matrix<T> basis = vectors.template cast<T>();
   const ConstMatrixMap<T> x = central_rows(0, b);
   // Lᵀ = Vᵀ·Xᵀ: the plain split's L = X·V, one row per candidate so that assemble_rows orders and cuts it.

@@ -33,12 +33,12 @@ void Sweep<T>::reference_eigen(Index count) {
 }
 
 template <class T>
-bool Sweep<T>::kept_eigenvectors(const Eigen::MatrixXd& gram, Index b, Index cap, Eigen::MatrixXd* vectors,
-                                 double* tail, bool* reused) {
+bool Sweep<T>::kept_eigenvectors(const Eigen::MatrixXd& gram, Index b, Index cap, bool own,
+                                 Eigen::MatrixXd* vectors, double* tail, bool* reused) {
   const Index side = gram.rows();
   if (!shortcuts_.kept_vectors || cap <= 0 || cap >= side) return false;
   Eigen::VectorXd values;
-  *reused = b == bound_.b && bound_.vectors.cols() >= cap;
+  *reused = own && b == bound_.b && bound_.vectors.cols() >= cap;
   if (*reused) {
     *vectors = bound_.vectors.leftCols(cap);
     values = bound_.values.head(cap);
@@ -56,7 +56,9 @@ bool Sweep<T>::kept_eigenvectors(const Eigen::MatrixXd& gram, Index b, Index cap
 
 template void Sweep<float>::reference_eigen(Index);
 template void Sweep<double>::reference_eigen(Index);
-template bool Sweep<float>::kept_eigenvectors(const Eigen::MatrixXd&, Index, Index, Eigen::MatrixXd*, double*, bool*);
-template bool Sweep<double>::kept_eigenvectors(const Eigen::MatrixXd&, Index, Index, Eigen::MatrixXd*, double*, bool*);
+template bool Sweep<float>::kept_eigenvectors(const Eigen::MatrixXd&, Index, Index, bool, Eigen::MatrixXd*, double*,
+                                              bool*);
+template bool Sweep<double>::kept_eigenvectors(const Eigen::MatrixXd&, Index, Index, bool, Eigen::MatrixXd*, double*,
+                                               bool*);
 
 }  // namespace mpo

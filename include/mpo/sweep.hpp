@@ -14,10 +14,11 @@
 // that is the optimal cut (Eckart–Young), the one a capped split makes, so a cut is a slice and not a
 // new split. Splits are cached by the max_bond of the steps before them. No shortcut of decompose()
 // (block or whole steps, randomized or float32 Gram routes) is taken: the search scores the plain sweep.
-// The scorer has four shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
+// The scorer has five shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
 // and MPO up to rounding: the last step scored from eigenvalues alone, the final build's last step from
 // the central-pair bound's Gram matrix, only the eigenvectors that the bound reads and the build keeps,
-// and left-step remainders read in place (bitwise the plain results).
+// left-step remainders read in place (bitwise the plain results), and the bound of float32 data summed in
+// float32 (its scores to float32 rounding, the data's own).
 #pragma once
 
 #include "mpo/decompose.hpp"
@@ -49,6 +50,12 @@ struct SweepShortcuts {
   // instead of copied; on MiniLM's embedding that copy was 47 MB per search, and its page faults and
   // memcpy ~3 % of the search (csrc/sweep/shared_rows.cpp). Bitwise the same results.
   bool shared_rows = true;
+  // central_reference(), central_probe(), central_bound() and build() of float32 data: the central-pair
+  // bound's Gram matrices G(b) and its products X_a·V accumulated in float32 and summed in double, where
+  // the plain route casts every row of R to double first: half the multiply-add time, no cast copies
+  // (csrc/sweep/float32_gram.cpp). The build redoes G(b) in double where its cut discards too little
+  // for that rounding (decompose's float32_gram rule).
+  bool float32_gram = true;
 };
 
 // How often each shortcut was taken.
@@ -58,6 +65,7 @@ struct SweepShortcutCounts {
   long reuse_vectors = 0;  // of those, builds that reused the bound's eigenvectors too
   long kept_vectors = 0;   // references and builds that computed or used only the kept eigenvectors
   long shared_rows = 0;    // left-step remainders read in place from their parent's R
+  long float32_gram = 0;   // Gram updates and bound products of G(b) accumulated in float32
 };
 
 template <class T>
@@ -113,8 +121,9 @@ class Sweep {
   // The central-pair bound of budget mode's search (python/mpo/_budget.py, docs/ALGORITHMS.md §8), on
   // the rows of last_left_rows(max_bond), row a read as the matrix X_a (width × side, row-major, width =
   // i_c·j_c). G(b) = Σ_{a<b} X_aᵀX_a is the column Gram matrix of the last step's unfolding when bond
-  // c-1 keeps b rows and the steps between keep their whole bonds. Everything runs in double, on this
-  // thread: the search calls it a few times on small matrices, where a threaded BLAS only spins.
+  // c-1 keeps b rows and the steps between keep their whole bonds. Everything is summed in double (float32
+  // data's chunks of rows in float32 first, with float32_gram), on this thread: the search calls it a few
+  // times on small matrices, where a threaded BLAS only spins.
   //
   // central_reference makes b the reference: G(b) is formed from the previous reference's by the rows
   // between (or from scratch for new rows or side) and its eigenvalues returned, descending; its
@@ -124,9 +133,9 @@ class Sweep {
   Spectrum central_reference(const std::vector<Index>& max_bond, Index side, Index b, Index count = 0);
   // W[a - lo, j] = ‖X_a v_j‖² for rows a in [lo, hi) and the reference's first `used` eigenvectors
   // (used <= the count of the reference).
-  Eigen::MatrixXd central_bound(Index lo, Index hi, Index used) const;
+  Eigen::MatrixXd central_bound(Index lo, Index hi, Index used);
   // The eigenvalues of G(b), descending; the reference is unchanged.
-  Spectrum central_probe(Index b) const;
+  Spectrum central_probe(Index b);
 
  private:
   // The remainder before one step, and (once made) that step's uncapped split.
@@ -165,12 +174,13 @@ class Sweep {
   // central_reuse.cpp: build()'s right steps (bonds n-2 … c, cores c … n-1) from the central-pair bound,
   // for the path `caps` whose left steps end at `prefix`; false (nothing written) where it does not apply.
   bool build_right_from_bound(const Path& caps, const Path& prefix, bool cut_before, Decomposition<T>& out);
-  Eigen::MatrixXd bound_gram_at(Index b) const;
+  Eigen::MatrixXd bound_gram_at(Index b);
   // kept_vectors.cpp: the last step's eigenvectors of G(b) (lower triangle `gram`) for
   // build_right_from_bound, only the `cap` it keeps, and the eigenvalues' sum beyond them (`tail`), where
   // that gives the plain split's cut; false (the caller takes every vector) where it does not apply.
-  bool kept_eigenvectors(const Eigen::MatrixXd& gram, Index b, Index cap, Eigen::MatrixXd* vectors, double* tail,
-                         bool* reused);
+  // `own`: `gram` is the bound's G(b), so at its reference b its eigenvectors may be reused.
+  bool kept_eigenvectors(const Eigen::MatrixXd& gram, Index b, Index cap, bool own, Eigen::MatrixXd* vectors,
+                         double* tail, bool* reused);
   // The reference's eigenpairs from bound_.gram: the `count` largest by the k-vector route with
   // kept_vectors (where it pays), else all of them (the plain route).
   void reference_eigen(Index count);
@@ -180,12 +190,22 @@ class Sweep {
   struct CentralBound {
     Path prefix;
     Index side = 0, b = 0;
+    bool in_float = false;  // float32_gram: G(b) and the products accumulated in float32
     Eigen::MatrixXd gram, vectors;
     Eigen::VectorXd values;
   };
   Path last_left_prefix(const std::vector<Index>& max_bond);
   ConstMatrixMap<T> central_rows(Index begin, Index end) const;
-  void add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const;
+  void add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double sign);
+  // float32_gram.cpp: add_rows and central_bound's products in float32 for float data while
+  // bound_.in_float; false (the caller takes the double route) where it does not apply.
+  bool add_rows_in_float(Eigen::MatrixXd& gram, Index begin, Index end, double sign);
+  bool bound_products_in_float(Index lo, Index hi, Index used, Eigen::MatrixXd* out);
+  // Whether a new bound over these rows of R may accumulate in float32 (float data, shortcut on, and
+  // values whose float32 products neither overflow nor underflow).
+  bool float_bound_allowed(const Spectrum& spectrum, Index count) const;
+  // The plain route of add_rows: rows cast to double a chunk at a time.
+  void add_rows_in_double(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const;
 
   Factors factors_;
   SweepShortcuts shortcuts_;

@@ -44,6 +44,7 @@ class Sweep:
         reuse_bound: bool = True,
         kept_vectors: bool = True,
         shared_rows: bool = True,
+        float32_gram: bool = True,
     ) -> None: ...
     @property
     def shortcuts_taken(self) -> dict[str, int]: ...
