@@ -125,6 +125,7 @@ typename Sweep<T>::Node& Sweep<T>::advance(const Path& prefix, Index keep) {
     child.right = keep;
   }
   child.remainder.resize(1, child.remainder.size());  // a view change: same coefficients
+  child.counted = gram_counted_.count(next) > 0;  // right_from_gram counted its split already
   return nodes_.emplace(std::move(next), std::move(child)).first->second;
 }
 
@@ -135,6 +136,13 @@ std::vector<Index> Sweep<T>::evaluate(const std::vector<Index>& max_bond, double
   double error = 0;
   Path prefix;
   for (std::size_t t = 0; t < caps.size(); ++t) {
+    if (t == central_) {
+      double dropped = 0;
+      if (right_steps_from_gram(prefix, caps, bonds, &dropped)) {
+        error += dropped;
+        break;
+      }
+    }
     if (t + 1 == caps.size()) {
       Index keep = 0;
       double dropped = 0;
@@ -208,15 +216,19 @@ void Sweep<T>::forget_all_but(const std::vector<Index>& max_bond) {
   std::set<Path> path;
   Path prefix;
   path.insert(prefix);
+  // The nodes made on this path (right_from_gram scores right steps without making their nodes).
   for (std::size_t t = 0; t + 1 < caps.size(); ++t) {
-    const Index keep = kept(split_at(prefix), caps[t]);
-    advance(prefix, keep);
-    prefix.push_back(keep);
+    const auto node = nodes_.find(prefix);
+    if (node == nodes_.end() || !node->second.has_split) break;
+    prefix.push_back(kept(node->second, caps[t]));
     path.insert(prefix);
   }
   path.insert(bound_.prefix);  // the central-pair bound reads its rows
   for (auto it = nodes_.begin(); it != nodes_.end();)
     it = path.count(it->first) ? std::next(it) : nodes_.erase(it);
+  // A node made again after it was forgotten counts again, whichever route scored it.
+  for (auto it = gram_counted_.begin(); it != gram_counted_.end();)
+    it = path.count(*it) ? std::next(it) : gram_counted_.erase(it);
 }
 
 template <class T>
@@ -248,7 +260,7 @@ ConstMatrixMap<T> Sweep<T>::central_rows(Index begin, Index end) const {
 }
 
 namespace {
-// Rows of R cast to double at a time: a few MB, so that no copy of a whole window (69 MB for MiniLM's
+// Rows cast to double at a time: a few MB, so that no copy of a whole window (69 MB for MiniLM's
 // embedding) is allocated, page-faulted and freed per call.
 Index rows_per_chunk(Index values_per_row) {
   return std::max<Index>(1, (Index{1} << 19) / std::max<Index>(1, values_per_row));
@@ -263,9 +275,14 @@ void Sweep<T>::add_rows(Eigen::MatrixXd& gram, Index begin, Index end, double si
 
 template <class T>
 void Sweep<T>::add_rows_in_double(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const {
-  const Index step = rows_per_chunk(nodes_.at(bound_.prefix).split.r.cols());
-  for (Index a = begin; a < end; a += step) {
-    const Eigen::MatrixXd block = central_rows(a, std::min(end, a + step)).template cast<double>();
+  gram_in_double(central_rows(begin, end), sign, gram);
+}
+
+template <class T>
+void Sweep<T>::gram_in_double(const ConstMatrixMap<T>& x, double sign, Eigen::MatrixXd& gram) {
+  const Index step = rows_per_chunk(x.cols());
+  for (Index a = 0; a < x.rows(); a += step) {
+    const Eigen::MatrixXd block = x.middleRows(a, std::min(x.rows() - a, step)).template cast<double>();
     gram.template selfadjointView<Eigen::Lower>().rankUpdate(block.transpose(), sign);
   }
 }

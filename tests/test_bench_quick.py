@@ -111,7 +111,12 @@ def test_bench_budget_quick_json(tmp_path):
         # Budget mode fits its ratio and the CLI's errors are those of the sweeps (in [0, 1)).
         assert 0 < row["error"] < 1 and 0 < row["uniform_error"] < 1
         assert 1 <= row["scored"] <= 16 and row["cpu"] > 0
+        # The uniform max_bond the search started from (logged) has the budget's size, and the search
+        # never ends above its error (budget mode's promise).
+        assert len(row["same_size_max_bond"]) == len(row["bonds"]) and min(row["same_size_max_bond"]) >= 1
+        assert row["error"] <= row["same_size_error"] + 1e-6 and row["same_size_cpu"] > 0
     assert abs(data["total_cpu"] - sum(r["cpu"] for r in data["matrices"])) < 1e-9
+    assert abs(data["total_same_size_cpu"] - sum(r["same_size_cpu"] for r in data["matrices"])) < 1e-9
 
 
 def test_caps_is_a_deprecated_name_of_max_bond():

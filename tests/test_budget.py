@@ -499,7 +499,8 @@ def plain_and_shortcut_sweeps(M, in_shape, out_shape):
     """The scorer with every shortcut off (the plain sweep) and with the defaults (all on)."""
     padded = padded_as_data(M, in_shape, out_shape)
     plain = _core.Sweep(padded, list(in_shape), list(out_shape), values_only=False, reuse_bound=False,
-                        kept_vectors=False, shared_rows=False, float32_gram=False)
+                        kept_vectors=False, shared_rows=False, float32_gram=False,
+                        right_from_gram=False)
     return plain, _core.Sweep(padded, list(in_shape), list(out_shape))
 
 
@@ -529,7 +530,7 @@ def test_values_only_scores_every_cut_as_the_plain_split(case, data):
         assert abs(err_fast - err_plain) <= exact_rtol(M.dtype) * plain.energy
     assert fast.work == plain.work
     assert plain.shortcuts_taken == {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0,
-                                     "shared_rows": 0, "float32_gram": 0}
+                                     "shared_rows": 0, "float32_gram": 0, "right_from_gram": 0}
 
 
 @given(cases(ns=(3, 4, 5, 7)), rhos)
@@ -562,7 +563,7 @@ def test_scorer_shortcuts_change_no_choice_and_are_taken(dtype):
         pytest.fail(f"the real checkpoint is part of the test set-up: {exc}")
     matrices.append(np.random.default_rng(5).standard_normal((256, 384)))
     taken = {"values_only": 0, "reuse_bound": 0, "reuse_vectors": 0, "kept_vectors": 0, "shared_rows": 0,
-             "float32_gram": 0}
+             "float32_gram": 0, "right_from_gram": 0}
     # float32_gram's sums carry float32 rounding (~1e-7 of the energy); every other shortcut is exact to
     # double rounding.
     rtol = 1e-6 if dtype == np.float32 else 1e-9
@@ -572,16 +573,23 @@ def test_scorer_shortcuts_change_no_choice_and_are_taken(dtype):
         shape = (exact.in_shape, exact.out_shape)
         pairs, limits, allowed, start = budget_problem(M, *shape, 0.3)
         plain, fast = plain_and_shortcut_sweeps(M, *shape)
+        # right_from_gram scores the outer moves' right steps, where values_only would score the last one:
+        # a second search without it runs values_only too.
+        without = _core.Sweep(padded_as_data(M, *shape), list(shape[0]), list(shape[1]), right_from_gram=False)
         found_plain = _budget.search(plain, pairs, start, limits, allowed)
-        found_fast = _budget.search(fast, pairs, start, limits, allowed)
-        assert found_fast.max_bond == found_plain.max_bond
-        assert found_fast.evaluations == found_plain.evaluations
-        assert abs(found_fast.squared_error - found_plain.squared_error) <= rtol * found_plain.squared_error
-        first, second = fast.build(found_fast.max_bond), plain.build(found_plain.max_bond)
-        assert [c.shape for c in first["cores"]] == [c.shape for c in second["cores"]]
-        assert_same_decomposition(first, second, M, *shape)
-        for key, count in fast.shortcuts_taken.items():
-            taken[key] += count
+        plain_work = plain.work  # (before its build splits more)
+        assert plain_work > 0
+        for sweep in (fast, without):
+            found_fast = _budget.search(sweep, pairs, start, limits, allowed)
+            assert found_fast.max_bond == found_plain.max_bond
+            assert found_fast.evaluations == found_plain.evaluations
+            assert abs(found_fast.squared_error - found_plain.squared_error) <= rtol * found_plain.squared_error
+            assert sweep.work == plain_work  # the search's limits read it
+            first, second = sweep.build(found_fast.max_bond), plain.build(found_plain.max_bond)
+            assert [c.shape for c in first["cores"]] == [c.shape for c in second["cores"]]
+            assert_same_decomposition(first, second, M, *shape)
+            for key, count in sweep.shortcuts_taken.items():
+                taken[key] += count
     # float32_gram is for float32 data alone.
     assert all(count > 0 for key, count in taken.items() if key != "float32_gram"), taken
     assert (taken["float32_gram"] > 0) == (dtype == np.float32), taken
@@ -795,3 +803,49 @@ def test_float32_gram_scores_exactly_and_builds_the_plain_mpo(case, rho):
     wide = _core.Sweep(padded.astype(np.float64), list(case.in_shape), list(case.out_shape))
     _budget.search(wide, pairs, start, limits, allowed)
     assert wide.shortcuts_taken["float32_gram"] == 0
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(cases(ns=(4, 5, 7)), st.data())
+def test_right_from_gram_scores_every_cut_as_the_plain_split(case, data):
+    """right_from_gram: evaluate()'s right steps scored in the Gram matrix of the last left step's
+    remainder give the plain split's kept bonds, its squared error to the data's rounding, and the same
+    work count (the search's limits read it), whether it runs alone or with the other shortcuts."""
+    M = case.M
+    full = mpo.decompose(M, case.shape).full_bond_dims
+    padded = padded_as_data(M, case.in_shape, case.out_shape)
+    off = dict(values_only=False, reuse_bound=False, kept_vectors=False, shared_rows=False, float32_gram=False)
+    plain = _core.Sweep(padded, list(case.in_shape), list(case.out_shape), **off, right_from_gram=False)
+    alone = _core.Sweep(padded, list(case.in_shape), list(case.out_shape), **off)
+    every = _core.Sweep(padded, list(case.in_shape), list(case.out_shape))
+    rtol = exact_rtol(M.dtype) if M.dtype == np.float64 else 1e-6
+    for draw in range(3):
+        caps = [data.draw(st.integers(1, f), label=f"caps {draw}, bond {k}") for k, f in enumerate(full)]
+        bonds_plain, err_plain = plain.evaluate(caps)
+        for sweep in (alone, every):
+            bonds, err = sweep.evaluate(caps)
+            assert bonds == bonds_plain
+            assert abs(err - err_plain) <= rtol * plain.energy
+            assert sweep.work == plain.work
+    note(f"taken {alone.shortcuts_taken} / {every.shortcuts_taken}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_right_from_gram_is_taken_on_outer_cuts(dtype):
+    """A generic matrix, right bonds cut below whole at n = 5 and 7: every evaluation takes the shortcut
+    (so the property test above compares it, not a fallback), from the bound's G(b) or from scratch."""
+    rng = np.random.default_rng(11)
+    for in_shape, out_shape, caps in [((4, 4, 4, 2, 2), (4, 4, 3, 2, 2), [8, 20, 6, 3]),
+                                      ((2, 4, 4, 4, 3), (2, 4, 4, 4, 3), [4, 40, 50, 7]),
+                                      ((2, 2, 2, 4, 2, 2, 2), (2, 2, 2, 3, 2, 2, 2), [3, 8, 20, 12, 6, 3])]:
+        M = rng.standard_normal((math.prod(in_shape), math.prod(out_shape))).astype(dtype)
+        plain = _core.Sweep(M, list(in_shape), list(out_shape), right_from_gram=False)
+        fast = _core.Sweep(M, list(in_shape), list(out_shape))
+        for trial in (caps, [*caps[:-1], caps[-1] - 1], [max(1, caps[0] - 1), *caps[1:]]):
+            bonds_plain, err_plain = plain.evaluate(trial)
+            bonds, err = fast.evaluate(trial)
+            assert bonds == bonds_plain
+            assert abs(err - err_plain) <= 1e-6 * plain.energy
+        assert fast.shortcuts_taken["right_from_gram"] == 3, fast.shortcuts_taken
+        assert plain.shortcuts_taken["right_from_gram"] == 0
+        assert fast.work == plain.work

@@ -82,7 +82,7 @@ void register_decompose(py::module_& m) {
                          "Algorithm 1 under any per-bond max_bond, scored exactly, splits cached by prefix.")
       .def(py::init([](const py::array& matrix, const std::vector<Index>& in_shape,
                        const std::vector<Index>& out_shape, double unit, bool values_only, bool reuse_bound,
-                       bool kept_vectors, bool shared_rows, bool float32_gram) {
+                       bool kept_vectors, bool shared_rows, bool float32_gram, bool right_from_gram) {
              if (matrix.ndim() != 2)
                throw py::value_error("Sweep: expected a 2-D array, got " + std::to_string(matrix.ndim()) +
                                      " dimensions");
@@ -93,6 +93,7 @@ void register_decompose(py::module_& m) {
              shortcuts.kept_vectors = kept_vectors;
              shortcuts.shared_rows = shared_rows;
              shortcuts.float32_gram = float32_gram;
+             shortcuts.right_from_gram = right_from_gram;
              auto sweep = std::make_unique<TypedSweep>();
              if (py::isinstance<py::array_t<float>>(matrix)) {
                sweep->single = make_sweep<float>(matrix, factors, shortcuts, unit);
@@ -105,7 +106,7 @@ void register_decompose(py::module_& m) {
            }),
            py::arg("matrix"), py::arg("in_shape"), py::arg("out_shape"), py::kw_only(), py::arg("unit") = 1.0,
            py::arg("values_only") = true, py::arg("reuse_bound") = true, py::arg("kept_vectors") = true,
-           py::arg("shared_rows") = true, py::arg("float32_gram") = true)
+           py::arg("shared_rows") = true, py::arg("float32_gram") = true, py::arg("right_from_gram") = true)
       .def_property_readonly(
           "shortcuts_taken",
           [](TypedSweep& s) {
@@ -117,6 +118,7 @@ void register_decompose(py::module_& m) {
             out["kept_vectors"] = c.kept_vectors;
             out["shared_rows"] = c.shared_rows;
             out["float32_gram"] = c.float32_gram;
+            out["right_from_gram"] = c.right_from_gram;
             return out;
           },
           "How often each shortcut (SweepShortcuts, include/mpo/sweep.hpp) was taken.")

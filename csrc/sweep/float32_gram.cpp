@@ -46,18 +46,22 @@ bool Sweep<T>::float_bound_allowed(const Spectrum& spectrum, Index count) const 
 
 template <class T>
 bool Sweep<T>::add_rows_in_float(Eigen::MatrixXd& gram, Index begin, Index end, double sign) {
+  if (!bound_.in_float || !gram_in_float(central_rows(begin, end), sign, gram)) return false;
+  if (end > begin) ++taken_.float32_gram;
+  return true;
+}
+
+template <class T>
+bool Sweep<T>::gram_in_float(const ConstMatrixMap<T>& x, double sign, Eigen::MatrixXd& gram) {
   if constexpr (!std::is_same<T, float>::value) {
     return false;
   } else {
-    if (!bound_.in_float) return false;
-    const Index step = rows_of_r_per_chunk(nodes_.at(bound_.prefix).split.r.cols() / bound_.side);
-    Eigen::MatrixXf chunk(bound_.side, bound_.side);
-    for (Index a = begin; a < end; a += step) {
+    Eigen::MatrixXf chunk(x.cols(), x.cols());
+    for (Index a = 0; a < x.rows(); a += kChunkRows) {
       chunk.setZero();
-      chunk.selfadjointView<Eigen::Lower>().rankUpdate(central_rows(a, std::min(end, a + step)).transpose());
+      chunk.selfadjointView<Eigen::Lower>().rankUpdate(x.middleRows(a, std::min(x.rows() - a, kChunkRows)).transpose());
       gram.template triangularView<Eigen::Lower>() += sign * chunk.cast<double>();
     }
-    if (end > begin) ++taken_.float32_gram;
     return true;
   }
 }
@@ -87,6 +91,8 @@ template bool Sweep<float>::float_bound_allowed(const Spectrum&, Index) const;
 template bool Sweep<double>::float_bound_allowed(const Spectrum&, Index) const;
 template bool Sweep<float>::add_rows_in_float(Eigen::MatrixXd&, Index, Index, double);
 template bool Sweep<double>::add_rows_in_float(Eigen::MatrixXd&, Index, Index, double);
+template bool Sweep<float>::gram_in_float(const ConstMatrixMap<float>&, double, Eigen::MatrixXd&);
+template bool Sweep<double>::gram_in_float(const ConstMatrixMap<double>&, double, Eigen::MatrixXd&);
 template bool Sweep<float>::bound_products_in_float(Index, Index, Index, Eigen::MatrixXd*);
 template bool Sweep<double>::bound_products_in_float(Index, Index, Index, Eigen::MatrixXd*);
 

@@ -14,11 +14,12 @@
 // that is the optimal cut (Eckart–Young), the one a capped split makes, so a cut is a slice and not a
 // new split. Splits are cached by the max_bond of the steps before them. No shortcut of decompose()
 // (block or whole steps, randomized or float32 Gram routes) is taken: the search scores the plain sweep.
-// The scorer has five shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
+// The scorer has six shortcuts of its own (SweepShortcuts below), which give the plain sweep's scores
 // and MPO up to rounding: the last step scored from eigenvalues alone, the final build's last step from
 // the central-pair bound's Gram matrix, only the eigenvectors that the bound reads and the build keeps,
-// left-step remainders read in place (bitwise the plain results), and the bound of float32 data summed in
-// float32 (its scores to float32 rounding, the data's own).
+// left-step remainders read in place (bitwise the plain results), the bound of float32 data summed in
+// float32 (its scores to float32 rounding, the data's own), and the right steps of a scoring taken in the
+// Gram matrix of the last left step's remainder.
 #pragma once
 
 #include "mpo/decompose.hpp"
@@ -26,6 +27,7 @@
 #include "mpo/types.hpp"
 
 #include <map>
+#include <set>
 #include <vector>
 
 namespace mpo {
@@ -56,6 +58,11 @@ struct SweepShortcuts {
   // (csrc/sweep/float32_gram.cpp). The build redoes G(b) in double where its cut discards too little
   // for that rounding (decompose's float32_gram rule).
   bool float32_gram = true;
+  // evaluate(): the right steps scored in the Gram matrix of the last left step's remainder (partial
+  // traces and projections of one side × side matrix, the bound's G(b) where it holds the same rows),
+  // instead of splitting each right step and forming the last step's Gram matrix
+  // (csrc/sweep/right_from_gram.cpp).
+  bool right_from_gram = true;
 };
 
 // How often each shortcut was taken.
@@ -66,6 +73,7 @@ struct SweepShortcutCounts {
   long kept_vectors = 0;   // references and builds that computed or used only the kept eigenvectors
   long shared_rows = 0;    // left-step remainders read in place from their parent's R
   long float32_gram = 0;   // Gram updates and bound products of G(b) accumulated in float32
+  long right_from_gram = 0;  // evaluations whose right steps were scored in the remainder's Gram matrix
 };
 
 template <class T>
@@ -171,6 +179,10 @@ class Sweep {
   // values_only.cpp: the last step's cut (kept bond, discarded λ²) from its Gram matrix's eigenvalues;
   // false where the plain split must decide (shortcut off, split cached, no cap or a cap near the zeros).
   bool last_cut_from_values(Node& node, Index cap, Index* keep, double* discarded);
+  // right_from_gram.cpp: evaluate()'s right steps from the node at `prefix` (after the last left cut),
+  // scored in its Gram matrix: fills their kept bonds into `bonds` and what they and the last step
+  // discard into `discarded`; false (nothing written) where it does not apply.
+  bool right_steps_from_gram(const Path& prefix, const Path& caps, std::vector<Index>& bonds, double* discarded);
   // central_reuse.cpp: build()'s right steps (bonds n-2 … c, cores c … n-1) from the central-pair bound,
   // for the path `caps` whose left steps end at `prefix`; false (nothing written) where it does not apply.
   bool build_right_from_bound(const Path& caps, const Path& prefix, bool cut_before, Decomposition<T>& out);
@@ -206,6 +218,10 @@ class Sweep {
   bool float_bound_allowed(const Spectrum& spectrum, Index count) const;
   // The plain route of add_rows: rows cast to double a chunk at a time.
   void add_rows_in_double(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const;
+  // gram += sign·XᵀX (lower triangle) for the rows × side matrix x: chunks cast to double (the plain
+  // route), or chunks accumulated in float32 (float32_gram.cpp; false for double data).
+  static void gram_in_double(const ConstMatrixMap<T>& x, double sign, Eigen::MatrixXd& gram);
+  static bool gram_in_float(const ConstMatrixMap<T>& x, double sign, Eigen::MatrixXd& gram);
 
   Factors factors_;
   SweepShortcuts shortcuts_;
@@ -216,6 +232,7 @@ class Sweep {
   double energy_ = 0;
   double work_ = 0;
   std::map<Path, Node> nodes_;
+  std::set<Path> gram_counted_;  // node paths whose work right_from_gram counted without making them
 };
 
 }  // namespace mpo

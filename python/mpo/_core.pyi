@@ -45,6 +45,7 @@ class Sweep:
         kept_vectors: bool = True,
         shared_rows: bool = True,
         float32_gram: bool = True,
+        right_from_gram: bool = True,
     ) -> None: ...
     @property
     def shortcuts_taken(self) -> dict[str, int]: ...
