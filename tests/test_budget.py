@@ -781,8 +781,10 @@ def test_shared_rows_searches_and_builds_bitwise_as_the_copying_route(case, rho)
 def test_float32_gram_scores_exactly_and_builds_the_plain_mpo(case, rho):
     """float32_gram: the central-pair bound of float32 data accumulated in float32. Whatever the search
     then chooses, its score is the plain sweep's exact error of those caps (to float32 rounding of the
-    energy), its build is the plain build of them (G(b) formed again in double where the cut discards
-    too little, which the low-rank 'kron' and 'integers' matrices reach), and float64 data never takes it."""
+    energy), and its build has the plain build's bonds and the score as its true error (G(b) formed again
+    in double where the cut discards too little, which the low-rank 'kron' and 'integers' matrices
+    reach); float64 data never takes it. (Where eigenvalues of G(b) nearly tie at the cut, the build may
+    keep another subspace of equal energy, so the MPOs themselves are not compared.)"""
     M = case.M
     assume(rho >= smallest_ratio(case))
     pairs, limits, allowed, start = budget_problem(M, case.in_shape, case.out_shape, rho)
@@ -795,10 +797,13 @@ def test_float32_gram_scores_exactly_and_builds_the_plain_mpo(case, rho):
     _, exact = plain.evaluate(found.max_bond)
     assert abs(found.squared_error - exact) <= 1e-6 * plain.energy
     first, second = fast.build(found.max_bond), plain.build(found.max_bond)
-    assert_same_decomposition(first, second, M, case.in_shape, case.out_shape)
-    dense_first = contract_cores(first["cores"], case.in_shape, case.out_shape)
-    dense_second = contract_cores(second["cores"], case.in_shape, case.out_shape)
-    assert dense_error(dense_first, dense_second) <= 2 * exact_rtol(M.dtype) * fro(M) + 1e-9 * fro(M)
+    assert [c.shape for c in first["cores"]] == [c.shape for c in second["cores"]]
+    dense = contract_cores(first["cores"], case.in_shape, case.out_shape)[: M.shape[0], : M.shape[1]]
+    plain_dense = contract_cores(second["cores"], case.in_shape, case.out_shape)[: M.shape[0], : M.shape[1]]
+    tol = 2e-6 * fro(M) ** 2
+    assert abs(dense_error(M, dense) ** 2 - exact) <= tol
+    assert abs(float(np.sum(first["truncation_errors"] ** 2)) - exact) <= tol
+    assert dense_error(M, dense) ** 2 <= dense_error(M, plain_dense) ** 2 + tol
     assert plain.shortcuts_taken["float32_gram"] == 0
     wide = _core.Sweep(padded.astype(np.float64), list(case.in_shape), list(case.out_shape))
     _budget.search(wide, pairs, start, limits, allowed)
@@ -849,3 +854,17 @@ def test_right_from_gram_is_taken_on_outer_cuts(dtype):
         assert fast.shortcuts_taken["right_from_gram"] == 3, fast.shortcuts_taken
         assert plain.shortcuts_taken["right_from_gram"] == 0
         assert fast.work == plain.work
+
+
+def test_float32_gram_sums_rows_of_x_in_short_chunks_for_wide_central_pairs():
+    """A central pair of 512 x 128 values (each row of R is 65536 rows of X): the float32 sums still run
+    over at most 2048 rows of X, so near-constant data, whose Gram entries all add up with one sign, is
+    scored to float32 rounding of the energy (1.4e-6 when a whole row of R was summed in float32)."""
+    in_shape, out_shape = (2, 512, 2), (2, 128, 2)
+    M = (1 + 1e-4 * np.random.default_rng(0).random((2048, 512))).astype(np.float32)
+    pairs, limits, allowed, start = budget_problem(M, in_shape, out_shape, 0.08)
+    fast = _core.Sweep(M, list(in_shape), list(out_shape))
+    plain = _core.Sweep(M, list(in_shape), list(out_shape), float32_gram=False)
+    found = _budget.search(fast, pairs, start, limits, allowed)
+    assert fast.shortcuts_taken["float32_gram"] > 0
+    assert abs(found.squared_error - plain.evaluate(found.max_bond)[1]) <= 1e-8 * plain.energy

@@ -115,6 +115,7 @@ bool Sweep<T>::build_right_from_bound(const Path& caps, const Path& prefix, bool
     outcome = last_steps();
   }
   if (outcome != Outcome::done) return false;
+  if (few) ++taken_.kept_vectors;
   Matrix<T> basis = vectors.template cast<T>();
   const ConstMatrixMap<T> x = central_rows(0, b);
   // Lᵀ = Vᵀ·Xᵀ: the plain split's L = X·V, one row per candidate so that assemble_rows orders and cuts it.

@@ -6,18 +6,22 @@
 // multiply-adds per reference. Here each chunk of rows is accumulated in float32 straight from R (half
 // the time per multiply-add on AVX2, no cast copy) and the chunks are summed in double.
 //
-// Why the search's choices hold. A float32 chunk Gram matrix carries rounding of ~1e-7 of the chunk's
-// energy (decompose's float32_gram measured the same, csrc/decompose/shortcuts.hpp), so every score
-// ‖M‖² − (sum of the kept eigenvalues of G(b)) moves by ~1e-7·‖M‖²: the precision of the float32 data
-// itself, where the candidates the search compares differ by 1e-4–1e-2 of ‖M‖² on MiniLM. The bound's
-// products only rank candidates. Chunks of at most kChunkRows rows of X keep the float32 sums short.
+// Why the search's choices hold. A float32 chunk Gram matrix carries rounding of 1e-7 to 1e-6 of the
+// chunk's energy (decompose's float32_gram measured the same, csrc/decompose/shortcuts.hpp), so every
+// score ‖M‖² − (sum of the kept eigenvalues of G(b)) moves by that much of ‖M‖²: about the precision of
+// the float32 data itself, where the candidates the search compares differ by 1e-4–1e-2 of ‖M‖² on
+// MiniLM. The bound's products only rank candidates. Chunks of at most kChunkRows rows of X (whatever
+// the width of a row of R) keep the float32 sums short.
 //
-// Why the MPO holds. The final build splits the last step from G(b) (central_reuse.cpp). A perturbation E
-// of G(b) can lose at most 2k·‖E‖ of the energy a rank-k cut keeps, negligible while the cut discards
-// much more, as decompose's float32 Gram route argues; where the cut discards less than
-// kFloatGramDiscard·k of ‖X‖², or does not cut, G(b) is formed again in double
-// and the build is the plain one (central_reuse.cpp). Data outside float32's product range (float_gram_in_range) never
-// takes this route.
+// What the MPO keeps. The final build splits the last step from G(b) (central_reuse.cpp). A perturbation
+// E of G(b) can lose at most 2k·‖E‖ of the energy a rank-k cut keeps, negligible while the cut discards
+// much more, as decompose's float32 Gram route argues. So the build has the plain build's bonds and, to
+// that rounding, its error; where eigenvalues of G(b) nearly tie at the cut, it may keep another
+// subspace of equal energy, as decompose's float32 route may. G(b) is formed again in double, and the
+// build is the plain one, where the cut discards less than kFloatGramDiscard·k of ‖X‖², does not cut,
+// takes every eigenvector (kept_vectors off or not applicable), or a whole right step has a direction
+// below 1e-5 of its energy. Data outside float32's product range (float_gram_in_range) never takes this
+// route.
 #include "mpo/sweep.hpp"
 
 #include "decompose/shortcuts.hpp"
@@ -31,7 +35,8 @@ namespace {
 // Rows of X (each row of R is `width` of them) accumulated in float32 before their sum goes to double.
 constexpr Index kChunkRows = 2048;
 
-// Rows of R per chunk, each row `width` rows of X.
+// Rows of R per chunk of the bound's products, each row `width` rows of X (the products' sums run over
+// side, not over rows, so this bounds memory only).
 Index rows_of_r_per_chunk(Index width) { return std::max<Index>(1, kChunkRows / std::max<Index>(1, width)); }
 }  // namespace
 

@@ -49,9 +49,8 @@ bool Sweep<T>::kept_eigenvectors(const Eigen::MatrixXd& gram, Index b, Index cap
   }
   const double total = gram.trace();
   *tail = total - values.sum();
-  if (!(values[cap - 1] > 1e-10 * total) || !(*tail > 1e-8 * total)) return false;
-  ++taken_.kept_vectors;
-  return true;
+  // (counted by the caller, which may still discard this attempt: build_right_from_bound)
+  return values[cap - 1] > 1e-10 * total && *tail > 1e-8 * total;
 }
 
 template void Sweep<float>::reference_eigen(Index);

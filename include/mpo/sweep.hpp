@@ -18,8 +18,9 @@
 // and MPO up to rounding: the last step scored from eigenvalues alone, the final build's last step from
 // the central-pair bound's Gram matrix, only the eigenvectors that the bound reads and the build keeps,
 // left-step remainders read in place (bitwise the plain results), the bound of float32 data summed in
-// float32 (its scores to float32 rounding, the data's own), and the right steps of a scoring taken in the
-// Gram matrix of the last left step's remainder.
+// float32 (scores and error to float32 rounding, the data's own; at a near-tie of eigenvalues its build
+// may keep another subspace of equal energy), and the right steps of a scoring taken in the Gram matrix
+// of the last left step's remainder.
 #pragma once
 
 #include "mpo/decompose.hpp"
@@ -55,8 +56,9 @@ struct SweepShortcuts {
   // central_reference(), central_probe(), central_bound() and build() of float32 data: the central-pair
   // bound's Gram matrices G(b) and its products X_a·V accumulated in float32 and summed in double, where
   // the plain route casts every row of R to double first: half the multiply-add time, no cast copies
-  // (csrc/sweep/float32_gram.cpp). The build redoes G(b) in double where its cut discards too little
-  // for that rounding (decompose's float32_gram rule).
+  // (csrc/sweep/float32_gram.cpp). Scores and the build's error to float32 rounding; the build forms
+  // G(b) in double again where its cut discards too little for that rounding (decompose's float32_gram
+  // rule), does not cut, needs every eigenvector, or a whole right step has a direction near it.
   bool float32_gram = true;
   // evaluate(): the right steps scored in the Gram matrix of the last left step's remainder (partial
   // traces and projections of one side × side matrix, the bound's G(b) where it holds the same rows),

@@ -30,7 +30,7 @@ def decompose(
     allow_k_vector: bool = True,
 ) -> DecomposeResult: ...
 class Sweep:
-    """Algorithm 1 under any per-bond max_bond, scored exactly (budget mode's scorer, float64)."""
+    """Algorithm 1 under any per-bond max_bond, scored exactly (budget mode's scorer, float32 or float64)."""
 
     # An ndarray, float32 or float64 (as for decompose: the binding converts no nested lists).
     def __init__(
