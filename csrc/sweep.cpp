@@ -216,17 +216,22 @@ void Sweep<T>::forget_all_but(const std::vector<Index>& max_bond) {
   std::set<Path> path;
   Path prefix;
   path.insert(prefix);
-  // The nodes made on this path (right_from_gram scores right steps without making their nodes).
+  // The nodes made on this path, and the right steps right_from_gram scored on it without making them
+  // (their work stays counted, as the plain route's nodes stay).
   for (std::size_t t = 0; t + 1 < caps.size(); ++t) {
     const auto node = nodes_.find(prefix);
     if (node == nodes_.end() || !node->second.has_split) break;
     prefix.push_back(kept(node->second, caps[t]));
     path.insert(prefix);
   }
+  for (const RightStep& step : right_plan(prefix, caps)) {
+    if (!nodes_.count(step.path) && !gram_counted_.count(step.path)) break;
+    path.insert(step.path);
+  }
   path.insert(bound_.prefix);  // the central-pair bound reads its rows
   for (auto it = nodes_.begin(); it != nodes_.end();)
     it = path.count(it->first) ? std::next(it) : nodes_.erase(it);
-  // A node made again after it was forgotten counts again, whichever route scored it.
+  // A node forgotten here and made again later counts again, whichever route scored it.
   for (auto it = gram_counted_.begin(); it != gram_counted_.end();)
     it = path.count(*it) ? std::next(it) : gram_counted_.erase(it);
 }

@@ -824,15 +824,49 @@ def test_right_from_gram_scores_every_cut_as_the_plain_split(case, data):
     alone = _core.Sweep(padded, list(case.in_shape), list(case.out_shape), **off)
     every = _core.Sweep(padded, list(case.in_shape), list(case.out_shape))
     rtol = exact_rtol(M.dtype) if M.dtype == np.float64 else 1e-6
-    for draw in range(3):
+    drawn = []
+    for draw in range(4):
         caps = [data.draw(st.integers(1, f), label=f"caps {draw}, bond {k}") for k, f in enumerate(full)]
+        drawn.append(caps)
         bonds_plain, err_plain = plain.evaluate(caps)
         for sweep in (alone, every):
             bonds, err = sweep.evaluate(caps)
             assert bonds == bonds_plain
             assert abs(err - err_plain) <= rtol * plain.energy
             assert sweep.work == plain.work
+        # The search forgets all but its best caps between moves: what stays counted must be the same.
+        keep = drawn[data.draw(st.integers(0, len(drawn) - 1), label=f"forget all but {draw}")]
+        for sweep in (plain, alone, every):
+            sweep.forget_all_but(keep)
+    for sweep in (alone, every):
+        sweep.build(drawn[-1])
+    plain.build(drawn[-1])
+    assert alone.work == every.work == plain.work
     note(f"taken {alone.shortcuts_taken} / {every.shortcuts_taken}")
+
+
+def test_right_from_gram_leaves_a_tie_at_a_right_cut_to_the_plain_split():
+    """A right step whose spectrum ties at its cut may keep any basis of the tied eigenspace, and the
+    later steps depend on which: the shortcut refuses there, so the score is the plain split's (the
+    error of the MPO build makes), not another choice's."""
+    in_shape = out_shape = (2,) * 5
+    for seed in range(4, 8):
+        rng = np.random.default_rng(seed)
+        A = np.ones((1, 1))
+        for i, o in zip(in_shape[:4], out_shape[:4]):
+            A = np.kron(A, rng.standard_normal((i, o)))
+        B = rng.standard_normal(A.shape)
+        A /= np.linalg.norm(A)
+        B -= (A * B).sum() * A
+        B /= np.linalg.norm(B)
+        M = np.kron(A, np.diag([1.0, 0.0])) + np.kron(B, np.diag([0.0, 1.0]))  # bond 3's spectrum (1, 1)
+        for caps in ([4, 16, 1, 1], [4, 16, 2, 1]):
+            plain = _core.Sweep(M, list(in_shape), list(out_shape), right_from_gram=False)
+            fast = _core.Sweep(M, list(in_shape), list(out_shape))
+            assert fast.evaluate(caps) == plain.evaluate(caps)
+            assert fast.shortcuts_taken["right_from_gram"] == 0
+            built = contract_cores(fast.build(caps)["cores"], in_shape, out_shape)
+            assert abs(float(((M - built) ** 2).sum()) - fast.evaluate(caps)[1]) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

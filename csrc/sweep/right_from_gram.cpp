@@ -13,11 +13,16 @@
 //    eigenvalues of that trace; its kept remainder's Gram matrix is (I ⊗ P)ᵀ G (I ⊗ P), the next G;
 //  * the last step discards the trailing eigenvalues of the last G beyond its cap.
 // Every quantity is a spectrum of the plain route's own unfoldings, so the kept bonds and the squared
-// error are the plain ones up to rounding (float32 sums where float32_gram holds for the bound). The
-// work counted is what the plain route counts for the same steps, so the search's limits and choices do
-// not depend on the shortcut. It is taken only where each step's kept bond is clear of the zero rule
-// (the cap-th eigenvalue, or a whole step's smallest, above 1e-10 of the step's energy, 1e-5 for a float32
-// G), the last step's cap cuts, and side is at most kMaxSide; elsewhere evaluate() splits as before.
+// error are the plain ones up to rounding (float32 sums where float32_gram holds for the bound), as long
+// as each cut keeps the same subspace: at a tie of eigenvalues at a cut before the last step a split may
+// keep any basis of the tied eigenspace, and the later steps depend on which, so the shortcut refuses
+// there (a gap below 1e-6 of the step's largest eigenvalue, 1e-3 for a float32 G) and the plain split
+// decides, as the build will. The work counted is what the plain route counts for the same steps (the
+// nodes it would have made stay counted across forget_all_but, right_plan), so the search's limits and
+// choices do not depend on the shortcut. It is taken only where each step's kept bond is clear of the
+// zero rule (the cap-th eigenvalue, or a whole step's smallest, above 1e-10 of the step's energy, 1e-5
+// for a float32 G), the last step's cap cuts, and side is at most kMaxSide; elsewhere evaluate() splits
+// as before.
 #include "mpo/sweep.hpp"
 
 #include "decompose/shortcuts.hpp"
@@ -54,6 +59,29 @@ Eigen::MatrixXd project_trailing(const Eigen::MatrixXd& g, const Eigen::MatrixXd
 }  // namespace
 
 template <class T>
+std::vector<typename Sweep<T>::RightStep> Sweep<T>::right_plan(const Path& prefix, const Path& caps) const {
+  std::vector<RightStep> plan;
+  const auto found = nodes_.find(prefix);
+  if (central_ < 1 || prefix.size() != central_ || found == nodes_.end() || found->second.right != 1) return plan;
+  Path path = prefix;
+  Index right = 1, remainder = remainder_size(found->second);
+  for (std::size_t t = central_; t < caps.size(); ++t) {
+    RightStep step;
+    step.path = path;
+    step.columns = t + 1 < caps.size() ? pair(steps_[t] + 1) * right : remainder / (found->second.left * pair(central_));
+    step.rows = remainder / step.columns;
+    const Index m = std::min(step.rows, step.columns);
+    step.keep = caps[t] == 0 ? m : std::min(caps[t], m);
+    step.work = static_cast<double>(m) * static_cast<double>(remainder);
+    plan.push_back(step);
+    remainder = step.rows * step.keep;
+    right = step.keep;
+    path.push_back(step.keep);
+  }
+  return plan;
+}
+
+template <class T>
 bool Sweep<T>::right_steps_from_gram(const Path& prefix, const Path& caps, std::vector<Index>& bonds,
                                      double* discarded) {
   if (!shortcuts_.right_from_gram || central_ < 1 || prefix.size() != central_) return false;
@@ -67,10 +95,15 @@ bool Sweep<T>::right_steps_from_gram(const Path& prefix, const Path& caps, std::
   // Without right steps before the last, values_only scores the last step from the short side's Gram
   // matrix; and where X is wide, its columns' Gram matrix is the larger one.
   if (caps.size() == central_ + 1 || side > b * width) return false;
+  const std::vector<RightStep> plan = right_plan(prefix, caps);
+  const RightStep& final_step = plan.back();
+  const Index cap = caps.back();
+  // The last cap must cut: otherwise only the zero rule decides the bond.
+  if (cap <= 0 || cap >= std::min(final_step.rows, final_step.columns)) return false;
 
   // G = XᵀX: the bound's G(b) where it holds these rows (its reference path and side), else from X.
   Eigen::MatrixXd lower;
-  bool in_float = false;
+  bool in_float = false, summed_in_float = false;
   const Path parent(prefix.begin(), prefix.end() - 1);
   if (bound_.b > 0 && bound_.prefix == parent && bound_.side == side) {
     lower = bound_gram_at(b);
@@ -78,69 +111,57 @@ bool Sweep<T>::right_steps_from_gram(const Path& prefix, const Path& caps, std::
   } else {
     lower = Eigen::MatrixXd::Zero(side, side);
     const ConstMatrixMap<T> x(remainder_data(node), b * width, side);
-    in_float = shortcuts_.float32_gram && float_gram_in_range(energy_, size) && gram_in_float(x, 1.0, lower);
-    if (in_float) ++taken_.float32_gram;
-    else gram_in_double(x, 1.0, lower);
+    in_float = summed_in_float =
+        shortcuts_.float32_gram && float_gram_in_range(energy_, size) && gram_in_float(x, 1.0, lower);
+    if (!in_float) gram_in_double(x, 1.0, lower);
   }
   Eigen::MatrixXd g = lower.selfadjointView<Eigen::Lower>();
+  // A kept bond must be clear of the zero rule, and a cut before the last step clear of a tie: there the
+  // split may keep any basis of the tied eigenspace, the plain split its own, and the later steps (so the
+  // score) depend on which. Bars far above the rounding of G (double, or float32 sums).
   const double floor = in_float ? 1e-5 : 1e-10;
+  const double gap = in_float ? 1e-3 : 1e-6;
 
-  // The plain route's work count for the same nodes (count_work: the short side times the size, once
-  // per node: `path` is the node's, and a node counted before, by either route, is not counted again).
-  std::vector<std::pair<Path, double>> work;
-  Path path = prefix;
-  Index rows = b * width, right = 1, remainder = size;
   double dropped = 0;
-  std::vector<Index> kept(caps.size(), 0);
-  for (std::size_t t = central_; t + 1 < caps.size(); ++t) {
-    const std::size_t bond = steps_[t];
-    const Index w = pair(bond + 1) * right;  // the columns this step splits off
-    rows = remainder / w;
-    work.emplace_back(path, static_cast<double>(std::min(rows, w)) * static_cast<double>(remainder));
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(trailing_trace(g, w));
+  for (std::size_t i = 0; i + 1 < plan.size(); ++i) {
+    const RightStep& step = plan[i];
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(trailing_trace(g, step.columns));
     if (eigen.info() != Eigen::Success) return false;
     const Eigen::VectorXd values = eigen.eigenvalues().reverse().cwiseMax(0.0);
     const double energy = values.sum();
-    const Index m = std::min(rows, w);
-    const Index cap = caps[t] == 0 ? m : std::min(caps[t], m);
-    if (!(values[cap - 1] > floor * energy)) return false;  // the zero rule could decide this bond
-    kept[t] = cap;
-    dropped += values.tail(w - cap).sum();
-    g = project_trailing(g, eigen.eigenvectors().rowwise().reverse().leftCols(cap));
-    remainder = rows * cap;
-    right = cap;
-    path.push_back(cap);
+    if (!(values[step.keep - 1] > floor * energy)) return false;
+    if (step.keep < step.columns && !(values[step.keep - 1] - values[step.keep] > gap * values[0])) return false;
+    dropped += values.tail(step.columns - step.keep).sum();
+    g = project_trailing(g, eigen.eigenvectors().rowwise().reverse().leftCols(step.keep));
   }
   // The last step (bond c): its unfolding is (b·i_c j_c) × (pair·right), G its column Gram matrix.
-  const Index w = g.rows();
-  rows = remainder / w;
-  const Index m = std::min(rows, w);
-  const Index cap = caps.back();
-  if (cap <= 0 || cap >= m) return false;  // no cut: the zero rule decides the bond
-  work.emplace_back(path, static_cast<double>(m) * static_cast<double>(remainder));
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> last(g, Eigen::EigenvaluesOnly);
   if (last.info() != Eigen::Success) return false;
   const Eigen::VectorXd values = last.eigenvalues().reverse().cwiseMax(0.0);
   if (!(values[cap - 1] > floor * values.sum())) return false;
-  dropped += values.tail(w - cap).sum();
-  kept.back() = cap;
+  dropped += values.tail(g.rows() - cap).sum();
 
-  for (std::size_t t = central_; t < caps.size(); ++t) bonds[steps_[t]] = kept[t];
+  for (std::size_t i = 0; i < plan.size(); ++i) bonds[steps_[central_ + i]] = plan[i].keep;
   *discarded = dropped;
-  for (const auto& [at, count] : work) {
-    const auto found = nodes_.find(at);
+  // The plain route's work count for the same nodes (count_work: the short side times the size, once per
+  // node; a node counted before, by either route, is not counted again).
+  for (const RightStep& step : plan) {
+    const auto found = nodes_.find(step.path);
     if (found != nodes_.end()) {
-      if (!found->second.counted) work_ += count;
+      if (!found->second.counted) work_ += step.work;
       found->second.counted = true;
-    } else if (gram_counted_.insert(at).second) {
-      work_ += count;
+    } else if (gram_counted_.insert(step.path).second) {
+      work_ += step.work;
     }
   }
+  if (summed_in_float) ++taken_.float32_gram;
   ++taken_.right_from_gram;
   return true;
 }
 
 template bool Sweep<float>::right_steps_from_gram(const Path&, const Path&, std::vector<Index>&, double*);
 template bool Sweep<double>::right_steps_from_gram(const Path&, const Path&, std::vector<Index>&, double*);
+template std::vector<Sweep<float>::RightStep> Sweep<float>::right_plan(const Path&, const Path&) const;
+template std::vector<Sweep<double>::RightStep> Sweep<double>::right_plan(const Path&, const Path&) const;
 
 }  // namespace mpo

@@ -181,6 +181,17 @@ class Sweep {
   // values_only.cpp: the last step's cut (kept bond, discarded λ²) from its Gram matrix's eigenvalues;
   // false where the plain split must decide (shortcut off, split cached, no cap or a cap near the zeros).
   bool last_cut_from_values(Node& node, Index cap, Index* keep, double* discarded);
+  // A right step (or the last) on the path of `caps` after the node at `prefix` (the last left cut), as the
+  // plain route would make it: its node's path, its unfolding's rows and columns, the bond it keeps (the
+  // cap within the short side: what the plain split keeps where no zero is near) and count_work's count.
+  struct RightStep {
+    Path path;
+    Index rows = 0, columns = 0, keep = 0;
+    double work = 0;
+  };
+  // right_from_gram.cpp: those steps, computed without splitting (empty where `prefix` is not a made node
+  // after the last left step).
+  std::vector<RightStep> right_plan(const Path& prefix, const Path& caps) const;
   // right_from_gram.cpp: evaluate()'s right steps from the node at `prefix` (after the last left cut),
   // scored in its Gram matrix: fills their kept bonds into `bonds` and what they and the last step
   // discard into `discarded`; false (nothing written) where it does not apply.
