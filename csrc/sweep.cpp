@@ -312,8 +312,8 @@ Spectrum Sweep<T>::central_reference(const std::vector<Index>& max_bond, Index s
     throw std::invalid_argument("mpo: count must be in [0, " + std::to_string(side) + "] (0 = all), got " +
                                 std::to_string(count));
   if (prefix != bound_.prefix || side != bound_.side || bound_.gram.rows() != side) {
-    const Split<T>& split = nodes_.at(prefix).split;
-    bound_ = CentralBound{prefix, side, 0, float_bound_allowed(split.spectrum, r.size()),
+    const double energy = nodes_.at(prefix).split.spectrum.squaredNorm();  // R's rows are normed by it
+    bound_ = CentralBound{prefix, side, 0, sums_in_float(energy, r.size()),
                           Eigen::MatrixXd::Zero(side, side),
                           Eigen::MatrixXd(), Eigen::VectorXd()};
   }

@@ -41,11 +41,11 @@ Index rows_of_r_per_chunk(Index width) { return std::max<Index>(1, kChunkRows / 
 }  // namespace
 
 template <class T>
-bool Sweep<T>::float_bound_allowed(const Spectrum& spectrum, Index count) const {
+bool Sweep<T>::sums_in_float(double energy, Index count) const {
   if constexpr (!std::is_same<T, float>::value) {
     return false;
   } else {
-    return shortcuts_.float32_gram && float_gram_in_range(spectrum.squaredNorm(), count);
+    return shortcuts_.float32_gram && float_gram_in_range(energy, count);
   }
 }
 
@@ -92,8 +92,8 @@ bool Sweep<T>::bound_products_in_float(Index lo, Index hi, Index used, Eigen::Ma
   }
 }
 
-template bool Sweep<float>::float_bound_allowed(const Spectrum&, Index) const;
-template bool Sweep<double>::float_bound_allowed(const Spectrum&, Index) const;
+template bool Sweep<float>::sums_in_float(double, Index) const;
+template bool Sweep<double>::sums_in_float(double, Index) const;
 template bool Sweep<float>::add_rows_in_float(Eigen::MatrixXd&, Index, Index, double);
 template bool Sweep<double>::add_rows_in_float(Eigen::MatrixXd&, Index, Index, double);
 template bool Sweep<float>::gram_in_float(const ConstMatrixMap<float>&, double, Eigen::MatrixXd&);

@@ -112,7 +112,7 @@ bool Sweep<T>::right_steps_from_gram(const Path& prefix, const Path& caps, std::
     lower = Eigen::MatrixXd::Zero(side, side);
     const ConstMatrixMap<T> x(remainder_data(node), b * width, side);
     in_float = summed_in_float =
-        shortcuts_.float32_gram && float_gram_in_range(energy_, size) && gram_in_float(x, 1.0, lower);
+        sums_in_float(energy_, size) && gram_in_float(x, 1.0, lower);
     if (!in_float) gram_in_double(x, 1.0, lower);
   }
   Eigen::MatrixXd g = lower.selfadjointView<Eigen::Lower>();

@@ -226,9 +226,10 @@ class Sweep {
   // bound_.in_float; false (the caller takes the double route) where it does not apply.
   bool add_rows_in_float(Eigen::MatrixXd& gram, Index begin, Index end, double sign);
   bool bound_products_in_float(Index lo, Index hi, Index used, Eigen::MatrixXd* out);
-  // Whether a new bound over these rows of R may accumulate in float32 (float data, shortcut on, and
-  // values whose float32 products neither overflow nor underflow).
-  bool float_bound_allowed(const Spectrum& spectrum, Index count) const;
+  // Whether `count` values of this energy may be summed in float32 (float data, float32_gram on, and
+  // values whose float32 products neither overflow nor underflow): the bound's rows of R, or
+  // right_from_gram's remainder (bounded by the swept matrix's energy).
+  bool sums_in_float(double energy, Index count) const;
   // The plain route of add_rows: rows cast to double a chunk at a time.
   void add_rows_in_double(Eigen::MatrixXd& gram, Index begin, Index end, double sign) const;
   // gram += sign·XᵀX (lower triangle) for the rows × side matrix x: chunks cast to double (the plain
