@@ -24,6 +24,7 @@ from strategies import (
     dense_error,
     exact_rtol,
     fro,
+    kron_sum,
     pad,
     pair_products,
     reference_spectra,
@@ -808,6 +809,27 @@ def test_float32_gram_scores_exactly_and_builds_the_plain_mpo(case, rho):
     wide = _core.Sweep(padded.astype(np.float64), list(case.in_shape), list(case.out_shape))
     _budget.search(wide, pairs, start, limits, allowed)
     assert wide.shortcuts_taken["float32_gram"] == 0
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_float32_gram_build_forms_g_in_double_where_float32_rounding_would_decide(rank):
+    """A sum of `rank` Kronecker products in float32 at n = 3: the right bond is rank-deficient and the
+    last cut discards (next to) nothing, both within reach of float32 rounding, so the build forms G(b)
+    again in double (counted) and its MPO's true error is still the search's score; a Gaussian matrix's
+    build keeps the float32 G(b) (not counted)."""
+    in_shape, out_shape = (4, 4, 4), (4, 4, 3)
+    generic = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32)
+    for M, redone in ((kron_sum(np.random.default_rng(rank), in_shape, out_shape, rank).astype(np.float32), True),
+                      (generic, False)):
+        pairs, limits, allowed, start = budget_problem(M, in_shape, out_shape, 0.1)
+        fast = _core.Sweep(M, list(in_shape), list(out_shape))
+        found = _budget.search(fast, pairs, start, limits, allowed)
+        built = fast.build(found.max_bond)
+        taken = fast.shortcuts_taken
+        assert taken["float32_gram"] > 0
+        assert (taken["float32_gram_in_double"] > 0) == redone, taken
+        dense = contract_cores(built["cores"], in_shape, out_shape)
+        assert abs(dense_error(M, dense) ** 2 - found.squared_error) <= 2e-6 * fro(M) ** 2
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -119,6 +119,7 @@ void register_decompose(py::module_& m) {
             out["shared_rows"] = c.shared_rows;
             out["float32_gram"] = c.float32_gram;
             out["right_from_gram"] = c.right_from_gram;
+            out["float32_gram_in_double"] = c.float32_gram_in_double;
             return out;
           },
           "How often each shortcut (SweepShortcuts, include/mpo/sweep.hpp) was taken.")

@@ -109,6 +109,7 @@ bool Sweep<T>::build_right_from_bound(const Path& caps, const Path& prefix, bool
   };
   Outcome outcome = last_steps();
   if (outcome == Outcome::in_double) {
+    ++taken_.float32_gram_in_double;
     gram.setZero();
     add_rows_in_double(gram, 0, b, 1.0);
     in_float = false;

@@ -75,6 +75,8 @@ struct SweepShortcutCounts {
   long kept_vectors = 0;   // references and builds that computed or used only the kept eigenvectors
   long shared_rows = 0;    // left-step remainders read in place from their parent's R
   long float32_gram = 0;   // Gram updates and bound products of G(b) accumulated in float32
+  long float32_gram_in_double = 0;  // of the builds that started from a float32 G(b), those that formed it
+                                    // again in double (a cut too fine for float32 rounding, or the like)
   long right_from_gram = 0;  // evaluations whose right steps were scored in the remainder's Gram matrix
 };
 
