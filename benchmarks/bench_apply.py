@@ -90,7 +90,10 @@ def race(fns, min_time=None, min_rounds=None, max_rounds=None):
     """Median wall time of each of fns, timed in interleaved rounds (one call of each per round).
 
     On a shared machine the load drifts; interleaving makes every contender see the same load, so the
-    ratios stay meaningful even when the absolute times do not. Returns (medians, minima, last results).
+    ratios stay meaningful even when the absolute times do not. The rounds follow
+    :func:`_common.balanced_orders`, so each contender runs right after every other one equally often:
+    in one fixed order mpo always ran right after the rebuild peer's fresh dense matrix and GEMM.
+    Runs whole cycles of those orders. Returns (medians, minima, last results).
     """
     min_time = RACE["min_time"] if min_time is None else min_time
     min_rounds = RACE["min_rounds"] if min_rounds is None else min_rounds
@@ -99,8 +102,12 @@ def race(fns, min_time=None, min_rounds=None, max_rounds=None):
     times = [[] for _ in fns]
     start = time.perf_counter()
     rounds = 0
-    while rounds < min_rounds or (time.perf_counter() - start < min_time * len(fns) and rounds < max_rounds):
-        for k, fn in enumerate(fns):
+    orders = C.balanced_orders(len(fns))
+    # Whole cycles of the orders, so that no contender follows one of the others more often.
+    while (rounds < min_rounds or rounds % len(orders)
+           or (time.perf_counter() - start < min_time * len(fns) and rounds < max_rounds)):
+        for k in orders[rounds % len(orders)]:
+            fn = fns[k]
             t0 = time.perf_counter()
             outs[k] = fn()
             times[k].append(time.perf_counter() - t0)
