@@ -17,7 +17,7 @@ auto head to head with the faster mode of the four-way timing (and with the othe
 came within 10 %), in at least three times the rounds: in the four-way timing a bfloat16 nn.Linear of
 0.5-0.8 s leaves the modes 8 rounds of 40 ms passes, and a timing of the three modes alone, 12 rounds
 paced by a 2.7 s bfloat16 rebuild, still moved auto against the very mode it had chosen (the same
-code) by 8 %, where 24 rounds of the same pair agree within 1 %. Writes
+code) by 8 %, where the pair alone in 24 rounds gave 1.000 and 1.003. Writes
 benchmarks/results/bench_torch.json.
 
     python benchmarks/bench_torch.py [--tokens 4096] [--repeats 8] [--min-seconds 2] [--quick] [--threads 1]
