@@ -221,7 +221,7 @@ def main() -> None:
                         "tokens": args.tokens,
                         "auto_picks": flops["auto"],
                         "flops_ratio_contract": flops["contract"] / (2.0 * args.tokens * m.shape[0] * m.shape[1]),
-                        "median_s": {k: v[0] for k, v in timed.items()},
+                        "median_s": median,
                         "rounds": len(timed["linear"][1]),
                         "median_s_modes": {k: v[0] for k, v in timed_modes.items()},
                         "rounds_modes": len(timed_modes["auto"][1]),
@@ -250,6 +250,7 @@ def main() -> None:
         "torch": torch.__version__,
         "tolerance": TOLERANCE,
         "flop_share": FLOP_SHARE,
+        "close": CLOSE,
         "summary": {"held": held, "failed": failed},
         "results": records,
     }
