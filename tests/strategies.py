@@ -276,3 +276,24 @@ def cases(draw, ns=NS, dtypes=DTYPES, kinds=KINDS, max_prod=MAX_SIDE):
             M[0, 0] = 1.0
     M = np.array(M, dtype=dtype, order=order)
     return Case(M, in_shape, out_shape, kind)
+
+
+def favour_sweep(monkeypatch, fast: str) -> list:
+    """Make ``fast`` the fastest plan of ``mpo._core.apply`` (every other plan sleeps 10 ms a call) and
+    return the list of plan names the kernel is called with from then on, for tests of the timed choice
+    of a sweep order (``mpo._apply_route.choose_sweep``)."""
+    import time
+
+    from mpo import _core
+
+    real_apply = _core.apply
+    ran: list = []
+
+    def apply(cores, transposed, x, batch_last, out_width, plan="auto", merge=True):
+        ran.append(plan)
+        if plan != fast:
+            time.sleep(0.01)
+        return real_apply(cores, transposed, x, batch_last, out_width, plan, merge)
+
+    monkeypatch.setattr(_core, "apply", apply)
+    return ran

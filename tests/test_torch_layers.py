@@ -257,3 +257,25 @@ def test_layer_for_builds_each_kind():
         layer_for("lstm", m)
     with pytest.raises(ValueError, match="an embedding layer has no bias"):
         layer_for("embedding", m, torch.zeros(30))
+
+
+def test_contract_runs_the_sweep_order_timed_for_its_kind_of_product(monkeypatch):
+    # The layer's kernel products take the same timed sweep order as X @ m (mpo._apply_route): with
+    # every order but "right" slowed, a contract pass of 64 tokens must run "right" from then on.
+    from mpo import _apply_route
+    from strategies import favour_sweep
+
+    rng = np.random.default_rng(14)
+    m = mpo.decompose(rng.standard_normal((256, 144)), ((4, 4, 4, 4), (3, 4, 4, 3)), max_bond=6)
+    layer = MPOLinear(m, mode="contract", dtype=torch.float64)
+    ran = favour_sweep(monkeypatch, "right")
+    _apply_route.clear()
+    x = torch.from_numpy(rng.standard_normal((64, 256)))
+    want = x.numpy() @ m.to_dense()
+    with torch.no_grad():
+        np.testing.assert_allclose(layer(x).numpy(), want, rtol=1e-10, atol=1e-10)
+        assert set(ran) >= {"auto", "right"}  # timed
+        ran.clear()
+        np.testing.assert_allclose(layer(x).numpy(), want, rtol=1e-10, atol=1e-10)
+    assert ran == ["right"]
+    _apply_route.clear()

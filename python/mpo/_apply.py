@@ -9,8 +9,10 @@ rebuild-then-multiply) when that costs fewer FLOPs in total. This module only ch
 Where the batch is large (``_apply_route.BLAS_MIN_BATCH`` rows and more) the product may instead
 multiply out the cores in the kernel and hand the one large GEMM to the BLAS NumPy links, whose speed
 against the kernel's own GEMM depends on the machine: ``plan="auto"`` times both routes the first time
-it meets a kind of product and keeps the faster (``_apply_route``). ``plan="kernel"`` is the plain
-route, the kernel's FLOP-cheapest plan always; ``plan="blas"`` forces the other. (OpenBLAS's worker
+it meets a kind of product and keeps the faster (``_apply_route``); the kernel's route itself runs the
+fastest of its sweep orders whose FLOPs are close to the cheapest, timed the same way
+(``_apply_route.choose_sweep``). ``plan="kernel"`` is the plain route, the kernel's FLOP-cheapest plan
+always; ``plan="blas"`` forces the other. (OpenBLAS's worker
 threads spin for a while after each call and slow the kernel's threads that follow on a small machine:
 the timing sees that too, which is why it times the routes interleaved.)
 
@@ -33,12 +35,13 @@ __all__ = [
     "matmul", "matmul_flops", "rmatmul", "rows",
 ]
 
-#: "auto": the faster of the kernel's FLOP-cheapest plan and the BLAS route (timed, see _apply_route);
+#: "auto": the faster of the kernel (its fastest sweep order near the fewest FLOPs) and the BLAS route
+#: (both timed, see _apply_route);
 #: "left", "right", "central": the kernel with that sweep order; "kernel": the kernel's FLOP-cheapest plan
 #: (the plain route); "blas": the cores multiplied out by the kernel, then NumPy's matmul.
 PLANS = ("auto", "left", "right", "central", "kernel", "blas")
 #: The sweep orders the kernel itself knows.
-ORDERS = ("left", "right", "central")
+ORDERS = _apply_route.SWEEPS
 
 
 class Operator(Protocol):
@@ -266,13 +269,18 @@ def _product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_las
     if plan == "blas":
         return _blas_product(cores, transposed, x, batch_last, out_width, keep_merges)
 
-    def kernel() -> np.ndarray:
-        return _kernel(cores, transposed, x, batch_last, out_width, plan, keep_merges)
-
     if plan != "auto" or batch < _apply_route.BLAS_MIN_BATCH:
-        return kernel()
+        return _kernel(cores, transposed, x, batch_last, out_width, plan, keep_merges)
     shapes = [c.shape for c in cores]
     key = _apply_route.route_key(shapes, transposed, batch_last, batch, x.dtype)
+
+    def sweep(order: str) -> np.ndarray:
+        return _kernel(cores, transposed, x, batch_last, out_width, order, keep_merges)
+
+    def kernel() -> np.ndarray:
+        order, result = _apply_route.choose_sweep(key, shapes, batch, transposed, sweep)
+        return sweep(order) if result is None else result
+
     route = _apply_route.chosen(key)
     if route is None:
         kernel_flops = float(_core.apply_plan([list(s) for s in shapes], batch, transposed, "auto")[2])
@@ -417,7 +425,9 @@ def matmul_flops(m: Operator, batch: int, plan: str = "auto") -> dict[str, Any]:
     """FLOPs of X @ M for X with ``batch`` rows: the plan's, every order's, the BLAS route's, the dense count.
 
     "route" says which way ``X @ m`` runs for this batch: "kernel" or "blas", or None while "auto" has
-    not yet timed the two for this kind of product. Where the route is "blas", "plan" is "blas" and
+    not yet timed the two for this kind of product. On the kernel's route "plan" is the sweep order that
+    runs: under "auto", the one timed fastest once it has been timed (``_apply_route.choose_sweep``),
+    else the FLOP-cheapest. Where the route is "blas", "plan" is "blas" and
     "mpo" counts multiplying out plus the one GEMM. "kept_merges": the plan's merged cores are kept
     after the first product (``MERGE_CACHE_FACTOR``), so "per_call" (the FLOPs of each later product)
     leaves out "merge_flops"; otherwise "per_call" is "mpo". On the BLAS route the kept merges are the
@@ -444,6 +454,11 @@ def matmul_flops(m: Operator, batch: int, plan: str = "auto") -> dict[str, Any]:
     if route == "blas":
         name, order, groups = "blas", [0], [len(shapes)]
         merge_flops, flops = _apply_route.multiply_out_flops(shapes), blas
+    if route == "kernel" and plan == "auto" and b >= _apply_route.BLAS_MIN_BATCH:
+        timed = _apply_route.chosen_sweep(_apply_route.route_key(shapes, m.transposed, False, b, m.dtype))
+        if timed in ORDERS:  # a sweep order other than the FLOP-cheapest ran faster
+            kernel = timed
+            name, order, flops, groups, merge_flops = _core.apply_plan(shapes, b, m.transposed, timed)
     kept = route == "kernel" and kernel == "auto" and any(g > 1 for g in groups) and _keeps(shapes, tuple(groups))
     per_call = flops - merge_flops if kept else flops
     if route == "blas":
