@@ -297,3 +297,13 @@ def favour_sweep(monkeypatch, fast: str) -> list:
 
     monkeypatch.setattr(_core, "apply", apply)
     return ran
+
+
+def assert_right_is_timed(shapes, batch):
+    """The precondition of the tests that make "right" the fastest: the cheapest plan sweeps left to
+    right and "right" is an alternative with steps of its own within SWEEP_SLACK."""
+    from mpo import _apply_route, _core
+
+    auto, right = (_core.apply_plan(shapes, batch, False, p) for p in ("auto", "right"))
+    assert auto[0] == "left" and (auto[1], auto[3]) != (right[1], right[3]), (auto, right)
+    assert right[2] <= _apply_route.SWEEP_SLACK * auto[2], (auto, right)

@@ -15,7 +15,7 @@ import pytest
 
 import mpo
 from mpo import _apply_route, _core
-from strategies import contract_cores, favour_sweep
+from strategies import assert_right_is_timed, contract_cores, favour_sweep
 
 ROUTES = ("kernel", "blas", "auto")
 
@@ -179,28 +179,19 @@ def test_choose_skips_timing_where_flops_settle_it():
     assert _apply_route.choose(("test", 4), 1e6, math.inf, never, never) == ("kernel", None)
 
 
-#: Five cores of the 768 x 3072 Gaussian matrix at max_bond 8 (factors (3,4,4,4,4) x (4,4,8,6,4)): at 64
-#: rows every sweep order comes within SWEEP_SLACK of the cheapest plan's FLOPs with steps of its own.
+#: Five cores of the 768 x 3072 Gaussian matrix at max_bond 8 (factors (3,4,4,4,4) x (4,4,8,6,4)). At 64
+#: rows the FLOP-cheapest plan sweeps left to right over groups (2,1,2); "right" (the same groups, 1.6 %
+#: more FLOPs) and "central" (groups (3,2), 17 % more) run other steps, and "left" runs the cheapest's.
 CLOSE_ORDERS = [(1, 3, 4, 8), (8, 4, 4, 8), (8, 4, 8, 8), (8, 4, 6, 8), (8, 4, 4, 1)]
-
-
-def sweep_candidates(shapes, batch):
-    """The plans choose_sweep must time: "auto", then each order near the fewest FLOPs with other steps."""
-    _, order, least, groups, _ = _core.apply_plan(shapes, batch, False, "auto")
-    seen, names = {(tuple(order), tuple(groups))}, ["auto"]
-    for sweep in _apply_route.SWEEPS:
-        _, order, flops, groups, _ = _core.apply_plan(shapes, batch, False, sweep)
-        if flops <= _apply_route.SWEEP_SLACK * least and (tuple(order), tuple(groups)) not in seen:
-            seen.add((tuple(order), tuple(groups)))
-            names.append(sweep)
-    return names
+#: The MPO of the tests that run a timed order: its cheapest plan sweeps left to right over groups (2,2);
+#: "central" runs the same steps, "right" the same groups the other way (equal FLOPs).
+TIMED_SHAPE = ((4, 4, 4, 4), (3, 4, 4, 3))
 
 
 def test_choose_sweep_times_the_close_orders_once_and_keeps_the_fastest():
     batch = 64
-    expected = sweep_candidates(CLOSE_ORDERS, batch)
-    assert len(expected) >= 3, expected  # the case must time several plans
-    slowest_first = {plan: 0.004 * (len(expected) - k) for k, plan in enumerate(expected)}
+    timed = ["auto", "right", "central"]  # see CLOSE_ORDERS
+    slowest_first = {"auto": 0.03, "right": 0.02, "central": 0.01}
     calls: dict[str, int] = {}
 
     def run(plan):
@@ -210,12 +201,12 @@ def test_choose_sweep_times_the_close_orders_once_and_keeps_the_fastest():
 
     key = ("sweep", 1)
     pick, result = _apply_route.choose_sweep(key, CLOSE_ORDERS, batch, False, run)
-    assert pick == expected[-1] and np.all(result == len(pick))
-    assert calls == {plan: _apply_route.ROUNDS for plan in expected}
-    assert _apply_route.chosen_sweep(key) == pick
+    assert pick == "central" and np.all(result == len("central"))
+    assert calls == {plan: _apply_route.ROUNDS for plan in timed}
+    assert _apply_route.chosen_sweep(key) == "central"
     # Later products of this kind run the choice: nothing is timed.
-    assert _apply_route.choose_sweep(key, CLOSE_ORDERS, batch, False, run) == (pick, None)
-    assert sum(calls.values()) == _apply_route.ROUNDS * len(expected)
+    assert _apply_route.choose_sweep(key, CLOSE_ORDERS, batch, False, run) == ("central", None)
+    assert sum(calls.values()) == _apply_route.ROUNDS * len(timed)
 
 
 def test_choose_sweep_skips_timing_where_nothing_is_left_to_choose(monkeypatch):
@@ -225,9 +216,13 @@ def test_choose_sweep_skips_timing_where_nothing_is_left_to_choose(monkeypatch):
     small = _apply_route.BLAS_MIN_BATCH - 1
     assert _apply_route.choose_sweep(("sweep", 2), CLOSE_ORDERS, small, False, never) == ("auto", None)
     assert _apply_route.chosen_sweep(("sweep", 2)) is None  # below the batch nothing is recorded
+    # A choice filed under a key whose rounded batch covers smaller batches too is not taken below 32.
+    _apply_route.choose_sweep(("sweep", 5), CLOSE_ORDERS, 64, False, lambda plan: np.zeros(1))
+    assert _apply_route.chosen_sweep(("sweep", 5)) is not None
+    assert _apply_route.choose_sweep(("sweep", 5), CLOSE_ORDERS, small, False, never) == ("auto", None)
     # Two cores whose every plan merges them into one: the orders run the same steps.
     one_group = [(1, 2, 2, 2), (2, 2, 2, 1)]
-    assert sweep_candidates(one_group, 256) == ["auto"]
+    assert {_core.apply_plan(one_group, 256, False, p)[3][0] for p in ("auto", *_apply_route.ORDERS)} == {2}
     assert _apply_route.choose_sweep(("sweep", 3), one_group, 256, False, never) == ("auto", None)
     assert _apply_route.chosen_sweep(("sweep", 3)) == "auto"
     monkeypatch.setenv("MPO_DETERMINISTIC", "1")
@@ -238,18 +233,16 @@ def test_a_timed_sweep_order_runs_and_matmul_flops_reports_it(monkeypatch):
     # Make "right" the fastest order by slowing every other plan's kernel call; X @ m must then run the
     # right-to-left sweep, give the oracle's product, and matmul_flops must report that sweep's plan.
     rng = np.random.default_rng(12)
-    m = mpo.decompose(rng.standard_normal((256, 144)), ((4, 4, 4, 4), (3, 4, 4, 3)), max_bond=6)
+    m = mpo.decompose(rng.standard_normal((256, 144)), TIMED_SHAPE, max_bond=6)
     shapes = [list(c.shape) for c in m.cores]
-    batch = 64  # the FLOP-cheapest plan sweeps left to right here
-    if _core.apply_plan(shapes, batch, False, "auto")[0] != "left" or "right" not in sweep_candidates(shapes, batch):
-        pytest.fail(f"the test's MPO no longer has the right-to-left sweep as a timed alternative: "
-                    f"{_core.apply_plan(shapes, batch, False, 'auto')[0]}, {sweep_candidates(shapes, batch)}")
+    batch = 64
+    assert_right_is_timed(shapes, batch)
     ran = favour_sweep(monkeypatch, "right")
     X = rng.standard_normal((batch, 256))
     monkeypatch.setattr(_apply_route, "FLOP_SLACK", 0.0)  # keep the BLAS route out of this test
     np.testing.assert_allclose(X @ m, X @ oracle(m), rtol=1e-10, atol=1e-10)
     key = _apply_route.route_key(shapes, False, False, batch, m.dtype)
-    assert _apply_route.chosen_sweep(key) == "right"
+    assert _apply_route.chosen_sweep(key + (True,)) == "right"  # filed with keep_merges: the MPO's own cores
     ran.clear()
     np.testing.assert_allclose(X @ m, X @ oracle(m), rtol=1e-10, atol=1e-10)
     assert ran == ["right"]

@@ -259,23 +259,55 @@ def test_layer_for_builds_each_kind():
         layer_for("embedding", m, torch.zeros(30))
 
 
-def test_contract_runs_the_sweep_order_timed_for_its_kind_of_product(monkeypatch):
-    # The layer's kernel products take the same timed sweep order as X @ m (mpo._apply_route): with
-    # every order but "right" slowed, a contract pass of 64 tokens must run "right" from then on.
+@pytest.fixture
+def fresh_route_choices():
     from mpo import _apply_route
-    from strategies import favour_sweep
+
+    _apply_route.clear()
+    yield
+    _apply_route.clear()
+
+
+def _timed_layer():
+    """An MPOLinear (256 -> 144, float64) whose cheapest kernel plan at 64 tokens is not "right", but
+    "right" is a timed alternative (strategies.assert_right_is_timed)."""
+    from strategies import assert_right_is_timed
 
     rng = np.random.default_rng(14)
     m = mpo.decompose(rng.standard_normal((256, 144)), ((4, 4, 4, 4), (3, 4, 4, 3)), max_bond=6)
-    layer = MPOLinear(m, mode="contract", dtype=torch.float64)
-    ran = favour_sweep(monkeypatch, "right")
-    _apply_route.clear()
+    assert_right_is_timed([list(c.shape) for c in m.cores], 64)
     x = torch.from_numpy(rng.standard_normal((64, 256)))
-    want = x.numpy() @ m.to_dense()
+    return MPOLinear(m, mode="contract", dtype=torch.float64), x, x.numpy() @ m.to_dense()
+
+
+def test_contract_runs_the_sweep_order_timed_for_its_kind_of_product(monkeypatch, fresh_route_choices):
+    # The layer's kernel products take the same timed sweep order as X @ m (mpo._apply_route): with
+    # every order but "right" slowed, a contract pass of 64 tokens must run "right" from then on.
+    from strategies import favour_sweep
+
+    layer, x, want = _timed_layer()
+    ran = favour_sweep(monkeypatch, "right")
     with torch.no_grad():
         np.testing.assert_allclose(layer(x).numpy(), want, rtol=1e-10, atol=1e-10)
-        assert set(ran) >= {"auto", "right"}  # timed
+        assert set(ran) == {"auto", "right"}  # timed
         ran.clear()
         np.testing.assert_allclose(layer(x).numpy(), want, rtol=1e-10, atol=1e-10)
     assert ran == ["right"]
-    _apply_route.clear()
+
+
+def test_contract_under_torch_determinism_times_no_sweep_order(monkeypatch, fresh_route_choices):
+    # torch.use_deterministic_algorithms(True): the kernel runs its FLOP-cheapest plan, untimed, so
+    # that every run rounds the same way.
+    from strategies import favour_sweep
+
+    layer, x, want = _timed_layer()
+    ran = favour_sweep(monkeypatch, "right")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.no_grad():
+            np.testing.assert_allclose(layer(x).numpy(), want, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(layer(x).numpy(), want, rtol=1e-10, atol=1e-10)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert ran == ["auto", "auto"]

@@ -41,7 +41,7 @@ __all__ = [
 #: (the plain route); "blas": the cores multiplied out by the kernel, then NumPy's matmul.
 PLANS = ("auto", "left", "right", "central", "kernel", "blas")
 #: The sweep orders the kernel itself knows.
-ORDERS = _apply_route.SWEEPS
+ORDERS = _apply_route.ORDERS
 
 
 class Operator(Protocol):
@@ -278,7 +278,8 @@ def _product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_las
         return _kernel(cores, transposed, x, batch_last, out_width, order, keep_merges)
 
     def kernel() -> np.ndarray:
-        order, result = _apply_route.choose_sweep(key, shapes, batch, transposed, sweep)
+        # Filed with keep_merges: with kept merges the cheapest plan skips its merges from the second call.
+        order, result = _apply_route.choose_sweep(key + (keep_merges,), shapes, batch, transposed, sweep)
         return sweep(order) if result is None else result
 
     route = _apply_route.chosen(key)
@@ -455,7 +456,8 @@ def matmul_flops(m: Operator, batch: int, plan: str = "auto") -> dict[str, Any]:
         name, order, groups = "blas", [0], [len(shapes)]
         merge_flops, flops = _apply_route.multiply_out_flops(shapes), blas
     if route == "kernel" and plan == "auto" and b >= _apply_route.BLAS_MIN_BATCH:
-        timed = _apply_route.chosen_sweep(_apply_route.route_key(shapes, m.transposed, False, b, m.dtype))
+        key = _apply_route.route_key(shapes, m.transposed, False, b, m.dtype)
+        timed = _apply_route.chosen_sweep(key + (True,))  # X @ m on the MPO's own cores keeps merges
         if timed in ORDERS:  # a sweep order other than the FLOP-cheapest ran faster
             kernel = timed
             name, order, flops, groups, merge_flops = _core.apply_plan(shapes, b, m.transposed, timed)

@@ -15,15 +15,17 @@ Below ``BLAS_MIN_BATCH`` rows the kernel always runs: there the product is small
 the cores, which both routes pay, and the kernel's sweep (or its fused rebuild) wins by construction.
 
 Within the kernel, FLOPs mislead as well: its sweep orders (left to right, right to left, from the
-central core outward, each with its own merges) permute the state and shape the GEMMs differently, and
-orders within a few percent of each other in FLOPs ran up to 1.8x apart (``SWEEP_SLACK``). So from
-``BLAS_MIN_BATCH`` rows, the first product of each kind also times the orders whose FLOPs are close to the
-cheapest (:func:`choose_sweep`), and later ones run the fastest. ``mpo.torch``'s kernel products take
-the same choice.
+central core outward, each with the merges that suit it) permute the state and shape the GEMMs
+differently, and plans within a few percent of each other in FLOPs ran up to 1.8x apart
+(``SWEEP_SLACK``). So from ``BLAS_MIN_BATCH`` rows, the first product of each kind also times the orders
+whose FLOPs are close to the cheapest plan's (:func:`choose_sweep`), and later ones run the fastest.
+``mpo.torch``'s kernel products take the same choice, filed apart (their cores are a fresh cast at every
+call, so the cheapest plan cannot keep its merges there).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -34,8 +36,8 @@ from . import _core
 from ._timed_choice import Choices, deterministic, fastest
 
 __all__ = [
-    "BLAS_MIN_BATCH", "FLOP_SLACK", "ROUNDS", "SWEEPS", "SWEEP_SLACK", "choose", "choose_sweep", "chosen", "chosen_sweep",
-    "clear", "multiply_out_flops", "route_key",
+    "BLAS_MIN_BATCH", "FLOP_SLACK", "ORDERS", "ROUNDS", "SWEEP_SLACK", "choose", "choose_sweep", "chosen",
+    "chosen_sweep", "clear", "multiply_out_flops", "route_key",
 ]
 
 #: Fewest rows of X for which the BLAS route is considered at all.
@@ -46,12 +48,13 @@ FLOP_SLACK = 3.0
 #: Timed calls of each route when a kind of product is first seen (the fastest call counts).
 ROUNDS = 3
 #: The sweep orders the kernel knows (``_core.apply``'s plan names besides "auto").
-SWEEPS = ("left", "right", "central")
+ORDERS = ("left", "right", "central")
 #: A sweep order is timed when its FLOPs are at most this many times those of the kernel's cheapest
-#: plan. On one AVX-512 core, X @ M for 4096 rows of the 768 x 3072 Gaussian matrix at max_bond 16 took
-#: 237 ms right to left and 392 ms left to right (19.4 and 19.3 GFLOP), and at max_bond 8 172 ms left to
-#: right and 309 ms right to left (8.3 and 8.5 GFLOP): the orders differ in their permutes of the state
-#: and the shapes of their GEMMs, which FLOPs do not see.
+#: plan. On one AVX-512 core, X @ M for 4096 rows of the 768 x 3072 Gaussian matrix at max_bond 8 took
+#: 172 ms left to right and 309 ms right to left (8.3 and 8.5 GFLOP, the same three merged groups): the
+#: orders differ in their permutes of the state and the shapes of their GEMMs, which FLOPs do not see.
+#: At max_bond 16 the right-to-left plan, which merges every core, took 237 ms against 392 ms for the
+#: FLOP-cheapest left-to-right sweep (19.4 and 19.3 GFLOP).
 SWEEP_SLACK = 2.0
 
 _THREAD_VARS = ("MPO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -97,7 +100,7 @@ def chosen(key: tuple) -> str | None:
 
 
 def chosen_sweep(key: tuple) -> str | None:
-    """The kernel plan already chosen for this kind of product ("auto" or one of ``SWEEPS``), or None."""
+    """The kernel plan already chosen for this kind of product ("auto" or one of ``ORDERS``), or None."""
     return _sweeps.get(key)
 
 
@@ -139,23 +142,24 @@ def choose_sweep(
     run: Callable[[str], np.ndarray],
 ) -> tuple[str, np.ndarray | None]:
     """(the kernel plan for this kind of product, its result or None): "auto" (the kernel's FLOP-cheapest
-    plan) or the sweep order of ``SWEEPS`` that ran fastest; ``run(plan)`` computes the product.
+    plan) or the sweep order of ``ORDERS`` that ran fastest; ``run(plan)`` computes the product.
 
-    Below ``BLAS_MIN_BATCH`` rows, under ``MPO_DETERMINISTIC=1``, and where no other order comes within
-    ``SWEEP_SLACK`` of the cheapest plan's FLOPs (or every one that does runs the same steps), it is
-    "auto" without timing. Otherwise "auto" and those orders are timed, interleaved, ``ROUNDS`` calls
-    each, and the faster's last result is returned (the caller need not compute the product again).
+    Below ``BLAS_MIN_BATCH`` rows (whatever was chosen for the rounded batch of ``key``), under
+    ``MPO_DETERMINISTIC=1``, and where no other order comes within ``SWEEP_SLACK`` of the cheapest
+    plan's FLOPs (or every one that does runs the same steps), it is "auto" without timing. Otherwise
+    "auto" and those orders are timed, interleaved, ``ROUNDS`` calls each, and the fastest one's last
+    result is returned (the caller need not compute the product again).
     """
+    if batch < BLAS_MIN_BATCH or deterministic():
+        return "auto", None
     known = _sweeps.get(key)
     if known is not None:
         return known, None
-    if batch < BLAS_MIN_BATCH or deterministic():
-        return "auto", None
     core_shapes = [[int(d) for d in s] for s in shapes]
     _, order, least, groups, _ = _core.apply_plan(core_shapes, int(batch), bool(transposed), "auto")
     seen = {(tuple(order), tuple(groups))}
     candidates = ["auto"]
-    for sweep in SWEEPS:
+    for sweep in ORDERS:
         _, order, flops, groups, _ = _core.apply_plan(core_shapes, int(batch), bool(transposed), sweep)
         steps = (tuple(order), tuple(groups))
         if flops <= SWEEP_SLACK * least and steps not in seen:  # the same steps run the same code
@@ -164,9 +168,6 @@ def choose_sweep(
     if len(candidates) == 1:
         _sweeps.set(key, "auto")
         return "auto", None
-    def timed(plan: str) -> Callable[[], np.ndarray]:
-        return lambda: run(plan)
-
-    pick, last = fastest({plan: timed(plan) for plan in candidates}, ROUNDS)
+    pick, last = fastest({plan: functools.partial(run, plan) for plan in candidates}, ROUNDS)
     _sweeps.set(key, pick)
     return pick, last[pick]  # type: ignore[return-value]

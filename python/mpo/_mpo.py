@@ -543,8 +543,9 @@ class MPO:
     def matmul(self, x: object, *, plan: str = "auto") -> np.ndarray:
         """M @ X as ``m @ X``, with the route forced by ``plan``: "left", "right", "central" (the kernel's
         sweep order), "kernel" (its FLOP-cheapest plan), "blas" (cores multiplied out, then NumPy's
-        BLAS), or "auto" (the faster of "kernel" and "blas", timed once per kind of product); the
-        result is the same for every plan up to rounding, only the time differs."""
+        BLAS), or "auto" (the faster of the kernel, in its fastest sweep order near the fewest FLOPs, and
+        "blas", timed once per kind of product); the result is the same for every plan up to rounding,
+        only the time differs."""
         return _apply.matmul(self, x, plan)
 
     def rmatmul(self, x: object, *, plan: str = "auto") -> np.ndarray:

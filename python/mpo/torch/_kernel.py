@@ -37,6 +37,7 @@ import torch.autograd.forward_ad as forward_ad
 from torch.autograd.function import once_differentiable
 
 from .. import _apply_route, _core
+from . import _autotune
 
 __all__ = [
     "KERNEL_AUTOGRAD",
@@ -207,8 +208,11 @@ def _product(
     def run(plan: str) -> np.ndarray:
         return _core.apply(arrays, transposed, flat, False, out_width, plan)
 
-    # The sweep order timed fastest for this kind of product, as X @ m takes it (FLOPs alone mislead).
-    key = _apply_route.route_key(shapes, transposed, False, batch, dtype)
+    if _autotune.reproducible():  # torch's deterministic mode: no timed choice, the FLOP-cheapest plan
+        return run("auto")
+    # The sweep order timed fastest for this kind of product, as X @ m takes it (FLOPs alone mislead);
+    # filed apart from X @ m's, whose cheapest plan keeps its merges (here the cores are cast per call).
+    key = _apply_route.route_key(shapes, transposed, False, batch, dtype) + (False,)
     plan, result = _apply_route.choose_sweep(key, shapes, batch, transposed, run)
     return run(plan) if result is None else result
 
