@@ -278,6 +278,12 @@ def cases(draw, ns=NS, dtypes=DTYPES, kinds=KINDS, max_prod=MAX_SIDE):
     return Case(M, in_shape, out_shape, kind)
 
 
+#: The factors of the 256 x 144 MPOs (max_bond 6) of the tests that run a timed sweep order: at 64 rows
+#: the cheapest plan sweeps left to right over groups (2, 2); "central" runs the same steps, "right" the
+#: same groups the other way (equal FLOPs); see assert_right_is_timed.
+TIMED_SHAPE = ((4, 4, 4, 4), (3, 4, 4, 3))
+
+
 def favour_sweep(monkeypatch, fast: str) -> list:
     """Make ``fast`` the fastest plan of ``mpo._core.apply`` (every other plan sleeps 10 ms a call) and
     return the list of plan names the kernel is called with from then on, for tests of the timed choice

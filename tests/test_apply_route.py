@@ -15,7 +15,7 @@ import pytest
 
 import mpo
 from mpo import _apply_route, _core
-from strategies import assert_right_is_timed, contract_cores, favour_sweep
+from strategies import TIMED_SHAPE, assert_right_is_timed, contract_cores, favour_sweep
 
 ROUTES = ("kernel", "blas", "auto")
 
@@ -183,9 +183,6 @@ def test_choose_skips_timing_where_flops_settle_it():
 #: rows the FLOP-cheapest plan sweeps left to right over groups (2,1,2); "right" (the same groups, 1.6 %
 #: more FLOPs) and "central" (groups (3,2), 17 % more) run other steps, and "left" runs the cheapest's.
 CLOSE_ORDERS = [(1, 3, 4, 8), (8, 4, 4, 8), (8, 4, 8, 8), (8, 4, 6, 8), (8, 4, 4, 1)]
-#: The MPO of the tests that run a timed order: its cheapest plan sweeps left to right over groups (2,2);
-#: "central" runs the same steps, "right" the same groups the other way (equal FLOPs).
-TIMED_SHAPE = ((4, 4, 4, 4), (3, 4, 4, 3))
 
 
 def test_choose_sweep_times_the_close_orders_once_and_keeps_the_fastest():
@@ -241,8 +238,8 @@ def test_a_timed_sweep_order_runs_and_matmul_flops_reports_it(monkeypatch):
     X = rng.standard_normal((batch, 256))
     monkeypatch.setattr(_apply_route, "FLOP_SLACK", 0.0)  # keep the BLAS route out of this test
     np.testing.assert_allclose(X @ m, X @ oracle(m), rtol=1e-10, atol=1e-10)
-    key = _apply_route.route_key(shapes, False, False, batch, m.dtype)
-    assert _apply_route.chosen_sweep(key + (True,)) == "right"  # filed with keep_merges: the MPO's own cores
+    key = _apply_route.sweep_key(shapes, False, False, batch, m.dtype, keep_merges=True)  # the MPO's own cores
+    assert _apply_route.chosen_sweep(key) == "right"
     ran.clear()
     np.testing.assert_allclose(X @ m, X @ oracle(m), rtol=1e-10, atol=1e-10)
     assert ran == ["right"]
@@ -259,6 +256,9 @@ def test_route_key_rounds_the_batch_and_tells_dtypes_apart():
     assert key(shapes, False, False, 64, np.float32) != key(shapes, False, False, 65, np.float32)
     assert key(shapes, False, False, 64, np.float32) != key(shapes, False, False, 64, np.float64)
     assert key(shapes, False, False, 64, np.float32) != key(shapes, True, False, 64, np.float32)
+    # The sweep-order cache also tells products that keep the cheapest plan's merges from those that do not.
+    kept, cast = (_apply_route.sweep_key(shapes, False, False, 33, np.float32, k) for k in (True, False))
+    assert kept != cast and kept[:-1] == cast[:-1] == key(shapes, False, False, 64, np.float32)
 
 
 def test_matmul_flops_reports_the_route_taken():

@@ -271,10 +271,10 @@ def fresh_route_choices():
 def _timed_layer():
     """An MPOLinear (256 -> 144, float64) whose cheapest kernel plan at 64 tokens is not "right", but
     "right" is a timed alternative (strategies.assert_right_is_timed)."""
-    from strategies import assert_right_is_timed
+    from strategies import TIMED_SHAPE, assert_right_is_timed
 
     rng = np.random.default_rng(14)
-    m = mpo.decompose(rng.standard_normal((256, 144)), ((4, 4, 4, 4), (3, 4, 4, 3)), max_bond=6)
+    m = mpo.decompose(rng.standard_normal((256, 144)), TIMED_SHAPE, max_bond=6)
     assert_right_is_timed([list(c.shape) for c in m.cores], 64)
     x = torch.from_numpy(rng.standard_normal((64, 256)))
     return MPOLinear(m, mode="contract", dtype=torch.float64), x, x.numpy() @ m.to_dense()

@@ -278,8 +278,8 @@ def _product(cores: list[np.ndarray], transposed: bool, x: np.ndarray, batch_las
         return _kernel(cores, transposed, x, batch_last, out_width, order, keep_merges)
 
     def kernel() -> np.ndarray:
-        # Filed with keep_merges: with kept merges the cheapest plan skips its merges from the second call.
-        order, result = _apply_route.choose_sweep(key + (keep_merges,), shapes, batch, transposed, sweep)
+        order_key = _apply_route.sweep_key(shapes, transposed, batch_last, batch, x.dtype, keep_merges)
+        order, result = _apply_route.choose_sweep(order_key, shapes, batch, transposed, sweep)
         return sweep(order) if result is None else result
 
     route = _apply_route.chosen(key)
@@ -456,8 +456,8 @@ def matmul_flops(m: Operator, batch: int, plan: str = "auto") -> dict[str, Any]:
         name, order, groups = "blas", [0], [len(shapes)]
         merge_flops, flops = _apply_route.multiply_out_flops(shapes), blas
     if route == "kernel" and plan == "auto" and b >= _apply_route.BLAS_MIN_BATCH:
-        key = _apply_route.route_key(shapes, m.transposed, False, b, m.dtype)
-        timed = _apply_route.chosen_sweep(key + (True,))  # X @ m on the MPO's own cores keeps merges
+        # X @ m on the MPO's own cores: the kind of product that keeps merges.
+        timed = _apply_route.chosen_sweep(_apply_route.sweep_key(shapes, m.transposed, False, b, m.dtype, True))
         if timed in ORDERS:  # a sweep order other than the FLOP-cheapest ran faster
             kernel = timed
             name, order, flops, groups, merge_flops = _core.apply_plan(shapes, b, m.transposed, timed)

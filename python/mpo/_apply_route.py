@@ -37,7 +37,7 @@ from ._timed_choice import Choices, deterministic, fastest
 
 __all__ = [
     "BLAS_MIN_BATCH", "FLOP_SLACK", "ORDERS", "ROUNDS", "SWEEP_SLACK", "choose", "choose_sweep", "chosen",
-    "chosen_sweep", "clear", "multiply_out_flops", "route_key",
+    "chosen_sweep", "clear", "multiply_out_flops", "route_key", "sweep_key",
 ]
 
 #: Fewest rows of X for which the BLAS route is considered at all.
@@ -92,6 +92,16 @@ def route_key(shapes: Sequence[Sequence[int]], transposed: bool, batch_last: boo
     cores = tuple(tuple(int(d) for d in s) for s in shapes)
     return (cores, bool(transposed), bool(batch_last), bucket, np.dtype(dtype).name, threads, deterministic(),
             _core.has_runtime_gemm())
+
+
+def sweep_key(
+    shapes: Sequence[Sequence[int]], transposed: bool, batch_last: bool, batch: int, dtype: np.dtype,
+    keep_merges: bool,
+) -> tuple:
+    """The kind of a kernel product, as the sweep-order cache files it: :func:`route_key` and whether
+    the cheapest plan keeps its merged cores across calls (X @ m on an MPO's own cores; not a per-call
+    cast, nor ``mpo.torch``), since that plan then skips its merges from the second call on."""
+    return (*route_key(shapes, transposed, batch_last, batch, dtype), bool(keep_merges))
 
 
 def chosen(key: tuple) -> str | None:

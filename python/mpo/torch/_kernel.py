@@ -211,8 +211,8 @@ def _product(
     if _autotune.reproducible():  # torch's deterministic mode: no timed choice, the FLOP-cheapest plan
         return run("auto")
     # The sweep order timed fastest for this kind of product, as X @ m takes it (FLOPs alone mislead);
-    # filed apart from X @ m's, whose cheapest plan keeps its merges (here the cores are cast per call).
-    key = _apply_route.route_key(shapes, transposed, False, batch, dtype) + (False,)
+    # the cores are cast at every call, so the cheapest plan cannot keep its merges.
+    key = _apply_route.sweep_key(shapes, transposed, False, batch, dtype, keep_merges=False)
     plan, result = _apply_route.choose_sweep(key, shapes, batch, transposed, run)
     return run(plan) if result is None else result
 

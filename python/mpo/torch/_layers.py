@@ -204,8 +204,8 @@ class _LinearProduct(nn.Module):
 
         "contract" counts the C++ kernel's FLOP-cheapest plan, which may also start from the central
         core (from 32 rows the kernel may run another sweep order near it that was timed faster,
-        ``mpo._apply_route.choose_sweep``), where the kernel runs this pass (on the CPU; with ``autograd`` too unless ``mpo.torch.set_kernel_autograd``
-        turned that off), else the torch-ops sweep of :meth:`contract_plan`; with autograd both modes
+        ``mpo._apply_route.choose_sweep``), where the kernel runs this pass (on the CPU; with
+        ``autograd`` too unless ``mpo.torch.set_kernel_autograd`` turned that off), else the torch-ops sweep of :meth:`contract_plan`; with autograd both modes
         count the forward product only (the backward of each adds a dense GEMM). "auto" is the mode FLOPs
         alone settle, else the one timed for this kind of pass in the layer's dtype (see
         :meth:`auto_mode`), else None (not yet timed: the first such forward pass times both).
